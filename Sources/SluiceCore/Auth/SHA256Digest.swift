@@ -1,0 +1,84 @@
+import Crypto
+
+/// A SHA-256 digest, as stored in the policy files for API keys and admin tokens.
+public struct SHA256Digest: Sendable, Hashable, CustomStringConvertible {
+    /// The 32 bytes as four words: cheap to hash, compare and bucket.
+    public let words: (UInt64, UInt64, UInt64, UInt64)
+
+    public init?(bytes: some Sequence<UInt8>) {
+        let array = Array(bytes)
+        guard array.count == 32 else { return nil }
+        func word(_ offset: Int) -> UInt64 {
+            array[offset..<offset + 8].reduce(0) { $0 << 8 | UInt64($1) }
+        }
+        words = (word(0), word(8), word(16), word(24))
+    }
+
+    /// Parses 64 hexadecimal characters (either case).
+    public init?(hex: String) {
+        let utf8 = Array(hex.utf8)
+        guard utf8.count == 64 else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(32)
+        var index = 0
+        while index < 64 {
+            guard let high = hexValue(utf8[index]), let low = hexValue(utf8[index + 1]) else { return nil }
+            bytes.append(high << 4 | low)
+            index += 2
+        }
+        self.init(bytes: bytes)
+    }
+
+    /// The digest of `secret`'s UTF-8 bytes.
+    public static func of(_ secret: some StringProtocol) -> SHA256Digest {
+        var hasher = SHA256()
+        var copy = String(secret)
+        copy.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        return SHA256Digest(bytes: hasher.finalize())!
+    }
+
+    /// Lower-case hex, as written in policy files.
+    public var hex: String {
+        [words.0, words.1, words.2, words.3].map { word in
+            let text = String(word, radix: 16)
+            return String(repeating: "0", count: 16 - text.count) + text
+        }.joined()
+    }
+
+    public var description: String { hex }
+
+    /// Compares all 32 bytes without an early exit, so the time taken says nothing about where they differ.
+    public func constantTimeEquals(_ other: SHA256Digest) -> Bool {
+        ((words.0 ^ other.words.0) | (words.1 ^ other.words.1) | (words.2 ^ other.words.2) | (words.3 ^ other.words.3)) == 0
+    }
+
+    public static func == (lhs: SHA256Digest, rhs: SHA256Digest) -> Bool { lhs.constantTimeEquals(rhs) }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(words.0)
+        hasher.combine(words.1)
+        hasher.combine(words.2)
+        hasher.combine(words.3)
+    }
+}
+
+private func hexValue(_ character: UInt8) -> UInt8? {
+    switch character {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): character - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): character - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A")...UInt8(ascii: "F"): character - UInt8(ascii: "A") + 10
+    default: nil
+    }
+}
+
+extension SHA256Digest {
+    /// Reads a key hash from a policy file, reporting anything that is not 64 hex characters.
+    static func read(_ value: YAMLValue, _ context: String) -> SHA256Digest? {
+        guard let text = value.string(context) else { return nil }
+        guard let digest = SHA256Digest(hex: text) else {
+            value.report("\(context) must be 64 hex characters (the SHA-256 of the secret), got \(text.count) characters")
+            return nil
+        }
+        return digest
+    }
+}

@@ -1,0 +1,100 @@
+import Synchronization
+
+/// Makes request ids, span ids and trace ids without a syscall or a lock per request: a
+/// per-instance counter run through a keyed 64-bit permutation, so ids are unique within an
+/// instance, look random, and reveal nothing about request volume.
+public final class IdentifierGenerator: Sendable {
+    private let counter = Atomic<UInt64>(0)
+    private let instance: UInt64
+    private let keys: (UInt64, UInt64)
+
+    public init() {
+        var random = SystemRandomNumberGenerator()
+        instance = random.next()
+        keys = (random.next(), random.next())
+    }
+
+    /// 64 bits, unique within this instance.
+    public func next64() -> UInt64 {
+        let count = counter.add(1, ordering: .relaxed).newValue
+        return mix(count ^ keys.0) ^ keys.1
+    }
+
+    /// 32 lower-case hex characters; also used as the trace id of traces this gateway starts.
+    public func requestID() -> String {
+        Hex.encode(instance, next64())
+    }
+
+    /// 16 hex characters for a W3C span (parent) id.
+    public func spanID() -> String {
+        Hex.encode(next64())
+    }
+
+    /// A bijection on UInt64 (the splitmix64 finalizer).
+    private func mix(_ value: UInt64) -> UInt64 {
+        var x = value
+        x = (x ^ (x >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        x = (x ^ (x >> 27)) &* 0x94d0_49bb_1331_11eb
+        return x ^ (x >> 31)
+    }
+}
+
+/// Request identity rules (SPEC §3).
+public enum RequestIdentity {
+    /// An incoming `X-Request-Id` is kept when it is 1–128 characters of `[A-Za-z0-9._-]`.
+    public static func isValidRequestID(_ value: some StringProtocol) -> Bool {
+        let utf8 = value.utf8
+        guard !utf8.isEmpty, utf8.count <= 128 else { return false }
+        return utf8.allSatisfy {
+            isAlphanumericASCII($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
+        }
+    }
+
+    /// The `traceparent` to send upstream: the incoming trace continued with a new span id,
+    /// or a new trace whose id is the request id.
+    public static func traceparent(incoming: String?, requestID: String, generator: IdentifierGenerator) -> String {
+        if let incoming, let traceID = traceID(of: incoming) {
+            let flags = incoming.utf8.suffix(2)
+            return "00-\(traceID)-\(generator.spanID())-\(String(decoding: flags, as: UTF8.self))"
+        }
+        let traceID = requestID.utf8.count == 32 && requestID.utf8.allSatisfy(isLowerHex) ? requestID : generator.requestID()
+        return "00-\(traceID)-\(generator.spanID())-01"
+    }
+
+    /// The trace id of a valid version-00 `traceparent` (`00-TRACEID-SPANID-FLAGS`), else nil.
+    static func traceID(of header: String) -> Substring? {
+        let utf8 = Array(header.utf8)
+        guard utf8.count == 55, utf8[0] == UInt8(ascii: "0"), utf8[1] == UInt8(ascii: "0"),
+            utf8[2] == UInt8(ascii: "-"), utf8[35] == UInt8(ascii: "-"), utf8[52] == UInt8(ascii: "-")
+        else { return nil }
+        let traceID = utf8[3..<35], spanID = utf8[36..<52], flags = utf8[53..<55]
+        guard traceID.allSatisfy(isLowerHex), spanID.allSatisfy(isLowerHex), flags.allSatisfy(isLowerHex),
+            traceID.contains(where: { $0 != UInt8(ascii: "0") }), spanID.contains(where: { $0 != UInt8(ascii: "0") })
+        else { return nil }
+        return Substring(String(decoding: traceID, as: UTF8.self))
+    }
+
+    private static func isLowerHex(_ c: UInt8) -> Bool {
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(c) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(c)
+    }
+}
+
+/// Lower-case hex rendering of 64-bit words.
+enum Hex {
+    private static let digits = Array("0123456789abcdef".utf8)
+
+    static func encode(_ words: UInt64...) -> String {
+        String(unsafeUninitializedCapacity: words.count * 16) { buffer in
+            var index = 0
+            for word in words {
+                var shift = 60
+                while shift >= 0 {
+                    buffer[index] = digits[Int((word >> UInt64(shift)) & 0xf)]
+                    index += 1
+                    shift -= 4
+                }
+            }
+            return index
+        }
+    }
+}

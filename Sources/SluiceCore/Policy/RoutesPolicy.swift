@@ -1,0 +1,219 @@
+public import Foundation
+
+/// An API version from `routes.yaml`.
+public struct APIVersion: Sendable, Equatable {
+    public enum Status: String, Sendable, CaseIterable {
+        case current
+        case deprecated
+    }
+
+    public var name: String
+    public var status: Status
+    /// When the version was deprecated (`Deprecation` header).
+    public var deprecatedAt: Date?
+    /// When the version goes away (`Sunset` header).
+    public var sunset: Date?
+}
+
+/// One route from `routes.yaml`.
+public struct RoutePolicy: Sendable, Equatable {
+    public enum AsyncMode: String, Sendable, CaseIterable {
+        /// Every call becomes a task answered with 202.
+        case always
+        /// A task only with `Prefer: respond-async`.
+        case onRequest = "on-request"
+        /// Always synchronous (default).
+        case never
+    }
+
+    public enum IdempotencyMode: String, Sendable, CaseIterable {
+        /// Calls without `Idempotency-Key` get 400 missing-idempotency-key.
+        case required
+        /// A key is honoured when sent (default for POST and PATCH).
+        case optional
+    }
+
+    public var id: String
+    public var versions: [String]
+    public var method: String
+    public var path: PathTemplate
+    public var upstream: String
+    /// Path sent upstream; nil = the same as `path`.
+    public var upstreamPath: PathTemplate?
+    public var async: AsyncMode = .never
+    /// Overrides the upstream's request_timeout.
+    public var requestTimeout: Duration?
+    /// Tokens taken from the partner's bucket.
+    public var cost = 1
+    /// nil for methods other than POST and PATCH.
+    public var idempotency: IdempotencyMode?
+    public var location: SourceLocation
+}
+
+/// `routes.yaml` as a whole.
+public struct RoutesPolicy: Sendable, Equatable {
+    public var defaultVersion: String
+    /// In file order.
+    public var versions: [APIVersion]
+    public var routes: [RoutePolicy]
+
+    public func version(named name: String) -> APIVersion? {
+        versions.first { $0.name == name }
+    }
+}
+
+extension RoutesPolicy {
+    static let allowedMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+    /// Reads routes.yaml. `upstreams` holds the declared upstream names, nil when upstreams.yaml
+    /// could not be read (then routes are not cross-checked against it).
+    static func read(_ root: YAMLValue, upstreams: Set<String>?) -> (routes: RoutesPolicy?, declaredVersions: Set<String>) {
+        guard let file = root.mapping("routes.yaml") else { return (nil, []) }
+        let defaultValue = file.required("default_version")
+        let defaultVersion = defaultValue?.string("default_version")
+        let versionEntries = file.required("versions")?.mapping("versions")
+        let routeItems = file.required("routes")?.sequence("routes") ?? []
+        file.finish()
+
+        var versions: [APIVersion] = []
+        for entry in versionEntries?.namedEntries ?? [] {
+            guard APIVersionName.isValid(entry.name) else {
+                entry.key.report("version name '\(entry.name)' must look like v1 or v2 (a 'v' then a digit, then letters, digits, '.', '-')")
+                continue
+            }
+            if let version = readVersion(entry.name, entry.value) { versions.append(version) }
+        }
+        if versionEntries?.namedEntries.isEmpty == true { versionEntries?.value.report("versions must name at least one version") }
+        let versionNames = Set(versionEntries?.namedEntries.map(\.name) ?? [])
+        if let defaultVersion, let defaultValue, !versionNames.contains(defaultVersion) {
+            defaultValue.report("default_version '\(defaultVersion)' is not one of the versions")
+        }
+
+        var routes: [RoutePolicy] = []
+        var firstRouteById: [String: SourceLocation] = [:]
+        var firstRouteByShape: [String: String] = [:]
+        for item in routeItems {
+            guard let route = readRoute(item, upstreams: upstreams, versionNames: versionNames) else { continue }
+            if let first = firstRouteById[route.id] {
+                item.report("route id '\(route.id)' is already used at \(first)")
+                continue
+            }
+            firstRouteById[route.id] = item.location
+            for version in route.versions {
+                let key = "\(version) \(route.method) \(route.path.shape)"
+                if let other = firstRouteByShape[key] {
+                    item.report("route '\(route.id)': \(route.method) \(route.path) in \(version) is already served by route '\(other)'")
+                } else {
+                    firstRouteByShape[key] = route.id
+                }
+            }
+            routes.append(route)
+        }
+        guard let defaultVersion else { return (nil, versionNames) }
+        return (RoutesPolicy(defaultVersion: defaultVersion, versions: versions, routes: routes), versionNames)
+    }
+
+    private static func readVersion(_ name: String, _ value: YAMLValue) -> APIVersion? {
+        let context = "version '\(name)'"
+        guard let map = value.mapping(context) else { return nil }
+        let status = map.required("status")?.oneOf(APIVersion.Status.self, "\(context) status")
+        func date(_ key: String) -> (Date, YAMLValue)? {
+            guard let item = map.optional(key), let text = item.string("\(context) \(key)") else { return nil }
+            guard let date = PolicyValueParser.date(text) else {
+                item.report("\(context) \(key) must be a date like 2026-10-01, got '\(text)'")
+                return nil
+            }
+            return (date, item)
+        }
+        let deprecatedAt = date("deprecated_at")
+        let sunset = date("sunset")
+        map.finish()
+        guard let status else { return nil }
+        if status == .deprecated && deprecatedAt == nil && !map.contains("deprecated_at") {
+            value.report("\(context) is deprecated but has no deprecated_at date")
+        }
+        if let (deprecated, _) = deprecatedAt, let (sunsetDate, sunsetValue) = sunset, sunsetDate < deprecated {
+            sunsetValue.report("\(context) sunset is before its deprecated_at date")
+        }
+        return APIVersion(name: name, status: status, deprecatedAt: deprecatedAt?.0, sunset: sunset?.0)
+    }
+
+    private static func readRoute(_ item: YAMLValue, upstreams: Set<String>?, versionNames: Set<String>) -> RoutePolicy? {
+        guard let map = item.mapping("a route") else { return nil }
+        let id = map.required("id")?.string("route id")
+        let context = "route '\(id ?? "?")'"
+        if let id, !PolicyNames.isValid(id) { map.optional("id")?.report(PolicyNames.problem("route id", id)) }
+
+        let versionList = map.required("versions")?.stringList("\(context) versions")
+        for (name, value) in versionList ?? [] where !versionNames.contains(name) {
+            value.report("\(context) names unknown version '\(name)'")
+        }
+        if versionList?.isEmpty == true { map.optional("versions")?.report("\(context) versions must not be empty") }
+
+        let methodValue = map.required("method")
+        let method = methodValue?.string("\(context) method")
+        if let method, let methodValue, !allowedMethods.contains(method) {
+            methodValue.report("\(context) method must be one of \(allowedMethods.sorted().joined(separator: ", ")), got '\(method)'")
+        }
+
+        let path = map.required("path").flatMap { readTemplate($0, "\(context) path") }
+        let upstreamValue = map.required("upstream")
+        let upstream = upstreamValue?.string("\(context) upstream")
+        if let upstream, let upstreamValue, let upstreams, !upstreams.contains(upstream) {
+            upstreamValue.report("\(context) names unknown upstream '\(upstream)'")
+        }
+        let upstreamPathValue = map.optional("upstream_path")
+        let upstreamPath = upstreamPathValue.flatMap { readTemplate($0, "\(context) upstream_path") }
+        if let path, let upstreamPath, let upstreamPathValue {
+            for name in upstreamPath.parameterNames where !path.parameterNames.contains(name) {
+                upstreamPathValue.report("\(context) upstream_path uses {\(name)}, which path does not capture")
+            }
+        }
+        let async = map.optional("async")?.oneOf(RoutePolicy.AsyncMode.self, "\(context) async")
+        let timeout = map.optional("request_timeout")?.duration("\(context) request_timeout")
+        let cost = map.optional("cost")?.int("\(context) cost", min: 1, max: 1_000_000)
+        let idempotencyValue = map.optional("idempotency")
+        let idempotency = idempotencyValue?.oneOf(RoutePolicy.IdempotencyMode.self, "\(context) idempotency")
+        map.finish()
+
+        let bodyMethod = method == "POST" || method == "PATCH"
+        if idempotency != nil, !bodyMethod, let method, let idempotencyValue {
+            idempotencyValue.report("\(context) idempotency applies to POST and PATCH only, not \(method)")
+        }
+        guard let id, let versionList, let method, allowedMethods.contains(method), let path, let upstream else { return nil }
+        return RoutePolicy(
+            id: id,
+            versions: versionList.map(\.0),
+            method: method,
+            path: path,
+            upstream: upstream,
+            upstreamPath: upstreamPath,
+            async: async ?? .never,
+            requestTimeout: timeout,
+            cost: cost ?? 1,
+            idempotency: bodyMethod ? (idempotency ?? .optional) : nil,
+            location: item.location
+        )
+    }
+
+    private static func readTemplate(_ value: YAMLValue, _ context: String) -> PathTemplate? {
+        guard let text = value.string(context) else { return nil }
+        switch PathTemplate.parse(text) {
+        case .success(let template): return template
+        case .failure(let problem):
+            value.report("\(context): \(problem.message)")
+            return nil
+        }
+    }
+}
+
+/// Version names: `v` then a digit, then letters, digits, `.` or `-` (`v1`, `v2`, `v3-beta`).
+public enum APIVersionName {
+    public static func isValid<S: StringProtocol>(_ name: S) -> Bool {
+        let bytes = Array(name.utf8.prefix(33))
+        guard bytes.count >= 2, bytes.count <= 32, bytes[0] == UInt8(ascii: "v"),
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[1])
+        else { return false }
+        return bytes.allSatisfy { isAlphanumericASCII($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") }
+    }
+}

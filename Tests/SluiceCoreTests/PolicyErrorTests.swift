@@ -1,0 +1,101 @@
+import Testing
+@testable import SluiceCore
+
+/// One fixture folder per kind of policy error; each must give exactly these `FILE:LINE:COL` lines.
+struct PolicyErrorTests {
+    static let cases: [(fixture: String, problems: [String])] = [
+        ("unknown-key", [
+            "policies/gateway.yaml:1:1: listen needs https or http (or both) for partner traffic",
+            "policies/gateway.yaml:2:3: unknown key 'htps' in listen (did you mean 'https'?)",
+        ]),
+        ("wrong-type", ["policies/upstreams.yaml:8:20: expected an integer for upstream 'pricing' max_in_flight, got 'many'"]),
+        ("bad-duration", [
+            "policies/upstreams.yaml:6:22: expected a duration like 250ms, 5s, 2m, 1h or 30d for upstream 'pricing' connect_timeout, got '1 second'"
+        ]),
+        ("bad-size", ["policies/gateway.yaml:14:21: expected a size like 512KiB or 10MiB for limits.max_request_body, got '10MB'"]),
+        ("bad-percentage", [
+            "policies/upstreams.yaml:13:21: expected a percentage from 0% to 100% like 50% for upstream 'pricing' circuit_breaker failure_rate, got '0.5'"
+        ]),
+        ("bad-enum", ["policies/routes.yaml:23:12: route 'price' async must be one of always, on-request, never, got 'sometimes'"]),
+        ("bad-listen-address", ["policies/gateway.yaml:4:10: expected HOST:PORT for listen.admin, got 'localhost'"]),
+        ("bad-redis-url", ["policies/gateway.yaml:10:10: store.redis: scheme must be redis or rediss, got 'http'"]),
+        ("bad-path-template", [
+            "policies/routes.yaml:15:11: route 'get-order' path: path '/orders/{id': a parameter must be a whole segment like {id}, got '{id'"
+        ]),
+        ("missing-required", ["policies/partners/globex.yaml:1:1: missing required key 'plan' in a partner file"]),
+        ("route-unknown-upstream", ["policies/routes.yaml:22:15: route 'price' names unknown upstream 'pricng'"]),
+        ("route-unknown-version", ["policies/routes.yaml:19:16: route 'price' names unknown version 'v3'"]),
+        ("unknown-route-upstream-param", [
+            "policies/routes.yaml:17:20: route 'get-order' upstream_path uses {order}, which path does not capture"
+        ]),
+        ("partner-unknown-plan", ["policies/partners/globex.yaml:3:7: partner 'globex' names unknown plan 'platinum'"]),
+        ("partner-unknown-version", ["policies/partners/globex.yaml:4:16: partner 'globex' names unknown version 'v9'"]),
+        ("duplicate-route-id", ["policies/routes.yaml:12:5: route id 'create-order' is already used at policies/routes.yaml:6:5"]),
+        ("duplicate-partner-id", ["policies/partners/globex.yaml:1:1: partner id 'acme' is already used by policies/partners/acme.yaml"]),
+        ("duplicate-key-hash", [
+            "policies/partners/globex.yaml:6:25: key 'main' of partner 'globex' has the same sha256 as a key of partner 'acme'"
+        ]),
+        ("bad-key-hash", [
+            "policies/partners/globex.yaml:6:25: key sha256 must be 64 hex characters (the SHA-256 of the secret), got 63 characters"
+        ]),
+        ("sunset-before-deprecation", ["policies/routes.yaml:3:64: version 'v1' sunset is before its deprecated_at date"]),
+        ("deprecated-without-date", ["policies/routes.yaml:3:7: version 'v1' is deprecated but has no deprecated_at date"]),
+        ("duplicate-method-path", [
+            "policies/routes.yaml:27:5: route 'fetch-order': GET /orders/{order_id} in v2 is already served by route 'get-order'"
+        ]),
+        ("missing-env-secret", [
+            "policies/partners/acme.yaml:11:11: partner 'acme' webhook secret: environment variable ACME_HOOK_SECRET_TYPO is not set"
+        ]),
+        ("bad-webhook-secret", [
+            "policies/partners/acme.yaml:11:11: partner 'acme' webhook secret must be 'whsec_' followed by base64 of 24 to 64 bytes (Standard Webhooks)"
+        ]),
+        ("invalid-yaml", ["policies/plans.yaml:8:10: invalid YAML: did not find expected ',' or '}'"]),
+        ("duplicate-yaml-key", ["policies/plans.yaml:5:5: duplicate key 'concurrency' in a mapping"]),
+        ("several-problems", [
+            "policies/gateway.yaml:17:17: expected a duration like 250ms, 5s, 2m, 1h or 30d for limits.idle_timeout, got 'soon'",
+            "policies/partners/globex.yaml:3:7: partner 'globex' names unknown plan 'bronze'",
+            "policies/routes.yaml:22:15: route 'price' names unknown upstream 'nowhere'",
+        ]),
+    ]
+
+    /// Each fixture reports exactly its problems, all of them, sorted by position.
+    @Test(arguments: cases)
+    func fixtureReportsItsProblems(_ example: (fixture: String, problems: [String])) {
+        #expect(PolicyFixtures.problems(example.fixture) == example.problems)
+    }
+
+    /// Every fixture folder has an expectation, so a new fixture cannot go untested.
+    @Test func everyFixtureFolderIsCovered() throws {
+        let folders = try FileManager.default.contentsOfDirectory(
+            atPath: PolicyFixtures.root.appendingPathComponent("errors").path
+        )
+        #expect(Set(folders) == Set(Self.cases.map(\.fixture)))
+    }
+
+    /// A missing required file is reported once, without cascading into every route that names an upstream.
+    @Test func missingFileIsReportedOnce() {
+        let sources = PolicyFixtures.sources().filter { $0.relativePath != "upstreams.yaml" }
+        do {
+            _ = try PolicyFixtures.load(sources)
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.problems.map(\.description) == ["policies/upstreams.yaml:1:1: required policy file is missing"])
+        }
+    }
+
+    /// TLS files named by gateway.yaml must exist.
+    @Test func unreadableCertificateIsReported() {
+        do {
+            _ = try PolicySet.parse(
+                sources: PolicyFixtures.sources(), directory: "policies", environment: PolicyFixtures.environment,
+                fileExists: { !$0.hasSuffix("dev.key") }
+            )
+            Issue.record("expected an error")
+        } catch {
+            let path = URL(fileURLWithPath: "certs/dev.key").standardizedFileURL.path
+            #expect(error.problems.map(\.description) == ["policies/gateway.yaml:7:8: tls.key: cannot read file \(path)"])
+        }
+    }
+}
+
+import Foundation
