@@ -1,0 +1,119 @@
+import HTTPTypes
+import Testing
+@testable import SluiceCore
+
+struct HeaderRewriterTests {
+    private let context = ForwardingContext(
+        clientAddress: "203.0.113.9", scheme: "https", host: "api.example.com", partnerID: "acme", version: "v2",
+        requestID: "req-1", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    )
+
+    private func forwarded(_ fields: HTTPFields) -> [(String, String)] {
+        var out: [(String, String)] = []
+        HeaderRewriter.forwardRequest(fields, context) { out.append(($0, $1)) }
+        return out
+    }
+
+    /// Credentials, hop-by-hop headers and headers named by Connection are dropped; the gateway's own are added.
+    @Test func requestHeadersAreRewritten() {
+        var fields = HTTPFields()
+        fields[.authorization] = "Bearer secret"
+        fields[HTTPField.Name("X-API-Key")!] = "secret"
+        fields[.connection] = "keep-alive, X-Internal"
+        fields[HTTPField.Name("X-Internal")!] = "1"
+        fields[HTTPField.Name("Keep-Alive")!] = "timeout=5"
+        fields[.transferEncoding] = "chunked"
+        fields[.te] = "trailers"
+        fields[.contentType] = "application/json"
+        fields[HTTPField.Name("X-Partner-Id")!] = "spoofed"
+        fields[HTTPField.Name("X-Request-Id")!] = "spoofed"
+        fields.append(HTTPField(name: HTTPField.Name("X-Forwarded-For")!, value: "198.51.100.1"))
+        fields.append(HTTPField(name: .cookie, value: "a=1"))
+        fields.append(HTTPField(name: .cookie, value: "b=2"))
+        let out = forwarded(fields)
+        let names = out.map { $0.0.lowercased() }
+        for dropped in ["authorization", "x-api-key", "connection", "x-internal", "keep-alive", "transfer-encoding", "te"] {
+            #expect(!names.contains(dropped), "\(dropped) must not be forwarded")
+        }
+        let values = Dictionary(out.map { ($0.0.lowercased(), $0.1) }, uniquingKeysWith: { a, _ in a })
+        #expect(values["content-type"] == "application/json")
+        #expect(values["cookie"] == "a=1; b=2")
+        #expect(values["x-forwarded-for"] == "198.51.100.1, 203.0.113.9")
+        #expect(values["x-forwarded-proto"] == "https" && values["x-forwarded-host"] == "api.example.com")
+        #expect(values["x-partner-id"] == "acme" && values["x-api-version"] == "v2" && values["x-request-id"] == "req-1")
+        #expect(values["traceparent"] == context.traceparent)
+        #expect(names.filter { $0 == "x-partner-id" }.count == 1)
+    }
+
+    /// Response hop-by-hop headers and the upstream's X-Request-Id are not passed on.
+    @Test func responseHeadersDropHopByHop() {
+        let nominated = HeaderRewriter.connectionNominated(values: ["close, X-Upstream-Secret"])
+        #expect(!HeaderRewriter.keepsResponseHeader(lowercasedName: "transfer-encoding", nominated: nominated))
+        #expect(!HeaderRewriter.keepsResponseHeader(lowercasedName: "x-upstream-secret", nominated: nominated))
+        #expect(!HeaderRewriter.keepsResponseHeader(lowercasedName: "x-request-id", nominated: nominated))
+        #expect(HeaderRewriter.keepsResponseHeader(lowercasedName: "content-length", nominated: nominated))
+        #expect(HeaderRewriter.keepsResponseHeader(lowercasedName: "etag", nominated: nominated))
+    }
+}
+
+struct ProblemTests {
+    /// A problem document has the RFC 9457 members plus instance and request_id, in a stable order.
+    @Test func problemDocumentShape() {
+        let problem = Problem(.rateLimited, detail: "Bucket \"rate\" is empty.", extensions: [("violated-policies", .array([.string("rate")]))])
+        #expect(
+            problem.json(instance: "/v2/orders", requestID: "abc")
+                == #"{"type":"urn:sluice:problem:rate-limited","title":"Rate limit exceeded","status":429,"detail":"Bucket \"rate\" is empty.","instance":"/v2/orders","request_id":"abc","violated-policies":["rate"]}"#
+        )
+    }
+
+    /// Every problem name of SPEC §3 exists with its status.
+    @Test func problemNamesAndStatuses() {
+        let expected: [String: Int] = [
+            "unauthorized": 401, "forbidden-version": 403, "unknown-version": 404, "not-found": 404,
+            "method-not-allowed": 405, "rate-limited": 429, "quota-exceeded": 429, "concurrency-limited": 429,
+            "idempotency-key-in-use": 409, "idempotency-key-reused": 422, "invalid-idempotency-key": 400,
+            "missing-idempotency-key": 400, "payload-too-large": 413, "upstream-timeout": 504,
+            "upstream-unavailable": 503, "bad-gateway": 502, "invalid-request": 400, "internal-error": 500,
+        ]
+        #expect(Dictionary(uniqueKeysWithValues: ProblemType.allCases.map { ($0.rawValue, $0.defaultStatus) }) == expected)
+    }
+
+    /// Control characters and quotes are escaped.
+    @Test func jsonEscaping() {
+        #expect(JSONValue.string("a\"b\\c\n\u{01}").rendered == #""a\"b\\c\n\u0001""#)
+    }
+}
+
+struct RequestIdentityTests {
+    /// Valid incoming ids are kept; empty, long or odd ones are replaced.
+    @Test func requestIDValidation() {
+        #expect(RequestIdentity.isValidRequestID("order-17_retry.2"))
+        #expect(!RequestIdentity.isValidRequestID(""))
+        #expect(!RequestIdentity.isValidRequestID(String(repeating: "a", count: 129)))
+        #expect(RequestIdentity.isValidRequestID(String(repeating: "a", count: 128)))
+        #expect(!RequestIdentity.isValidRequestID("id with space"))
+        #expect(!RequestIdentity.isValidRequestID("id\r\nX-Injected: 1"))
+    }
+
+    /// Generated ids are 32 hex characters and do not repeat.
+    @Test func generatedIDsAreUnique() {
+        let generator = IdentifierGenerator()
+        let ids = (0..<10_000).map { _ in generator.requestID() }
+        #expect(Set(ids).count == ids.count)
+        #expect(ids.allSatisfy { $0.utf8.count == 32 && $0.allSatisfy(\.isHexDigit) })
+    }
+
+    /// An incoming traceparent is continued (same trace, new span); a missing or broken one starts a trace.
+    @Test func traceparentContinuesOrStarts() {
+        let generator = IdentifierGenerator()
+        let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        let continued = RequestIdentity.traceparent(incoming: incoming, requestID: "x", generator: generator)
+        #expect(continued.hasPrefix("00-0af7651916cd43dd8448eb211c80319c-") && continued.hasSuffix("-01"))
+        #expect(!continued.contains("b7ad6b7169203331"))
+        let requestID = generator.requestID()
+        for broken in [nil, "garbage", "00-00000000000000000000000000000000-b7ad6b7169203331-01"] {
+            let started = RequestIdentity.traceparent(incoming: broken, requestID: requestID, generator: generator)
+            #expect(started.hasPrefix("00-\(requestID)-") && started.utf8.count == 55)
+        }
+    }
+}
