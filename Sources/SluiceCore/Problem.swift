@@ -17,6 +17,8 @@ public enum ProblemType: String, Sendable, CaseIterable {
     case upstreamUnavailable = "upstream-unavailable"
     case badGateway = "bad-gateway"
     case invalidRequest = "invalid-request"
+    /// Admin API: the token's role may not do this.
+    case forbidden
     /// Anything unexpected: details are logged, never sent.
     case internalError = "internal-error"
 
@@ -25,7 +27,7 @@ public enum ProblemType: String, Sendable, CaseIterable {
     public var defaultStatus: Int {
         switch self {
         case .unauthorized: 401
-        case .forbiddenVersion: 403
+        case .forbiddenVersion, .forbidden: 403
         case .unknownVersion, .notFound: 404
         case .methodNotAllowed: 405
         case .rateLimited, .quotaExceeded, .concurrencyLimited: 429
@@ -59,6 +61,7 @@ public enum ProblemType: String, Sendable, CaseIterable {
         case .upstreamUnavailable: "Upstream unavailable"
         case .badGateway: "Bad gateway"
         case .invalidRequest: "Invalid request"
+        case .forbidden: "Forbidden"
         case .internalError: "Internal error"
         }
     }
@@ -83,16 +86,17 @@ public struct Problem: Sendable, Equatable {
 
     public static let contentType = "application/problem+json"
 
-    /// The JSON body; `instance` is the request path, `request_id` ties it to the logs.
-    public func json(instance: String, requestID: String) -> String {
+    /// The JSON body; `instance` is the request path (omitted when the request could not be
+    /// parsed), `request_id` ties it to the logs.
+    public func json(instance: String?, requestID: String) -> String {
         var members: [(String, JSONValue)] = [
             ("type", .string(type.uri)),
             ("title", .string(title)),
             ("status", .int(status)),
             ("detail", .string(detail)),
-            ("instance", .string(instance)),
-            ("request_id", .string(requestID)),
         ]
+        if let instance { members.append(("instance", .string(instance))) }
+        members.append(("request_id", .string(requestID)))
         members.append(contentsOf: extensions.map { ($0.name, $0.value) })
         return JSONValue.object(members).rendered
     }

@@ -17,6 +17,8 @@ public struct GatewayPolicy: Sendable, Equatable {
         public var keyPath: String
         /// When set, partners may authenticate with a client certificate issued by this CA.
         public var clientCAPath: String?
+        /// Where the tls section is, for problems found when the files are loaded.
+        public var location: SourceLocation
     }
 
     public enum RedisFailureMode: String, Sendable, CaseIterable {
@@ -136,7 +138,7 @@ extension GatewayPolicy {
         let clientCA = path(map.optional("client_ca"), "client_ca")
         map.finish()
         guard let certificate, let key else { return nil }
-        return TLS(certificatePath: certificate, keyPath: key, clientCAPath: clientCA)
+        return TLS(certificatePath: certificate, keyPath: key, clientCAPath: clientCA, location: value.location)
     }
 
     private static func readStore(_ value: YAMLValue) -> Store {

@@ -31,7 +31,8 @@ public struct PolicySet: Sendable, Equatable {
 }
 
 extension PolicySet {
-    static let requiredFiles = ["gateway.yaml", "upstreams.yaml", "routes.yaml", "plans.yaml"]
+    /// The files every policy folder has, besides `partners/*.yaml`.
+    public static let requiredFileNames = ["gateway.yaml", "upstreams.yaml", "routes.yaml", "plans.yaml"]
 
     /// Parses and validates `sources`. Problems name files as `directory/relativePath`.
     ///
@@ -210,7 +211,7 @@ public enum PolicyLoader {
             }
             sources.append(PolicySource(relativePath: relativePath, text: text))
         }
-        PolicySet.requiredFiles.forEach(read)
+        PolicySet.requiredFileNames.forEach(read)
         let partnerNames = (try? FileManager.default.contentsOfDirectory(atPath: base.appendingPathComponent("partners").path)) ?? []
         for name in partnerNames.sorted() where name.hasSuffix(".yaml") || name.hasSuffix(".yml") {
             read("partners/\(name)")

@@ -1,0 +1,90 @@
+/// Decides when a client connection is closed for being slow or idle:
+///
+/// - a request head (and, for a new connection, the TLS handshake) must arrive within
+///   `headerTimeout` of its first byte (or of the connection opening);
+/// - a request body must keep flowing: no more than `idleTimeout` between reads;
+/// - a connection with no request in progress is closed after `idleTimeout`;
+/// - while a request waits for its response, no timeout applies here (upstream timeouts do).
+///
+/// The state machine only moves a deadline; the owner arms one timer at a time and asks
+/// again when it fires, so a read costs no timer rescheduling.
+public struct ConnectionTimeouts<Instant: InstantProtocol>: Sendable where Instant.Duration == Duration, Instant: Sendable {
+    public enum Action: Equatable, Sendable {
+        case none
+        /// Arm the timer for this instant and call `timerFired` then.
+        case arm(Instant)
+        /// Close the connection.
+        case close
+    }
+
+    private let headerTimeout: Duration
+    private let idleTimeout: Duration
+    private var deadline: Instant?
+    private var timerArmed = false
+    private var requestsInProgress = 0
+    private var bodiesInProgress = 0
+    private var awaitingHead = true
+    private var multiplexed = false
+
+    /// A new connection: its first request head must arrive within `headerTimeout`.
+    public init(headerTimeout: Duration, idleTimeout: Duration, now: Instant) {
+        self.headerTimeout = headerTimeout
+        self.idleTimeout = idleTimeout
+        self.deadline = now.advanced(by: headerTimeout)
+    }
+
+    /// Arms the first timer.
+    public mutating func start() -> Action { arm() }
+
+    /// HTTP/2 was negotiated: bytes between requests (pings, settings) are not request heads.
+    public mutating func connectionIsMultiplexed() {
+        multiplexed = true
+    }
+
+    public mutating func bytesReceived(now: Instant) -> Action {
+        if bodiesInProgress > 0 {
+            deadline = now.advanced(by: idleTimeout)
+        } else if requestsInProgress == 0 && !awaitingHead && !multiplexed {
+            awaitingHead = true
+            deadline = now.advanced(by: headerTimeout)
+        }
+        return arm()
+    }
+
+    public mutating func requestHeadReceived(now: Instant) -> Action {
+        requestsInProgress += 1
+        bodiesInProgress += 1
+        awaitingHead = false
+        deadline = now.advanced(by: idleTimeout)
+        return arm()
+    }
+
+    public mutating func requestBodyEnded(now: Instant) -> Action {
+        bodiesInProgress = max(0, bodiesInProgress - 1)
+        if bodiesInProgress == 0 {
+            deadline = requestsInProgress > 0 ? nil : now.advanced(by: idleTimeout)
+        }
+        return arm()
+    }
+
+    public mutating func responseEnded(now: Instant) -> Action {
+        requestsInProgress = max(0, requestsInProgress - 1)
+        if requestsInProgress == 0 && bodiesInProgress == 0 {
+            deadline = now.advanced(by: idleTimeout)
+        }
+        return arm()
+    }
+
+    public mutating func timerFired(now: Instant) -> Action {
+        timerArmed = false
+        guard let deadline else { return .none }
+        if now >= deadline { return .close }
+        return arm()
+    }
+
+    private mutating func arm() -> Action {
+        guard let deadline, !timerArmed else { return .none }
+        timerArmed = true
+        return .arm(deadline)
+    }
+}

@@ -1,0 +1,146 @@
+/// Masks personal data and secrets in log text: e-mail addresses (`j***@example.com`), phone
+/// numbers (all but the last two digits), API keys (`sk_…`) and bearer tokens.
+public enum SensitiveDataMask {
+    /// Returns `text` unchanged (without copying) when there is nothing to mask.
+    public static func mask(_ text: String) -> String {
+        let bytes = Array(text.utf8)
+        guard mightContainSensitiveData(bytes) else { return text }
+        var output: [UInt8] = []
+        output.reserveCapacity(bytes.count)
+        var index = 0
+        while index < bytes.count {
+            if let end = emailEnd(bytes, at: index), let at = bytes[index..<end].firstIndex(of: UInt8(ascii: "@")) {
+                output.append(bytes[index])
+                output.append(contentsOf: Array("***".utf8))
+                output.append(contentsOf: bytes[at..<end])
+                index = end
+            } else if let end = keyEnd(bytes, at: index) {
+                output.append(contentsOf: Array("sk_***".utf8))
+                index = end
+            } else if let end = bearerEnd(bytes, at: index) {
+                output.append(contentsOf: Array("Bearer ***".utf8))
+                index = end
+            } else if let end = phoneEnd(bytes, at: index) {
+                let digits = bytes[index..<end].filter(isDigit)
+                output.append(contentsOf: Array("***".utf8))
+                output.append(contentsOf: digits.suffix(2))
+                index = end
+            } else {
+                output.append(bytes[index])
+                index += 1
+            }
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    private static func mightContainSensitiveData(_ bytes: [UInt8]) -> Bool {
+        var digits = 0
+        for byte in bytes {
+            if byte == UInt8(ascii: "@") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "B") { return true }
+            if isDigit(byte) {
+                digits += 1
+                if digits >= 7 { return true }
+            }
+        }
+        return false
+    }
+
+    /// `local@domain.tld` starting at `start` (which must begin a word).
+    private static func emailEnd(_ bytes: [UInt8], at start: Int) -> Int? {
+        guard startsWord(bytes, start) else { return nil }
+        var index = start
+        while index < bytes.count, isEmailLocal(bytes[index]) { index += 1 }
+        guard index > start, index < bytes.count, bytes[index] == UInt8(ascii: "@") else { return nil }
+        index += 1
+        let domainStart = index
+        var lastDot: Int?
+        while index < bytes.count, isAlphanumeric(bytes[index]) || bytes[index] == UInt8(ascii: "-") || bytes[index] == UInt8(ascii: ".") {
+            if bytes[index] == UInt8(ascii: ".") { lastDot = index }
+            index += 1
+        }
+        while index > domainStart, bytes[index - 1] == UInt8(ascii: ".") { index -= 1 }
+        guard let lastDot, lastDot > domainStart, lastDot < index - 2 else { return nil }
+        return index
+    }
+
+    /// `sk_` followed by at least 8 key characters.
+    private static func keyEnd(_ bytes: [UInt8], at start: Int) -> Int? {
+        guard startsWord(bytes, start), start + 3 < bytes.count, bytes[start] == UInt8(ascii: "s"), bytes[start + 1] == UInt8(ascii: "k"),
+            bytes[start + 2] == UInt8(ascii: "_")
+        else { return nil }
+        var index = start + 3
+        while index < bytes.count, isAlphanumeric(bytes[index]) || bytes[index] == UInt8(ascii: "_") || bytes[index] == UInt8(ascii: "-") {
+            index += 1
+        }
+        return index - start - 3 >= 8 ? index : nil
+    }
+
+    /// `Bearer TOKEN`.
+    private static func bearerEnd(_ bytes: [UInt8], at start: Int) -> Int? {
+        let prefix = Array("Bearer ".utf8)
+        guard startsWord(bytes, start), bytes.count > start + prefix.count, Array(bytes[start..<start + prefix.count]) == prefix else {
+            return nil
+        }
+        var index = start + prefix.count
+        while index < bytes.count, bytes[index] != UInt8(ascii: " "), bytes[index] != UInt8(ascii: "\""), bytes[index] != UInt8(ascii: ",") {
+            index += 1
+        }
+        return index > start + prefix.count ? index : nil
+    }
+
+    /// 7–15 digits written like a phone number: with a leading `+`, or with spaces, dashes,
+    /// dots or parentheses between groups, or a national number (leading 0, at least 9 digits).
+    /// Plain digit runs such as byte counts and order numbers are left alone.
+    private static func phoneEnd(_ bytes: [UInt8], at start: Int) -> Int? {
+        guard startsWord(bytes, start), start < bytes.count, isDigit(bytes[start]) || bytes[start] == UInt8(ascii: "+") || bytes[start] == UInt8(ascii: "(")
+        else { return nil }
+        var index = start
+        var digits = 0
+        var lastDigitEnd = start
+        var separated = false
+        var pendingSeparator = false
+        while index < bytes.count {
+            let byte = bytes[index]
+            if isDigit(byte) {
+                if pendingSeparator { separated = true }
+                pendingSeparator = false
+                digits += 1
+                lastDigitEnd = index + 1
+            } else if byte == UInt8(ascii: " ") || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "(")
+                || byte == UInt8(ascii: ")")
+            {
+                pendingSeparator = digits > 0
+            } else if !(byte == UInt8(ascii: "+") && index == start) {
+                break
+            }
+            index += 1
+        }
+        guard (7...15).contains(digits) else { return nil }
+        let international = bytes[start] == UInt8(ascii: "+")
+        let national = bytes[start] == UInt8(ascii: "0") && digits >= 9
+        guard international || separated || national || bytes[start] == UInt8(ascii: "(") else { return nil }
+        if lastDigitEnd < bytes.count, isAlphanumeric(bytes[lastDigitEnd]) { return nil }
+        if isDate(bytes[start..<lastDigitEnd]) { return nil }
+        return lastDigitEnd
+    }
+
+    /// `YYYY-MM-DD`, which has phone-like digits but is not personal data.
+    private static func isDate(_ candidate: ArraySlice<UInt8>) -> Bool {
+        let text = Array(candidate)
+        guard text.count == 10, text[4] == UInt8(ascii: "-"), text[7] == UInt8(ascii: "-") else { return false }
+        return text.enumerated().allSatisfy { $0.offset == 4 || $0.offset == 7 || isDigit($0.element) }
+    }
+
+    private static func startsWord(_ bytes: [UInt8], _ index: Int) -> Bool {
+        index == 0 || !(isAlphanumeric(bytes[index - 1]) || bytes[index - 1] == UInt8(ascii: "_"))
+    }
+
+    private static func isDigit(_ byte: UInt8) -> Bool { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) }
+
+    private static func isAlphanumeric(_ byte: UInt8) -> Bool { isAlphanumericASCII(byte) }
+
+    private static func isEmailLocal(_ byte: UInt8) -> Bool {
+        isAlphanumeric(byte) || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+            || byte == UInt8(ascii: "+") || byte == UInt8(ascii: "%")
+    }
+}

@@ -1,0 +1,96 @@
+import Foundation
+import Hummingbird
+import SluiceCore
+
+/// The admin listener (SPEC §5): health, readiness, Prometheus metrics and the admin API
+/// behind `Authorization: Bearer ADMIN_TOKEN` (SHA-256 compared against gateway.yaml's tokens).
+struct AdminAPI {
+    let runtime: GatewayRuntime
+    /// Reloads the policy folder now (the same as SIGHUP).
+    let reload: @Sendable () async -> PolicyReloader.Outcome
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/healthz") { _, _ in json(.ok, #"{"status":"ok"}"#) }
+        router.get("/readyz") { _, _ in
+            runtime.isDraining ? json(.serviceUnavailable, #"{"status":"draining"}"#) : json(.ok, #"{"status":"ready"}"#)
+        }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: runtime.metrics.render()))
+            )
+        }
+        router.get("/admin/policies") { request, _ in
+            if let denied = authorize(request, needs: .viewer) { return denied }
+            return json(.ok, policyStatus())
+        }
+        router.post("/admin/policies/reload") { request, _ in
+            if let denied = authorize(request, needs: .operator) { return denied }
+            switch await reload() {
+            case .loaded: return json(.ok, policyStatus())
+            case .rejected(let errors):
+                let problem = Problem(
+                    .invalidRequest, detail: "The policy files have problems; the running set stays.", status: 422,
+                    title: "Invalid policy files",
+                    extensions: [("problems", .array(errors.problems.map { .string($0.description) }))]
+                )
+                return problemResponse(problem, request)
+            }
+        }
+        return router
+    }
+
+    /// nil when the bearer token's role is at least `needs`; else the 401 or 403 answer.
+    private func authorize(_ request: Request, needs role: GatewayPolicy.AdminRole) -> Response? {
+        let tokens = runtime.snapshots.load().policy.gateway.adminTokens
+        guard let presented = PartnerResponder.presentedKey(request.headers) else {
+            return problemResponse(Problem(.unauthorized, detail: "Send an admin token as 'Authorization: Bearer TOKEN'."), request)
+        }
+        let digest = SHA256Digest.of(presented)
+        var granted: GatewayPolicy.AdminRole?
+        for token in tokens where token.sha256.constantTimeEquals(digest) { granted = token.role }
+        guard let granted else {
+            return problemResponse(Problem(.unauthorized, detail: "The admin token is not valid."), request)
+        }
+        guard granted >= role else {
+            return problemResponse(Problem(.forbidden, detail: "This needs the \(role.rawValue) role; the token has \(granted.rawValue)."), request)
+        }
+        return nil
+    }
+
+    private func policyStatus() -> String {
+        let snapshot = runtime.snapshots.load()
+        let status = runtime.policyStatus.withLock { $0 }
+        let policy = snapshot.policy
+        var members: [(String, JSONValue)] = [
+            ("version", .string(policy.versionHash)),
+            ("loaded_at", .string(snapshot.rules.loadedAt.formatted(.iso8601))),
+            ("partners", .int(policy.partners.count)),
+            ("routes", .int(policy.routes.routes.count)),
+            ("upstreams", .array(policy.upstreams.keys.sorted().map { .string($0) })),
+            ("versions", .array(policy.routes.versions.map { .string($0.name) })),
+        ]
+        if let error = status.lastError {
+            members.append(("last_error", .object([("at", .string(status.lastErrorAt?.formatted(.iso8601) ?? "")), ("problems", .array(error.map { .string($0) }))])))
+        } else {
+            members.append(("last_error", .null))
+        }
+        return JSONValue.object(members).rendered
+    }
+
+    private func problemResponse(_ problem: Problem, _ request: Request) -> Response {
+        var headers: HTTPFields = [.contentType: Problem.contentType, .cacheControl: "no-store"]
+        if problem.status == 401 { headers[.wwwAuthenticate] = "Bearer" }
+        return Response(
+            status: .init(code: problem.status),
+            headers: headers,
+            body: ResponseBody(byteBuffer: ByteBuffer(string: problem.json(instance: request.uri.path, requestID: runtime.identifiers.requestID())))
+        )
+    }
+}
+
+private func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
+    Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
+}

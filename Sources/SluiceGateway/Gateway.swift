@@ -1,0 +1,194 @@
+import Hummingbird
+import HummingbirdCore
+public import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+public import SluiceCore
+import Synchronization
+
+/// A running Sluice gateway: the partner listeners (HTTPS and optional plain HTTP), the
+/// admin listener, the policy watcher, upstream clients and log flushing, as services of one
+/// `ServiceGroup`. SIGTERM/SIGINT (or `shutdown()`) turn `/readyz` to 503, stop accepting,
+/// let in-flight requests finish for up to 30 s, then stop the rest.
+public final class Gateway: Sendable {
+    public struct Options: Sendable {
+        /// How often the policy folder is checked for changes.
+        public var watchInterval: Duration = .seconds(1)
+        /// Longest wait for in-flight requests when shutting down.
+        public var shutdownTimeout: Duration = .seconds(30)
+        /// Drain on SIGTERM and SIGINT (off in tests that run several gateways in one process).
+        public var handleSignals = true
+        /// Log lines written here are flushed a few times a second and at shutdown.
+        public var logOutput: LogOutput?
+
+        public init() {}
+    }
+
+    /// Where the listeners ended up (useful when the policy asks for port 0).
+    public struct Addresses: Sendable {
+        public var https: Int?
+        public var http: Int?
+        public var admin: Int?
+    }
+
+    private let directory: String
+    private let options: Options
+    let runtime: GatewayRuntime
+    private let pool: UpstreamPool
+    private let group: ServiceGroup
+    private let bound: BoundListeners
+
+    /// Loads and validates the policies; nothing listens until `run()`.
+    public init(policiesDirectory: String, environment: [String: String], logger: Logger, options: Options = Options()) throws(PolicyErrors) {
+        self.directory = policiesDirectory
+        self.options = options
+        let eventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        let policy = try PolicyLoader.load(directory: policiesDirectory, environment: environment)
+        let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, logger: logger)
+        let runtime = GatewayRuntime(snapshot: try GatewaySnapshot.make(policy, pool: pool), metrics: GatewayMetrics(), logger: logger)
+        self.pool = pool
+        self.runtime = runtime
+        let reloader = PolicyReloader(directory: policiesDirectory, environment: environment, runtime: runtime, pool: pool)
+        let listen = policy.gateway.listen
+        let bound = BoundListeners(expected: [listen.https, listen.http, listen.admin].compactMap { $0 }.count)
+        self.bound = bound
+
+        var services: [any Service] = []
+        if let output = options.logOutput { services.append(LogFlusher(output: output)) }
+        services.append(pool)
+        let record: @Sendable (String, any Channel) -> Void = { name, channel in bound.record(name, port: channel.localAddress?.port) }
+        if let admin = listen.admin {
+            let api = AdminAPI(runtime: runtime, reload: { reloader.reload(reason: "admin API") })
+            services.append(
+                Application(
+                    router: api.router(),
+                    configuration: .init(address: .hostname(admin.host, port: admin.port), serverName: nil),
+                    onServerRunning: { record("admin", $0) },
+                    eventLoopGroupProvider: .shared(eventLoopGroup),
+                    logger: logger
+                )
+            )
+        }
+        services.append(PolicyWatcher(reloader: reloader, interval: options.watchInterval))
+        for (name, address, useTLS) in [("https", listen.https, true), ("http", listen.http, false)] {
+            guard let address else { continue }
+            services.append(Self.partnerServer(name, address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, record: record))
+        }
+        services.append(DrainOnShutdown(runtime: runtime))
+
+        var configuration = ServiceGroupConfiguration(
+            services: services,
+            gracefulShutdownSignals: options.handleSignals ? [.sigterm, .sigint] : [],
+            logger: logger
+        )
+        configuration.maximumGracefulShutdownDuration = options.shutdownTimeout
+        configuration.maximumCancellationDuration = .seconds(5)
+        group = ServiceGroup(configuration: configuration)
+    }
+
+    /// Runs until shutdown; throws when a listener cannot bind.
+    public func run() async throws {
+        try await group.run()
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does.
+    public func shutdown() async {
+        await group.triggerGracefulShutdown()
+    }
+
+    /// Waits until every listener is bound and returns the ports.
+    public func addresses() async -> Addresses {
+        await bound.wait()
+    }
+
+    private static func partnerServer(
+        _ name: String, _ address: ListenAddress, useTLS: Bool, runtime: GatewayRuntime, group: any EventLoopGroup,
+        record: @escaping @Sendable (String, any Channel) -> Void
+    ) -> any Service {
+        let responder = PartnerResponder(runtime: runtime, scheme: useTLS ? "https" : "http")
+        let channel = PartnerChannel(
+            useTLS: useTLS,
+            snapshots: runtime.snapshots,
+            identifiers: runtime.identifiers,
+            onProtocolError: { status, requestID in
+                runtime.metrics.requestFinished(partner: nil, version: nil, route: nil, status: status, duration: .zero)
+                runtime.logger.info("request", metadata: ["request_id": .string(requestID), "status": .stringConvertible(status), "problem": "invalid-request"])
+            },
+            responder: { request, writer, channel in try await responder.respond(request, writer, channel) }
+        )
+        return Server(
+            childChannelSetup: channel,
+            configuration: ServerConfiguration(address: .hostname(address.host, port: address.port)),
+            onServerRunning: { record(name, $0) },
+            eventLoopGroup: group,
+            logger: runtime.logger
+        )
+    }
+}
+
+/// Collects the ports of bound listeners for `Gateway.addresses()`.
+private final class BoundListeners: Sendable {
+    private struct State {
+        var addresses = Gateway.Addresses()
+        var count = 0
+        var waiters: [CheckedContinuation<Gateway.Addresses, Never>] = []
+    }
+
+    private let state = Mutex(State())
+    private let expected: Int
+
+    init(expected: Int) {
+        self.expected = expected
+    }
+
+    func record(_ name: String, port: Int?) {
+        let (waiters, addresses): ([CheckedContinuation<Gateway.Addresses, Never>], Gateway.Addresses) = state.withLock { state in
+            switch name {
+            case "https": state.addresses.https = port
+            case "http": state.addresses.http = port
+            default: state.addresses.admin = port
+            }
+            state.count += 1
+            guard state.count >= expected else { return ([], state.addresses) }
+            defer { state.waiters = [] }
+            return (state.waiters, state.addresses)
+        }
+        for waiter in waiters { waiter.resume(returning: addresses) }
+    }
+
+    func wait() async -> Gateway.Addresses {
+        await withCheckedContinuation { continuation in
+            let ready: Gateway.Addresses? = state.withLock { state in
+                if state.count >= expected { return state.addresses }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+}
+
+/// Turns `/readyz` to 503 as soon as shutdown begins (it is the last service, so the first stopped).
+struct DrainOnShutdown: Service {
+    let runtime: GatewayRuntime
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        runtime.beginDraining()
+        runtime.logger.info("shutting down: not ready, draining in-flight requests")
+    }
+}
+
+/// Writes buffered log lines out a few times a second, and once more at the very end.
+struct LogFlusher: Service {
+    let output: LogOutput
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(200))
+            output.flush()
+        }
+        output.flush()
+    }
+}

@@ -1,0 +1,87 @@
+import HummingbirdCore
+import HummingbirdHTTP2
+import Logging
+import NIOCore
+import NIOHTTP2
+import NIOSSL
+import SluiceCore
+
+/// The child channel of a partner listener: optional TLS with ALPN (`h2`, `http/1.1`), then
+/// Hummingbird's HTTP/1.1 or HTTP/2 handling, with a `ConnectionWatchdog` in front and a
+/// `RequestGuard` per request stream. Limits and the TLS context come from the policy snapshot
+/// current when the connection is accepted, so reloads apply to new connections.
+struct PartnerChannel: ServerChildChannel {
+    struct Value: ServerChildChannelValue {
+        let negotiated: EventLoopFuture<NIONegotiatedHTTPVersion<HTTP1Channel.Value, HTTP2Channel.Value>>
+        let channel: any Channel
+    }
+
+    let useTLS: Bool
+    let snapshots: SnapshotHolder<GatewaySnapshot>
+    let identifiers: IdentifierGenerator
+    let onProtocolError: RequestGuard.ProtocolErrorObserver
+    let responder: HTTPChannelHandler.Responder
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        let snapshot = snapshots.load()
+        let limits = snapshot.policy.gateway.limits
+        do {
+            let watchdog = ConnectionWatchdog(headerTimeout: limits.clientHeaderTimeout, idleTimeout: limits.idleTimeout)
+            try channel.pipeline.syncOperations.addHandler(watchdog)
+            let boundWatchdog = NIOLoopBound(watchdog, eventLoop: channel.eventLoop)
+            let http1 = HTTP1Channel(responder: responder, configuration: streamConfiguration(limits, boundWatchdog, isHTTP2: false))
+            guard useTLS else {
+                return http1.setup(channel: channel, logger: logger).map { connection in
+                    Value(negotiated: channel.eventLoop.makeSucceededFuture(.http1_1(connection)), channel: channel)
+                }
+            }
+            guard let tlsContext = snapshot.tlsContext else {
+                return channel.eventLoop.makeFailedFuture(ChannelError.inappropriateOperationForState)
+            }
+            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext))
+            let http2 = HTTP2Channel(
+                responder: responder,
+                configuration: .init(streamConfiguration: streamConfiguration(limits, boundWatchdog, isHTTP2: true))
+            )
+            return channel.configureHTTP2AsyncSecureUpgrade { connection in
+                http1.setup(channel: connection, logger: logger)
+            } http2ConnectionInitializer: { connection in
+                boundWatchdog.value.connectionIsMultiplexed()
+                return http2.setup(channel: connection, logger: logger)
+            }
+            .map { Value(negotiated: $0, channel: channel) }
+        } catch {
+            return channel.eventLoop.makeFailedFuture(error)
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        do {
+            switch try await value.negotiated.get() {
+            case .http1_1(let connection):
+                await HTTP1Channel(responder: responder).handle(value: connection, logger: logger)
+            case .http2(let connection):
+                await HTTP2Channel(responder: responder).handle(value: connection, logger: logger)
+            }
+        } catch {
+            logger.debug("connection ended before HTTP was negotiated", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Decoder limits from `max_header_bytes` and a `RequestGuard` on every HTTP/1.1 connection or HTTP/2 stream.
+    private func streamConfiguration(
+        _ limits: GatewayPolicy.Limits, _ watchdog: NIOLoopBound<ConnectionWatchdog>, isHTTP2: Bool
+    ) -> HTTP1Channel.Configuration {
+        let identifiers = identifiers
+        let onProtocolError = onProtocolError
+        return HTTP1Channel.Configuration(
+            additionalChannelHandlers: [
+                RequestGuard(watchdog: watchdog.value, isHTTP2: isHTTP2, identifiers: identifiers, onProtocolError: onProtocolError)
+            ],
+            idleTimeout: nil,
+            httpDecoderConfiguration: .init(
+                maxHeaderFieldSize: limits.maxHeaderBytes, maxHeaderListSize: limits.maxHeaderBytes, maxHeaderFieldCount: 1_000
+            )
+        )
+    }
+}

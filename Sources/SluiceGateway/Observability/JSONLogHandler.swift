@@ -1,0 +1,143 @@
+import Foundation
+public import Logging
+import SluiceCore
+import Synchronization
+
+/// Where log lines go: a file descriptor with a buffer that is written out when it fills
+/// up and by `LogFlusher` a few times a second, so a request never waits for a log write.
+public final class LogOutput: Sendable {
+    private let fileDescriptor: Int32
+    private let buffer = Mutex<[UInt8]>([])
+    private static let flushThreshold = 32 << 10
+
+    /// Standard output.
+    public static let standardOutput = LogOutput(fileDescriptor: STDOUT_FILENO)
+
+    public init(fileDescriptor: Int32) {
+        self.fileDescriptor = fileDescriptor
+    }
+
+    func append(_ line: String) {
+        let full: [UInt8]? = buffer.withLock { buffer in
+            buffer.append(contentsOf: line.utf8)
+            buffer.append(UInt8(ascii: "\n"))
+            guard buffer.count >= Self.flushThreshold else { return nil }
+            defer { buffer.removeAll(keepingCapacity: true) }
+            return buffer
+        }
+        if let full { write(full) }
+    }
+
+    /// Writes out whatever is buffered.
+    public func flush() {
+        let pending: [UInt8] = buffer.withLock { buffer in
+            defer { buffer.removeAll(keepingCapacity: true) }
+            return buffer
+        }
+        if !pending.isEmpty { write(pending) }
+    }
+
+    private func write(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let written = Foundation.write(fileDescriptor, raw.baseAddress! + offset, raw.count - offset)
+                if written <= 0 {
+                    if written < 0 && errno == EINTR { continue }
+                    return
+                }
+                offset += written
+            }
+        }
+    }
+}
+
+/// Writes one JSON object per line: `timestamp`, `level`, `message`, then the metadata
+/// (`request_id`, `partner`, `route`, `status`, `duration_ms`, …). E-mail addresses, phone
+/// numbers and keys are masked in the message and in metadata values.
+public struct JSONLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var metadataProvider: Logger.MetadataProvider?
+    public var logLevel: Logger.Level = .info
+    private let output: LogOutput
+
+    /// Values of these keys are identifiers or numbers, never personal data.
+    private static let unmaskedKeys: Set<String> = ["request_id", "trace_id", "status", "duration_ms", "bytes_in", "bytes_out"]
+
+    public init(label: String, output: LogOutput = .standardOutput) {
+        self.output = output
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = metadata
+        if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        if let error = event.error { merged["error"] = "\(error)" }
+
+        var line = "{\"timestamp\":\""
+        line += Timestamp.now()
+        line += "\",\"level\":\""
+        line += event.level.rawValue
+        line += "\",\"message\":"
+        JSONValue.appendQuoted(SensitiveDataMask.mask(event.message.description), to: &line)
+        for key in merged.keys.sorted() {
+            line += ","
+            JSONValue.appendQuoted(key, to: &line)
+            line += ":"
+            Self.render(merged[key]!, masked: !Self.unmaskedKeys.contains(key), into: &line)
+        }
+        line += "}"
+        output.append(line)
+    }
+
+    private static func render(_ value: Logger.Metadata.Value, masked: Bool, into line: inout String) {
+        switch value {
+        case .string(let text):
+            JSONValue.appendQuoted(masked ? SensitiveDataMask.mask(text) : text, to: &line)
+        case .stringConvertible(let convertible):
+            if convertible is any BinaryInteger || convertible is Double {
+                line += convertible.description
+            } else {
+                JSONValue.appendQuoted(masked ? SensitiveDataMask.mask(convertible.description) : convertible.description, to: &line)
+            }
+        case .array(let items):
+            line += "["
+            for (index, item) in items.enumerated() {
+                if index > 0 { line += "," }
+                render(item, masked: masked, into: &line)
+            }
+            line += "]"
+        case .dictionary(let dictionary):
+            line += "{"
+            for (index, key) in dictionary.keys.sorted().enumerated() {
+                if index > 0 { line += "," }
+                JSONValue.appendQuoted(key, to: &line)
+                line += ":"
+                render(dictionary[key]!, masked: masked, into: &line)
+            }
+            line += "}"
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamps with milliseconds, without Foundation formatters.
+enum Timestamp {
+    static func now() -> String {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        var parts = tm()
+        var seconds = time.tv_sec
+        gmtime_r(&seconds, &parts)
+        func pad(_ value: Int32, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(time.tv_nsec / 1_000_000), 3))Z"
+    }
+}

@@ -1,0 +1,443 @@
+import AsyncHTTPClient
+import HTTPTypes
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import SluiceCore
+import X509
+
+/// Answers partner requests (SPEC §3): request identity, size and target checks,
+/// authentication, version, route, then forwarding to the upstream with both bodies streamed.
+/// Each request reads one policy snapshot, so a reload never half-applies.
+struct PartnerResponder: Sendable {
+    let runtime: GatewayRuntime
+    /// `https` or `http`: the listener this responder serves.
+    let scheme: String
+
+    /// What the gateway decided before contacting an upstream.
+    private enum Decision {
+        case reject(Problem, headers: HTTPFields)
+        case forward(ForwardPlan)
+    }
+
+    private struct ForwardPlan {
+        var partner: Partner
+        var version: VersionRules
+        var route: Route
+        /// Upstream path and query, e.g. `/api/orders/17?expand=lines`.
+        var target: String
+        var bodyLength: BodyLength
+    }
+
+    private enum BodyLength {
+        case none
+        case known(Int)
+        case unknown
+    }
+
+    func respond(_ request: Request, _ writer: consuming ResponseWriter, _ channel: any Channel) async throws {
+        let started = ContinuousClock.now
+        let snapshot = runtime.snapshots.load()
+        var exchange = Exchange(request: request, identifiers: runtime.identifiers)
+        do {
+            switch await decide(request, &exchange, snapshot, channel) {
+            case .reject(let problem, let headers):
+                try await writeProblem(problem, headers, &exchange, request, writer)
+            case .forward(let plan):
+                try await forward(plan, request, &exchange, snapshot, writer, channel)
+            }
+        } catch {
+            exchange.clientGone = true
+            finish(exchange, started: started)
+            throw error
+        }
+        finish(exchange, started: started)
+    }
+
+    // MARK: - Deciding
+
+    private func decide(_ request: Request, _ exchange: inout Exchange, _ snapshot: GatewaySnapshot, _ channel: any Channel) async -> Decision {
+        let limits = snapshot.policy.gateway.limits
+        let closeIfBodyUnread = closeHeadersIfBodyIsLarge(request)
+
+        if Self.headerBytes(request) > limits.maxHeaderBytes {
+            return .reject(
+                Problem(.invalidRequest, detail: "The request line and headers are larger than \(limits.maxHeaderBytes) bytes.", status: 431, title: "Request header fields too large"),
+                headers: closeIfBodyUnread
+            )
+        }
+        guard let path = exchange.path.first == "/" ? exchange.path : nil, !Self.hasDotSegment(path) else {
+            return .reject(Problem(.invalidRequest, detail: "The request target must be an absolute path without '.' or '..' segments."), headers: closeIfBodyUnread)
+        }
+
+        guard let partner = await authenticate(request, snapshot, channel) else {
+            return .reject(
+                Problem(.unauthorized, detail: "Send a valid API key as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'."),
+                headers: closeIfBodyUnread.adding(.wwwAuthenticate, "Bearer")
+            )
+        }
+        exchange.partner = partner.id
+
+        let versionRules: VersionRules
+        let routePath: Substring
+        switch snapshot.rules.resolveVersion(path: Substring(path), apiVersionHeader: request.headers[.apiVersion], partner: partner) {
+        case .unknown(let name):
+            return .reject(Problem(.unknownVersion, detail: "API version '\(name)' does not exist."), headers: closeIfBodyUnread)
+        case .forbidden(let rules):
+            exchange.adopt(version: rules)
+            return .reject(Problem(.forbiddenVersion, detail: "Your account may not use API version '\(rules.version.name)'."), headers: closeIfBodyUnread)
+        case .resolved(let rules, let rest):
+            exchange.adopt(version: rules)
+            versionRules = rules
+            routePath = rest
+        }
+
+        let route: Route
+        let parameters: RouteParameters
+        switch versionRules.routes.match(method: request.method.rawValue, path: routePath) {
+        case .notFound:
+            return .reject(Problem(.notFound, detail: "No route for \(routePath) in API version \(versionRules.version.name)."), headers: closeIfBodyUnread)
+        case .methodNotAllowed(let allow):
+            return .reject(
+                Problem(.methodNotAllowed, detail: "\(request.method.rawValue) is not allowed here."),
+                headers: closeIfBodyUnread.adding(.allow, allow)
+            )
+        case .found(let matched, let captured):
+            route = matched
+            parameters = captured
+        }
+        exchange.route = route.id
+        exchange.upstream = route.upstream.name
+
+        let bodyLength: BodyLength
+        switch Self.declaredBodyLength(request) {
+        case .success(let length): bodyLength = length
+        case .failure:
+            return .reject(Problem(.invalidRequest, detail: "Content-Length is not valid."), headers: [.connection: "close"])
+        }
+        if case .known(let length) = bodyLength, length > limits.maxRequestBody {
+            return .reject(
+                Problem(.payloadTooLarge, detail: "The request body is larger than \(limits.maxRequestBody) bytes."),
+                headers: [.connection: "close"]
+            )
+        }
+
+        // Admission (rate limits, quotas, concurrency), idempotency and async tasks come in
+        // here, in that order, once the route and partner are known.
+        let target = route.upstreamPath.render(parameters) + exchange.query
+        return .forward(ForwardPlan(partner: partner, version: versionRules, route: route, target: target, bodyLength: bodyLength))
+    }
+
+    /// The partner of the API key, or of the client certificate when no key was sent.
+    private func authenticate(_ request: Request, _ snapshot: GatewaySnapshot, _ channel: any Channel) async -> Partner? {
+        if let key = Self.presentedKey(request.headers) {
+            return snapshot.rules.partner(forKey: key)
+        }
+        guard scheme == "https", snapshot.policy.gateway.tls?.clientCAPath != nil,
+            let subject = await Self.peerCertificateSubject(channel)
+        else { return nil }
+        return snapshot.rules.partner(forCertificateSubject: subject)
+    }
+
+    /// `Authorization: Bearer KEY`, else `X-API-Key: KEY`.
+    static func presentedKey(_ headers: HTTPFields) -> Substring? {
+        if let authorization = headers[.authorization] {
+            let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+            if parts.count == 2, parts[0].lowercased() == "bearer" {
+                let key = parts[1].trimmingCharacters(in: .whitespaces)
+                return key.isEmpty ? nil : Substring(key)
+            }
+        }
+        if let key = headers[.xAPIKey], !key.isEmpty { return Substring(key) }
+        return nil
+    }
+
+    /// The verified client certificate's subject (RFC 4514), looked up on the TLS connection
+    /// (the channel itself for HTTP/1.1, its parent for an HTTP/2 stream).
+    private static func peerCertificateSubject(_ channel: any Channel) async -> String? {
+        for candidate in [channel, channel.parent].compactMap({ $0 }) {
+            let lookup = candidate.eventLoop.submit { () -> (hasTLS: Bool, certificate: NIOSSLCertificate?) in
+                guard let handler = try? candidate.pipeline.syncOperations.handler(type: NIOSSLHandler.self) else { return (false, nil) }
+                return (true, handler.peerCertificate)
+            }
+            guard let result = try? await lookup.get(), result.hasTLS else { continue }
+            guard let certificate = result.certificate, let parsed = try? Certificate(derEncoded: certificate.toDERBytes()) else {
+                return nil
+            }
+            return parsed.subject.description
+        }
+        return nil
+    }
+
+    // MARK: - Forwarding
+
+    private func forward(
+        _ plan: ForwardPlan, _ request: Request, _ exchange: inout Exchange, _ snapshot: GatewaySnapshot,
+        _ writer: consuming ResponseWriter, _ channel: any Channel
+    ) async throws {
+        guard let client = snapshot.upstreams[plan.route.upstream.name] else {
+            runtime.logger.error("no client for upstream", metadata: ["upstream": "\(plan.route.upstream.name)"])
+            return try await writeProblem(Problem(.internalError, detail: "The gateway could not handle this request."), [:], &exchange, request, writer)
+        }
+        var upstreamRequest = HTTPClientRequest(url: client.baseURL + plan.target)
+        upstreamRequest.method = HTTPMethod(rawValue: request.method.rawValue)
+        let context = ForwardingContext(
+            clientAddress: channel.remoteAddress?.ipAddress,
+            scheme: scheme,
+            host: request.head.authority,
+            partnerID: plan.partner.id,
+            version: plan.version.version.name,
+            requestID: exchange.requestID,
+            traceparent: RequestIdentity.traceparent(
+                incoming: request.headers[.traceparent], requestID: exchange.requestID, generator: runtime.identifiers
+            )
+        )
+        HeaderRewriter.forwardRequest(request.headers, context) { upstreamRequest.headers.add(name: $0, value: $1) }
+
+        var body: RequestBodyStream?
+        switch plan.bodyLength {
+        case .none:
+            break
+        case .known(let length):
+            let stream = RequestBodyStream(request.body, limit: snapshot.policy.gateway.limits.maxRequestBody)
+            upstreamRequest.body = .stream(stream, length: .known(Int64(length)))
+            body = stream
+        case .unknown:
+            let stream = RequestBodyStream(request.body, limit: snapshot.policy.gateway.limits.maxRequestBody)
+            upstreamRequest.body = .stream(stream, length: .unknown)
+            body = stream
+        }
+        if body != nil, request.headers[.expect]?.lowercased() == "100-continue" {
+            try await writer.writeInformationalHead(HTTPResponse(status: .continue))
+        }
+
+        let upstreamStarted = ContinuousClock.now
+        let response: HTTPClientResponse
+        do {
+            response = try await client.tracking {
+                try await client.http.execute(
+                    upstreamRequest, deadline: .now() + TimeAmount(plan.route.requestTimeout), logger: runtime.logger
+                )
+            }
+        } catch {
+            await body?.close()
+            exchange.bytesIn = body?.bytesRead ?? 0
+            guard let problem = Self.problem(forUpstreamError: error, body: body) else {
+                exchange.clientGone = true
+                return
+            }
+            exchange.upstreamError = String(describing: error)
+            let close: HTTPFields = body?.isComplete == false ? [.connection: "close"] : [:]
+            return try await writeProblem(problem, close, &exchange, request, writer)
+        }
+        runtime.metrics.upstreamResponded(upstream: plan.route.upstream.name, after: .now - upstreamStarted)
+
+        var head = HTTPResponse(status: HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase))
+        head.headerFields = responseHeaders(response.headers, exchange)
+        if let body, !body.isComplete { head.headerFields[.connection] = "close" }
+        exchange.status = head.status.code
+
+        var bodyWriter = try await writer.writeHead(head)
+        do {
+            for try await chunk in response.body {
+                exchange.bytesOut += chunk.readableBytes
+                try await bodyWriter.write(chunk)
+            }
+            try await bodyWriter.finish(nil)
+        } catch {
+            await body?.close()
+            exchange.bytesIn = body?.bytesRead ?? 0
+            exchange.upstreamError = String(describing: error)
+            throw error
+        }
+        await body?.close()
+        exchange.bytesIn = body?.bytesRead ?? 0
+    }
+
+    /// The upstream's headers without hop-by-hop ones, plus the gateway's (request id, version headers).
+    private func responseHeaders(_ upstream: HTTPHeaders, _ exchange: Exchange) -> HTTPFields {
+        var fields = HTTPFields()
+        fields.reserveCapacity(upstream.count + exchange.responseHeaders.count)
+        let nominated = HeaderRewriter.connectionNominated(values: upstream["connection"])
+        for (name, value) in upstream {
+            guard let fieldName = HTTPField.Name(name),
+                HeaderRewriter.keepsResponseHeader(lowercasedName: fieldName.canonicalName, nominated: nominated)
+            else { continue }
+            fields.append(HTTPField(name: fieldName, value: value))
+        }
+        fields.append(contentsOf: exchange.responseHeaders)
+        return fields
+    }
+
+    /// The problem for a failed upstream call; nil when the partner went away (nobody to answer).
+    static func problem(forUpstreamError error: any Error, body: RequestBodyStream?) -> Problem? {
+        switch body?.failure {
+        case .tooLarge(let limit):
+            return Problem(.payloadTooLarge, detail: "The request body is larger than \(limit) bytes.")
+        case .malformed:
+            return Problem(.invalidRequest, detail: "The request body is not valid HTTP.")
+        case .truncated, .closed:
+            return nil
+        case nil:
+            break
+        }
+        if error is CancellationError { return nil }
+        if let clientError = error as? HTTPClientError {
+            switch clientError {
+            case .deadlineExceeded, .connectTimeout, .readTimeout, .writeTimeout:
+                return Problem(.upstreamTimeout, detail: "The upstream service did not answer in time.")
+            case .cancelled:
+                return nil
+            default:
+                break
+            }
+        }
+        return Problem(.badGateway, detail: "The upstream service could not be reached or closed the connection.")
+    }
+
+    // MARK: - Answering
+
+    private func writeProblem(
+        _ problem: Problem, _ extra: HTTPFields, _ exchange: inout Exchange, _ request: Request, _ writer: consuming ResponseWriter
+    ) async throws {
+        let json = problem.json(instance: String(exchange.path), requestID: exchange.requestID)
+        var fields = exchange.responseHeaders
+        fields.append(contentsOf: extra)
+        fields[.contentType] = Problem.contentType
+        fields[.contentLength] = String(json.utf8.count)
+        fields[.cacheControl] = "no-store"
+        exchange.status = problem.status
+        exchange.problem = problem.type.rawValue
+        let head = HTTPResponse(status: HTTPResponse.Status(code: problem.status), headerFields: fields)
+        if request.method == .head {
+            try await writer.writeResponse(head)
+        } else {
+            try await writer.write(response: head, body: ResponseBody(byteBuffer: ByteBuffer(string: json)))
+        }
+    }
+
+    private func finish(_ exchange: Exchange, started: ContinuousClock.Instant) {
+        let duration = ContinuousClock.now - started
+        let status = exchange.clientGone && exchange.status == 0 ? 499 : exchange.status
+        runtime.metrics.requestFinished(
+            partner: exchange.partner, version: exchange.version, route: exchange.route, status: status, duration: duration
+        )
+        var metadata: Logger.Metadata = [
+            "request_id": .string(exchange.requestID),
+            "method": .string(exchange.method),
+            "path": .string(String(exchange.path)),
+            "status": .stringConvertible(status),
+            "duration_ms": .stringConvertible(duration.milliseconds),
+            "bytes_in": .stringConvertible(exchange.bytesIn),
+            "bytes_out": .stringConvertible(exchange.bytesOut),
+        ]
+        if let partner = exchange.partner { metadata["partner"] = .string(partner) }
+        if let version = exchange.version { metadata["version"] = .string(version) }
+        if let route = exchange.route { metadata["route"] = .string(route) }
+        if let upstream = exchange.upstream { metadata["upstream"] = .string(upstream) }
+        if let problem = exchange.problem { metadata["problem"] = .string(problem) }
+        if let error = exchange.upstreamError { metadata["error"] = .string(error) }
+        if exchange.clientGone { metadata["client_gone"] = .stringConvertible(true) }
+        runtime.logger.log(level: status >= 500 ? .warning : .info, "request", metadata: metadata)
+    }
+
+    // MARK: - Request checks
+
+    /// Request target plus header names and values, as the HTTP/1.1 decoder counts them.
+    static func headerBytes(_ request: Request) -> Int {
+        var total = request.head.path?.utf8.count ?? 0
+        for field in request.headers { total += field.name.rawName.utf8.count + field.value.utf8.count }
+        return total
+    }
+
+    /// `.` and `..` segments, also percent-encoded: upstreams would resolve them to other paths.
+    static func hasDotSegment(_ path: Substring) -> Bool {
+        for segment in path.split(separator: "/", omittingEmptySubsequences: false) {
+            let decoded = segment.replacingOccurrences(of: "%2e", with: ".", options: .caseInsensitive)
+            if decoded == "." || decoded == ".." { return true }
+        }
+        return false
+    }
+
+    private static func declaredBodyLength(_ request: Request) -> Result<BodyLength, RequestBodyFailure> {
+        let lengths = request.headers[values: .contentLength]
+        if let first = lengths.first {
+            guard lengths.allSatisfy({ $0 == first }), let length = Int(first), length >= 0 else { return .failure(.malformed) }
+            return .success(length == 0 ? .none : .known(length))
+        }
+        if request.headers[.transferEncoding] != nil { return .success(.unknown) }
+        switch request.method {
+        case .post, .put, .patch: return .success(request.headers[.contentType] == nil ? .none : .unknown)
+        default: return .success(.none)
+        }
+    }
+
+    /// `Connection: close` for answers that leave a large or unbounded request body unread:
+    /// draining it would cost more than a new connection.
+    private func closeHeadersIfBodyIsLarge(_ request: Request) -> HTTPFields {
+        let large = request.headers[.transferEncoding] != nil || (request.headers[.contentLength].flatMap(Int.init) ?? 0) > 64 << 10
+        return large ? [.connection: "close"] : [:]
+    }
+}
+
+extension Duration {
+    /// Milliseconds with microsecond precision, for logs.
+    var milliseconds: Double {
+        Double(components.seconds) * 1_000 + Double(components.attoseconds / 1_000_000_000_000) / 1_000
+    }
+}
+
+extension HTTPFields {
+    /// These fields plus `name: value`.
+    func adding(_ name: HTTPField.Name, _ value: String) -> HTTPFields {
+        var fields = self
+        fields.append(HTTPField(name: name, value: value))
+        return fields
+    }
+}
+
+/// What happened to one partner request, for the response, the access log and the metrics.
+struct Exchange {
+    let requestID: String
+    let method: String
+    /// Path without the query.
+    let path: Substring
+    /// `?…` or empty.
+    let query: Substring
+    var partner: String?
+    var version: String?
+    var route: String?
+    var upstream: String?
+    var status = 0
+    var problem: String?
+    var upstreamError: String?
+    var bytesIn = 0
+    var bytesOut = 0
+    var clientGone = false
+    /// Headers every response to this request carries.
+    var responseHeaders: HTTPFields
+
+    init(request: Request, identifiers: IdentifierGenerator) {
+        let incoming = request.headers[.xRequestID]
+        requestID = incoming.flatMap { RequestIdentity.isValidRequestID($0) ? $0 : nil } ?? identifiers.requestID()
+        method = request.method.rawValue
+        let target = Substring(request.head.path ?? "")
+        if let question = target.firstIndex(of: "?") {
+            path = target[..<question]
+            query = target[question...]
+        } else {
+            path = target
+            query = ""
+        }
+        responseHeaders = [.xRequestID: requestID]
+    }
+
+    /// Records the version and adds its Deprecation and Sunset headers to every response.
+    mutating func adopt(version rules: VersionRules) {
+        version = rules.version.name
+        if let deprecation = rules.deprecationHeader { responseHeaders.append(HTTPField(name: .deprecation, value: deprecation)) }
+        if let sunset = rules.sunsetHeader { responseHeaders.append(HTTPField(name: .sunset, value: sunset)) }
+    }
+}

@@ -1,0 +1,37 @@
+import ArgumentParser
+import DemoUpstream
+import Foundation
+import Logging
+import ServiceLifecycle
+
+struct DemoUpstreamCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo-upstream",
+        abstract: "Run a small backend for trying the gateway and for load tests."
+    )
+
+    @Option(help: "Port to listen on.")
+    var port: Int
+
+    @Option(help: "Address to listen on.")
+    var host = "127.0.0.1"
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "demo-upstream")
+        logger.logLevel = .warning
+        let upstream = DemoUpstream(host: host, port: port, logger: logger) { port in
+            print("demo upstream listening on http://\(host):\(port)")
+        }
+        let group = ServiceGroup(services: [upstream], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        do {
+            try await group.run()
+        } catch {
+            printError("sluice demo-upstream: \(error)")
+            throw ExitCode(2)
+        }
+    }
+}
