@@ -97,6 +97,11 @@ public final class Gateway: Sendable {
         await group.triggerGracefulShutdown()
     }
 
+    /// Writes buffered log lines out now.
+    func flushLogs() {
+        options.logOutput?.flush()
+    }
+
     /// Waits until every listener is bound and returns the ports.
     public func addresses() async -> Addresses {
         await bound.wait()

@@ -12,9 +12,11 @@ struct RequestBodyTruncated: Error {}
 /// - answers malformed requests with a 400 problem, and oversized headers with 431, then closes;
 /// - turns a connection that closes in the middle of a request body into an error, so a cut-off
 ///   upload is never forwarded as if it were complete;
+/// - marks HTTP/1.1 requests without body framing as `Content-Length: 0`;
 /// - closes an HTTP/1.1 connection after a response that says `Connection: close` (the gateway
 ///   does that when it answered without reading the whole request body), and removes that
-///   header on HTTP/2, where it is not allowed;
+///   header on HTTP/2, where it is not allowed; there the stream is reset instead when the
+///   request body is still coming;
 /// - reports request and response boundaries to the connection's `ConnectionWatchdog`.
 final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
@@ -44,10 +46,17 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head:
+        case .head(var head):
             requestsInProgress += 1
             bodyInProgress = true
             watchdog.requestHeadReceived()
+            // An HTTP/1.1 request without Content-Length or Transfer-Encoding has no body; say so
+            // explicitly, as HTTP/2 requests may carry a body without either.
+            if !isHTTP2 && head.headerFields[.contentLength] == nil && head.headerFields[.transferEncoding] == nil {
+                head.headerFields[.contentLength] = "0"
+                context.fireChannelRead(wrapInboundOut(.head(head)))
+                return
+            }
         case .body:
             break
         case .end:
@@ -119,7 +128,10 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
             responseInProgress = false
             requestsInProgress = max(0, requestsInProgress - 1)
             watchdog.responseEnded()
-            if closeAfterResponse {
+            // HTTP/1.1: the response said Connection: close. HTTP/2: the response is complete but
+            // the request body is not; resetting the stream tells the client to stop sending
+            // (RFC 9113 §8.1) without touching the connection's other streams.
+            if closeAfterResponse || (isHTTP2 && bodyInProgress) {
                 closing = true
                 context.writeAndFlush(data).assumeIsolated().whenComplete { result in
                     promise?.completeWith(result)

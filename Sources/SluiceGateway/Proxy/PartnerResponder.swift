@@ -368,9 +368,11 @@ struct PartnerResponder: Sendable {
             return .success(length == 0 ? .none : .known(length))
         }
         if request.headers[.transferEncoding] != nil { return .success(.unknown) }
+        // Only HTTP/2 requests get here (RequestGuard gives body-less HTTP/1.1 requests a
+        // Content-Length of 0): a body may follow in DATA frames.
         switch request.method {
-        case .post, .put, .patch: return .success(request.headers[.contentType] == nil ? .none : .unknown)
-        default: return .success(.none)
+        case .get, .head, .options, .trace: return .success(.none)
+        default: return .success(.unknown)
         }
     }
 

@@ -1,0 +1,41 @@
+import HTTPTypes
+import Testing
+@testable import SluiceGateway
+
+struct RequestChecksTests {
+    /// Dot segments are found also when percent-encoded.
+    @Test(arguments: [("/a/../b", true), ("/a/%2e%2E/b", true), ("/a/./b", true), ("/a/.%2e", true), ("/a/..b", false), ("/a.b/c", false)])
+    func dotSegments(_ example: (path: String, found: Bool)) {
+        #expect(PartnerResponder.hasDotSegment(Substring(example.path)) == example.found)
+    }
+
+    /// Keys come from a Bearer authorization (any case) or X-API-Key; other schemes are ignored.
+    @Test func presentedKeys() {
+        #expect(PartnerResponder.presentedKey([.authorization: "Bearer sk_abc"]) == "sk_abc")
+        #expect(PartnerResponder.presentedKey([.authorization: "bearer   sk_abc "]) == "sk_abc")
+        #expect(PartnerResponder.presentedKey([.authorization: "Basic dXNlcg=="]) == nil)
+        #expect(PartnerResponder.presentedKey([.xAPIKey: "sk_xyz"]) == "sk_xyz")
+        #expect(PartnerResponder.presentedKey([.authorization: "Bearer "]) == nil)
+        #expect(PartnerResponder.presentedKey([:]) == nil)
+    }
+}
+
+final class Box: @unchecked Sendable {
+    let value: Int
+    init(_ value: Int) { self.value = value }
+}
+
+struct SnapshotHolderTests {
+    /// After a swap every thread sees the new value on its next load.
+    @Test func swapIsSeenByEveryThread() async {
+        let holder = SnapshotHolder(Box(1))
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<8 { group.addTask { #expect(holder.load().value == 1) } }
+        }
+        #expect(holder.store(Box(2)).value == 1)
+        await withTaskGroup(of: Int.self) { group in
+            for _ in 0..<8 { group.addTask { holder.load().value } }
+            for await value in group { #expect(value == 2) }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+import AsyncHTTPClient
+import DemoUpstream
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+@testable import SluiceGateway
+
+/// A real gateway on loopback in front of a real demo upstream, with HTTP/1.1 and HTTP/2
+/// clients that trust the test CA.
+struct GatewayHarness {
+    let gateway: Gateway
+    let addresses: Gateway.Addresses
+    let policies: TestPolicies
+    let pki: TestPKI
+    let http1: HTTPClient
+    let http2: HTTPClient
+    let logFile: URL
+
+    var https: String { "https://localhost:\(addresses.https!)" }
+    var http: String { "http://127.0.0.1:\(addresses.http!)" }
+    var admin: String { "http://127.0.0.1:\(addresses.admin!)" }
+
+    /// Runs `body` against a fresh gateway; `configure` may change the policy files first.
+    static func with(
+        _ configure: (inout TestPolicies) -> Void = { _ in },
+        _ body: (GatewayHarness) async throws -> Void
+    ) async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-test-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+
+        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        let upstream = DemoUpstream(port: 0, logger: logger) { portContinuation.yield($0) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await upstream.run() }
+            var ports = portStream.makeAsyncIterator()
+            guard let upstreamPort = await ports.next() else { throw CancellationError() }
+
+            var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: upstreamPort, pki: pki)
+            configure(&policies)
+            try policies.write()
+
+            let logFile = root.appendingPathComponent("gateway.log")
+            FileManager.default.createFile(atPath: logFile.path, contents: nil)
+            let handle = try FileHandle(forWritingTo: logFile)
+            let output = LogOutput(fileDescriptor: handle.fileDescriptor)
+            var gatewayLogger = Logger(label: "sluice") { JSONLogHandler(label: $0, output: output) }
+            gatewayLogger.logLevel = .info
+
+            var options = Gateway.Options()
+            options.handleSignals = false
+            options.watchInterval = .milliseconds(100)
+            options.logOutput = output
+            let gateway = try Gateway(
+                policiesDirectory: policies.directory.path, environment: [:], logger: gatewayLogger, options: options
+            )
+            group.addTask { try await gateway.run() }
+            let addresses = await gateway.addresses()
+
+            let http1 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: try clientConfiguration(pki, .http1Only))
+            let http2 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: try clientConfiguration(pki, .automatic))
+            let harness = GatewayHarness(
+                gateway: gateway, addresses: addresses, policies: policies, pki: pki, http1: http1, http2: http2, logFile: logFile
+            )
+            do {
+                try await body(harness)
+            } catch {
+                try? await http1.shutdown()
+                try? await http2.shutdown()
+                await gateway.shutdown()
+                group.cancelAll()
+                throw error
+            }
+            try await http1.shutdown()
+            try await http2.shutdown()
+            await gateway.shutdown()
+            group.cancelAll()
+            try? handle.close()
+        }
+    }
+
+    static func clientConfiguration(_ pki: TestPKI, _ version: HTTPClient.Configuration.HTTPVersion) throws -> HTTPClient.Configuration {
+        var configuration = HTTPClient.Configuration(tlsConfiguration: try pki.clientTLS())
+        configuration.httpVersion = version
+        configuration.decompression = .disabled
+        configuration.redirectConfiguration = .disallow
+        return configuration
+    }
+
+    /// The log lines written so far, parsed.
+    func logLines() throws -> [[String: Any]] {
+        gatewayLogOutputFlush()
+        let text = try String(contentsOf: logFile, encoding: .utf8)
+        return text.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+    }
+
+    private func gatewayLogOutputFlush() {
+        gateway.flushLogs()
+    }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import SluiceCore
+
+/// API keys and admin tokens the test policies accept.
+enum TestKeys {
+    static let acme = "sk_test_acme_0000000000000001"
+    static let globex = "sk_test_globex_000000000000001"
+    static let operatorToken = "test-operator-token"
+    static let viewerToken = "test-viewer-token"
+}
+
+/// A policy folder for one test: every listener on port 0, small limits so limit tests stay
+/// fast, routes onto the demo upstream. Any file can be replaced before the gateway starts.
+struct TestPolicies {
+    let directory: URL
+    var files: [String: String]
+
+    init(directory: URL, upstreamPort: Int, pki: TestPKI) {
+        self.directory = directory
+        files = [
+            "gateway.yaml": """
+                listen:
+                  https: 127.0.0.1:0
+                  http: 127.0.0.1:0
+                  admin: 127.0.0.1:0
+                tls:
+                  certificate: \(pki.serverCertificatePath)
+                  key: \(pki.serverKeyPath)
+                  client_ca: \(pki.caPath)
+                limits:
+                  max_request_body: 1MiB
+                  max_header_bytes: 4KiB
+                  client_header_timeout: 1s
+                  idle_timeout: 1s
+                admin:
+                  tokens:
+                    - { name: ops, sha256: "\(SHA256Digest.of(TestKeys.operatorToken).hex)", role: operator }
+                    - { name: dash, sha256: "\(SHA256Digest.of(TestKeys.viewerToken).hex)", role: viewer }
+
+                """,
+            "upstreams.yaml": """
+                upstreams:
+                  main:
+                    url: http://127.0.0.1:\(upstreamPort)
+                  dead:
+                    url: http://127.0.0.1:1
+                    connect_timeout: 1s
+
+                """,
+            "routes.yaml": """
+                default_version: v2
+                versions:
+                  v1: { status: deprecated, deprecated_at: 2026-10-01, sunset: 2027-06-30 }
+                  v2: { status: current }
+                routes:
+                  - { id: get-order, versions: [v1, v2], method: GET, path: "/orders/{id}", upstream: main, upstream_path: "/api/echo/{id}" }
+                  - { id: create-order, versions: [v1, v2], method: POST, path: /orders, upstream: main, upstream_path: /api/echo }
+                  - { id: delete-order, versions: [v2], method: DELETE, path: "/orders/{id}", upstream: main, upstream_path: "/api/echo/{id}" }
+                  - { id: status, versions: [v2], method: GET, path: "/status/{code}", upstream: main, upstream_path: "/status/{code}" }
+                  - { id: slow, versions: [v2], method: GET, path: /slow, upstream: main, request_timeout: 500ms }
+                  - { id: bytes, versions: [v2], method: GET, path: /bytes, upstream: main }
+                  - { id: dead, versions: [v2], method: GET, path: /dead, upstream: dead }
+
+                """,
+            "plans.yaml": """
+                plans:
+                  gold: { rate: { per_second: 1000, burst: 1000 } }
+
+                """,
+            "partners/acme.yaml": """
+                id: acme
+                name: ACME Manufacturing
+                plan: gold
+                versions: [v2, v1]
+                keys:
+                  - { id: test, sha256: "\(SHA256Digest.of(TestKeys.acme).hex)" }
+                client_cert_subjects: ["CN=acme-erp,O=ACME Manufacturing"]
+
+                """,
+            "partners/globex.yaml": """
+                id: globex
+                name: Globex
+                plan: gold
+                versions: [v2]
+                keys:
+                  - { id: test, sha256: "\(SHA256Digest.of(TestKeys.globex).hex)" }
+
+                """,
+        ]
+    }
+
+    func write() throws {
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("partners"), withIntermediateDirectories: true)
+        for (name, text) in files {
+            try text.write(to: directory.appendingPathComponent(name), atomically: true, encoding: .utf8)
+        }
+    }
+
+    /// Replaces one file on disk (as an operator editing it would).
+    func rewrite(_ name: String, _ text: String) throws {
+        try text.write(to: directory.appendingPathComponent(name), atomically: true, encoding: .utf8)
+    }
+}

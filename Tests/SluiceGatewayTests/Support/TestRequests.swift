@@ -1,0 +1,62 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// A response read whole, for assertions.
+struct TestResponse {
+    let status: Int
+    let headers: HTTPHeaders
+    let body: ByteBuffer
+    let version: HTTPVersion
+
+    func header(_ name: String) -> String? { headers.first(name: name) }
+
+    var text: String { String(buffer: body) }
+
+    func json() throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] ?? [:]
+    }
+}
+
+extension GatewayHarness {
+    /// Sends a request to `url` (a full URL) and reads the whole response (up to 64 MiB).
+    func send(
+        _ method: HTTPMethod = .GET, _ url: String, key: String? = TestKeys.acme, headers: [(String, String)] = [],
+        body: HTTPClientRequest.Body? = nil, client: HTTPClient? = nil, timeout: TimeAmount = .seconds(10)
+    ) async throws -> TestResponse {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        if let key { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        request.body = body
+        let response = try await (client ?? http1).execute(request, timeout: timeout)
+        let bytes = try await response.body.collect(upTo: 64 << 20)
+        return TestResponse(status: Int(response.status.code), headers: response.headers, body: bytes, version: response.version)
+    }
+
+    /// A request to the HTTPS partner listener.
+    func partner(
+        _ method: HTTPMethod = .GET, _ path: String, key: String? = TestKeys.acme, headers: [(String, String)] = [],
+        body: HTTPClientRequest.Body? = nil, client: HTTPClient? = nil
+    ) async throws -> TestResponse {
+        try await send(method, https + path, key: key, headers: headers, body: body, client: client)
+    }
+}
+
+/// Waits until `condition` holds, checking every 20 ms, or fails after `timeout`.
+func eventually(
+    timeout: Duration = .seconds(10), _ what: String, _ condition: () async throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    throw WaitTimedOut(what: what)
+}
+
+struct WaitTimedOut: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out waiting for: \(what)" }
+}
