@@ -4,14 +4,9 @@ import NIOHTTP1
 import NIOHTTPTypes
 import SluiceCore
 
-/// The request body ended because the connection closed before the body was complete.
-struct RequestBodyTruncated: Error {}
-
 /// Sits after HTTP decoding on an HTTP/1.1 connection or an HTTP/2 stream:
 ///
 /// - answers malformed requests with a 400 problem, and oversized headers with 431, then closes;
-/// - turns a connection that closes in the middle of a request body into an error, so a cut-off
-///   upload is never forwarded as if it were complete;
 /// - marks HTTP/1.1 requests without body framing as `Content-Length: 0`;
 /// - closes an HTTP/1.1 connection after a response that says `Connection: close` (the gateway
 ///   does that when it answered without reading the whole request body), and removes that
@@ -64,14 +59,6 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
             watchdog.requestBodyEnded()
         }
         context.fireChannelRead(data)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        if bodyInProgress {
-            bodyInProgress = false
-            context.fireErrorCaught(RequestBodyTruncated())
-        }
-        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -7,7 +7,8 @@ import Synchronization
 enum RequestBodyFailure: Error, Equatable {
     /// More than `max_request_body` bytes.
     case tooLarge(limit: Int)
-    /// The connection closed before the body was complete.
+    /// The connection closed (or the HTTP/2 stream was reset) before the body was complete;
+    /// NIO reports that as an error, never as a clean end.
     case truncated
     /// The body's framing was not valid HTTP (e.g. a broken chunk).
     case malformed

@@ -1,0 +1,127 @@
+import AsyncHTTPClient
+import Foundation
+import HummingbirdCore
+import Logging
+import NIOCore
+import Testing
+@testable import SluiceGateway
+
+@Suite(.serialized)
+struct ConnectionTests {
+    private let key = TestKeys.acme
+
+    /// A client that sends part of a request head is disconnected after client_header_timeout (1 s here).
+    @Test func slowHeadersAreClosed() async throws {
+        try await GatewayHarness.with { gateway in
+            let connection = try await RawConnection.open(port: gateway.addresses.http!)
+            let started = ContinuousClock.now
+            try await connection.send("GET /v2/orders/1 HTTP/1.1\r\nHost: x\r\n")
+            let (_, closed) = try await connection.readUntilClosed(timeout: .seconds(5))
+            let elapsed = ContinuousClock.now - started
+            #expect(closed)
+            #expect(elapsed >= .milliseconds(900) && elapsed < .seconds(3), "closed after \(elapsed)")
+        }
+    }
+
+    /// A keep-alive connection with nothing to do is closed after idle_timeout (1 s here).
+    @Test func idleConnectionsAreClosed() async throws {
+        try await GatewayHarness.with { gateway in
+            let connection = try await RawConnection.open(port: gateway.addresses.http!)
+            try await connection.send("GET /v2/orders/1 HTTP/1.1\r\nHost: x\r\nX-API-Key: \(key)\r\n\r\n")
+            let response = try await connection.read(until: "\"body_sha256\"")
+            #expect(response.hasPrefix("HTTP/1.1 200"))
+            let idleSince = ContinuousClock.now
+            let (_, closed) = try await connection.readUntilClosed(timeout: .seconds(5))
+            let elapsed = ContinuousClock.now - idleSince
+            #expect(closed && elapsed >= .milliseconds(900) && elapsed < .seconds(3), "closed after \(elapsed)")
+        }
+    }
+
+    /// Garbage instead of HTTP gets a 400 problem and a closed connection.
+    @Test func malformedRequestIs400() async throws {
+        try await GatewayHarness.with { gateway in
+            let connection = try await RawConnection.open(port: gateway.addresses.http!)
+            try await connection.send("HELLO THERE\r\n\r\n")
+            let (text, closed) = try await connection.readUntilClosed(timeout: .seconds(5))
+            #expect(text.hasPrefix("HTTP/1.1 400"))
+            #expect(text.contains("application/problem+json") && text.contains("urn:sluice:problem:invalid-request"))
+            #expect(closed)
+        }
+    }
+
+    /// Content-Length together with Transfer-Encoding (request smuggling) is refused with 400 and never forwarded.
+    @Test func conflictingFramingIs400() async throws {
+        let recorder = RecordingUpstream()
+        try await withRecordingUpstream(recorder) { gateway in
+            let connection = try await RawConnection.open(port: gateway.addresses.http!)
+            try await connection.send(
+                "POST /v2/orders HTTP/1.1\r\nHost: x\r\nX-API-Key: \(key)\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v2/orders/1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            let (text, closed) = try await connection.readUntilClosed(timeout: .seconds(5))
+            #expect(text.hasPrefix("HTTP/1.1 400"))
+            #expect(closed)
+            #expect(recorder.requests.isEmpty)
+        }
+    }
+
+    /// A chunked upload cut off by the client never reaches the upstream as a complete body.
+    @Test func truncatedUploadIsNotForwardedAsComplete() async throws {
+        let recorder = RecordingUpstream()
+        try await withRecordingUpstream(recorder) { gateway in
+            let connection = try await RawConnection.open(port: gateway.addresses.http!)
+            try await connection.send(
+                "POST /v2/orders HTTP/1.1\r\nHost: x\r\nX-API-Key: \(key)\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            )
+            try await eventually("the upstream saw the request") { recorder.startedCount == 1 }
+            await connection.close()
+            try await eventually("the upstream's read of the body ended") { recorder.requests.count == 1 }
+            let received = try #require(recorder.requests.first)
+            #expect(!received.complete, "a cut-off body must not look complete upstream")
+            // Control: the same upload, finished, arrives complete.
+            let finished = try await RawConnection.open(port: gateway.addresses.http!)
+            try await finished.send(
+                "POST /v2/orders HTTP/1.1\r\nHost: x\r\nX-API-Key: \(key)\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+            _ = try await finished.read(until: "\r\n\r\n")
+            #expect(recorder.requests.count == 2)
+            #expect(recorder.requests[1].complete && recorder.requests[1].bytes == 5)
+        }
+    }
+
+    /// An HTTP/2 upload whose stream the client resets never reaches the upstream as a complete body.
+    @Test func resetHTTP2UploadIsNotForwardedAsComplete() async throws {
+        let recorder = RecordingUpstream()
+        try await withRecordingUpstream(recorder) { gateway in
+            let (chunks, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
+            continuation.yield(ByteBuffer(string: "hello"))
+            var request = HTTPClientRequest(url: gateway.https + "/v2/orders")
+            request.method = .POST
+            request.headers.add(name: "X-API-Key", value: key)
+            request.body = .stream(chunks, length: .unknown)
+            let upload = Task { try await gateway.http2.execute(request, timeout: .seconds(10)) }
+            try await eventually("the upstream saw the request") { recorder.startedCount == 1 }
+            upload.cancel()
+            _ = await upload.result
+            continuation.finish()
+            try await eventually("the upstream's read of the body ended") { recorder.requests.count == 1 }
+            #expect(recorder.requests.first?.complete == false, "a reset body must not look complete upstream")
+        }
+    }
+
+    /// Runs a gateway whose `main` upstream is `recorder`.
+    private func withRecordingUpstream(_ recorder: RecordingUpstream, _ body: (GatewayHarness) async throws -> Void) async throws {
+        var logger = Logger(label: "recorder")
+        logger.logLevel = .critical
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let server = recorder.server(logger: logger) { continuation.yield($0) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.run() }
+            var iterator = ports.makeAsyncIterator()
+            let port = await iterator.next()!
+            try await GatewayHarness.with({ policies in
+                policies.files["upstreams.yaml"] = "upstreams:\n  main: { url: \"http://127.0.0.1:\(port)\" }\n  dead: { url: \"http://127.0.0.1:1\" }\n"
+            }, body)
+            group.cancelAll()
+        }
+    }
+}
