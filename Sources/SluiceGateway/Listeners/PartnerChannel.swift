@@ -47,7 +47,11 @@ struct PartnerChannel: ServerChildChannel {
                 http1.setup(channel: connection, logger: logger)
             } http2ConnectionInitializer: { connection in
                 boundWatchdog.value.connectionIsMultiplexed()
-                return http2.setup(channel: connection, logger: logger)
+                return http2.setup(channel: connection, logger: logger).flatMapThrowing { value in
+                    let operations = connection.pipeline.syncOperations
+                    try operations.addHandler(FlushBeforeClose(), position: .after(try operations.handler(type: NIOHTTP2Handler.self)))
+                    return value
+                }
             }
             .map { Value(negotiated: $0, channel: channel) }
         } catch {
