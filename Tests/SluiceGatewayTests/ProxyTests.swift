@@ -46,6 +46,8 @@ struct ProxyTests {
             #expect(response.status == 503)
             #expect(response.header("Content-Type") == "application/json")
             #expect(response.text == #"{"status":503}"#)
+            let date = try #require(response.header("Date"))
+            #expect(date.hasSuffix(" GMT") && date.count == 29)
             let id = try #require(response.header("X-Request-Id"))
             #expect(id != "bad id!" && id.count == 32)
         }

@@ -19,6 +19,7 @@ struct RejectionTests {
         #expect((problem["detail"] as? String)?.isEmpty == false, sourceLocation: sourceLocation)
         #expect(problem["instance"] as? String == path, sourceLocation: sourceLocation)
         #expect(problem["request_id"] as? String == response.header("X-Request-Id"), sourceLocation: sourceLocation)
+        #expect(response.header("Date")?.hasSuffix(" GMT") == true, sourceLocation: sourceLocation)
     }
 
     /// Missing and unknown keys get 401 with WWW-Authenticate: Bearer; the key is never echoed.

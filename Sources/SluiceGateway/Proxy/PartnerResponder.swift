@@ -256,17 +256,21 @@ struct PartnerResponder: Sendable {
         exchange.bytesIn = body?.bytesRead ?? 0
     }
 
-    /// The upstream's headers without hop-by-hop ones, plus the gateway's (request id, version headers).
+    /// The upstream's headers without hop-by-hop ones, plus the gateway's (request id, version
+    /// headers, and `Date` when the upstream sent none, as RFC 9110 §6.6.1 asks of proxies).
     private func responseHeaders(_ upstream: HTTPHeaders, _ exchange: Exchange) -> HTTPFields {
         var fields = HTTPFields()
-        fields.reserveCapacity(upstream.count + exchange.responseHeaders.count)
+        fields.reserveCapacity(upstream.count + exchange.responseHeaders.count + 1)
         let nominated = HeaderRewriter.connectionNominated(values: upstream["connection"])
+        var hasDate = false
         for (name, value) in upstream {
             guard let fieldName = HTTPField.Name(name),
                 HeaderRewriter.keepsResponseHeader(lowercasedName: fieldName.canonicalName, nominated: nominated)
             else { continue }
+            if fieldName == .date { hasDate = true }
             fields.append(HTTPField(name: fieldName, value: value))
         }
+        if !hasDate { fields.append(HTTPField(name: .date, value: runtime.dates.current)) }
         fields.append(contentsOf: exchange.responseHeaders)
         return fields
     }
@@ -308,6 +312,7 @@ struct PartnerResponder: Sendable {
         fields[.contentType] = Problem.contentType
         fields[.contentLength] = String(json.utf8.count)
         fields[.cacheControl] = "no-store"
+        fields[.date] = runtime.dates.current
         exchange.status = problem.status
         exchange.problem = problem.type.rawValue
         let head = HTTPResponse(status: HTTPResponse.Status(code: problem.status), headerFields: fields)

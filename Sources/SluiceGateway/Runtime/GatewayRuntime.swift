@@ -9,6 +9,7 @@ import Synchronization
 final class GatewayRuntime: Sendable {
     let snapshots: SnapshotHolder<GatewaySnapshot>
     let identifiers = IdentifierGenerator()
+    let dates = HTTPDateCache()
     let metrics: GatewayMetrics
     let logger: Logger
     /// What the last failed reload said (cleared by a successful one).
