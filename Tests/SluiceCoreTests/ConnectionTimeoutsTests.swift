@@ -52,9 +52,20 @@ struct ConnectionTimeoutsTests {
         _ = timeouts.requestHeadReceived(now: .seconds(1))
         _ = timeouts.requestBodyEnded(now: .seconds(1))
         _ = timeouts.timerFired(now: .seconds(10))
-        _ = timeouts.responseEnded(now: .seconds(2))
-        #expect(timeouts.bytesReceived(now: .seconds(20)) == .none)
-        #expect(timeouts.timerFired(now: .seconds(62)) == .close)  // 20 + 10 passed
+        #expect(timeouts.responseEnded(now: .seconds(11)) == .arm(.seconds(71)))
+        #expect(timeouts.bytesReceived(now: .seconds(20)) == .arm(.seconds(30)))  // earlier than the idle deadline
+        #expect(timeouts.timerFired(now: .seconds(30)) == .close)
+    }
+
+    /// A deadline earlier than the armed timer re-arms it (idle shorter than the first head's timeout).
+    @Test func earlierDeadlineRearms() {
+        var timeouts = ConnectionTimeouts<TestInstant>(headerTimeout: .seconds(10), idleTimeout: .seconds(1), now: .seconds(0))
+        #expect(timeouts.start() == .arm(.seconds(10)))
+        #expect(timeouts.requestHeadReceived(now: .seconds(1)) == .arm(.seconds(2)))
+        #expect(timeouts.requestBodyEnded(now: .seconds(1)) == .none)
+        #expect(timeouts.responseEnded(now: .seconds(1.5)) == .none)  // 2.5 is later than the armed 2
+        #expect(timeouts.timerFired(now: .seconds(2)) == .arm(.seconds(2.5)))
+        #expect(timeouts.timerFired(now: .seconds(2.5)) == .close)
     }
 
     /// On HTTP/2, frames between requests (pings, settings) do not start a header deadline.

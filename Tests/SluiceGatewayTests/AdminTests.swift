@@ -115,7 +115,7 @@ struct ShutdownTests {
         try await GatewayHarness.with { gateway in
             let inFlight = Task { try await gateway.partner(.GET, "/v2/orders/1?delay") }
             let slow = Task {
-                var request = HTTPClientRequest(url: gateway.https + "/v2/slow?ms=400")
+                var request = HTTPClientRequest(url: gateway.https + "/v2/long?ms=400")
                 request.headers.add(name: "X-API-Key", value: TestKeys.acme)
                 let response = try await (overHTTP2 ? gateway.http2 : gateway.http1).execute(request, timeout: .seconds(10))
                 return (response.status.code, try await response.body.collect(upTo: 1 << 16))

@@ -6,12 +6,13 @@
 /// - a connection with no request in progress is closed after `idleTimeout`;
 /// - while a request waits for its response, no timeout applies here (upstream timeouts do).
 ///
-/// The state machine only moves a deadline; the owner arms one timer at a time and asks
-/// again when it fires, so a read costs no timer rescheduling.
+/// The state machine only moves a deadline; the owner keeps one timer and asks again when it
+/// fires, so a read that pushes the deadline later costs no rescheduling. A deadline that
+/// moves earlier than the armed timer re-arms it.
 public struct ConnectionTimeouts<Instant: InstantProtocol>: Sendable where Instant.Duration == Duration, Instant: Sendable {
     public enum Action: Equatable, Sendable {
         case none
-        /// Arm the timer for this instant and call `timerFired` then.
+        /// (Re)arm the one timer for this instant, replacing any armed one, and call `timerFired` then.
         case arm(Instant)
         /// Close the connection.
         case close
@@ -20,7 +21,8 @@ public struct ConnectionTimeouts<Instant: InstantProtocol>: Sendable where Insta
     private let headerTimeout: Duration
     private let idleTimeout: Duration
     private var deadline: Instant?
-    private var timerArmed = false
+    /// When the armed timer fires; nil when none is armed.
+    private var armedFor: Instant?
     private var requestsInProgress = 0
     private var bodiesInProgress = 0
     private var awaitingHead = true
@@ -76,15 +78,16 @@ public struct ConnectionTimeouts<Instant: InstantProtocol>: Sendable where Insta
     }
 
     public mutating func timerFired(now: Instant) -> Action {
-        timerArmed = false
+        armedFor = nil
         guard let deadline else { return .none }
         if now >= deadline { return .close }
         return arm()
     }
 
     private mutating func arm() -> Action {
-        guard let deadline, !timerArmed else { return .none }
-        timerArmed = true
+        guard let deadline else { return .none }
+        if let armedFor, armedFor <= deadline { return .none }
+        armedFor = deadline
         return .arm(deadline)
     }
 }

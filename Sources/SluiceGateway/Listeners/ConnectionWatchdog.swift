@@ -60,6 +60,7 @@ final class ConnectionWatchdog: ChannelInboundHandler, RemovableChannelHandler {
         case .none:
             break
         case .arm(let deadline):
+            timer?.cancel()
             timer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(deadline - .now)) { [self] in
                 timer = nil
                 perform(timeouts.timerFired(now: .now))

@@ -7,14 +7,28 @@ import Synchronization
 /// up and by `LogFlusher` a few times a second, so a request never waits for a log write.
 public final class LogOutput: Sendable {
     private let fileDescriptor: Int32
+    private let ownsFileDescriptor: Bool
     private let buffer = Mutex<[UInt8]>([])
     private static let flushThreshold = 32 << 10
 
     /// Standard output.
-    public static let standardOutput = LogOutput(fileDescriptor: STDOUT_FILENO)
+    public static let standardOutput = LogOutput(fileDescriptor: STDOUT_FILENO, owned: false)
 
-    public init(fileDescriptor: Int32) {
+    private init(fileDescriptor: Int32, owned: Bool) {
         self.fileDescriptor = fileDescriptor
+        self.ownsFileDescriptor = owned
+    }
+
+    /// Appends to the file at `path` (created if missing); the file stays open as long as this output lives.
+    public convenience init(appendingTo path: String) throws {
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        self.init(fileDescriptor: descriptor, owned: true)
+    }
+
+    deinit {
+        flush()
+        if ownsFileDescriptor { close(fileDescriptor) }
     }
 
     func append(_ line: String) {

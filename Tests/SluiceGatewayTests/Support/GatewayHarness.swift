@@ -46,9 +46,7 @@ struct GatewayHarness {
             try policies.write()
 
             let logFile = root.appendingPathComponent("gateway.log")
-            FileManager.default.createFile(atPath: logFile.path, contents: nil)
-            let handle = try FileHandle(forWritingTo: logFile)
-            let output = LogOutput(fileDescriptor: handle.fileDescriptor)
+            let output = try LogOutput(appendingTo: logFile.path)
             var gatewayLogger = Logger(label: "sluice") { JSONLogHandler(label: $0, output: output) }
             gatewayLogger.logLevel = .info
 
@@ -80,7 +78,6 @@ struct GatewayHarness {
             try await http2.shutdown()
             await gateway.shutdown()
             group.cancelAll()
-            try? handle.close()
         }
     }
 

@@ -58,6 +58,7 @@ struct TestPolicies {
                   - { id: delete-order, versions: [v2], method: DELETE, path: "/orders/{id}", upstream: main, upstream_path: "/api/echo/{id}" }
                   - { id: status, versions: [v2], method: GET, path: "/status/{code}", upstream: main, upstream_path: "/status/{code}" }
                   - { id: slow, versions: [v2], method: GET, path: /slow, upstream: main, request_timeout: 500ms }
+                  - { id: long, versions: [v2], method: GET, path: /long, upstream: main, upstream_path: /slow, request_timeout: 30s }
                   - { id: bytes, versions: [v2], method: GET, path: /bytes, upstream: main }
                   - { id: dead, versions: [v2], method: GET, path: /dead, upstream: dead }
 
@@ -87,6 +88,13 @@ struct TestPolicies {
 
                 """,
         ]
+    }
+
+    /// Sets client_header_timeout and idle_timeout.
+    mutating func setTimeouts(header: String, idle: String) {
+        files["gateway.yaml"] = files["gateway.yaml"]!
+            .replacingOccurrences(of: "client_header_timeout: 1s", with: "client_header_timeout: \(header)")
+            .replacingOccurrences(of: "idle_timeout: 1s", with: "idle_timeout: \(idle)")
     }
 
     func write() throws {

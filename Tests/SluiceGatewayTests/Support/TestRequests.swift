@@ -15,8 +15,24 @@ struct TestResponse {
     var text: String { String(buffer: body) }
 
     func json() throws -> [String: Any] {
-        try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] ?? [:]
+        do {
+            return try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] ?? [:]
+        } catch {
+            throw NotJSON(status: status, body: text, underlying: "\(error)")
+        }
     }
+}
+
+struct RequestFailed: Error {
+    let method: String
+    let url: String
+    let underlying: String
+}
+
+struct NotJSON: Error {
+    let status: Int
+    let body: String
+    let underlying: String
 }
 
 extension GatewayHarness {
@@ -30,8 +46,14 @@ extension GatewayHarness {
         if let key { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         request.body = body
-        let response = try await (client ?? http1).execute(request, timeout: timeout)
-        let bytes = try await response.body.collect(upTo: 64 << 20)
+        let response: HTTPClientResponse
+        let bytes: ByteBuffer
+        do {
+            response = try await (client ?? http1).execute(request, timeout: timeout)
+            bytes = try await response.body.collect(upTo: 64 << 20)
+        } catch {
+            throw RequestFailed(method: method.rawValue, url: url, underlying: "\(error)")
+        }
         return TestResponse(status: Int(response.status.code), headers: response.headers, body: bytes, version: response.version)
     }
 

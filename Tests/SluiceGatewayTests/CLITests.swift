@@ -1,0 +1,145 @@
+import AsyncHTTPClient
+import DemoUpstream
+import Foundation
+import Logging
+import SluiceCore
+import Testing
+
+@Suite(.serialized)
+struct CLITests {
+    /// The repository's example policies pass `sluice policies check` (with dev certificates in place).
+    @Test func examplePoliciesPassTheCheck() async throws {
+        let root = try Self.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        try FileManager.default.copyItem(at: repository.appendingPathComponent("policies"), to: root.appendingPathComponent("policies"))
+        let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
+        let certs = root.appendingPathComponent("certs")
+        try FileManager.default.createDirectory(at: certs, withIntermediateDirectories: true)
+        for (source, target) in [(pki.serverCertificatePath, "dev.crt"), (pki.serverKeyPath, "dev.key"), (pki.caPath, "ca.crt")] {
+            try FileManager.default.copyItem(atPath: source, toPath: certs.appendingPathComponent(target).path)
+        }
+        let result = try await SluiceProcess.run(["policies", "check", "--policies", root.appendingPathComponent("policies").path])
+        #expect(result.code == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains(": ok (version "))
+    }
+
+    /// A broken set exits 1 printing one FILE:LINE:COL: message line per problem.
+    @Test func brokenPoliciesFailTheCheck() async throws {
+        let root = try Self.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
+        var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: 9, pki: pki)
+        policies.files["plans.yaml"] = "plans:\n  gold: { rate: { per_second: fast, burst: 10 } }\n"
+        policies.files["partners/globex.yaml"] = policies.files["partners/globex.yaml"]!.replacingOccurrences(of: "plan: gold", with: "plan: bronze")
+        try policies.write()
+        let directory = policies.directory.path
+        let result = try await SluiceProcess.run(["policies", "check", "--policies", directory])
+        #expect(result.code == 1)
+        #expect(result.stdout.split(separator: "\n") == [
+            "\(directory)/partners/globex.yaml:3:7: partner 'globex' names unknown plan 'bronze'",
+            "\(directory)/plans.yaml:2:31: expected a number for plan 'gold' rate.per_second, got 'fast'",
+        ])
+    }
+
+    /// A missing folder and a bad flag are user errors (exit 1).
+    @Test func userErrorsExitWithOne() async throws {
+        #expect(try await SluiceProcess.run(["policies", "check", "--policies", "/nonexistent/policies"]).code == 1)
+        #expect(try await SluiceProcess.run(["policies", "check", "--no-such-flag"]).code == 1)
+        #expect(try await SluiceProcess.run(["keys", "generate", "--partner", "bad id!"]).code == 1)
+        #expect(try await SluiceProcess.run(["--help"]).code == 0)
+    }
+
+    /// `keys generate` prints a new key once and the sha256 line that authenticates it.
+    @Test func keysGenerateprintsKeyAndHash() async throws {
+        let first = try await SluiceProcess.run(["keys", "generate", "--partner", "acme"])
+        let second = try await SluiceProcess.run(["keys", "generate", "--partner", "acme"])
+        #expect(first.code == 0)
+        let lines = first.stdout.split(separator: "\n").map(String.init)
+        let key = try #require(lines.first { $0.hasPrefix("sk_") })
+        #expect(key.count == 46)
+        #expect(!second.stdout.contains(key))
+        let entry = try #require(lines.first { $0.contains("sha256:") })
+        #expect(entry.contains("sha256: \"\(SHA256Digest.of(key).hex)\""))
+        #expect(entry.hasPrefix("  - { id: k"))
+    }
+
+    /// `serve` refuses to start on invalid policies: exit 1 with the problems on stderr.
+    @Test func serveRefusesInvalidPolicies() async throws {
+        let root = try Self.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
+        var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: 9, pki: pki)
+        policies.files["routes.yaml"] = "default_version: v2\nversions: { v1: { status: current }, v2: { status: current } }\nroutes:\n  - { id: x, versions: [v2], method: GET, path: /x, upstream: nowhere }\n"
+        try policies.write()
+        let result = try await SluiceProcess.run(["serve", "--policies", policies.directory.path])
+        #expect(result.code == 1)
+        let lines = result.stderr.split(separator: "\n").map(String.init)
+        #expect(lines.first?.hasSuffix("routes.yaml:4:63: route 'x' names unknown upstream 'nowhere'") == true, "\(lines)")
+        #expect(lines.last == "sluice: the policies have 1 problem(s); not starting")
+    }
+
+    /// SIGHUP reloads; SIGTERM turns /readyz to 503, lets the in-flight request finish and exits 0.
+    @Test func serveReloadsOnHangupAndDrainsOnTerminate() async throws {
+        let root = try Self.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: root) }
+        var logger = Logger(label: "upstream")
+        logger.logLevel = .critical
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let upstream = DemoUpstream(port: 0, logger: logger) { continuation.yield($0) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await upstream.run() }
+            var iterator = ports.makeAsyncIterator()
+            let upstreamPort = await iterator.next()!
+            let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
+            var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: upstreamPort, pki: pki)
+            let (httpPort, adminPort) = (try freePort(), try freePort())
+            policies.files["gateway.yaml"] = policies.files["gateway.yaml"]!
+                .replacingOccurrences(of: "https: 127.0.0.1:0", with: "https: null")
+                .replacingOccurrences(of: "http: 127.0.0.1:0", with: "http: 127.0.0.1:\(httpPort)")
+                .replacingOccurrences(of: "admin: 127.0.0.1:0", with: "admin: 127.0.0.1:\(adminPort)")
+            try policies.write()
+            let process = try SluiceProcess(["serve", "--policies", policies.directory.path])
+            let client = HTTPClient(eventLoopGroupProvider: .singleton)
+            let admin = "http://127.0.0.1:\(adminPort)"
+            func status(_ url: String) async -> Int? {
+                guard let response = try? await client.execute(HTTPClientRequest(url: url), timeout: .seconds(2)) else { return nil }
+                return Int(response.status.code)
+            }
+            do {
+                try await eventually("the gateway is ready") { await status(admin + "/readyz") == 200 }
+
+                process.signal(SIGHUP)
+                try await eventually("SIGHUP reloaded the policies") {
+                    process.standardOutput.contains(#""message":"policies reloaded""#) && process.standardOutput.contains(#""reason":"SIGHUP""#)
+                }
+
+                let slow = Task {
+                    var request = HTTPClientRequest(url: "http://127.0.0.1:\(httpPort)/v2/long?ms=400")
+                    request.headers.add(name: "X-API-Key", value: TestKeys.acme)
+                    let response = try await client.execute(request, timeout: .seconds(10))
+                    return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 1024)))
+                }
+                try await Task.sleep(for: .milliseconds(100))
+                process.signal(SIGTERM)
+                try await eventually("readiness reports draining") { await status(admin + "/readyz") == 503 }
+                let (code, body) = try await slow.value
+                #expect(code == 200 && body == #"{"slept_ms":400}"#)
+                #expect(try await process.exitCode() == 0)
+            } catch {
+                process.signal(SIGKILL)
+                _ = try? await process.exitCode()
+                try? await client.shutdown()
+                throw error
+            }
+            try await client.shutdown()
+            group.cancelAll()
+        }
+    }
+
+    private static func temporaryFolder() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+}
