@@ -190,8 +190,7 @@ struct LogFlusher: Service {
     let output: LogOutput
 
     func run() async throws {
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(200))
+        while await pauseUnlessShuttingDown(for: .milliseconds(200)) {
             output.flush()
         }
         output.flush()

@@ -83,14 +83,7 @@ struct CLITests {
     @Test func serveReloadsOnHangupAndDrainsOnTerminate() async throws {
         let root = try Self.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: root) }
-        var logger = Logger(label: "upstream")
-        logger.logLevel = .critical
-        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-        let upstream = DemoUpstream(port: 0, logger: logger) { continuation.yield($0) }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await upstream.run() }
-            var iterator = ports.makeAsyncIterator()
-            let upstreamPort = await iterator.next()!
+        try await withDemoUpstream { upstreamPort in
             let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
             var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: upstreamPort, pki: pki)
             let (httpPort, adminPort) = (try freePort(), try freePort())
@@ -133,7 +126,6 @@ struct CLITests {
                 throw error
             }
             try await client.shutdown()
-            group.cancelAll()
         }
     }
 

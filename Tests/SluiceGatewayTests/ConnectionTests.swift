@@ -114,16 +114,10 @@ struct ConnectionTests {
     private func withRecordingUpstream(_ recorder: RecordingUpstream, _ body: (GatewayHarness) async throws -> Void) async throws {
         var logger = Logger(label: "recorder")
         logger.logLevel = .critical
-        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-        let server = recorder.server(logger: logger) { continuation.yield($0) }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await server.run() }
-            var iterator = ports.makeAsyncIterator()
-            let port = await iterator.next()!
+        try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { port in
             try await GatewayHarness.with({ policies in
                 policies.files["upstreams.yaml"] = "upstreams:\n  main: { url: \"http://127.0.0.1:\(port)\" }\n  dead: { url: \"http://127.0.0.1:1\" }\n"
             }, body)
-            group.cancelAll()
         }
     }
 }

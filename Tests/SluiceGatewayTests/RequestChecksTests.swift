@@ -1,22 +1,26 @@
 import HTTPTypes
+import SluiceCore
 import Testing
 @testable import SluiceGateway
 
 struct RequestChecksTests {
     /// Dot segments are found also when percent-encoded.
-    @Test(arguments: [("/a/../b", true), ("/a/%2e%2E/b", true), ("/a/./b", true), ("/a/.%2e", true), ("/a/..b", false), ("/a.b/c", false)])
+    @Test(arguments: [
+        ("/a/../b", true), ("/a/%2e%2E/b", true), ("/a/./b", true), ("/a/.%2e", true), ("/..", true), ("/a/%2E", true),
+        ("/a/..b", false), ("/a.b/c", false), ("/a/.../b", false), ("/a/%2f", false), ("/a/%2", false), ("/", false), ("/a/", false),
+    ])
     func dotSegments(_ example: (path: String, found: Bool)) {
         #expect(PartnerResponder.hasDotSegment(Substring(example.path)) == example.found)
     }
 
     /// Keys come from a Bearer authorization (any case) or X-API-Key; other schemes are ignored.
     @Test func presentedKeys() {
-        #expect(PartnerResponder.presentedKey([.authorization: "Bearer sk_abc"]) == "sk_abc")
-        #expect(PartnerResponder.presentedKey([.authorization: "bearer   sk_abc "]) == "sk_abc")
-        #expect(PartnerResponder.presentedKey([.authorization: "Basic dXNlcg=="]) == nil)
-        #expect(PartnerResponder.presentedKey([.xAPIKey: "sk_xyz"]) == "sk_xyz")
-        #expect(PartnerResponder.presentedKey([.authorization: "Bearer "]) == nil)
-        #expect(PartnerResponder.presentedKey([:]) == nil)
+        #expect(Credentials.presented(in: [.authorization: "Bearer sk_abc"]) == "sk_abc")
+        #expect(Credentials.presented(in: [.authorization: "bearer   sk_abc "]) == "sk_abc")
+        #expect(Credentials.presented(in: [.authorization: "Basic dXNlcg=="]) == nil)
+        #expect(Credentials.presented(in: [HTTPField.Name("X-API-Key")!: "sk_xyz"]) == "sk_xyz")
+        #expect(Credentials.presented(in: [.authorization: "Bearer "]) == nil)
+        #expect(Credentials.presented(in: [:]) == nil)
     }
 }
 

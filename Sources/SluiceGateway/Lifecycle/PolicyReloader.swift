@@ -60,8 +60,7 @@ struct PolicyWatcher: Service {
                 }
                 group.addTask {
                     var fingerprint = PolicyFolderFingerprint(directory: reloader.directory)
-                    while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                        try? await Task.sleep(for: interval)
+                    while await pauseUnlessShuttingDown(for: interval) {
                         let current = PolicyFolderFingerprint(directory: reloader.directory)
                         if current != fingerprint {
                             fingerprint = current

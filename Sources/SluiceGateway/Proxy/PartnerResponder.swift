@@ -132,26 +132,13 @@ struct PartnerResponder: Sendable {
 
     /// The partner of the API key, or of the client certificate when no key was sent.
     private func authenticate(_ request: Request, _ snapshot: GatewaySnapshot, _ channel: any Channel) async -> Partner? {
-        if let key = Self.presentedKey(request.headers) {
+        if let key = Credentials.presented(in: request.headers) {
             return snapshot.rules.partner(forKey: key)
         }
         guard scheme == "https", snapshot.policy.gateway.tls?.clientCAPath != nil,
             let subject = await Self.peerCertificateSubject(channel)
         else { return nil }
         return snapshot.rules.partner(forCertificateSubject: subject)
-    }
-
-    /// `Authorization: Bearer KEY`, else `X-API-Key: KEY`.
-    static func presentedKey(_ headers: HTTPFields) -> Substring? {
-        if let authorization = headers[.authorization] {
-            let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
-            if parts.count == 2, parts[0].lowercased() == "bearer" {
-                let key = parts[1].trimmingCharacters(in: .whitespaces)
-                return key.isEmpty ? nil : Substring(key)
-            }
-        }
-        if let key = headers[.xAPIKey], !key.isEmpty { return Substring(key) }
-        return nil
     }
 
     /// The verified client certificate's subject (RFC 4514), looked up on the TLS connection
@@ -357,13 +344,35 @@ struct PartnerResponder: Sendable {
         return total
     }
 
-    /// `.` and `..` segments, also percent-encoded: upstreams would resolve them to other paths.
+    /// `.` and `..` segments, also percent-encoded (`%2e`): upstreams would resolve them to other paths.
     static func hasDotSegment(_ path: Substring) -> Bool {
-        for segment in path.split(separator: "/", omittingEmptySubsequences: false) {
-            let decoded = segment.replacingOccurrences(of: "%2e", with: ".", options: .caseInsensitive)
-            if decoded == "." || decoded == ".." { return true }
+        var dots = 0
+        var other = false
+        var index = path.utf8.startIndex
+        let end = path.utf8.endIndex
+        while true {
+            if index == end || path.utf8[index] == UInt8(ascii: "/") {
+                if !other && (dots == 1 || dots == 2) { return true }
+                if index == end { return false }
+                dots = 0
+                other = false
+                index = path.utf8.index(after: index)
+                continue
+            }
+            let byte = path.utf8[index]
+            if byte == UInt8(ascii: ".") {
+                dots += 1
+            } else if byte == UInt8(ascii: "%"), path.utf8.distance(from: index, to: end) >= 3,
+                path.utf8[path.utf8.index(index, offsetBy: 1)] == UInt8(ascii: "2"),
+                path.utf8[path.utf8.index(index, offsetBy: 2)] | 0x20 == UInt8(ascii: "e")
+            {
+                dots += 1
+                index = path.utf8.index(index, offsetBy: 2)
+            } else {
+                other = true
+            }
+            index = path.utf8.index(after: index)
         }
-        return false
     }
 
     private static func declaredBodyLength(_ request: Request) -> Result<BodyLength, RequestBodyFailure> {

@@ -87,8 +87,7 @@ final class UpstreamPool: Service, Sendable {
 
     /// Shuts retired clients down as they become idle; at shutdown, shuts every client down.
     func run() async throws {
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(1))
+        while await pauseUnlessShuttingDown(for: .seconds(1)) {
             let idle = state.withLock { state in
                 let idle = state.retired.filter { $0.inFlight == 0 }
                 state.retired.removeAll { $0.inFlight == 0 }

@@ -34,7 +34,6 @@ final class GatewayRuntime: Sendable {
 }
 
 extension HTTPField.Name {
-    static let xAPIKey = Self("X-API-Key")!
     static let xRequestID = Self("X-Request-Id")!
     static let apiVersion = Self("API-Version")!
     static let deprecation = Self("Deprecation")!

@@ -31,16 +31,7 @@ struct GatewayHarness {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-test-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: root) }
         let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-
-        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
-        let upstream = DemoUpstream(port: 0, logger: logger) { portContinuation.yield($0) }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await upstream.run() }
-            var ports = portStream.makeAsyncIterator()
-            guard let upstreamPort = await ports.next() else { throw CancellationError() }
-
+        try await withDemoUpstream { upstreamPort in
             var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: upstreamPort, pki: pki)
             configure(&policies)
             try policies.write()
@@ -57,27 +48,22 @@ struct GatewayHarness {
             let gateway = try Gateway(
                 policiesDirectory: policies.directory.path, environment: [:], logger: gatewayLogger, options: options
             )
-            group.addTask { try await gateway.run() }
-            let addresses = await gateway.addresses()
-
-            let http1 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: try clientConfiguration(pki, .http1Only))
-            let http2 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: try clientConfiguration(pki, .automatic))
-            let harness = GatewayHarness(
-                gateway: gateway, addresses: addresses, policies: policies, pki: pki, http1: http1, http2: http2, logFile: logFile
-            )
-            do {
-                try await body(harness)
-            } catch {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await gateway.run() }
+                let addresses = await gateway.addresses()
+                let http1 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: try clientConfiguration(pki, .http1Only))
+                let http2 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: try clientConfiguration(pki, .automatic))
+                let harness = GatewayHarness(
+                    gateway: gateway, addresses: addresses, policies: policies, pki: pki, http1: http1, http2: http2, logFile: logFile
+                )
+                var failure: (any Error)?
+                do { try await body(harness) } catch { failure = error }
                 try? await http1.shutdown()
                 try? await http2.shutdown()
                 await gateway.shutdown()
-                group.cancelAll()
-                throw error
+                try await group.waitForAll()
+                if let failure { throw failure }
             }
-            try await http1.shutdown()
-            try await http2.shutdown()
-            await gateway.shutdown()
-            group.cancelAll()
         }
     }
 
