@@ -1,6 +1,8 @@
 import Hummingbird
 import HummingbirdCore
 public import Logging
+public import CoreMetrics
+import Prometheus
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -85,6 +87,12 @@ public final class Gateway: Sendable {
         configuration.maximumGracefulShutdownDuration = options.shutdownTimeout
         configuration.maximumCancellationDuration = .seconds(5)
         group = ServiceGroup(configuration: configuration)
+    }
+
+    /// A swift-metrics factory that reports into this gateway's `/metrics`, for
+    /// `MetricsSystem.bootstrap` (once per process), so that libraries' metrics show up there too.
+    public var metricsFactory: any MetricsFactory {
+        PrometheusMetricsFactory(registry: runtime.metrics.registry)
     }
 
     /// Runs until shutdown; throws when a listener cannot bind.

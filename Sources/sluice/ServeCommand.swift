@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
 import SluiceCore
 import SluiceGateway
 
@@ -38,6 +39,7 @@ struct Serve: AsyncParsableCommand {
             printError("sluice: the policies have \(error.problems.count) problem(s); not starting")
             throw ExitCode(1)
         }
+        MetricsSystem.bootstrap(gateway.metricsFactory)
         do {
             try await gateway.run()
         } catch {

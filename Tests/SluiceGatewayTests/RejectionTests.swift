@@ -183,6 +183,22 @@ struct ClientCertificateTests {
         }
     }
 
+    /// TLS below 1.2 is refused; 1.2 and 1.3 work.
+    @Test func oldTLSVersionsAreRefused() async throws {
+        try await GatewayHarness.with { gateway in
+            for (maximum, works) in [(TLSVersion.tlsv11, false), (.tlsv12, true), (.tlsv13, true)] {
+                var configuration = try GatewayHarness.clientConfiguration(gateway.pki, .http1Only)
+                configuration.tlsConfiguration?.minimumTLSVersion = .tlsv1
+                configuration.tlsConfiguration?.maximumTLSVersion = maximum
+                configuration.connectionPool.retryConnectionEstablishment = false
+                let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+                let response = try? await gateway.partner(.GET, "/v2/orders/1", client: client)
+                #expect((response?.status == 200) == works, "TLS up to \(maximum)")
+                try await client.shutdown()
+            }
+        }
+    }
+
     /// A certificate from a CA the gateway does not trust fails the handshake.
     @Test func untrustedClientCertificateIsRefused() async throws {
         try await GatewayHarness.with { gateway in
