@@ -1,0 +1,36 @@
+/// The IETF `RateLimit-Policy` and `RateLimit` header fields (SPEC §3) and `Retry-After`.
+public enum RateLimitHeaders {
+    /// `"rate";q=BURST;w=SECONDS_TO_FILL, "quota";q=N;w=WINDOW_SECONDS`, or nil without limits.
+    public static func policy(_ limits: AdmissionLimits, _ decision: AdmissionDecision) -> String? {
+        var parts: [String] = []
+        if let rate = limits.ratePerSecond {
+            parts.append("\"rate\";q=\(Int(limits.burst));w=\(Int((limits.burst / rate).rounded(.up)))")
+        }
+        if let quota = limits.quota, let window = decision.quotaWindowMilliseconds {
+            parts.append("\"quota\";q=\(quota);w=\(window / 1_000)")
+        }
+        return parts.isEmpty ? nil : parts.joined(separator: ", ")
+    }
+
+    /// `"NAME";r=REMAINING;t=SECONDS` for the policy closest to exhaustion (smallest share left).
+    public static func state(_ limits: AdmissionLimits, _ decision: AdmissionDecision) -> String? {
+        var best: (name: String, share: Double, remaining: Int, seconds: Int64)?
+        if limits.ratePerSecond != nil, let remaining = decision.tokensRemaining, let full = decision.bucketFullInMilliseconds {
+            best = ("rate", Double(remaining) / max(1, limits.burst), remaining, seconds(full))
+        }
+        if let quota = limits.quota, let remaining = decision.quotaRemaining, let reset = decision.quotaResetInMilliseconds {
+            let share = Double(remaining) / Double(max(1, quota))
+            if best == nil || share < best!.share { best = ("quota", share, remaining, seconds(reset)) }
+        }
+        return best.map { "\"\($0.name)\";r=\($0.remaining);t=\($0.seconds)" }
+    }
+
+    /// Whole seconds to wait, never 0 when the caller must wait.
+    public static func retryAfter(_ decision: AdmissionDecision) -> Int {
+        max(1, Int(seconds(decision.retryAfterMilliseconds)))
+    }
+
+    private static func seconds(_ milliseconds: Int64) -> Int64 {
+        max(0, (milliseconds + 999) / 1_000)
+    }
+}
