@@ -105,6 +105,18 @@ let package = Package(
             ],
             swiftSettings: sharedSettings
         ),
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ],
+            path: "Tests/TestSupport",
+            swiftSettings: sharedSettings
+        ),
         .testTarget(
             name: "SluiceCoreTests",
             dependencies: ["SluiceCore"],
@@ -113,7 +125,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SluiceStoreTests",
-            dependencies: ["SluiceStore", "CHiredis"],
+            dependencies: ["SluiceStore", "CHiredis", "TestSupport", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: sharedSettings
         ),
         .testTarget(
@@ -121,6 +133,7 @@ let package = Package(
             dependencies: [
                 "SluiceGateway",
                 "DemoUpstream",
+                "TestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

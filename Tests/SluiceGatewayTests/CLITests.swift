@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import DemoUpstream
 import Foundation
+import TestSupport
 import Logging
 import SluiceCore
 import Testing
@@ -92,7 +93,7 @@ struct CLITests {
                 .replacingOccurrences(of: "http: 127.0.0.1:0", with: "http: 127.0.0.1:\(httpPort)")
                 .replacingOccurrences(of: "admin: 127.0.0.1:0", with: "admin: 127.0.0.1:\(adminPort)")
             try policies.write()
-            let process = try SluiceProcess(["serve", "--policies", policies.directory.path])
+            let process = try SluiceProcess.start(["serve", "--policies", policies.directory.path])
             let client = HTTPClient(eventLoopGroupProvider: .singleton)
             let admin = "http://127.0.0.1:\(adminPort)"
             func status(_ url: String) async -> Int? {

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import TestSupport
 import HummingbirdCore
 import Logging
 import NIOCore

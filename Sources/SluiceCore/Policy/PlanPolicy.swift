@@ -6,6 +6,11 @@ public struct LimitSet: Sendable, Equatable {
         public var perSecond: Double
         /// Bucket size: the most tokens a partner can spend at once.
         public var burst: Int
+
+        public init(perSecond: Double, burst: Int) {
+            self.perSecond = perSecond
+            self.burst = burst
+        }
     }
 
     public enum QuotaWindow: String, Sendable, CaseIterable {
@@ -18,6 +23,11 @@ public struct LimitSet: Sendable, Equatable {
     public struct Quota: Sendable, Equatable {
         public var requests: Int
         public var per: QuotaWindow
+
+        public init(requests: Int, per: QuotaWindow) {
+            self.requests = requests
+            self.per = per
+        }
     }
 
     public var rate: Rate?

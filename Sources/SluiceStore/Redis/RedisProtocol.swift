@@ -1,7 +1,7 @@
 import CHiredis
 
 /// A decoded Redis reply (RESP2).
-enum RedisReply: Equatable, Sendable {
+public enum RedisReply: Equatable, Sendable {
     case string([UInt8])
     case status(String)
     case error(String)
@@ -17,32 +17,46 @@ struct RedisProtocolError: Error, Equatable {
 
 /// Encodes a command in the Redis protocol with hiredis' `redisFormatCommandArgv`.
 enum RedisCommandEncoder {
+    /// The command as RESP bytes (binary-safe arguments).
     static func encode(_ arguments: [[UInt8]]) -> [UInt8] {
-        let lengths = arguments.map(\.count)
-        var pointers: [UnsafeMutablePointer<CChar>?] = []
-        pointers.reserveCapacity(arguments.count)
-        defer { pointers.forEach { $0?.deallocate() } }
+        var joined: [UInt8] = []
+        joined.reserveCapacity(arguments.reduce(0) { $0 + $1.count })
+        for argument in arguments { joined.append(contentsOf: argument) }
+        return encode(joined: joined, lengths: arguments.map(\.count))
+    }
+
+    static func encode(_ arguments: [String]) -> [UInt8] {
+        var joined: [UInt8] = []
+        var lengths: [Int] = []
+        lengths.reserveCapacity(arguments.count)
         for argument in arguments {
-            let copy = UnsafeMutablePointer<CChar>.allocate(capacity: max(argument.count, 1))
-            argument.withUnsafeBufferPointer { source in
-                source.withMemoryRebound(to: CChar.self) { if let base = $0.baseAddress { copy.update(from: base, count: argument.count) } }
-            }
-            pointers.append(copy)
+            joined.append(contentsOf: argument.utf8)
+            lengths.append(argument.utf8.count)
         }
+        return encode(joined: joined, lengths: lengths)
+    }
+
+    /// All arguments back to back in `joined`, split by `lengths`: one buffer instead of one per argument.
+    private static func encode(joined: [UInt8], lengths: [Int]) -> [UInt8] {
         var target: UnsafeMutablePointer<CChar>?
-        var argv = pointers.map { UnsafePointer($0) }
-        let length = argv.withUnsafeMutableBufferPointer { argv in
-            lengths.withUnsafeBufferPointer { argvlen in
-                redisFormatCommandArgv(&target, Int32(arguments.count), argv.baseAddress, argvlen.baseAddress)
+        let length: Int32 = joined.withUnsafeBufferPointer { bytes in
+            let base = UnsafeRawPointer(bytes.baseAddress ?? UnsafePointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)
+            var argv: [UnsafePointer<CChar>?] = []
+            argv.reserveCapacity(lengths.count)
+            var offset = 0
+            for length in lengths {
+                argv.append(base + offset)
+                offset += length
+            }
+            return argv.withUnsafeMutableBufferPointer { argv in
+                lengths.withUnsafeBufferPointer { argvlen in
+                    redisFormatCommandArgv(&target, Int32(lengths.count), argv.baseAddress, argvlen.baseAddress)
+                }
             }
         }
         guard length > 0, let target else { return [] }
         defer { redisFreeCommand(target) }
         return target.withMemoryRebound(to: UInt8.self, capacity: Int(length)) { Array(UnsafeBufferPointer(start: $0, count: Int(length))) }
-    }
-
-    static func encode(_ arguments: [String]) -> [UInt8] {
-        encode(arguments.map { Array($0.utf8) })
     }
 }
 

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import DemoUpstream
 import Foundation
+import TestSupport
 import Logging
 import NIOCore
 import NIOPosix

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import SluiceCore
 
 /// API keys and admin tokens the test policies accept.

@@ -65,20 +65,3 @@ extension GatewayHarness {
         try await send(method, https + path, key: key, headers: headers, body: body, client: client)
     }
 }
-
-/// Waits until `condition` holds, checking every 20 ms, or fails after `timeout`.
-func eventually(
-    timeout: Duration = .seconds(10), _ what: String, _ condition: () async throws -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    throw WaitTimedOut(what: what)
-}
-
-struct WaitTimedOut: Error, CustomStringConvertible {
-    let what: String
-    var description: String { "timed out waiting for: \(what)" }
-}

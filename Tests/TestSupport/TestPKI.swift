@@ -1,25 +1,25 @@
 import Crypto
-import Foundation
-import NIOSSL
+public import Foundation
+public import NIOSSL
 import SwiftASN1
 import X509
 
 /// A throwaway CA with a server certificate for localhost/127.0.0.1 and partner client
 /// certificates, written as PEM files into `directory`.
-struct TestPKI {
-    let directory: URL
-    let caCertificatePEM: String
+public struct TestPKI: Sendable {
+    public let directory: URL
+    public let caCertificatePEM: String
 
-    var caPath: String { directory.appendingPathComponent("ca.crt").path }
-    var serverCertificatePath: String { directory.appendingPathComponent("server.crt").path }
-    var serverKeyPath: String { directory.appendingPathComponent("server.key").path }
-    var clientCertificatePath: String { directory.appendingPathComponent("client.crt").path }
-    var clientKeyPath: String { directory.appendingPathComponent("client.key").path }
+    public var caPath: String { directory.appendingPathComponent("ca.crt").path }
+    public var serverCertificatePath: String { directory.appendingPathComponent("server.crt").path }
+    public var serverKeyPath: String { directory.appendingPathComponent("server.key").path }
+    public var clientCertificatePath: String { directory.appendingPathComponent("client.crt").path }
+    public var clientKeyPath: String { directory.appendingPathComponent("client.key").path }
     /// A client certificate with the right subject, issued by a CA the gateway does not trust.
-    var strangerCertificatePath: String { directory.appendingPathComponent("stranger.crt").path }
-    var strangerKeyPath: String { directory.appendingPathComponent("stranger.key").path }
+    public var strangerCertificatePath: String { directory.appendingPathComponent("stranger.crt").path }
+    public var strangerKeyPath: String { directory.appendingPathComponent("stranger.key").path }
 
-    init(directory: URL) throws {
+    public init(directory: URL) throws {
         self.directory = directory
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let now = Date()
@@ -62,7 +62,7 @@ struct TestPKI {
     }
 
     /// Client TLS configuration trusting the test CA, optionally presenting a client certificate.
-    func clientTLS(certificate: String? = nil, key: String? = nil) throws -> TLSConfiguration {
+    public func clientTLS(certificate: String? = nil, key: String? = nil) throws -> TLSConfiguration {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(caCertificatePEM.utf8), format: .pem)])
         if let certificate, let key {

@@ -1,0 +1,53 @@
+import Foundation
+public import SluiceCore
+import Synchronization
+
+/// The embedded store (`store.redis: null`): state lives in this process, so it serves one
+/// instance. Partners are spread over shards, each with its own lock, so two partners rarely
+/// contend. Also the local fallback while Redis is unreachable.
+public final class MemoryStore: AdmissionStore {
+    private final class Shard: Sendable {
+        let ledgers = Mutex<[String: PartnerLedger]>([:])
+    }
+
+    private let shards = (0..<16).map { _ in Shard() }
+    private let clock: EpochClock
+
+    /// - Parameter clock: The time decisions use (tests inject a manual one).
+    public init(clock: @escaping EpochClock = MemoryStore.wallClock) {
+        self.clock = clock
+    }
+
+    public static let wallClock: EpochClock = { Int64((Date().timeIntervalSince1970 * 1_000).rounded(.down)) }
+
+    public func admit(partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) async throws -> AdmissionDecision {
+        let now = clock()
+        return shard(partner).ledgers.withLock { ledgers in
+            ledgers[partner, default: PartnerLedger()].admit(limits, lease: lease, leaseMilliseconds: leaseDuration.milliseconds, now: now)
+        }
+    }
+
+    public func release(partner: String, lease: String) {
+        shard(partner).ledgers.withLock { $0[partner]?.release(lease) }
+    }
+
+    public func flushReleases() async {}
+
+    public func renew(partner: String, leases: [String], leaseDuration: Duration) async throws {
+        let now = clock()
+        shard(partner).ledgers.withLock { $0[partner]?.renew(leases, leaseMilliseconds: leaseDuration.milliseconds, now: now) }
+    }
+
+    private func shard(_ partner: String) -> Shard {
+        var hasher = Hasher()
+        hasher.combine(partner)
+        return shards[Int(UInt(bitPattern: hasher.finalize()) % UInt(shards.count))]
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds.
+    var milliseconds: Int64 {
+        components.seconds * 1_000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import SluiceCore
+@testable import SluiceStore
+import Testing
+import TestSupport
+
+@Suite(.serialized)
+struct RedisClientTests {
+    /// Every admission key is hash-tagged by partner and expires.
+    @Test func keysAreHashTaggedAndExpire() async throws {
+        let client = try await makeRedisClient()
+        let prefix = "ttl-\(UUID().uuidString.prefix(8))"
+        let store = RedisStore(client: client, keyPrefix: prefix)
+        _ = try await store.admit(partner: "acme", limits: limits(rate: 10, burst: 20, quota: 100, concurrency: 5), lease: "l1", leaseDuration: .seconds(30))
+        guard case .array(let keys) = try await client.send(["KEYS", "\(prefix):*"]) else { Issue.record("no keys"); return }
+        #expect(keys.count == 3)
+        for case .string(let bytes) in keys {
+            let key = String(decoding: bytes, as: UTF8.self)
+            #expect(key.hasPrefix("\(prefix):{p:acme}:"))
+            guard case .integer(let ttl) = try await client.send(["PTTL", key]) else { Issue.record("no ttl"); continue }
+            #expect(ttl > 0, "\(key) must expire")
+        }
+        await client.shutdown()
+    }
+
+    /// When Redis forgets the script (restart, SCRIPT FLUSH), it is loaded again transparently.
+    @Test func scriptIsReloadedAfterFlush() async throws {
+        let client = try await makeRedisClient()
+        let store = RedisStore(client: client, keyPrefix: "flush-\(UUID().uuidString.prefix(8))")
+        #expect(try await store.admit(partner: "acme", limits: limits(rate: 1, burst: 5), lease: nil, leaseDuration: .seconds(1)).verdict == .admitted)
+        _ = try await client.send(["SCRIPT", "FLUSH"])
+        #expect(try await store.admit(partner: "acme", limits: limits(rate: 1, burst: 5), lease: nil, leaseDuration: .seconds(1)).tokensRemaining == 3)
+        await client.shutdown()
+    }
+
+    /// A server that accepts but never answers costs a caller the deadline (50 ms), not more.
+    @Test func callsTimeOut() async throws {
+        let silent = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let client = try await makeRedisClient(url: "redis://127.0.0.1:\(silent.localAddress!.port!)", timeout: .milliseconds(50))
+        let started = ContinuousClock.now
+        await #expect(throws: RedisError.timeout) { try await client.send(["PING"]) }
+        #expect(ContinuousClock.now - started < .milliseconds(400))
+        await client.shutdown()
+        try await silent.close()
+    }
+
+    /// A refused connection fails at once, and while the client backs off, calls fail without connecting.
+    @Test func refusedConnectionsFailFast() async throws {
+        let client = try await makeRedisClient(url: "redis://127.0.0.1:\(try freePort())", timeout: .milliseconds(50))
+        for _ in 0..<5 {
+            let started = ContinuousClock.now
+            do {
+                _ = try await client.send(["PING"])
+                Issue.record("expected a failure")
+            } catch let error as RedisError {
+                guard case .unavailable = error else { Issue.record("expected unavailable, got \(error)"); continue }
+            }
+            #expect(ContinuousClock.now - started < .milliseconds(100))
+        }
+        await client.shutdown()
+    }
+
+    /// After Redis crashes and comes back, calls succeed again without a new client.
+    @Test func reconnectsAfterRestart() async throws {
+        let server = try await RedisServer.start()
+        let client = try await makeRedisClient(url: server.url, timeout: .milliseconds(200))
+        #expect(try await client.send(["PING"]) == .status("PONG"))
+        try await server.stop()
+        await #expect(throws: RedisError.self) { try await client.send(["PING"]) }
+        try await server.restart()
+        try await eventually("the client reconnected") { (try? await client.send(["PING"])) == .status("PONG") }
+        await client.shutdown()
+        try await server.stop()
+    }
+
+    /// The password and database from the URL are used; a wrong password is a clear error.
+    @Test func authenticatesAndSelectsTheDatabase() async throws {
+        let server = try await RedisServer.start(extraArguments: ["--requirepass", "s3cret"])
+        let client = try await makeRedisClient(url: "redis://:s3cret@127.0.0.1:\(server.port)/3")
+        _ = try await client.send(["SET", "marker", "db3"])
+        let other = try await makeRedisClient(url: "redis://:s3cret@127.0.0.1:\(server.port)/0")
+        #expect(try await other.send(["GET", "marker"]) == .null)
+        #expect(try await client.send(["GET", "marker"]) == .string(Array("db3".utf8)))
+        let wrong = try await makeRedisClient(url: "redis://:nope@127.0.0.1:\(server.port)/0")
+        await #expect(throws: RedisError.self) { try await wrong.send(["PING"]) }
+        for each in [client, other, wrong] { await each.shutdown() }
+        try await server.stop()
+    }
+
+    /// rediss:// talks TLS to Redis, trusting the configured CA.
+    @Test func speaksTLS() async throws {
+        let pki = try TestPKI(directory: FileManager.default.temporaryDirectory.appendingPathComponent("redis-tls-\(UUID().uuidString)"))
+        let server = try await RedisServer.start(tls: (pki.serverCertificatePath, pki.serverKeyPath))
+        let client = try await makeRedisClient(url: "rediss://localhost:\(server.tlsPort!)/0", tlsCA: pki.caPath)
+        #expect(try await client.send(["PING"]) == .status("PONG"))
+        let untrusting = try await makeRedisClient(url: "rediss://localhost:\(server.tlsPort!)/0", timeout: .milliseconds(500))
+        await #expect(throws: RedisError.self) { try await untrusting.send(["PING"]) }
+        await client.shutdown()
+        await untrusting.shutdown()
+        try await server.stop()
+        try? FileManager.default.removeItem(at: pki.directory)
+    }
+}

@@ -1,0 +1,60 @@
+import Foundation
+import NIOPosix
+import SluiceCore
+@testable import SluiceStore
+import Synchronization
+import TestSupport
+
+/// A clock tests move by hand, in epoch milliseconds.
+final class ManualClock: Sendable {
+    private let milliseconds: Atomic<Int64>
+
+    init(_ start: Int64 = 1_795_348_800_000) {  // 2026-11-22T12:00:00Z
+        milliseconds = Atomic(start)
+    }
+
+    var now: Int64 { milliseconds.load(ordering: .relaxed) }
+    func advance(_ by: Int64) { milliseconds.add(by, ordering: .relaxed) }
+    func set(_ to: Int64) { milliseconds.store(to, ordering: .relaxed) }
+    var epochClock: EpochClock { { self.now } }
+}
+
+enum StoreKind: String, CaseIterable, Sendable {
+    case memory, redis
+}
+
+/// A fresh store of `kind` reading `clock`; Redis stores use the shared test Redis with a key
+/// prefix of their own, so tests never see each other's keys.
+func withStore(_ kind: StoreKind, clock: ManualClock, _ body: (any AdmissionStore) async throws -> Void) async throws {
+    switch kind {
+    case .memory:
+        try await body(MemoryStore(clock: clock.epochClock))
+    case .redis:
+        let client = try await makeRedisClient()
+        let store = RedisStore(client: client, keyPrefix: "test-\(UUID().uuidString.prefix(8))", clock: clock.epochClock)
+        do {
+            try await body(store)
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+        await client.shutdown()
+    }
+}
+
+func makeRedisClient(url: String? = nil, tlsCA: String? = nil, timeout: Duration = .seconds(2)) async throws -> RedisClient {
+    let text: String
+    if let url { text = url } else { text = try await RedisServer.sharedURL() }
+    return try RedisClient(url: try RedisURL.parse(text).get(), tlsCA: tlsCA, timeout: timeout, group: MultiThreadedEventLoopGroup.singleton)
+}
+
+func limits(rate: Double? = nil, burst: Int = 10, quota: Int? = nil, per: LimitSet.QuotaWindow = .day, concurrency: Int? = nil, cost: Int = 1) -> AdmissionLimits {
+    AdmissionLimits(
+        LimitSet(
+            rate: rate.map { LimitSet.Rate(perSecond: $0, burst: burst) },
+            quota: quota.map { LimitSet.Quota(requests: $0, per: per) },
+            concurrency: concurrency
+        ),
+        cost: cost
+    )
+}
