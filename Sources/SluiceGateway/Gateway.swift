@@ -23,6 +23,8 @@ public final class Gateway: Sendable {
         public var handleSignals = true
         /// Log lines written here are flushed a few times a second and at shutdown.
         public var logOutput: LogOutput?
+        /// How long a concurrency slot outlives a gateway that stopped renewing it (crashed).
+        public var leaseDuration: Duration = .seconds(30)
 
         public init() {}
     }
@@ -48,10 +50,13 @@ public final class Gateway: Sendable {
         let eventLoopGroup = MultiThreadedEventLoopGroup.singleton
         let policy = try PolicyLoader.load(directory: policiesDirectory, environment: environment)
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, logger: logger)
-        let runtime = GatewayRuntime(snapshot: try GatewaySnapshot.make(policy, pool: pool), metrics: GatewayMetrics(), logger: logger)
+        let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration)
+        let metrics = GatewayMetrics()
+        let factory = SnapshotFactory(pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration)
+        let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger)
         self.pool = pool
         self.runtime = runtime
-        let reloader = PolicyReloader(directory: policiesDirectory, environment: environment, runtime: runtime, pool: pool)
+        let reloader = PolicyReloader(directory: policiesDirectory, environment: environment, runtime: runtime, factory: factory)
         let listen = policy.gateway.listen
         let bound = BoundListeners(expected: [listen.https, listen.http, listen.admin].compactMap { $0 }.count)
         self.bound = bound
@@ -59,6 +64,7 @@ public final class Gateway: Sendable {
         var services: [any Service] = []
         if let output = options.logOutput { services.append(LogFlusher(output: output)) }
         services.append(pool)
+        services.append(stores)
         let record: @Sendable (String, any Channel) -> Void = { name, channel in bound.record(name, port: channel.localAddress?.port) }
         if let admin = listen.admin {
             let api = AdminAPI(runtime: runtime, reload: { reloader.reload(reason: "admin API") })
@@ -128,7 +134,7 @@ public final class Gateway: Sendable {
                 runtime.metrics.requestFinished(partner: nil, version: nil, route: nil, status: status, duration: .zero)
                 runtime.logger.info("request", metadata: ["request_id": .string(requestID), "status": .stringConvertible(status), "problem": "invalid-request"])
             },
-            responder: { request, writer, channel in try await responder.respond(request, writer, channel) }
+            responder: { request, writer, channel, disconnect in try await responder.respond(request, writer, channel, disconnect) }
         )
         return Server(
             childChannelSetup: channel,

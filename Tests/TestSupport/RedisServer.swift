@@ -70,6 +70,16 @@ public final class RedisServer: @unchecked Sendable {
         self.process = nil
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, as with a hung host.
+    public func pause() {
+        process?.signal(SIGSTOP)
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    public func resume() {
+        process?.signal(SIGCONT)
+    }
+
     private static func accepts(port: Int) -> Bool {
         let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(socket) }

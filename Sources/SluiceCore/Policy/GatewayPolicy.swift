@@ -38,6 +38,10 @@ public struct GatewayPolicy: Sendable, Equatable {
         public var expectedInstances: Int = 1
         /// Deadline of every store call (default 50ms), so a dead Redis never stalls a request.
         public var timeout: Duration = .milliseconds(50)
+        /// CA certificate (PEM) trusted for a `rediss://` server; nil = the system's roots.
+        public var tlsCAPath: String?
+        /// Where the store section is (gateway.yaml), for problems found when connecting.
+        public var location: SourceLocation?
     }
 
     public struct Limits: Sendable, Equatable {
@@ -91,7 +95,7 @@ extension GatewayPolicy {
         guard let map = root.mapping("gateway.yaml") else { return nil }
         let listen = map.required("listen").flatMap(readListen)
         let tls = map.optional("tls").flatMap { readTLS($0, directory: directory) }
-        let store = map.optional("store").map(readStore) ?? Store()
+        let store = map.optional("store").map { readStore($0, directory: directory) } ?? Store()
         let limits = map.optional("limits").map(readLimits) ?? Limits()
         let tasks = map.optional("tasks").map(readTasks) ?? Tasks()
         let webhooks = map.optional("webhooks").map(readWebhooks) ?? Webhooks()
@@ -141,8 +145,9 @@ extension GatewayPolicy {
         return TLS(certificatePath: certificate, keyPath: key, clientCAPath: clientCA, location: value.location)
     }
 
-    private static func readStore(_ value: YAMLValue) -> Store {
+    private static func readStore(_ value: YAMLValue, directory: String) -> Store {
         var store = Store()
+        store.location = value.location
         guard let map = value.mapping("store") else { return store }
         if let item = map.optional("redis"), let text = item.secret("store.redis") {
             switch RedisURL.parse(text) {
@@ -158,6 +163,9 @@ extension GatewayPolicy {
         }
         if let timeout = map.optional("timeout")?.duration("store.timeout") {
             store.timeout = timeout
+        }
+        if let path = map.optional("tls_ca")?.string("store.tls_ca") {
+            store.tlsCAPath = resolve(path, against: directory)
         }
         map.finish()
         return store

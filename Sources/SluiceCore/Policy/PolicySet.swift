@@ -147,13 +147,18 @@ extension PolicySet {
     }
 
     private static func checkFiles(_ gateway: GatewayPolicy, _ root: YAMLValue, _ fileExists: (String) -> Bool) {
-        guard let tls = gateway.tls, case .mapping(let mapping) = root.node, let tlsNode = mapping["tls"],
-            case .mapping(let tlsMapping) = tlsNode
-        else { return }
-        for (key, path) in [("certificate", tls.certificatePath), ("key", tls.keyPath), ("client_ca", tls.clientCAPath)] {
-            guard let path, !fileExists(path), let node = tlsMapping[key] else { continue }
-            root.child(node).report("tls.\(key): cannot read file \(path)")
+        guard case .mapping(let mapping) = root.node else { return }
+        func check(_ section: String, _ files: [(key: String, path: String?)]) {
+            guard let sectionNode = mapping[Node(section)], case .mapping(let sectionMapping) = sectionNode else { return }
+            for (key, path) in files {
+                guard let path, !fileExists(path), let node = sectionMapping[Node(key)] else { continue }
+                root.child(node).report("\(section).\(key): cannot read file \(path)")
+            }
         }
+        if let tls = gateway.tls {
+            check("tls", [("certificate", tls.certificatePath), ("key", tls.keyPath), ("client_ca", tls.clientCAPath)])
+        }
+        check("store", [("tls_ca", gateway.store.tlsCAPath)])
     }
 
     private static func hash(_ sources: [PolicySource]) -> String {

@@ -13,7 +13,13 @@ struct AdminAPI {
         let router = Router()
         router.get("/healthz") { _, _ in json(.ok, #"{"status":"ok"}"#) }
         router.get("/readyz") { _, _ in
-            runtime.isDraining ? json(.serviceUnavailable, #"{"status":"draining"}"#) : json(.ok, #"{"status":"ready"}"#)
+            if runtime.isDraining { return json(.serviceUnavailable, #"{"status":"draining"}"#) }
+            let admission = runtime.snapshots.load().admission
+            if await admission.backend.isReachable() { return json(.ok, #"{"status":"ready"}"#) }
+            // The store is down: with a fallback this instance still serves, so it stays in the
+            // load balancer (all instances would fail alike); with `deny` it cannot serve.
+            if admission.mode == .deny { return json(.serviceUnavailable, #"{"status":"store-unavailable"}"#) }
+            return json(.ok, #"{"status":"ready","degraded":true}"#)
         }
         router.get("/metrics") { _, _ in
             Response(

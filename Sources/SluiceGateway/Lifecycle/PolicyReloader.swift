@@ -15,13 +15,13 @@ struct PolicyReloader: Sendable {
     let directory: String
     let environment: [String: String]
     let runtime: GatewayRuntime
-    let pool: UpstreamPool
+    let factory: SnapshotFactory
 
     @discardableResult
     func reload(reason: String) -> Outcome {
         do {
             let policy = try PolicyLoader.load(directory: directory, environment: environment)
-            let snapshot = try GatewaySnapshot.make(policy, pool: pool)
+            let snapshot = try factory.make(policy)
             let previous = runtime.snapshots.store(snapshot)
             runtime.policyStatus.withLock { $0 = .init() }
             runtime.metrics.policyReloaded(succeeded: true)

@@ -14,13 +14,19 @@ struct PartnerChannel: ServerChildChannel {
     struct Value: ServerChildChannelValue {
         let negotiated: EventLoopFuture<NIONegotiatedHTTPVersion<HTTP1Channel.Value, HTTP2Channel.Value>>
         let channel: any Channel
+        /// For HTTP/1.1 requests on this connection (an HTTP/2 stream has a channel of its own).
+        let disconnect: DisconnectSignal
     }
+
+    /// Serves one request; `disconnect` is the connection's signal for HTTP/1.1 and nil for an
+    /// HTTP/2 stream, whose own channel closes when the client resets it.
+    typealias Responder = @Sendable (Request, consuming ResponseWriter, any Channel, DisconnectSignal?) async throws -> Void
 
     let useTLS: Bool
     let snapshots: SnapshotHolder<GatewaySnapshot>
     let identifiers: IdentifierGenerator
     let onProtocolError: RequestGuard.ProtocolErrorObserver
-    let responder: HTTPChannelHandler.Responder
+    let responder: Responder
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let snapshot = snapshots.load()
@@ -29,10 +35,11 @@ struct PartnerChannel: ServerChildChannel {
             let watchdog = ConnectionWatchdog(headerTimeout: limits.clientHeaderTimeout, idleTimeout: limits.idleTimeout)
             try channel.pipeline.syncOperations.addHandler(watchdog)
             let boundWatchdog = NIOLoopBound(watchdog, eventLoop: channel.eventLoop)
-            let http1 = HTTP1Channel(responder: responder, configuration: streamConfiguration(limits, boundWatchdog, isHTTP2: false))
+            let disconnect = DisconnectSignal(closeFuture: channel.closeFuture)
+            let http1 = HTTP1Channel(responder: http1Responder(disconnect), configuration: streamConfiguration(limits, boundWatchdog, disconnect))
             guard useTLS else {
                 return http1.setup(channel: channel, logger: logger).map { connection in
-                    Value(negotiated: channel.eventLoop.makeSucceededFuture(.http1_1(connection)), channel: channel)
+                    Value(negotiated: channel.eventLoop.makeSucceededFuture(.http1_1(connection)), channel: channel, disconnect: disconnect)
                 }
             }
             guard let tlsContext = snapshot.tlsContext else {
@@ -40,8 +47,8 @@ struct PartnerChannel: ServerChildChannel {
             }
             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext))
             let http2 = HTTP2Channel(
-                responder: responder,
-                configuration: .init(streamConfiguration: streamConfiguration(limits, boundWatchdog, isHTTP2: true))
+                responder: http2Responder,
+                configuration: .init(streamConfiguration: streamConfiguration(limits, boundWatchdog, nil))
             )
             return channel.configureHTTP2AsyncSecureUpgrade { connection in
                 http1.setup(channel: connection, logger: logger)
@@ -53,7 +60,7 @@ struct PartnerChannel: ServerChildChannel {
                     return value
                 }
             }
-            .map { Value(negotiated: $0, channel: channel) }
+            .map { Value(negotiated: $0, channel: channel, disconnect: disconnect) }
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
@@ -63,24 +70,35 @@ struct PartnerChannel: ServerChildChannel {
         do {
             switch try await value.negotiated.get() {
             case .http1_1(let connection):
-                await HTTP1Channel(responder: responder).handle(value: connection, logger: logger)
+                await HTTP1Channel(responder: http1Responder(value.disconnect)).handle(value: connection, logger: logger)
             case .http2(let connection):
-                await HTTP2Channel(responder: responder).handle(value: connection, logger: logger)
+                await HTTP2Channel(responder: http2Responder).handle(value: connection, logger: logger)
             }
         } catch {
             logger.debug("connection ended before HTTP was negotiated", metadata: ["error": "\(error)"])
         }
     }
 
-    /// Decoder limits from `max_header_bytes` and a `RequestGuard` on every HTTP/1.1 connection or HTTP/2 stream.
+    private func http1Responder(_ disconnect: DisconnectSignal) -> HTTPChannelHandler.Responder {
+        let responder = responder
+        return { request, writer, channel in try await responder(request, writer, channel, disconnect) }
+    }
+
+    private var http2Responder: HTTPChannelHandler.Responder {
+        let responder = responder
+        return { request, writer, channel in try await responder(request, writer, channel, nil) }
+    }
+
+    /// Decoder limits from `max_header_bytes` and a `RequestGuard` on every HTTP/1.1 connection
+    /// (with its disconnect signal) or HTTP/2 stream (without).
     private func streamConfiguration(
-        _ limits: GatewayPolicy.Limits, _ watchdog: NIOLoopBound<ConnectionWatchdog>, isHTTP2: Bool
+        _ limits: GatewayPolicy.Limits, _ watchdog: NIOLoopBound<ConnectionWatchdog>, _ disconnect: DisconnectSignal?
     ) -> HTTP1Channel.Configuration {
         let identifiers = identifiers
         let onProtocolError = onProtocolError
         return HTTP1Channel.Configuration(
             additionalChannelHandlers: [
-                RequestGuard(watchdog: watchdog.value, isHTTP2: isHTTP2, identifiers: identifiers, onProtocolError: onProtocolError)
+                RequestGuard(watchdog: watchdog.value, disconnect: disconnect, identifiers: identifiers, onProtocolError: onProtocolError)
             ],
             idleTimeout: nil,
             httpDecoderConfiguration: .init(

@@ -12,7 +12,8 @@ import SluiceCore
 ///   does that when it answered without reading the whole request body), and removes that
 ///   header on HTTP/2, where it is not allowed; there the stream is reset instead when the
 ///   request body is still coming;
-/// - reports request and response boundaries to the connection's `ConnectionWatchdog`.
+/// - reports request and response boundaries to the connection's `ConnectionWatchdog`, and a
+///   client that stops sending while its request is in progress to the `DisconnectSignal`.
 final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -24,6 +25,8 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let watchdog: ConnectionWatchdog
     private let isHTTP2: Bool
+    /// The HTTP/1.1 connection's signal; nil on an HTTP/2 stream.
+    private let disconnect: DisconnectSignal?
     private let identifiers: IdentifierGenerator
     private let onProtocolError: ProtocolErrorObserver
     private var requestsInProgress = 0
@@ -32,9 +35,13 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var closeAfterResponse = false
     private var closing = false
 
-    init(watchdog: ConnectionWatchdog, isHTTP2: Bool, identifiers: IdentifierGenerator, onProtocolError: @escaping ProtocolErrorObserver) {
+    init(
+        watchdog: ConnectionWatchdog, disconnect: DisconnectSignal?, identifiers: IdentifierGenerator,
+        onProtocolError: @escaping ProtocolErrorObserver
+    ) {
         self.watchdog = watchdog
-        self.isHTTP2 = isHTTP2
+        self.isHTTP2 = disconnect == nil
+        self.disconnect = disconnect
         self.identifiers = identifiers
         self.onProtocolError = onProtocolError
     }
@@ -59,6 +66,13 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
             watchdog.requestBodyEnded()
         }
         context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event, requestsInProgress > 0 {
+            disconnect?.clientWentAway()
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -25,6 +25,21 @@ final class GatewayMetrics: Sendable {
             namespace: "sluice", metricName: "policy_reload", unitName: "total", helpText: "Policy reloads by result (ok or error)."
         )
     }
+    private static var rejectionsDescriptor: MetricNameDescriptor {
+        MetricNameDescriptor(
+            namespace: "sluice", metricName: "ratelimit_rejections", unitName: "total", helpText: "Requests refused by rate, quota or concurrency limits."
+        )
+    }
+    private static var storeErrorsDescriptor: MetricNameDescriptor {
+        MetricNameDescriptor(
+            namespace: "sluice", metricName: "store_errors", unitName: "total", helpText: "Failed or timed-out calls to the rate-limit store."
+        )
+    }
+    private static var fallbackDescriptor: MetricNameDescriptor {
+        MetricNameDescriptor(
+            namespace: "sluice", metricName: "ratelimit", unitName: "fallback", helpText: "1 while the store is unreachable and on_redis_failure applies."
+        )
+    }
     private static let buckets: [Duration] = [
         .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
         .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2_500), .seconds(5), .seconds(10), .seconds(30),
@@ -34,6 +49,20 @@ final class GatewayMetrics: Sendable {
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
         for result in ["ok", "error"] { _ = registry.makeCounter(descriptor: Self.reloadDescriptor, labels: [("result", result)]) }
+        _ = registry.makeCounter(descriptor: Self.storeErrorsDescriptor)
+        registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: 0.0)
+    }
+
+    func rateLimitRejected(partner: String, reason: String) {
+        registry.makeCounter(descriptor: Self.rejectionsDescriptor, labels: [("partner", partner), ("reason", reason)]).increment()
+    }
+
+    func storeFailed() {
+        registry.makeCounter(descriptor: Self.storeErrorsDescriptor).increment()
+    }
+
+    func storeFallback(active: Bool) {
+        registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: active ? 1.0 : 0.0)
     }
 
     /// Counts a finished partner request. Unknown parts are labelled `-`.

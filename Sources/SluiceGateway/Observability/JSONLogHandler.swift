@@ -114,7 +114,7 @@ public struct JSONLogHandler: LogHandler {
         case .string(let text):
             JSONValue.appendQuoted(masked ? SensitiveDataMask.mask(text) : text, to: &line)
         case .stringConvertible(let convertible):
-            if convertible is any BinaryInteger || convertible is Double {
+            if convertible is any BinaryInteger || convertible is Double || convertible is Bool {
                 line += convertible.description
             } else {
                 JSONValue.appendQuoted(masked ? SensitiveDataMask.mask(convertible.description) : convertible.description, to: &line)

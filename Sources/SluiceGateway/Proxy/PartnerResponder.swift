@@ -37,7 +37,8 @@ struct PartnerResponder: Sendable {
         case unknown
     }
 
-    func respond(_ request: Request, _ writer: consuming ResponseWriter, _ channel: any Channel) async throws {
+    /// - Parameter disconnect: The HTTP/1.1 connection's disconnect signal; nil for an HTTP/2 stream.
+    func respond(_ request: Request, _ writer: consuming ResponseWriter, _ channel: any Channel, _ disconnect: DisconnectSignal?) async throws {
         let started = ContinuousClock.now
         let snapshot = runtime.snapshots.load()
         var exchange = Exchange(request: request, identifiers: runtime.identifiers)
@@ -46,7 +47,18 @@ struct PartnerResponder: Sendable {
             case .reject(let problem, let headers):
                 try await writeProblem(problem, headers, &exchange, request, writer)
             case .forward(let plan):
-                try await forward(plan, request, &exchange, snapshot, writer, channel)
+                let admission = await snapshot.admission.admit(partner: plan.partner, route: plan.route, requestID: exchange.requestID)
+                defer { snapshot.admission.finish(admission) }
+                exchange.adopt(admission)
+                switch admission.verdict {
+                case .admitted:
+                    try await forward(plan, request, &exchange, snapshot, writer, channel, disconnect)
+                case .refused(let reason):
+                    try await writeProblem(Self.problem(refusedFor: reason, admission), closeHeadersIfBodyIsLarge(request), &exchange, request, writer)
+                case .storeUnavailable:
+                    let problem = Problem(.upstreamUnavailable, detail: "The gateway cannot check rate limits right now; try again shortly.")
+                    try await writeProblem(problem, closeHeadersIfBodyIsLarge(request).adding(.retryAfter, "1"), &exchange, request, writer)
+                }
             }
         } catch {
             exchange.clientGone = true
@@ -124,8 +136,8 @@ struct PartnerResponder: Sendable {
             )
         }
 
-        // Admission (rate limits, quotas, concurrency), idempotency and async tasks come in
-        // here, in that order, once the route and partner are known.
+        // Admission (rate limits, quotas, concurrency) runs next, in respond(); idempotency and
+        // async tasks come after it.
         let target = route.upstreamPath.render(parameters) + exchange.query
         return .forward(ForwardPlan(partner: partner, version: versionRules, route: route, target: target, bodyLength: bodyLength))
     }
@@ -162,7 +174,7 @@ struct PartnerResponder: Sendable {
 
     private func forward(
         _ plan: ForwardPlan, _ request: Request, _ exchange: inout Exchange, _ snapshot: GatewaySnapshot,
-        _ writer: consuming ResponseWriter, _ channel: any Channel
+        _ writer: consuming ResponseWriter, _ channel: any Channel, _ disconnect: DisconnectSignal?
     ) async throws {
         guard let client = snapshot.upstreams[plan.route.upstream.name] else {
             runtime.logger.error("no client for upstream", metadata: ["upstream": "\(plan.route.upstream.name)"])
@@ -203,10 +215,13 @@ struct PartnerResponder: Sendable {
         let upstreamStarted = ContinuousClock.now
         let response: HTTPClientResponse
         do {
+            let deadline = NIODeadline.now() + TimeAmount(plan.route.requestTimeout)
+            let logger = runtime.logger
+            let request = upstreamRequest
             response = try await client.tracking {
-                try await client.http.execute(
-                    upstreamRequest, deadline: .now() + TimeAmount(plan.route.requestTimeout), logger: runtime.logger
-                )
+                try await Self.cancelledOnDisconnect(channel, disconnect) {
+                    try await client.http.execute(request, deadline: deadline, logger: logger)
+                }
             }
         } catch {
             await body?.close()
@@ -241,6 +256,24 @@ struct PartnerResponder: Sendable {
         }
         await body?.close()
         exchange.bytesIn = body?.bytesRead ?? 0
+    }
+
+    /// Runs `call` (waiting for the upstream's answer) in a task that is cancelled as soon as the
+    /// client goes away: the upstream request is abandoned and the request's slot freed then,
+    /// not when a slow upstream eventually answers.
+    private static func cancelledOnDisconnect(
+        _ channel: any Channel, _ disconnect: DisconnectSignal?, _ call: @escaping @Sendable () async throws -> HTTPClientResponse
+    ) async throws -> HTTPClientResponse {
+        let task = Task(operation: call)
+        return try await withTaskCancellationHandler {
+            if let disconnect {
+                return try await disconnect.whileOpen(onClose: { task.cancel() }) { try await task.value }
+            }
+            channel.closeFuture.whenComplete { _ in task.cancel() }
+            return try await task.value
+        } onCancel: {
+            task.cancel()
+        }
     }
 
     /// The upstream's headers without hop-by-hop ones, plus the gateway's (request id, version
@@ -286,6 +319,18 @@ struct PartnerResponder: Sendable {
             }
         }
         return Problem(.badGateway, detail: "The upstream service could not be reached or closed the connection.")
+    }
+
+    /// The 429 problem for a refusal, with `violated-policies` and `Retry-After` (set by `Exchange.adopt`).
+    static func problem(refusedFor reason: AdmissionVerdict, _ admission: Admission) -> Problem {
+        let wait = admission.decision.map(RateLimitHeaders.retryAfter) ?? 1
+        let (type, detail): (ProblemType, String) =
+            switch reason {
+            case .rateLimited: (.rateLimited, "The request rate is over your plan's limit; retry in \(wait) s.")
+            case .quotaExceeded: (.quotaExceeded, "Your plan's quota for this period is used up; it resets in \(wait) s.")
+            case .concurrencyLimited, .admitted: (.concurrencyLimited, "Too many of your requests are in progress at once.")
+            }
+        return Problem(type, detail: detail, extensions: [("violated-policies", .array([.string(reason.rawValue)]))])
     }
 
     // MARK: - Answering
@@ -448,6 +493,16 @@ struct Exchange {
             query = ""
         }
         responseHeaders = [.xRequestID: requestID]
+    }
+
+    /// Adds the RateLimit headers (and Retry-After for refusals) to every response.
+    mutating func adopt(_ admission: Admission) {
+        guard let limits = admission.limits, let decision = admission.decision else { return }
+        if let policy = RateLimitHeaders.policy(limits, decision) { responseHeaders.append(HTTPField(name: .rateLimitPolicy, value: policy)) }
+        if let state = RateLimitHeaders.state(limits, decision) { responseHeaders.append(HTTPField(name: .rateLimit, value: state)) }
+        if decision.verdict != .admitted {
+            responseHeaders.append(HTTPField(name: .retryAfter, value: String(RateLimitHeaders.retryAfter(decision))))
+        }
     }
 
     /// Records the version and adds its Deprecation and Sunset headers to every response.

@@ -39,4 +39,6 @@ extension HTTPField.Name {
     static let deprecation = Self("Deprecation")!
     static let sunset = Self("Sunset")!
     static let traceparent = Self("traceparent")!
+    static let rateLimitPolicy = Self("RateLimit-Policy")!
+    static let rateLimit = Self("RateLimit")!
 }

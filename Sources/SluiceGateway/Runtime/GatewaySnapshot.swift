@@ -1,6 +1,31 @@
 import Foundation
+import Logging
 import NIOSSL
 import SluiceCore
+
+/// Builds snapshots from policy sets, reusing upstream clients and store backends whose
+/// settings did not change.
+struct SnapshotFactory: Sendable {
+    let pool: UpstreamPool
+    let stores: StoreRegistry
+    let metrics: GatewayMetrics
+    let logger: Logger
+    let leaseDuration: Duration
+
+    /// Builds a snapshot; TLS material or a store that cannot be set up is a policy problem.
+    func make(_ policy: PolicySet) throws(PolicyErrors) -> GatewaySnapshot {
+        let tlsContext = try policy.gateway.tls.map { tls throws(PolicyErrors) in try GatewaySnapshot.makeTLSContext(tls) }
+        let admission = AdmissionControl(
+            backend: try stores.backend(for: policy),
+            mode: policy.gateway.store.onRedisFailure,
+            instances: policy.gateway.store.expectedInstances,
+            leaseDuration: leaseDuration,
+            metrics: metrics,
+            logger: logger
+        )
+        return GatewaySnapshot(rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: pool.clients(for: policy), admission: admission)
+    }
+}
 
 /// Everything one policy load produces that requests read: the compiled rules, the TLS
 /// context for new connections and the upstream clients. Swapped as a whole on reload.
@@ -9,19 +34,15 @@ final class GatewaySnapshot: Sendable {
     /// Nil when the policy has no https listener.
     let tlsContext: NIOSSLContext?
     let upstreams: [String: UpstreamClient]
+    let admission: AdmissionControl
 
     var policy: PolicySet { rules.policy }
 
-    private init(rules: GatewayRules, tlsContext: NIOSSLContext?, upstreams: [String: UpstreamClient]) {
+    fileprivate init(rules: GatewayRules, tlsContext: NIOSSLContext?, upstreams: [String: UpstreamClient], admission: AdmissionControl) {
         self.rules = rules
         self.tlsContext = tlsContext
         self.upstreams = upstreams
-    }
-
-    /// Builds a snapshot; TLS material that cannot be loaded is a policy problem.
-    static func make(_ policy: PolicySet, pool: UpstreamPool) throws(PolicyErrors) -> GatewaySnapshot {
-        let tlsContext = try policy.gateway.tls.map { tls throws(PolicyErrors) in try makeTLSContext(tls) }
-        return GatewaySnapshot(rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: pool.clients(for: policy))
+        self.admission = admission
     }
 
     /// TLS 1.2+, ALPN h2 and http/1.1; with a client CA, client certificates are requested and,

@@ -32,6 +32,8 @@ public final class RedisClient: Sendable {
     }
 
     private let url: RedisURL
+    /// Loaded on every new connection, so the first `EVALSHA` finds them.
+    private let scripts: [RedisScript]
     private let tls: NIOSSLContext?
     private let timeout: Duration
     private let group: any EventLoopGroup
@@ -48,8 +50,13 @@ public final class RedisClient: Sendable {
     ///   - tlsCA: PEM file of the CA that signed a `rediss://` server's certificate (default: system roots).
     ///   - timeout: Deadline of every call.
     ///   - connections: How many connections to pipeline over.
-    public init(url: RedisURL, tlsCA: String? = nil, timeout: Duration, connections: Int = 2, group: any EventLoopGroup) throws {
+    public convenience init(url: RedisURL, tlsCA: String? = nil, timeout: Duration, connections: Int = 2, group: any EventLoopGroup) throws {
+        try self.init(url: url, tlsCA: tlsCA, timeout: timeout, connections: connections, scripts: [], group: group)
+    }
+
+    init(url: RedisURL, tlsCA: String?, timeout: Duration, connections: Int, scripts: [RedisScript], group: any EventLoopGroup) throws {
         self.url = url
+        self.scripts = scripts
         self.timeout = timeout
         self.group = group
         if url.useTLS {
@@ -78,6 +85,13 @@ public final class RedisClient: Sendable {
         } catch RedisError.server(let message) where message.hasPrefix("NOSCRIPT") {
             _ = try await send(["SCRIPT", "LOAD", script.source])
             return try await send(command)
+        }
+    }
+
+    /// Opens every connection now (instead of on the first calls).
+    public func connect() async {
+        await withTaskGroup(of: Void.self) { group in
+            for _ in slots { group.addTask { _ = try? await self.send(["PING"]) } }
         }
     }
 
@@ -176,6 +190,9 @@ public final class RedisClient: Sendable {
             }
             if url.database != 0 {
                 _ = try await connection.send(RedisCommandEncoder.encode(["SELECT", String(url.database)]), deadline: deadline)
+            }
+            for script in scripts {
+                _ = try await connection.send(RedisCommandEncoder.encode(["SCRIPT", "LOAD", script.source]), deadline: deadline)
             }
             return connection
         } catch {

@@ -1,3 +1,4 @@
+public import NIOCore
 public import SluiceCore
 import Synchronization
 
@@ -11,6 +12,11 @@ public final class RedisStore: AdmissionStore {
     private let keyPrefix: String
     private let clock: EpochClock?
     private let pendingReleases = Mutex<[String: [String]]>([:])
+
+    /// A client for this store: it loads the admission scripts whenever it opens a connection.
+    public static func makeClient(url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup) throws -> RedisClient {
+        try RedisClient(url: url, tlsCA: tlsCA, timeout: timeout, connections: 2, scripts: [AdmissionScripts.admit, AdmissionScripts.renew], group: group)
+    }
 
     /// - Parameters:
     ///   - keyPrefix: Start of every key (`PREFIX:{p:PARTNER}:bucket` …).

@@ -57,6 +57,10 @@ struct GatewayHarness {
                 let harness = GatewayHarness(
                     gateway: gateway, addresses: addresses, policies: policies, pki: pki, http1: http1, http2: http2, logFile: logFile
                 )
+                // As a load balancer would: wait until the gateway says it is ready.
+                try await eventually("the gateway is ready") {
+                    (try? await harness.send(.GET, harness.admin + "/readyz", key: nil).status) == 200
+                }
                 var failure: (any Error)?
                 do { try await body(harness) } catch { failure = error }
                 try? await http1.shutdown()

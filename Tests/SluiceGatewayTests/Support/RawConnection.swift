@@ -1,19 +1,33 @@
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// A plain TCP connection for sending hand-made (slow, malformed, cut-off) HTTP/1.1.
 final class RawConnection: Sendable {
     private let channel: any Channel
     private let received: AsyncStream<ByteBuffer>
+    private let answered: Answered
+
+    private final class Answered: Sendable {
+        let flag = Atomic<Bool>(false)
+    }
+
+    /// Whether the server has sent anything yet.
+    var hasAnswered: Bool { answered.flag.load(ordering: .relaxed) }
 
     /// Passes what the server sends into an async stream, which ends when the connection closes.
     private final class Collector: ChannelInboundHandler, Sendable {
         typealias InboundIn = ByteBuffer
         let continuation: AsyncStream<ByteBuffer>.Continuation
+        let answered: Answered
 
-        init(_ continuation: AsyncStream<ByteBuffer>.Continuation) { self.continuation = continuation }
+        init(_ continuation: AsyncStream<ByteBuffer>.Continuation, _ answered: Answered) {
+            self.continuation = continuation
+            self.answered = answered
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            answered.flag.store(true, ordering: .relaxed)
             continuation.yield(unwrapInboundIn(data))
         }
 
@@ -26,19 +40,21 @@ final class RawConnection: Sendable {
         }
     }
 
-    private init(channel: any Channel, received: AsyncStream<ByteBuffer>) {
+    private init(channel: any Channel, received: AsyncStream<ByteBuffer>, answered: Answered) {
         self.channel = channel
         self.received = received
+        self.answered = answered
     }
 
     static func open(port: Int) async throws -> RawConnection {
         let (stream, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
+        let answered = Answered()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(continuation)) }
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(continuation, answered)) }
             }
             .connect(host: "127.0.0.1", port: port).get()
-        return RawConnection(channel: channel, received: stream)
+        return RawConnection(channel: channel, received: stream, answered: answered)
     }
 
     func send(_ text: String) async throws {

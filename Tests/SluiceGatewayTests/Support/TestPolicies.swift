@@ -91,6 +91,22 @@ struct TestPolicies {
         ]
     }
 
+    /// Replaces the `gold` plan (both partners use it) with `plan`, e.g. `{ rate: { per_second: 1, burst: 3 } }`.
+    mutating func setPlan(_ plan: String) {
+        files["plans.yaml"] = "plans:\n  gold: \(plan)\n"
+    }
+
+    /// Puts the store on Redis at `url` with `on_redis_failure: mode`.
+    mutating func useRedis(_ url: String, onFailure mode: String = "local", instances: Int = 1) {
+        files["gateway.yaml"] = files["gateway.yaml"]! + """
+            store:
+              redis: \(url)
+              on_redis_failure: \(mode)
+              expected_instances: \(instances)
+
+            """
+    }
+
     /// Sets client_header_timeout and idle_timeout.
     mutating func setTimeouts(header: String, idle: String) {
         files["gateway.yaml"] = files["gateway.yaml"]!

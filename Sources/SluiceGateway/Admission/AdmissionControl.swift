@@ -1,0 +1,108 @@
+import Logging
+import SluiceCore
+import SluiceStore
+
+/// A concurrency lease to hand back when the response ends.
+struct HeldLease: Sendable {
+    let partner: String
+    let id: String
+    /// Taken in the per-instance fallback store rather than the shared one.
+    let local: Bool
+}
+
+/// What admission control decided for a request.
+struct Admission: Sendable {
+    enum Verdict: Sendable {
+        case admitted
+        case refused(AdmissionVerdict)
+        /// `on_redis_failure: deny` while the store is unreachable.
+        case storeUnavailable
+    }
+
+    var verdict: Verdict
+    /// For the RateLimit headers; nil when nothing was decided (no limits, or `allow` fallback).
+    var limits: AdmissionLimits?
+    var decision: AdmissionDecision?
+    var lease: HeldLease?
+
+    static let admittedWithoutLimits = Admission(verdict: .admitted)
+}
+
+/// Admission for one policy snapshot (SPEC §3 rate limits, §4.3 Redis trouble): asks the store,
+/// and while it is unreachable applies `on_redis_failure` — `local` enforces each instance's
+/// share (limits divided by `expected_instances`), `allow` admits, `deny` refuses with 503.
+/// Switching to the fallback and back is logged once per transition and counted.
+struct AdmissionControl: Sendable {
+    let backend: StoreBackend
+    let mode: GatewayPolicy.RedisFailureMode
+    let instances: Int
+    let leaseDuration: Duration
+    let metrics: GatewayMetrics
+    let logger: Logger
+
+    func admit(partner: Partner, route: Route, requestID: String) async -> Admission {
+        let limits = AdmissionLimits(partner.limits, cost: route.policy.cost)
+        guard !limits.isUnlimited else { return .admittedWithoutLimits }
+        let lease = limits.concurrency == nil ? nil : requestID
+        if case .call = backend.breaker.permission() {
+            do {
+                let decision = try await backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration)
+                if backend.breaker.succeeded() {
+                    metrics.storeFallback(active: false)
+                    logger.notice("rate-limit store is reachable again; shared limits apply")
+                }
+                return record(decision, limits: limits, partner: partner.id, lease: lease, local: false)
+            } catch {
+                metrics.storeFailed()
+                if backend.breaker.failed() {
+                    metrics.storeFallback(active: true)
+                    logger.warning(
+                        "rate-limit store is unreachable; on_redis_failure applies",
+                        metadata: ["mode": .string(mode.rawValue), "error": .string("\(error)")]
+                    )
+                }
+            }
+        }
+        return await fallback(partner: partner, route: route, lease: lease)
+    }
+
+    /// Hands the request's concurrency slot back (without waiting for the store).
+    func finish(_ admission: Admission) {
+        guard let lease = admission.lease else { return }
+        if lease.local {
+            backend.localLeases.remove(partner: lease.partner, lease: lease.id)
+            backend.local.release(partner: lease.partner, lease: lease.id)
+        } else {
+            backend.leases.remove(partner: lease.partner, lease: lease.id)
+            backend.store.release(partner: lease.partner, lease: lease.id)
+        }
+    }
+
+    private func fallback(partner: Partner, route: Route, lease: String?) async -> Admission {
+        switch mode {
+        case .allow:
+            return .admittedWithoutLimits
+        case .deny:
+            return Admission(verdict: .storeUnavailable)
+        case .local:
+            let limits = AdmissionLimits(partner.limits, cost: route.policy.cost, localShareOf: instances)
+            guard let decision = try? await backend.local.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration) else {
+                return .admittedWithoutLimits
+            }
+            return record(decision, limits: limits, partner: partner.id, lease: lease, local: true)
+        }
+    }
+
+    private func record(_ decision: AdmissionDecision, limits: AdmissionLimits, partner: String, lease: String?, local: Bool) -> Admission {
+        guard decision.verdict == .admitted else {
+            metrics.rateLimitRejected(partner: partner, reason: decision.verdict.rawValue)
+            return Admission(verdict: .refused(decision.verdict), limits: limits, decision: decision)
+        }
+        var held: HeldLease?
+        if let lease, limits.concurrency != nil {
+            held = HeldLease(partner: partner, id: lease, local: local)
+            (local ? backend.localLeases : backend.leases).add(partner: partner, lease: lease)
+        }
+        return Admission(verdict: .admitted, limits: limits, decision: decision, lease: held)
+    }
+}

@@ -1,0 +1,132 @@
+import Logging
+import NIOCore
+import ServiceLifecycle
+import SluiceCore
+import SluiceStore
+import Synchronization
+
+/// Leases this instance holds, by partner, so they can be renewed while their requests run.
+final class LeaseRegistry: Sendable {
+    private let held = Mutex<[String: Set<String>]>([:])
+
+    func add(partner: String, lease: String) {
+        held.withLock { _ = $0[partner, default: []].insert(lease) }
+    }
+
+    func remove(partner: String, lease: String) {
+        held.withLock { held in
+            held[partner]?.remove(lease)
+            if held[partner]?.isEmpty == true { held[partner] = nil }
+        }
+    }
+
+    var byPartner: [String: [String]] {
+        held.withLock { $0.mapValues { Array($0) } }
+    }
+}
+
+/// The store a policy names (embedded or Redis), the per-instance fallback used while Redis is
+/// unreachable, and the breaker between them. It outlives reloads that keep the store
+/// settings, so counters and connections survive a policy edit.
+final class StoreBackend: Sendable {
+    struct Settings: Equatable {
+        var redis: RedisURL?
+        var timeout: Duration
+        var tlsCAPath: String?
+    }
+
+    let settings: Settings
+    let store: any AdmissionStore
+    let redis: RedisClient?
+    /// Per-instance limits while the shared store is unreachable.
+    let local = MemoryStore()
+    let breaker = StoreBreaker()
+    let leases = LeaseRegistry()
+    let localLeases = LeaseRegistry()
+
+    init(settings: Settings, group: any EventLoopGroup) throws {
+        self.settings = settings
+        if let url = settings.redis {
+            let client = try RedisStore.makeClient(url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group)
+            redis = client
+            store = RedisStore(client: client)
+        } else {
+            redis = nil
+            store = MemoryStore()
+        }
+    }
+
+    /// Whether the store answers (always true for the embedded one).
+    func isReachable() async -> Bool {
+        guard let redis else { return true }
+        return (try? await redis.send(["PING"])) == .status("PONG")
+    }
+
+    /// Extends every lease still held, in both stores.
+    func renewLeases(for duration: Duration) async {
+        for (store, registry) in [(store, leases), (local as any AdmissionStore, localLeases)] {
+            for (partner, held) in registry.byPartner {
+                try? await store.renew(partner: partner, leases: held, leaseDuration: duration)
+            }
+        }
+    }
+}
+
+/// Hands out store backends for policy sets, reusing one while the store settings stay the same;
+/// flushes queued lease releases, renews held leases, and closes replaced Redis clients.
+final class StoreRegistry: Service, Sendable {
+    private let current = Mutex<StoreBackend?>(nil)
+    private let retired = Mutex<[StoreBackend]>([])
+    private let group: any EventLoopGroup
+    private let leaseDuration: Duration
+
+    init(group: any EventLoopGroup, leaseDuration: Duration) {
+        self.group = group
+        self.leaseDuration = leaseDuration
+    }
+
+    func backend(for policy: PolicySet) throws(PolicyErrors) -> StoreBackend {
+        let store = policy.gateway.store
+        let settings = StoreBackend.Settings(redis: store.redis, timeout: store.timeout, tlsCAPath: store.tlsCAPath)
+        if let existing = current.withLock({ $0 }), existing.settings == settings { return existing }
+        let backend: StoreBackend
+        do {
+            backend = try StoreBackend(settings: settings, group: group)
+        } catch {
+            let location = store.location ?? SourceLocation(file: "gateway.yaml", line: 1, column: 1)
+            throw PolicyErrors([PolicyProblem(location, "store: cannot set up the Redis client: \(error)")])
+        }
+        if let replaced = current.withLock({ state in defer { state = backend }; return state }) {
+            retired.withLock { $0.append(replaced) }
+        }
+        return backend
+    }
+
+    /// Connects to Redis at once; then every 20 ms applies queued releases and every third of a
+    /// lease renews held leases.
+    func run() async throws {
+        await current.withLock({ $0 })?.redis?.connect()
+        var lastRenewal = ContinuousClock.now
+        while await pauseUnlessShuttingDown(for: .milliseconds(20)) {
+            guard let backend = current.withLock({ $0 }) else { continue }
+            await backend.store.flushReleases()
+            if ContinuousClock.now - lastRenewal >= leaseDuration / 3 {
+                lastRenewal = .now
+                await backend.renewLeases(for: leaseDuration)
+            }
+            let replaced = retired.withLock { state in
+                defer { state = [] }
+                return state
+            }
+            if !replaced.isEmpty { await backend.redis?.connect() }
+            for old in replaced {
+                await old.store.flushReleases()
+                await old.redis?.shutdown()
+            }
+        }
+        if let backend = current.withLock({ $0 }) {
+            await backend.store.flushReleases()
+            await backend.redis?.shutdown()
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import NIOCore
+import Synchronization
+
+/// Tells the request being served on an HTTP/1.1 connection that its client went away (closed
+/// the connection, or its sending side: clients that hang up send a FIN, and half-closed
+/// connections stay open here), so a request waiting for a slow upstream is cancelled at once
+/// (and its concurrency slot freed) rather than when the upstream answers. One per connection,
+/// with one close callback per connection.
+final class DisconnectSignal: Sendable {
+    private enum State {
+        case open(action: (@Sendable () -> Void)?)
+        case closed
+    }
+
+    private let state = Mutex(State.open(action: nil))
+
+    init(closeFuture: EventLoopFuture<Void>) {
+        closeFuture.whenComplete { [self] _ in clientWentAway() }
+    }
+
+    /// The client closed the connection or stopped sending.
+    func clientWentAway() {
+        let action: (@Sendable () -> Void)? = state.withLock { state in
+            defer { state = .closed }
+            if case .open(let action) = state { return action }
+            return nil
+        }
+        action?()
+    }
+
+    /// Runs `action` if the connection closes while `body` runs (at once when it already has).
+    func whileOpen<T>(onClose action: @escaping @Sendable () -> Void, _ body: () async throws -> T) async rethrows -> T {
+        let alreadyClosed = state.withLock { state in
+            if case .closed = state { return true }
+            state = .open(action: action)
+            return false
+        }
+        if alreadyClosed { action() }
+        defer {
+            state.withLock { state in
+                if case .open = state { state = .open(action: nil) }
+            }
+        }
+        return try await body()
+    }
+}

@@ -1,0 +1,280 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOPosix
+import SluiceCore
+@testable import SluiceStore
+import Testing
+import TestSupport
+@testable import SluiceGateway
+
+@Suite(.serialized)
+struct AdmissionTests {
+    /// Admitted responses carry RateLimit-Policy and RateLimit; over the bucket the answer is 429
+    /// rate-limited with Retry-After and violated-policies, and the refused requests never reach the upstream.
+    @Test func bucketLimitsAndHeaders() async throws {
+        try await GatewayHarness.with({ $0.setPlan("{ rate: { per_second: 0.5, burst: 2 }, quota: { requests: 100, per: day } }") }) { gateway in
+            let first = try await gateway.partner(.GET, "/v2/orders/1")
+            #expect(first.status == 200)
+            #expect(first.header("RateLimit-Policy") == #""rate";q=2;w=4, "quota";q=100;w=86400"#)
+            #expect(first.header("RateLimit") == #""rate";r=1;t=2"#)
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+            let refused = try await gateway.partner(.GET, "/v2/orders/1")
+            #expect(refused.status == 429)
+            #expect(refused.header("Retry-After") == "2")
+            #expect(refused.header("RateLimit") == #""rate";r=0;t=4"#)
+            let problem = try refused.json()
+            #expect(problem["type"] as? String == "urn:sluice:problem:rate-limited")
+            #expect(problem["violated-policies"] as? [String] == ["rate"])
+            let metrics = try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text
+            #expect(metrics.contains(#"sluice_ratelimit_rejections_total{partner="acme",reason="rate"} 1"#))
+            #expect(metrics.contains(#"sluice_upstream_duration_seconds_count{upstream="main"} 2"#))
+        }
+    }
+
+    /// A route's cost takes that many tokens.
+    @Test func routeCostTakesTokens() async throws {
+        try await GatewayHarness.with({ policies in
+            policies.setPlan("{ rate: { per_second: 0.1, burst: 6 } }")
+            policies.files["routes.yaml"] = policies.files["routes.yaml"]!.replacingOccurrences(
+                of: "path: \"/orders/{id}\", upstream: main, upstream_path: \"/api/echo/{id}\" }",
+                with: "path: \"/orders/{id}\", upstream: main, upstream_path: \"/api/echo/{id}\", cost: 4 }"
+            )
+        }) { gateway in
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").header("RateLimit") == #""rate";r=2;t=40"#)
+            let refused = try await gateway.partner(.GET, "/v2/orders/1")
+            #expect(refused.status == 429 && refused.header("Retry-After") == "20")
+        }
+    }
+
+    /// Over the quota: 429 quota-exceeded with Retry-After until the window resets.
+    @Test func quotaLimits() async throws {
+        try await GatewayHarness.with({ $0.setPlan("{ quota: { requests: 1, per: day } }") }) { gateway in
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+            let refused = try await gateway.partner(.GET, "/v2/orders/1")
+            #expect(refused.status == 429)
+            #expect(try refused.json()["type"] as? String == "urn:sluice:problem:quota-exceeded")
+            #expect(try refused.json()["violated-policies"] as? [String] == ["quota"])
+            let wait = try #require(refused.header("Retry-After").flatMap(Int.init))
+            let midnight = QuotaWindowCalendar.window(.day, at: Int64(Date().timeIntervalSince1970 * 1_000)).end
+            #expect(abs(wait - Int((Double(midnight) / 1_000 - Date().timeIntervalSince1970).rounded(.up))) <= 2)
+        }
+    }
+
+    /// With concurrency 1 a second request in flight is refused; the slot is free again when the
+    /// first ends normally, and when its client disconnects.
+    @Test func concurrencySlotsAreReleased() async throws {
+        try await GatewayHarness.with({ $0.setPlan("{ concurrency: 1 }") }) { gateway in
+            let holder = try await holdTheOnlySlot(gateway, milliseconds: 400)
+            let refused = try await gateway.partner(.GET, "/v2/orders/1")
+            #expect(refused.status == 429)
+            #expect(try refused.json()["type"] as? String == "urn:sluice:problem:concurrency-limited")
+            #expect(try refused.json()["violated-policies"] as? [String] == ["concurrency"])
+            #expect(refused.header("Retry-After") == "1")
+            #expect(try await holder.value.status == 200)
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+
+            // A client that hangs up while its request waits for a slow upstream frees the slot at once.
+            var connection: RawConnection
+            while true {
+                connection = try await RawConnection.open(port: gateway.addresses.http!)
+                try await connection.send("GET /v2/long?ms=10000 HTTP/1.1\r\nHost: x\r\nX-API-Key: \(TestKeys.acme)\r\n\r\n")
+                var held = false
+                try await eventually("the hanging request got the slot or was refused") {
+                    if connection.hasAnswered { return true }
+                    held = try await gateway.partner(.GET, "/v2/orders/1").status == 429
+                    return held
+                }
+                if held { break }
+                await connection.close()
+            }
+            let hungUp = ContinuousClock.now
+            await connection.close()
+            try await eventually("the slot is free after the client left") { try await gateway.partner(.GET, "/v2/orders/1").status == 200 }
+            #expect(ContinuousClock.now - hungUp < .seconds(2), "freed at the disconnect, not when the upstream answered")
+            try await eventually("the abandoned request is logged") {
+                try gateway.logLines().contains { $0["path"] as? String == "/v2/long" && $0["client_gone"] as? Bool == true && $0["status"] as? Int == 499 }
+            }
+        }
+    }
+
+    /// Starts a slow request that holds the partner's only concurrency slot; returns once another
+    /// request has been refused for it (a holder that lost the race for the slot is started again).
+    private func holdTheOnlySlot(_ gateway: GatewayHarness, milliseconds: Int) async throws -> Task<TestResponse, any Error> {
+        while true {
+            let finished = ByteCounter()
+            let holder = Task {
+                defer { finished.add(1) }
+                return try await gateway.partner(.GET, "/v2/long?ms=\(milliseconds)")
+            }
+            var held = false
+            try await eventually("the holder got the slot or was refused") {
+                if finished.value > 0 { return true }
+                held = try await gateway.partner(.GET, "/v2/orders/1").status == 429
+                return held
+            }
+            if held { return holder }
+        }
+    }
+
+    /// A slot held by a gateway that died (its lease never renewed nor released) frees itself at expiry.
+    @Test func leaseOfACrashedGatewayExpires() async throws {
+        let redis = try await RedisServer.start()
+        let client = try RedisClient(url: try RedisURL.parse(redis.url).get(), timeout: .seconds(2), group: MultiThreadedEventLoopGroup.singleton)
+        let crashed = RedisStore(client: client)
+        let held = try await crashed.admit(
+            partner: "acme", limits: AdmissionLimits(LimitSet(concurrency: 1), cost: 1), lease: "crashed-gateway-lease", leaseDuration: .milliseconds(800)
+        )
+        #expect(held.verdict == .admitted)
+        try await GatewayHarness.with({ policies in
+            policies.setPlan("{ concurrency: 1 }")
+            policies.useRedis(redis.url)
+        }) { gateway in
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 429)
+            try await eventually("the dead gateway's lease expired") { try await gateway.partner(.GET, "/v2/orders/1").status == 200 }
+        }
+        await client.shutdown()
+        try await redis.stop()
+    }
+
+    /// Two gateways on one Redis admit no more than one bucket's worth together.
+    @Test func twoGatewaysShareOneBucket() async throws {
+        let redis = try await RedisServer.start()
+        let configure: (inout TestPolicies) -> Void = { policies in
+            policies.setPlan("{ rate: { per_second: 0.01, burst: 20 } }")
+            policies.useRedis(redis.url)
+        }
+        try await GatewayHarness.with(configure) { first in
+            try await GatewayHarness.with(configure) { second in
+                let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for index in 0..<60 {
+                        let gateway = index.isMultiple(of: 2) ? first : second
+                        group.addTask { try await gateway.partner(.GET, "/v2/orders/\(index)").status }
+                    }
+                    return try await group.reduce(into: [Int]()) { $0.append($1) }
+                }
+                #expect(statuses.filter { $0 == 200 }.count == 20)
+                #expect(statuses.filter { $0 == 429 }.count == 40)
+            }
+        }
+        try await redis.stop()
+    }
+}
+
+@Suite(.serialized)
+struct RedisTroubleTests {
+    private func fallbackGauge(_ gateway: GatewayHarness) async throws -> Double? {
+        try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text.split(separator: "\n")
+            .first { $0.hasPrefix("sluice_ratelimit_fallback ") }
+            .flatMap { Double($0.split(separator: " ")[1]) }
+    }
+
+    private func transitions(_ gateway: GatewayHarness) throws -> (down: Int, up: Int) {
+        let messages = try gateway.logLines().compactMap { $0["message"] as? String }
+        return (
+            messages.filter { $0 == "rate-limit store is unreachable; on_redis_failure applies" }.count,
+            messages.filter { $0 == "rate-limit store is reachable again; shared limits apply" }.count
+        )
+    }
+
+    /// `local`: with Redis killed, each instance enforces its share (burst 8 / 2 instances = 4);
+    /// readiness stays 200 but degraded; after a restart the shared limits apply again, without a restart of the gateway.
+    @Test func localModeEnforcesPerInstanceShare() async throws {
+        let redis = try await RedisServer.start()
+        try await GatewayHarness.with({ policies in
+            policies.setPlan("{ rate: { per_second: 0.01, burst: 8 } }")
+            policies.useRedis(redis.url, onFailure: "local", instances: 2)
+        }) { gateway in
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").header("RateLimit") == #""rate";r=7;t=100"#)
+            try await redis.stop()
+            var statuses: [Int] = []
+            for _ in 0..<6 { statuses.append(try await gateway.partner(.GET, "/v2/orders/1").status) }
+            #expect(statuses == [200, 200, 200, 200, 429, 429])
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").header("RateLimit") == #""rate";r=0;t=800"#)
+            #expect(try await fallbackGauge(gateway) == 1)
+            let ready = try await gateway.send(.GET, gateway.admin + "/readyz", key: nil)
+            #expect(ready.status == 200 && ready.text == #"{"status":"ready","degraded":true}"#)
+
+            try await redis.restart()
+            try await eventually("shared limits apply again (the restarted Redis starts with a full bucket)") {
+                try await gateway.partner(.GET, "/v2/orders/1").header("RateLimit") == #""rate";r=7;t=100"#
+            }
+            #expect(try await fallbackGauge(gateway) == 0)
+            #expect(try await gateway.send(.GET, gateway.admin + "/readyz", key: nil).text == #"{"status":"ready"}"#)
+            #expect(try transitions(gateway) == (1, 1))
+            let metrics = try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text
+            #expect(metrics.contains("sluice_store_errors_total ") && !metrics.contains("sluice_store_errors_total 0\n"))
+        }
+        try await redis.stop()
+    }
+
+    /// `allow`: with Redis down, requests are admitted (without RateLimit headers).
+    @Test func allowModeAdmits() async throws {
+        let redis = try await RedisServer.start()
+        try await GatewayHarness.with({ policies in
+            policies.setPlan("{ rate: { per_second: 0.01, burst: 1 } }")
+            policies.useRedis(redis.url, onFailure: "allow")
+        }) { gateway in
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 429)
+            try await redis.stop()
+            for _ in 0..<3 {
+                let response = try await gateway.partner(.GET, "/v2/orders/1")
+                #expect(response.status == 200 && response.header("RateLimit") == nil)
+            }
+            try await redis.restart()
+            try await eventually("the shared bucket decides again (RateLimit headers are back)") {
+                try await gateway.partner(.GET, "/v2/orders/1").header("RateLimit") != nil
+            }
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 429)
+        }
+        try await redis.stop()
+    }
+
+    /// `deny`: with Redis down, 503 with Retry-After, and readiness is 503.
+    @Test func denyModeRefuses() async throws {
+        let redis = try await RedisServer.start()
+        try await GatewayHarness.with({ policies in
+            policies.setPlan("{ rate: { per_second: 100, burst: 100 } }")
+            policies.useRedis(redis.url, onFailure: "deny")
+        }) { gateway in
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+            try await redis.stop()
+            let refused = try await gateway.partner(.GET, "/v2/orders/1")
+            #expect(refused.status == 503 && refused.header("Retry-After") == "1")
+            #expect(try refused.json()["type"] as? String == "urn:sluice:problem:upstream-unavailable")
+            let ready = try await gateway.send(.GET, gateway.admin + "/readyz", key: nil)
+            #expect(ready.status == 503)
+            try await redis.restart()
+            try await eventually("requests are admitted again") { try await gateway.partner(.GET, "/v2/orders/1").status == 200 }
+        }
+        try await redis.stop()
+    }
+
+    /// A hung Redis (no answers at all) costs the first requests the store deadline; then the
+    /// breaker sends requests straight to the fallback, so they no longer wait for Redis.
+    @Test func hungRedisDoesNotSlowEveryRequest() async throws {
+        let redis = try await RedisServer.start()
+        try await GatewayHarness.with({ policies in
+            policies.setPlan("{ rate: { per_second: 100, burst: 100 } }")
+            policies.useRedis(redis.url, onFailure: "local")
+        }) { gateway in
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+            redis.pause()
+            for _ in 0..<2 { #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200) }
+            var slowest: Duration = .zero
+            for _ in 0..<10 {
+                let started = ContinuousClock.now
+                #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+                slowest = max(slowest, ContinuousClock.now - started)
+            }
+            #expect(slowest < .milliseconds(45), "requests waited \(slowest) for a hung store")
+            redis.resume()
+            try await eventually("the store is used again") {
+                let status = try await gateway.partner(.GET, "/v2/orders/1").status
+                return try await fallbackGauge(gateway) == 0 && status == 200
+            }
+        }
+        try await redis.stop()
+    }
+}
