@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "sluice", targets: ["sluice"]),
+        .executable(name: "sluice-admission-bench", targets: ["AdmissionBenchmark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -115,6 +116,12 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             path: "Tests/TestSupport",
+            swiftSettings: sharedSettings
+        ),
+        .executableTarget(
+            name: "AdmissionBenchmark",
+            dependencies: ["SluiceCore", "SluiceStore", .product(name: "NIOPosix", package: "swift-nio")],
+            path: "loadtest/AdmissionBenchmark",
             swiftSettings: sharedSettings
         ),
         .testTarget(

@@ -150,6 +150,35 @@ struct AdmissionStoreContractTests {
     }
 }
 
+extension AdmissionStoreContractTests {
+    /// Concurrent requests of mixed cost (decided in batches on Redis) spend the bucket exactly
+    /// and never hold more leases than the concurrency limit.
+    @Test(arguments: StoreKind.allCases)
+    func concurrentMixedCostsSpendTheBucketExactly(_ kind: StoreKind) async throws {
+        let clock = ManualClock()
+        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+            let outcomes = try await withThrowingTaskGroup(of: (cost: Int, verdict: AdmissionVerdict).self) { group in
+                for index in 0..<300 {
+                    let cost = 1 + index % 3
+                    group.addTask {
+                        let decision = try await store.admit(
+                            partner: "acme", limits: limits(rate: 0.001, burst: 100, concurrency: 40, cost: cost), lease: "l\(index)",
+                            leaseDuration: .seconds(30)
+                        )
+                        return (cost, decision.verdict)
+                    }
+                }
+                return try await group.reduce(into: [(cost: Int, verdict: AdmissionVerdict)]()) { $0.append($1) }
+            }
+            let admitted = outcomes.filter { $0.verdict == .admitted }
+            #expect(admitted.count <= 40)
+            let spent = admitted.reduce(0) { $0 + $1.cost }
+            #expect(spent <= 100)
+            #expect(admitted.count == 40 || spent > 97, "admission stopped early: \(admitted.count) admitted, \(spent) tokens spent")
+        }
+    }
+}
+
 struct AdmissionScriptEquivalenceTests {
     /// The Lua script and the Swift ledger decide identically over a long random sequence.
     @Test func redisAndMemoryDecideAlike() async throws {

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Admission benchmark: decisions per second through RedisStore (the shared rate-limit store)
+# with concurrent callers, and Redis round trips per admitted request (INFO commandstats).
+# Starts its own redis-server on a free loopback port, builds in release mode, runs three
+# partner spreads. Usage: loadtest/admission.sh [SECONDS] (default 10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ensure_swift
+ensure_packages libhiredis-dev pkg-config redis-server
+
+seconds="${1:-10}"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 26399)
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --loglevel warning --daemonize no >/dev/null &
+redis_pid=$!
+trap 'kill $redis_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+echo "==> building (release)"
+swift build -c release --product sluice-admission-bench >/dev/null
+bench="$(swift build -c release --product sluice-admission-bench --show-bin-path)/sluice-admission-bench"
+
+echo "==> $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(redis-server --version | cut -d' ' -f3)"
+for partners in 1 10 100; do
+  redis-cli -p "$port" flushall >/dev/null
+  "$bench" "redis://127.0.0.1:$port/0" --seconds "$seconds" --callers 256 --partners "$partners"
+done
