@@ -109,6 +109,7 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
+                "SluiceCore",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -126,7 +127,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SluiceCoreTests",
-            dependencies: ["SluiceCore"],
+            dependencies: ["SluiceCore", "TestSupport"],
             resources: [.copy("Fixtures")],
             swiftSettings: sharedSettings
         ),

@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import SluiceCore
 
 struct QuotaWindowTests {
@@ -26,17 +27,6 @@ struct QuotaWindowTests {
 }
 
 struct PartnerLedgerTests {
-    private func limits(rate: Double? = nil, burst: Int = 10, quota: Int? = nil, per: LimitSet.QuotaWindow = .day, concurrency: Int? = nil, cost: Int = 1) -> AdmissionLimits {
-        AdmissionLimits(
-            LimitSet(
-                rate: rate.map { LimitSet.Rate(perSecond: $0, burst: burst) },
-                quota: quota.map { LimitSet.Quota(requests: $0, per: per) },
-                concurrency: concurrency
-            ),
-            cost: cost
-        )
-    }
-
     /// A full bucket allows `burst` requests at once, then refills at `per_second`.
     @Test func bucketBurstsThenRefills() {
         var ledger = PartnerLedger()

@@ -47,14 +47,3 @@ func makeRedisClient(url: String? = nil, tlsCA: String? = nil, timeout: Duration
     if let url { text = url } else { text = try await RedisServer.sharedURL() }
     return try RedisClient(url: try RedisURL.parse(text).get(), tlsCA: tlsCA, timeout: timeout, group: MultiThreadedEventLoopGroup.singleton)
 }
-
-func limits(rate: Double? = nil, burst: Int = 10, quota: Int? = nil, per: LimitSet.QuotaWindow = .day, concurrency: Int? = nil, cost: Int = 1) -> AdmissionLimits {
-    AdmissionLimits(
-        LimitSet(
-            rate: rate.map { LimitSet.Rate(perSecond: $0, burst: burst) },
-            quota: quota.map { LimitSet.Quota(requests: $0, per: per) },
-            concurrency: concurrency
-        ),
-        cost: cost
-    )
-}

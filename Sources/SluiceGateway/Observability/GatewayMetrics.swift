@@ -5,41 +5,17 @@ import Prometheus
 final class GatewayMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
 
-    private static var requestsDescriptor: MetricNameDescriptor {
-        MetricNameDescriptor(
-            namespace: "sluice", metricName: "requests", unitName: "total", helpText: "Partner requests by partner, version, route and status code."
-        )
+    private static var requestsDescriptor: MetricNameDescriptor { descriptor("requests", "total", "Partner requests by partner, version, route and status code.") }
+    private static var durationDescriptor: MetricNameDescriptor { descriptor("request_duration", "seconds", "Time from request head to the end of the response.") }
+    private static var upstreamDurationDescriptor: MetricNameDescriptor { descriptor("upstream_duration", "seconds", "Time until an upstream's response head.") }
+    private static var reloadDescriptor: MetricNameDescriptor { descriptor("policy_reload", "total", "Policy reloads by result (ok or error).") }
+    private static var rejectionsDescriptor: MetricNameDescriptor { descriptor("ratelimit_rejections", "total", "Requests refused by rate, quota or concurrency limits.") }
+    private static var storeErrorsDescriptor: MetricNameDescriptor { descriptor("store_errors", "total", "Failed or timed-out calls to the rate-limit store.") }
+    private static var fallbackDescriptor: MetricNameDescriptor { descriptor("ratelimit", "fallback", "1 while the store is unreachable and on_redis_failure applies.") }
+    private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
     }
-    private static var durationDescriptor: MetricNameDescriptor {
-        MetricNameDescriptor(
-            namespace: "sluice", metricName: "request_duration", unitName: "seconds", helpText: "Time from request head to the end of the response."
-        )
-    }
-    private static var upstreamDurationDescriptor: MetricNameDescriptor {
-        MetricNameDescriptor(
-            namespace: "sluice", metricName: "upstream_duration", unitName: "seconds", helpText: "Time until an upstream's response head."
-        )
-    }
-    private static var reloadDescriptor: MetricNameDescriptor {
-        MetricNameDescriptor(
-            namespace: "sluice", metricName: "policy_reload", unitName: "total", helpText: "Policy reloads by result (ok or error)."
-        )
-    }
-    private static var rejectionsDescriptor: MetricNameDescriptor {
-        MetricNameDescriptor(
-            namespace: "sluice", metricName: "ratelimit_rejections", unitName: "total", helpText: "Requests refused by rate, quota or concurrency limits."
-        )
-    }
-    private static var storeErrorsDescriptor: MetricNameDescriptor {
-        MetricNameDescriptor(
-            namespace: "sluice", metricName: "store_errors", unitName: "total", helpText: "Failed or timed-out calls to the rate-limit store."
-        )
-    }
-    private static var fallbackDescriptor: MetricNameDescriptor {
-        MetricNameDescriptor(
-            namespace: "sluice", metricName: "ratelimit", unitName: "fallback", helpText: "1 while the store is unreachable and on_redis_failure applies."
-        )
-    }
+
     private static let buckets: [Duration] = [
         .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
         .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2_500), .seconds(5), .seconds(10), .seconds(30),

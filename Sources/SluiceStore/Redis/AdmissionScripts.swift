@@ -16,15 +16,22 @@
 /// ms, whole tokens left, ms until the bucket is full, quota left, ms until the quota resets,
 /// window length ms (-1 where a part has no limit) — with requests separated by `;`.
 enum AdmissionScripts {
-    static let admit = RedisScript(
+    /// Sets `now` (epoch ms) from `ARGV[argument]`, or from Redis `TIME` when that is empty.
+    private static func now(argument: Int) -> String {
         """
         local now
-        if ARGV[1] ~= '' then
-          now = tonumber(ARGV[1])
+        if ARGV[\(argument)] ~= '' then
+          now = tonumber(ARGV[\(argument)])
         else
           local t = redis.call('TIME')
           now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         end
+        """
+    }
+
+    static let admit = RedisScript(
+        """
+        \(now(argument: 1))
         local leasems = tonumber(ARGV[2])
         local rate, burst, quota, concurrency = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
         local releases = tonumber(ARGV[8])
@@ -141,13 +148,7 @@ enum AdmissionScripts {
     /// TIME), 3… lease ids.
     static let renew = RedisScript(
         """
-        local now
-        if ARGV[2] ~= '' then
-          now = tonumber(ARGV[2])
-        else
-          local t = redis.call('TIME')
-          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        end
+        \(now(argument: 2))
         local leasems = tonumber(ARGV[1])
         local expiry = now + leasems
         for i = 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', expiry, ARGV[i]) end
