@@ -62,7 +62,7 @@ struct AdmissionTests {
     }
 
     /// With concurrency 1 a second request in flight is refused; the slot is free again when the
-    /// first ends normally, and when its client disconnects.
+    /// first ends normally, when the upstream fails, and when the client disconnects.
     @Test func concurrencySlotsAreReleased() async throws {
         try await GatewayHarness.with({ $0.setPlan("{ concurrency: 1 }") }) { gateway in
             let holder = try await holdTheOnlySlot(gateway, milliseconds: 400)
@@ -72,6 +72,10 @@ struct AdmissionTests {
             #expect(try refused.json()["violated-policies"] as? [String] == ["concurrency"])
             #expect(refused.header("Retry-After") == "1")
             #expect(try await holder.value.status == 200)
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+
+            // An upstream failure gives the slot back too.
+            #expect(try await gateway.partner(.GET, "/v2/dead").status == 502)
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
 
             // A client that hangs up while its request waits for a slow upstream frees the slot at once.
