@@ -22,6 +22,18 @@ public struct UpstreamPolicy: Sendable, Equatable {
         public var slowCall: Duration?
         public var openFor: Duration = .seconds(10)
         public var halfOpenProbes = 3
+
+        public init(
+            window: Int = 20, minCalls: Int = 10, failureRate: Double = 0.5, slowCall: Duration? = nil, openFor: Duration = .seconds(10),
+            halfOpenProbes: Int = 3
+        ) {
+            self.window = window
+            self.minCalls = minCalls
+            self.failureRate = failureRate
+            self.slowCall = slowCall
+            self.openFor = openFor
+            self.halfOpenProbes = halfOpenProbes
+        }
     }
 
     public enum RetryCondition: Sendable, Hashable, CustomStringConvertible {
