@@ -78,7 +78,9 @@ final class RequestBodyStream: AsyncSequence, Sendable {
         do {
             chunk = try await source.iterator.next()
         } catch {
-            let failure: RequestBodyFailure = error is HTTPParserError ? .malformed : .truncated
+            // The connection closing mid-body reaches the parser as an invalid end of input.
+            let malformed = (error as? HTTPParserError).map { $0 != .invalidEOFState } ?? false
+            let failure: RequestBodyFailure = malformed ? .malformed : .truncated
             endRead(nil, failure: failure)
             throw failure
         }
