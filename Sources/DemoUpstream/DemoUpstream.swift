@@ -1,6 +1,6 @@
 import Crypto
 import HTTPTypes
-public import HummingbirdCore
+import HummingbirdCore
 public import Logging
 import NIOCore
 import NIOPosix
@@ -15,7 +15,8 @@ import SluiceCore
 /// - `/slow?ms=N`: after N ms, `{"slept_ms":N}`;
 /// - `/status/CODE`: that status with `{"status":CODE}`;
 /// - `/price?ms=N`: after N ms, `{"price":…,"currency":"EUR","idempotency_key":…}`;
-/// - `/bytes?n=N`: N bytes.
+/// - `/bytes?n=N`: N bytes; with `stall_after=M&stall_ms=T` it pauses T ms after byte M, with
+///   `cut_after=M` it closes the connection after byte M (for the gateway's body timeout tests).
 /// Anything else is 404.
 public struct DemoUpstream: Service {
     private let server: Server<HTTP1Channel>
@@ -47,7 +48,6 @@ public struct DemoUpstream: Service {
             query = ""
         }
         let segments = path.split(separator: "/")
-        var request = request
 
         if segments.contains("echo") {
             var hasher = SHA256()
@@ -86,15 +86,25 @@ public struct DemoUpstream: Service {
             return try await writeJSON(.ok, "{\"price\":\(price),\"currency\":\"EUR\",\"idempotency_key\":\(key)}", writer)
         case "bytes":
             let count = min(parameter("n", in: query) ?? 0, 1 << 34)
+            let stallAfter = parameter("stall_after", in: query)
+            let cutAfter = parameter("cut_after", in: query)
             var head = HTTPResponse(status: .ok)
             head.headerFields = [.contentType: "application/octet-stream", .contentLength: String(count)]
             var body = try await writer.writeHead(head)
             let chunk = ByteBuffer(repeating: UInt8(ascii: "x"), count: min(count, 64 << 10))
-            var remaining = count
-            while remaining > 0 {
-                let size = min(remaining, chunk.readableBytes)
+            var sent = 0
+            var stalled = false
+            while sent < count {
+                // Pause or break off at exactly the requested byte, for timeout tests.
+                if sent == cutAfter { throw BrokeOff() }
+                if sent == stallAfter, !stalled {
+                    stalled = true
+                    try await Task.sleep(for: .milliseconds(parameter("stall_ms", in: query) ?? 0))
+                }
+                let stop = [stallAfter, cutAfter].compactMap { $0 }.filter { $0 > sent }.min() ?? count
+                let size = min(count, stop, sent + chunk.readableBytes) - sent
                 try await body.write(chunk.getSlice(at: 0, length: size)!)
-                remaining -= size
+                sent += size
             }
             return try await body.finish(nil)
         default:
@@ -129,6 +139,9 @@ public struct DemoUpstream: Service {
         return out
     }
 }
+
+/// Ends a `/bytes` answer part way (`cut_after`): the server closes the connection.
+private struct BrokeOff: Error {}
 
 extension String {
     fileprivate func leftPadded(to width: Int) -> String {

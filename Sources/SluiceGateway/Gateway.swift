@@ -49,9 +49,9 @@ public final class Gateway: Sendable {
         self.options = options
         let eventLoopGroup = MultiThreadedEventLoopGroup.singleton
         let policy = try PolicyLoader.load(directory: policiesDirectory, environment: environment)
-        let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, logger: logger)
         let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration)
         let metrics = GatewayMetrics()
+        let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger)
         let factory = SnapshotFactory(pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration)
         let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger)
         self.pool = pool

@@ -67,6 +67,23 @@ struct ConnectionTests {
         }
     }
 
+    /// A chunked body with broken framing is 400 invalid-request, the connection is closed, and
+    /// the upstream never sees a complete body.
+    @Test func malformedChunkedBodyIs400() async throws {
+        let recorder = RecordingUpstream()
+        try await withRecordingUpstream(recorder) { gateway in
+            let connection = try await RawConnection.open(port: gateway.addresses.http!)
+            try await connection.send(
+                "POST /v2/orders HTTP/1.1\r\nHost: x\r\nX-API-Key: \(key)\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+            )
+            let (text, closed) = try await connection.readUntilClosed(timeout: .seconds(5))
+            #expect(text.hasPrefix("HTTP/1.1 400"))
+            #expect(text.contains("urn:sluice:problem:invalid-request"))
+            #expect(closed)
+            #expect(recorder.requests.allSatisfy { !$0.complete })
+        }
+    }
+
     /// A chunked upload cut off by the client never reaches the upstream as a complete body.
     @Test func truncatedUploadIsNotForwardedAsComplete() async throws {
         let recorder = RecordingUpstream()
@@ -108,17 +125,6 @@ struct ConnectionTests {
             continuation.finish()
             try await eventually("the upstream's read of the body ended") { recorder.requests.count == 1 }
             #expect(recorder.requests.first?.complete == false, "a reset body must not look complete upstream")
-        }
-    }
-
-    /// Runs a gateway whose `main` upstream is `recorder`.
-    private func withRecordingUpstream(_ recorder: RecordingUpstream, _ body: (GatewayHarness) async throws -> Void) async throws {
-        var logger = Logger(label: "recorder")
-        logger.logLevel = .critical
-        try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { port in
-            try await GatewayHarness.with({ policies in
-                policies.files["upstreams.yaml"] = "upstreams:\n  main: { url: \"http://127.0.0.1:\(port)\" }\n  dead: { url: \"http://127.0.0.1:1\" }\n"
-            }, body)
         }
     }
 }

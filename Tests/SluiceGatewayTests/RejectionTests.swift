@@ -9,20 +9,6 @@ import Testing
 
 @Suite(.serialized)
 struct RejectionTests {
-    /// Asserts an RFC 9457 problem document with the gateway's members.
-    private func expectProblem(_ response: TestResponse, _ status: Int, _ name: String, path: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-        #expect(response.status == status, sourceLocation: sourceLocation)
-        #expect(response.header("Content-Type") == "application/problem+json", sourceLocation: sourceLocation)
-        let problem = try response.json()
-        #expect(problem["type"] as? String == "urn:sluice:problem:\(name)", sourceLocation: sourceLocation)
-        #expect(problem["status"] as? Int == status, sourceLocation: sourceLocation)
-        #expect((problem["title"] as? String)?.isEmpty == false, sourceLocation: sourceLocation)
-        #expect((problem["detail"] as? String)?.isEmpty == false, sourceLocation: sourceLocation)
-        #expect(problem["instance"] as? String == path, sourceLocation: sourceLocation)
-        #expect(problem["request_id"] as? String == response.header("X-Request-Id"), sourceLocation: sourceLocation)
-        #expect(response.header("Date")?.hasSuffix(" GMT") == true, sourceLocation: sourceLocation)
-    }
-
     /// Missing and unknown keys get 401 with WWW-Authenticate: Bearer; the key is never echoed.
     @Test func unauthenticatedRequestsGet401() async throws {
         try await GatewayHarness.with { gateway in

@@ -63,6 +63,8 @@ public struct UpstreamPolicy: Sendable, Equatable {
     public var connectTimeout: Duration = .seconds(1)
     /// Until the response head arrives; a route may override it.
     public var requestTimeout: Duration = .seconds(30)
+    /// Longest pause allowed while the response body streams; a stalled upstream is cut off.
+    public var bodyTimeout: Duration = .seconds(30)
     /// Bulkhead: calls in flight at once.
     public var maxInFlight = 64
     /// How long a call waits for a bulkhead slot before 503.
@@ -101,6 +103,7 @@ extension UpstreamPolicy {
         )
         if let d = map.optional("connect_timeout")?.duration("\(context) connect_timeout") { upstream.connectTimeout = d }
         if let d = map.optional("request_timeout")?.duration("\(context) request_timeout") { upstream.requestTimeout = d }
+        if let d = map.optional("body_timeout")?.duration("\(context) body_timeout") { upstream.bodyTimeout = d }
         if let n = map.optional("max_in_flight")?.int("\(context) max_in_flight", min: 1, max: 100_000) {
             upstream.maxInFlight = n
         }

@@ -51,7 +51,7 @@ struct PolicyWatcher: Service {
 
     func run() async throws {
         let hangups = await UnixSignalsSequence(trapping: .sighup)
-        try await withGracefulShutdownHandler {
+        await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask {
                     for await _ in hangups.cancelOnGracefulShutdown() {

@@ -28,19 +28,19 @@ final class DisconnectSignal: Sendable {
         action?()
     }
 
-    /// Runs `action` if the connection closes while `body` runs (at once when it already has).
-    func whileOpen<T>(onClose action: @escaping @Sendable () -> Void, _ body: () async throws -> T) async rethrows -> T {
+    /// Runs `action` if the client goes away from now until `disarm()` (at once when it already has).
+    func arm(onClose action: @escaping @Sendable () -> Void) {
         let alreadyClosed = state.withLock { state in
             if case .closed = state { return true }
             state = .open(action: action)
             return false
         }
         if alreadyClosed { action() }
-        defer {
-            state.withLock { state in
-                if case .open = state { state = .open(action: nil) }
-            }
+    }
+
+    func disarm() {
+        state.withLock { state in
+            if case .open = state { state = .open(action: nil) }
         }
-        return try await body()
     }
 }

@@ -1,4 +1,5 @@
 import Prometheus
+import SluiceCore
 
 /// The gateway's Prometheus metrics (SPEC §5), on a registry of its own so that several
 /// gateways can run in one process (tests) without sharing counters.
@@ -12,6 +13,9 @@ final class GatewayMetrics: Sendable {
     private static var rejectionsDescriptor: MetricNameDescriptor { descriptor("ratelimit_rejections", "total", "Requests refused by rate, quota or concurrency limits.") }
     private static var storeErrorsDescriptor: MetricNameDescriptor { descriptor("store_errors", "total", "Failed or timed-out calls to the rate-limit store.") }
     private static var fallbackDescriptor: MetricNameDescriptor { descriptor("ratelimit", "fallback", "1 while the store is unreachable and on_redis_failure applies.") }
+    private static var breakerStateDescriptor: MetricNameDescriptor { descriptor("breaker", "state", "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.") }
+    private static var breakerTransitionsDescriptor: MetricNameDescriptor { descriptor("breaker_transitions", "total", "Circuit breaker state changes per upstream and new state.") }
+    private static var retriesDescriptor: MetricNameDescriptor { descriptor("upstream_retries", "total", "Retried upstream calls.") }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
     }
@@ -31,6 +35,23 @@ final class GatewayMetrics: Sendable {
 
     func rateLimitRejected(partner: String, reason: String) {
         registry.makeCounter(descriptor: Self.rejectionsDescriptor, labels: [("partner", partner), ("reason", reason)]).increment()
+    }
+
+    /// Sets `sluice_breaker_state{upstream}` and counts the transition.
+    func breakerChanged(upstream: String, to state: CircuitBreaker<ContinuousClock.Instant>.State, isTransition: Bool) {
+        let (value, name): (Double, String) = switch state {
+        case .closed: (0, "closed")
+        case .open: (1, "open")
+        case .halfOpen: (2, "half-open")
+        }
+        registry.makeGauge(descriptor: Self.breakerStateDescriptor, labels: [("upstream", upstream)]).set(to: value)
+        if isTransition {
+            registry.makeCounter(descriptor: Self.breakerTransitionsDescriptor, labels: [("upstream", upstream), ("to", name)]).increment()
+        }
+    }
+
+    func upstreamRetried(upstream: String) {
+        registry.makeCounter(descriptor: Self.retriesDescriptor, labels: [("upstream", upstream)]).increment()
     }
 
     func storeFailed() {

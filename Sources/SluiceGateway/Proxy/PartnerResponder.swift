@@ -176,11 +176,11 @@ struct PartnerResponder: Sendable {
         _ plan: ForwardPlan, _ request: Request, _ exchange: inout Exchange, _ snapshot: GatewaySnapshot,
         _ writer: consuming ResponseWriter, _ channel: any Channel, _ disconnect: DisconnectSignal?
     ) async throws {
-        guard let client = snapshot.upstreams[plan.route.upstream.name] else {
+        guard let upstream = snapshot.upstreams[plan.route.upstream.name] else {
             runtime.logger.error("no client for upstream", metadata: ["upstream": "\(plan.route.upstream.name)"])
             return try await writeProblem(Problem(.internalError, detail: "The gateway could not handle this request."), [:], &exchange, request, writer)
         }
-        var upstreamRequest = HTTPClientRequest(url: client.baseURL + plan.target)
+        var upstreamRequest = HTTPClientRequest(url: upstream.client.baseURL + plan.target)
         upstreamRequest.method = HTTPMethod(rawValue: request.method.rawValue)
         let context = ForwardingContext(
             clientAddress: channel.remoteAddress?.ipAddress,
@@ -195,84 +195,108 @@ struct PartnerResponder: Sendable {
         )
         HeaderRewriter.forwardRequest(request.headers, context) { upstreamRequest.headers.add(name: $0, value: $1) }
 
+        let retryable = upstream.policy.retries.attempts > 0
+            && RetryRules.mayRetry(method: request.method.rawValue, hasIdempotencyKey: request.headers[.idempotencyKey] != nil)
         var body: RequestBodyStream?
+        /// Set when the body is streamed: a try that sent part of it cannot be retried.
+        var streamed: RequestBodyStream?
         switch plan.bodyLength {
         case .none:
             break
         case .known(let length):
             let stream = RequestBodyStream(request.body, limit: snapshot.policy.gateway.limits.maxRequestBody)
-            upstreamRequest.body = .stream(stream, length: .known(Int64(length)))
             body = stream
+            if retryable && length <= UpstreamExchange.replayableBodyLimit {
+                // Small enough to keep, so that a retry can send it again.
+                try await continueIfExpected(request, writer)
+                guard let whole = try? await stream.collect(upTo: length) else {
+                    exchange.bytesIn = stream.bytesRead
+                    guard let (problem, headers) = Self.problem(for: .requestBody(stream.failure ?? .truncated)) else {
+                        exchange.clientGone = true
+                        return
+                    }
+                    return try await writeProblem(problem, headers.adding(.connection, "close"), &exchange, request, writer)
+                }
+                upstreamRequest.body = .bytes(whole)
+            } else {
+                upstreamRequest.body = .stream(stream, length: .known(Int64(length)))
+                streamed = stream
+                try await continueIfExpected(request, writer)
+            }
         case .unknown:
             let stream = RequestBodyStream(request.body, limit: snapshot.policy.gateway.limits.maxRequestBody)
             upstreamRequest.body = .stream(stream, length: .unknown)
             body = stream
-        }
-        if body != nil, request.headers[.expect]?.lowercased() == "100-continue" {
-            try await writer.writeInformationalHead(HTTPResponse(status: .continue))
+            streamed = stream
+            try await continueIfExpected(request, writer)
         }
 
-        let upstreamStarted = ContinuousClock.now
-        let response: HTTPClientResponse
-        do {
-            let deadline = NIODeadline.now() + TimeAmount(plan.route.requestTimeout)
-            let logger = runtime.logger
-            let request = upstreamRequest
-            response = try await client.tracking {
-                try await Self.cancelledOnDisconnect(channel, disconnect) {
-                    try await client.http.execute(request, deadline: deadline, logger: logger)
-                }
-            }
-        } catch {
+        let call = UpstreamExchange(
+            runtime: upstream, timeout: plan.route.requestTimeout, disconnect: disconnect, channel: channel, logger: runtime.logger
+        )
+        defer { call.finish() }
+        let outcome = await call.perform(upstreamRequest, streamedBody: streamed, retryable: retryable)
+        /// Closes the request body and records how much of it was read.
+        func settleRequestBody() async {
             await body?.close()
             exchange.bytesIn = body?.bytesRead ?? 0
-            guard let problem = Self.problem(forUpstreamError: error, body: body) else {
+        }
+
+        let answer: UpstreamAnswer
+        switch outcome {
+        case .failure(let failure):
+            await settleRequestBody()
+            guard let (problem, headers) = Self.problem(for: failure) else {
                 exchange.clientGone = true
                 return
             }
-            exchange.upstreamError = String(describing: error)
+            exchange.upstreamError = "\(failure)"
             let close: HTTPFields = body?.isComplete == false ? [.connection: "close"] : [:]
-            return try await writeProblem(problem, close, &exchange, request, writer)
+            return try await writeProblem(problem, headers + close, &exchange, request, writer)
+        case .success(let answered):
+            answer = answered
         }
-        runtime.metrics.upstreamResponded(upstream: plan.route.upstream.name, after: .now - upstreamStarted)
 
-        var head = HTTPResponse(status: HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase))
-        head.headerFields = responseHeaders(response.headers, exchange)
+        var head = HTTPResponse(status: HTTPResponse.Status(code: Int(answer.status.code), reasonPhrase: answer.status.reasonPhrase))
+        head.headerFields = responseHeaders(answer.headers, exchange)
         if let body, !body.isComplete { head.headerFields[.connection] = "close" }
         exchange.status = head.status.code
 
         var bodyWriter = try await writer.writeHead(head)
         do {
-            for try await chunk in response.body {
-                exchange.bytesOut += chunk.readableBytes
-                try await bodyWriter.write(chunk)
+            switch answer.body {
+            case .whole(let buffer):
+                if let buffer, buffer.readableBytes > 0 {
+                    exchange.bytesOut = buffer.readableBytes
+                    try await bodyWriter.write(buffer)
+                }
+            case .streaming(let chunks):
+                for try await chunk in chunks {
+                    exchange.bytesOut += chunk.readableBytes
+                    try await bodyWriter.write(chunk)
+                }
             }
             try await bodyWriter.finish(nil)
         } catch {
-            await body?.close()
-            exchange.bytesIn = body?.bytesRead ?? 0
-            exchange.upstreamError = String(describing: error)
+            await settleRequestBody()
+            if error is UpstreamStalled {
+                runtime.logger.warning(
+                    "upstream stalled mid-body; response cut off",
+                    metadata: ["upstream": .string(upstream.name), "request_id": .string(exchange.requestID), "bytes_sent": "\(exchange.bytesOut)"]
+                )
+                exchange.upstreamError = "body stalled for longer than \(upstream.policy.bodyTimeout)"
+            } else {
+                exchange.upstreamError = String(describing: error)
+            }
             throw error
         }
-        await body?.close()
-        exchange.bytesIn = body?.bytesRead ?? 0
+        await settleRequestBody()
     }
 
-    /// Runs `call` (waiting for the upstream's answer) in a task that is cancelled as soon as the
-    /// client goes away: the upstream request is abandoned and the request's slot freed then,
-    /// not when a slow upstream eventually answers.
-    private static func cancelledOnDisconnect(
-        _ channel: any Channel, _ disconnect: DisconnectSignal?, _ call: @escaping @Sendable () async throws -> HTTPClientResponse
-    ) async throws -> HTTPClientResponse {
-        let task = Task(operation: call)
-        return try await withTaskCancellationHandler {
-            if let disconnect {
-                return try await disconnect.whileOpen(onClose: { task.cancel() }) { try await task.value }
-            }
-            channel.closeFuture.whenComplete { _ in task.cancel() }
-            return try await task.value
-        } onCancel: {
-            task.cancel()
+    /// Answers `Expect: 100-continue` before the body is read.
+    private func continueIfExpected(_ request: Request, _ writer: borrowing ResponseWriter) async throws {
+        if request.headers[.expect]?.lowercased() == "100-continue" {
+            try await writer.writeInformationalHead(HTTPResponse(status: .continue))
         }
     }
 
@@ -295,30 +319,26 @@ struct PartnerResponder: Sendable {
         return fields
     }
 
-    /// The problem for a failed upstream call; nil when the partner went away (nobody to answer).
-    static func problem(forUpstreamError error: any Error, body: RequestBodyStream?) -> Problem? {
-        switch body?.failure {
-        case .tooLarge(let limit):
-            return Problem(.payloadTooLarge, detail: "The request body is larger than \(limit) bytes.")
-        case .malformed:
-            return Problem(.invalidRequest, detail: "The request body is not valid HTTP.")
-        case .truncated, .closed:
+    /// The problem (and extra headers) for a failed upstream exchange; nil when the partner went
+    /// away or stopped sending its body (nobody to answer).
+    static func problem(for failure: UpstreamFailure) -> (Problem, HTTPFields)? {
+        switch failure {
+        case .unavailable(let retryAfter):
+            return (
+                Problem(.upstreamUnavailable, detail: "The upstream service is unavailable or at capacity; retry in \(retryAfter) s."),
+                [.retryAfter: String(retryAfter)]
+            )
+        case .timeout:
+            return (Problem(.upstreamTimeout, detail: "The upstream service did not answer in time."), [:])
+        case .unreachable:
+            return (Problem(.badGateway, detail: "The upstream service could not be reached or closed the connection."), [:])
+        case .clientGone, .requestBody(.truncated), .requestBody(.closed):
             return nil
-        case nil:
-            break
+        case .requestBody(.tooLarge(let limit)):
+            return (Problem(.payloadTooLarge, detail: "The request body is larger than \(limit) bytes."), [:])
+        case .requestBody(.malformed):
+            return (Problem(.invalidRequest, detail: "The request body is not valid HTTP."), [:])
         }
-        if error is CancellationError { return nil }
-        if let clientError = error as? HTTPClientError {
-            switch clientError {
-            case .deadlineExceeded, .connectTimeout, .readTimeout, .writeTimeout:
-                return Problem(.upstreamTimeout, detail: "The upstream service did not answer in time.")
-            case .cancelled:
-                return nil
-            default:
-                break
-            }
-        }
-        return Problem(.badGateway, detail: "The upstream service could not be reached or closed the connection.")
     }
 
     /// The 429 problem for a refusal, with `violated-policies` and `Retry-After` (set by `Exchange.adopt`).

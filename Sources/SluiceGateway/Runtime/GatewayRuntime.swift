@@ -41,4 +41,5 @@ extension HTTPField.Name {
     static let traceparent = Self("traceparent")!
     static let rateLimitPolicy = Self("RateLimit-Policy")!
     static let rateLimit = Self("RateLimit")!
+    static let idempotencyKey = Self("Idempotency-Key")!
 }

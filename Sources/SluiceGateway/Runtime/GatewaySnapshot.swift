@@ -23,22 +23,22 @@ struct SnapshotFactory: Sendable {
             metrics: metrics,
             logger: logger
         )
-        return GatewaySnapshot(rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: pool.clients(for: policy), admission: admission)
+        return GatewaySnapshot(rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: pool.runtimes(for: policy), admission: admission)
     }
 }
 
 /// Everything one policy load produces that requests read: the compiled rules, the TLS
-/// context for new connections and the upstream clients. Swapped as a whole on reload.
+/// context for new connections and the upstream runtimes. Swapped as a whole on reload.
 final class GatewaySnapshot: Sendable {
     let rules: GatewayRules
     /// Nil when the policy has no https listener.
     let tlsContext: NIOSSLContext?
-    let upstreams: [String: UpstreamClient]
+    let upstreams: [String: UpstreamRuntime]
     let admission: AdmissionControl
 
     var policy: PolicySet { rules.policy }
 
-    fileprivate init(rules: GatewayRules, tlsContext: NIOSSLContext?, upstreams: [String: UpstreamClient], admission: AdmissionControl) {
+    fileprivate init(rules: GatewayRules, tlsContext: NIOSSLContext?, upstreams: [String: UpstreamRuntime], admission: AdmissionControl) {
         self.rules = rules
         self.tlsContext = tlsContext
         self.upstreams = upstreams

@@ -5,7 +5,7 @@ import ServiceLifecycle
 import SluiceCore
 import Synchronization
 
-/// The HTTP client of one upstream: its own connection pool, sized by `max_in_flight`.
+/// The HTTP client of one upstream address: its own connection pool, sized by `max_in_flight`.
 final class UpstreamClient: Sendable {
     /// What decides whether a reload can keep the client (and its warm connections).
     struct Settings: Hashable {
@@ -18,7 +18,6 @@ final class UpstreamClient: Sendable {
     let http: HTTPClient
     /// `scheme://host:port/base` without a trailing slash: request targets are appended.
     let baseURL: String
-    private let inFlightCalls = Atomic<Int>(0)
 
     init(settings: Settings, eventLoopGroup: any EventLoopGroup) {
         self.settings = settings
@@ -37,67 +36,135 @@ final class UpstreamClient: Sendable {
         let host = settings.address.host.contains(":") ? "[\(settings.address.host)]" : settings.address.host
         baseURL = "\(settings.address.useTLS ? "https" : "http")://\(host):\(settings.address.port)\(settings.address.basePath)"
     }
+}
 
-    var inFlight: Int { inFlightCalls.load(ordering: .relaxed) }
+/// Everything the gateway keeps per upstream: its client, circuit breaker, bulkhead and retry
+/// budget. Kept across reloads while the upstream's settings do not change.
+final class UpstreamRuntime: Sendable {
+    let policy: UpstreamPolicy
+    let client: UpstreamClient
+    let bulkhead: Bulkhead
+    private let breaker: Mutex<CircuitBreaker<ContinuousClock.Instant>>
+    private let budget: Mutex<RetryBudget<ContinuousClock.Instant>>
+    private let metrics: GatewayMetrics
+    private let logger: Logger
 
-    /// Counts a call in flight while `body` runs, so a retired client is shut down only when idle.
-    func tracking<T>(_ body: () async throws -> T) async rethrows -> T {
-        inFlightCalls.add(1, ordering: .relaxed)
-        defer { inFlightCalls.subtract(1, ordering: .relaxed) }
-        return try await body()
+    var name: String { policy.name }
+
+    init(policy: UpstreamPolicy, client: UpstreamClient, eventLoop: any EventLoop, metrics: GatewayMetrics, logger: Logger) {
+        self.policy = policy
+        self.client = client
+        self.bulkhead = Bulkhead(limit: policy.maxInFlight, queueTimeout: policy.queueTimeout, eventLoop: eventLoop)
+        self.breaker = Mutex(CircuitBreaker(policy.circuitBreaker))
+        self.budget = Mutex(RetryBudget(share: policy.retries.budget))
+        self.metrics = metrics
+        self.logger = logger
+        metrics.breakerChanged(upstream: policy.name, to: .closed, isTransition: false)
+    }
+
+    /// Asks the breaker whether a call may go out.
+    func permission() -> CircuitBreaker<ContinuousClock.Instant>.Permission {
+        let (permission, transition) = breaker.withLock { $0.acquire(now: .now) }
+        if let transition { announce(transition) }
+        return permission
+    }
+
+    /// Reports how a call ended to the breaker and, unless the partner cut it short, to the
+    /// upstream duration histogram.
+    func record(_ ticket: CircuitBreaker<ContinuousClock.Instant>.Ticket, _ outcome: CircuitBreaker<ContinuousClock.Instant>.Outcome, duration: Duration) {
+        if outcome != .cancelled { metrics.upstreamResponded(upstream: policy.name, after: duration) }
+        let transition = breaker.withLock { $0.record(ticket, outcome, duration: duration, now: .now) }
+        if let transition { announce(transition) }
+    }
+
+    /// Counts a partner request towards the retry budget.
+    func recordRequest() {
+        budget.withLock { $0.recordRequest(now: .now) }
+    }
+
+    /// Takes a retry from the budget.
+    func takeRetry() -> Bool {
+        let granted = budget.withLock { $0.takeRetry(now: .now) }
+        if granted { metrics.upstreamRetried(upstream: policy.name) }
+        return granted
+    }
+
+    private func announce(_ state: CircuitBreaker<ContinuousClock.Instant>.State) {
+        metrics.breakerChanged(upstream: policy.name, to: state, isTransition: true)
+        let name: String = switch state {
+        case .closed: "closed"
+        case .open: "open"
+        case .halfOpen: "half-open"
+        }
+        let level: Logger.Level = if case .open = state { .warning } else { .notice }
+        logger.log(level: level, "circuit breaker \(name)", metadata: ["upstream": .string(policy.name), "breaker": .string(name)])
     }
 }
 
-/// Owns every upstream client. A reload reuses a client whose connection settings did not
-/// change; replaced clients are shut down once no call uses them any more.
+/// Owns every upstream's runtime. A reload keeps a runtime (breaker state, budget, bulkhead)
+/// whose upstream settings did not change, and a client whose connection settings did not;
+/// replaced clients are shut down once no call uses them any more.
 final class UpstreamPool: Service, Sendable {
     private struct State {
         var clients: [UpstreamClient.Settings: UpstreamClient] = [:]
+        var runtimes: [String: UpstreamRuntime] = [:]
         var retired: [UpstreamClient] = []
-        var isShutDown = false
     }
 
     private let state = Mutex(State())
     private let eventLoopGroup: any EventLoopGroup
+    private let metrics: GatewayMetrics
     private let logger: Logger
 
-    init(eventLoopGroup: any EventLoopGroup, logger: Logger) {
+    init(eventLoopGroup: any EventLoopGroup, metrics: GatewayMetrics, logger: Logger) {
         self.eventLoopGroup = eventLoopGroup
+        self.metrics = metrics
         self.logger = logger
     }
 
-    /// Clients for every upstream of `policy`, by upstream name. Clients no longer needed are retired.
-    func clients(for policy: PolicySet) -> [String: UpstreamClient] {
+    /// Runtimes for every upstream of `policy`, by upstream name.
+    func runtimes(for policy: PolicySet) -> [String: UpstreamRuntime] {
         state.withLock { state in
-            var byName: [String: UpstreamClient] = [:]
-            var kept: [UpstreamClient.Settings: UpstreamClient] = [:]
+            var clients: [UpstreamClient.Settings: UpstreamClient] = [:]
+            var runtimes: [String: UpstreamRuntime] = [:]
             for (name, upstream) in policy.upstreams {
                 let settings = UpstreamClient.Settings(
                     address: upstream.address, connectTimeout: upstream.connectTimeout, maxInFlight: upstream.maxInFlight
                 )
-                let client = kept[settings] ?? state.clients[settings] ?? UpstreamClient(settings: settings, eventLoopGroup: eventLoopGroup)
-                kept[settings] = client
-                byName[name] = client
+                let client = clients[settings] ?? state.clients[settings] ?? UpstreamClient(settings: settings, eventLoopGroup: eventLoopGroup)
+                clients[settings] = client
+                if let existing = state.runtimes[name], existing.client === client, Self.sameSettings(existing.policy, upstream) {
+                    runtimes[name] = existing
+                } else {
+                    runtimes[name] = UpstreamRuntime(
+                        policy: upstream, client: client, eventLoop: eventLoopGroup.next(), metrics: metrics, logger: logger
+                    )
+                }
             }
-            for (settings, client) in state.clients where kept[settings] == nil { state.retired.append(client) }
-            state.clients = kept
-            return byName
+            for (settings, client) in state.clients where clients[settings] == nil { state.retired.append(client) }
+            state.clients = clients
+            state.runtimes = runtimes
+            return runtimes
         }
     }
 
-    /// Shuts retired clients down as they become idle; at shutdown, shuts every client down.
+    private static func sameSettings(_ a: UpstreamPolicy, _ b: UpstreamPolicy) -> Bool {
+        var a = a
+        a.location = b.location
+        return a == b
+    }
+
+    /// Shuts retired clients down (HTTPClient shutdown waits for their calls); at shutdown, all.
     func run() async throws {
         while await pauseUnlessShuttingDown(for: .seconds(1)) {
-            let idle = state.withLock { state in
-                let idle = state.retired.filter { $0.inFlight == 0 }
-                state.retired.removeAll { $0.inFlight == 0 }
-                return idle
+            let retired = state.withLock { state in
+                defer { state.retired = [] }
+                return state.retired
             }
-            for client in idle { try? await client.http.shutdown() }
+            for client in retired { try? await client.http.shutdown() }
         }
         let all = state.withLock { state in
-            state.isShutDown = true
-            defer { state.clients = [:]; state.retired = [] }
+            defer { state = State() }
             return Array(state.clients.values) + state.retired
         }
         for client in all {

@@ -4,8 +4,9 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// An upstream that answers 200 and records, for each request, how its body ended: read to
-/// the end, or failed part way.
+/// An upstream that records, for each request, how its body ended (read to the end, or failed
+/// part way), and answers as the test scripts it: a status, optionally after a delay, or held
+/// until the test releases it.
 final class RecordingUpstream: Sendable {
     struct Received: Sendable {
         var path: String
@@ -13,13 +14,45 @@ final class RecordingUpstream: Sendable {
         var complete: Bool
     }
 
+    private struct Script {
+        var status = 200
+        var delay: Duration = .zero
+        var holding = false
+        var held: [CheckedContinuation<Void, Never>] = []
+    }
+
     private let received = Mutex<[Received]>([])
     private let started = Mutex(0)
+    private let script = Mutex(Script())
 
     /// Requests whose body reading has ended (completely or not).
     var requests: [Received] { received.withLock { $0 } }
     /// Requests whose head has arrived.
     var startedCount: Int { started.withLock { $0 } }
+    /// Answers waiting for `release()`.
+    var heldCount: Int { script.withLock { $0.held.count } }
+
+    /// From now on, answers `status` (with an empty body) after `delay`.
+    func reply(_ status: Int, after delay: Duration = .zero) {
+        script.withLock {
+            $0.status = status
+            $0.delay = delay
+        }
+    }
+
+    /// From now on, holds every answer until `release()`.
+    func hold() {
+        script.withLock { $0.holding = true }
+    }
+
+    /// Lets held answers (and later ones) go.
+    func release() {
+        let held = script.withLock { script in
+            defer { script = Script(status: script.status, delay: script.delay) }
+            return script.held
+        }
+        for continuation in held { continuation.resume() }
+    }
 
     func server(logger: Logger, onListening: @escaping @Sendable (Int) -> Void) -> Server<HTTP1Channel> {
         Server(
@@ -33,12 +66,41 @@ final class RecordingUpstream: Sendable {
                 } catch {}
                 let record = Received(path: request.head.path ?? "", bytes: bytes, complete: complete)
                 self.received.withLock { $0.append(record) }
-                try await writer.writeResponse(.init(status: .ok, headerFields: [.contentLength: "0"]))
+                let (status, delay) = self.script.withLock { ($0.status, $0.delay) }
+                if delay > .zero { try await Task.sleep(for: delay) }
+                await self.waitWhileHeld()
+                try await writer.writeResponse(.init(status: .init(code: status), headerFields: [.contentLength: "0"]))
             }),
             configuration: ServerConfiguration(address: .hostname("127.0.0.1", port: 0)),
             onServerRunning: { onListening($0.localAddress?.port ?? 0) },
             eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
             logger: logger
         )
+    }
+
+    private func waitWhileHeld() async {
+        await withCheckedContinuation { continuation in
+            let holding = script.withLock { script in
+                if script.holding { script.held.append(continuation) }
+                return script.holding
+            }
+            if !holding { continuation.resume() }
+        }
+    }
+}
+
+/// Runs a gateway whose upstream `name` is `recorder` with extra `settings` (YAML lines, e.g.
+/// `max_in_flight: 2`); `configure` may change the policies further.
+func withRecordingUpstream(
+    _ recorder: RecordingUpstream, as name: String = "main", settings: String = "",
+    _ configure: (inout TestPolicies) -> Void = { _ in }, _ body: (GatewayHarness) async throws -> Void
+) async throws {
+    var logger = Logger(label: "recorder")
+    logger.logLevel = .critical
+    try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { port in
+        try await GatewayHarness.with({ policies in
+            policies.upstreams[name] = "url: http://127.0.0.1:\(port)\n" + settings
+            configure(&policies)
+        }, body)
     }
 }

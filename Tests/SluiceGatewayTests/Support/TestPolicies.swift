@@ -15,9 +15,15 @@ enum TestKeys {
 struct TestPolicies {
     let directory: URL
     var files: [String: String]
+    /// `upstreams.yaml`, by name: each upstream's settings as YAML lines (written by `write()`).
+    var upstreams: [String: String]
 
     init(directory: URL, upstreamPort: Int, pki: TestPKI) {
         self.directory = directory
+        upstreams = [
+            "main": "url: http://127.0.0.1:\(upstreamPort)",
+            "dead": "url: http://127.0.0.1:1\nconnect_timeout: 1s",
+        ]
         files = [
             "gateway.yaml": """
                 listen:
@@ -37,15 +43,6 @@ struct TestPolicies {
                   tokens:
                     - { name: ops, sha256: "\(SHA256Digest.of(TestKeys.operatorToken).hex)", role: operator }
                     - { name: dash, sha256: "\(SHA256Digest.of(TestKeys.viewerToken).hex)", role: viewer }
-
-                """,
-            "upstreams.yaml": """
-                upstreams:
-                  main:
-                    url: http://127.0.0.1:\(upstreamPort)
-                  dead:
-                    url: http://127.0.0.1:1
-                    connect_timeout: 1s
 
                 """,
             "routes.yaml": """
@@ -114,8 +111,21 @@ struct TestPolicies {
             .replacingOccurrences(of: "idle_timeout: 1s", with: "idle_timeout: \(idle)")
     }
 
+    /// Adds routes (YAML flow mappings, one per line) to routes.yaml.
+    mutating func addRoutes(_ routes: String...) {
+        files["routes.yaml"]! += routes.map { "  - \($0)\n" }.joined()
+    }
+
+    /// upstreams.yaml for `upstreams`.
+    var upstreamsFile: String {
+        "upstreams:\n" + upstreams.sorted { $0.key < $1.key }.map { name, settings in
+            "  \(name):\n" + settings.split(separator: "\n").map { "    \($0)\n" }.joined()
+        }.joined()
+    }
+
     func write() throws {
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("partners"), withIntermediateDirectories: true)
+        try upstreamsFile.write(to: directory.appendingPathComponent("upstreams.yaml"), atomically: true, encoding: .utf8)
         for (name, text) in files {
             try text.write(to: directory.appendingPathComponent(name), atomically: true, encoding: .utf8)
         }

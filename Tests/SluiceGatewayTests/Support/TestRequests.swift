@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
+import Testing
 
 /// A response read whole, for assertions.
 struct TestResponse {
@@ -63,5 +64,28 @@ extension GatewayHarness {
         body: HTTPClientRequest.Body? = nil, client: HTTPClient? = nil
     ) async throws -> TestResponse {
         try await send(method, https + path, key: key, headers: headers, body: body, client: client)
+    }
+}
+
+/// Asserts an RFC 9457 problem document with the gateway's members.
+func expectProblem(_ response: TestResponse, _ status: Int, _ name: String, path: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    #expect(response.status == status, sourceLocation: sourceLocation)
+    #expect(response.header("Content-Type") == "application/problem+json", sourceLocation: sourceLocation)
+    let problem = try response.json()
+    #expect(problem["type"] as? String == "urn:sluice:problem:\(name)", sourceLocation: sourceLocation)
+    #expect(problem["status"] as? Int == status, sourceLocation: sourceLocation)
+    #expect((problem["title"] as? String)?.isEmpty == false, sourceLocation: sourceLocation)
+    #expect((problem["detail"] as? String)?.isEmpty == false, sourceLocation: sourceLocation)
+    #expect(problem["instance"] as? String == path, sourceLocation: sourceLocation)
+    #expect(problem["request_id"] as? String == response.header("X-Request-Id"), sourceLocation: sourceLocation)
+    #expect(response.header("Date")?.hasSuffix(" GMT") == true, sourceLocation: sourceLocation)
+}
+
+extension GatewayHarness {
+    /// The value of one series on /metrics, e.g. `sluice_breaker_state{upstream="main"}`; nil when absent.
+    func metric(_ series: String) async throws -> Double? {
+        try await send(.GET, admin + "/metrics", key: nil).text.split(separator: "\n")
+            .first { $0.hasPrefix(series + " ") }
+            .flatMap { Double($0.dropFirst(series.count + 1)) }
     }
 }
