@@ -10,7 +10,7 @@ ensure_swift
 ensure_packages libhiredis-dev pkg-config redis-server
 
 seconds="${1:-10}"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 26399)
+port=$(free_port)
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --loglevel warning --daemonize no >/dev/null &
 redis_pid=$!
 trap 'kill $redis_pid 2>/dev/null || true' EXIT

@@ -21,3 +21,16 @@ ensure_swift() {
   fi
   command -v swift >/dev/null || { echo "swift is not installed (https://swift.org/install)" >&2; exit 1; }
 }
+
+# Prints a TCP port on 127.0.0.1 that nothing listens on.
+free_port() {
+  if command -v python3 >/dev/null; then
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    return
+  fi
+  local port
+  while :; do
+    port=$(shuf -i 20000-60000 -n 1)
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}

@@ -21,6 +21,7 @@ struct DemoUpstreamCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        EventLoopConcurrency.install()
         var logger = Logger(label: "demo-upstream")
         logger.logLevel = .warning
         let upstream = DemoUpstream(host: host, port: port, logger: logger) { port in

@@ -16,6 +16,7 @@ struct Serve: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
+        EventLoopConcurrency.install()
         let environment = ProcessInfo.processInfo.environment
         guard let level = Logger.Level(rawValue: logLevel ?? environment["SLUICE_LOG_LEVEL"] ?? "info") else {
             printError("unknown log level '\(logLevel ?? "")'")
