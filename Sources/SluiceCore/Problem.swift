@@ -150,6 +150,12 @@ public indirect enum JSONValue: Sendable, Equatable {
     /// Appends `text` as a JSON string literal.
     public static func appendQuoted(_ text: String, to out: inout String) {
         out += "\""
+        // Most values need no escaping: append them whole.
+        if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") || $0 == 0xE2 }) {
+            out += text
+            out += "\""
+            return
+        }
         for scalar in text.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""

@@ -3,8 +3,8 @@
 public enum SensitiveDataMask {
     /// Returns `text` unchanged (without copying) when there is nothing to mask.
     public static func mask(_ text: String) -> String {
+        guard mightContainSensitiveData(text.utf8) else { return text }
         let bytes = Array(text.utf8)
-        guard mightContainSensitiveData(bytes) else { return text }
         var output: [UInt8] = []
         output.reserveCapacity(bytes.count)
         var index = 0
@@ -33,7 +33,7 @@ public enum SensitiveDataMask {
         return String(decoding: output, as: UTF8.self)
     }
 
-    private static func mightContainSensitiveData(_ bytes: [UInt8]) -> Bool {
+    private static func mightContainSensitiveData(_ bytes: String.UTF8View) -> Bool {
         var digits = 0
         for byte in bytes {
             if byte == UInt8(ascii: "@") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "B") { return true }

@@ -1,10 +1,20 @@
 import Prometheus
 import SluiceCore
+import Synchronization
 
 /// The gateway's Prometheus metrics (SPEC §5), on a registry of its own so that several
 /// gateways can run in one process (tests) without sharing counters.
 final class GatewayMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
+
+    /// The label values of one request series.
+    private struct RequestSeries: Hashable {
+        let partner: String, version: String, route: String, status: Int
+    }
+
+    /// Handles already made, so a request costs one dictionary lookup rather than the
+    /// registry's name building and label checks.
+    private let requestSeries = Mutex<[RequestSeries: (Counter, DurationHistogram)]>([:])
 
     private static var requestsDescriptor: MetricNameDescriptor { descriptor("requests", "total", "Partner requests by partner, version, route and status code.") }
     private static var durationDescriptor: MetricNameDescriptor { descriptor("request_duration", "seconds", "Time from request head to the end of the response.") }
@@ -64,19 +74,24 @@ final class GatewayMetrics: Sendable {
 
     /// Counts a finished partner request. Unknown parts are labelled `-`.
     func requestFinished(partner: String?, version: String?, route: String?, status: Int, duration: Duration) {
-        let partner = partner ?? "-", version = version ?? "-", route = route ?? "-"
-        registry.makeCounter(
-            descriptor: Self.requestsDescriptor,
-            labels: [("partner", partner), ("version", version), ("route", route), ("code", String(status))]
-        ).increment()
-        registry.makeDurationHistogram(
-            descriptor: Self.durationDescriptor, labels: [("partner", partner), ("version", version), ("route", route)], buckets: Self.buckets
-        ).record(duration)
+        let series = RequestSeries(partner: partner ?? "-", version: version ?? "-", route: route ?? "-", status: status)
+        let (counter, histogram) = requestSeries.withLock { cache in
+            if let handles = cache[series] { return handles }
+            let labels = [("partner", series.partner), ("version", series.version), ("route", series.route)]
+            let handles = (
+                registry.makeCounter(descriptor: Self.requestsDescriptor, labels: labels + [("code", String(status))]),
+                registry.makeDurationHistogram(descriptor: Self.durationDescriptor, labels: labels, buckets: Self.buckets)
+            )
+            cache[series] = handles
+            return handles
+        }
+        counter.increment()
+        histogram.record(duration)
     }
 
-    func upstreamResponded(upstream: String, after duration: Duration) {
+    /// The histogram of time until an upstream's response head; kept by the upstream's runtime.
+    func upstreamDuration(upstream: String) -> DurationHistogram {
         registry.makeDurationHistogram(descriptor: Self.upstreamDurationDescriptor, labels: [("upstream", upstream)], buckets: Self.buckets)
-            .record(duration)
     }
 
     func policyReloaded(succeeded: Bool) {

@@ -88,9 +88,14 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var merged = metadata
-        if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
-        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        var merged: Logger.Metadata
+        if metadata.isEmpty, metadataProvider == nil {
+            merged = event.metadata ?? [:]  // the common case: nothing to merge
+        } else {
+            merged = metadata
+            if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
+            if let extra = event.metadata { merged.merge(extra) { $1 } }
+        }
         if let error = event.error { merged["error"] = "\(error)" }
 
         var line = "{\"timestamp\":\""
@@ -99,11 +104,11 @@ public struct JSONLogHandler: LogHandler {
         line += event.level.rawValue
         line += "\",\"message\":"
         JSONValue.appendQuoted(SensitiveDataMask.mask(event.message.description), to: &line)
-        for key in merged.keys.sorted() {
+        for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
             line += ","
             JSONValue.appendQuoted(key, to: &line)
             line += ":"
-            Self.render(merged[key]!, masked: !Self.unmaskedKeys.contains(key), into: &line)
+            Self.render(value, masked: !Self.unmaskedKeys.contains(key), into: &line)
         }
         line += "}"
         output.append(line)
@@ -147,11 +152,25 @@ enum Timestamp {
         var parts = tm()
         var seconds = time.tv_sec
         gmtime_r(&seconds, &parts)
-        func pad(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
+        // `YYYY-MM-DDTHH:MM:SS.mmmZ`, written digit by digit into one buffer.
+        return String(unsafeUninitializedCapacity: 24) { buffer in
+            var index = 0
+            func put(_ value: Int, _ width: Int) {
+                var value = value
+                for position in stride(from: index + width - 1, through: index, by: -1) {
+                    buffer[position] = UInt8(ascii: "0") + UInt8(value % 10)
+                    value /= 10
+                }
+                index += width
+            }
+            func put(_ character: Unicode.Scalar) {
+                buffer[index] = UInt8(ascii: character)
+                index += 1
+            }
+            put(Int(parts.tm_year) + 1900, 4); put("-"); put(Int(parts.tm_mon) + 1, 2); put("-"); put(Int(parts.tm_mday), 2)
+            put("T"); put(Int(parts.tm_hour), 2); put(":"); put(Int(parts.tm_min), 2); put(":"); put(Int(parts.tm_sec), 2)
+            put("."); put(time.tv_nsec / 1_000_000, 3); put("Z")
+            return index
         }
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(time.tv_nsec / 1_000_000), 3))Z"
     }
 }

@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import HTTPTypes
 import HummingbirdCore
 import Logging
@@ -180,8 +179,9 @@ struct PartnerResponder: Sendable {
             runtime.logger.error("no client for upstream", metadata: ["upstream": "\(plan.route.upstream.name)"])
             return try await writeProblem(Problem(.internalError, detail: "The gateway could not handle this request."), [:], &exchange, request, writer)
         }
-        var upstreamRequest = HTTPClientRequest(url: upstream.client.baseURL + plan.target)
-        upstreamRequest.method = HTTPMethod(rawValue: request.method.rawValue)
+        var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method.rawValue), uri: upstream.client.path(for: plan.target))
+        head.headers.reserveCapacity(request.headers.count + 8)
+        head.headers.add(name: "Host", value: upstream.client.authority)
         let context = ForwardingContext(
             clientAddress: channel.remoteAddress?.ipAddress,
             scheme: scheme,
@@ -193,17 +193,21 @@ struct PartnerResponder: Sendable {
                 incoming: request.headers[.traceparent], requestID: exchange.requestID, generator: runtime.identifiers
             )
         )
-        HeaderRewriter.forwardRequest(request.headers, context) { upstreamRequest.headers.add(name: $0, value: $1) }
+        HeaderRewriter.forwardRequest(request.headers, context) { head.headers.add(name: $0, value: $1) }
 
         let retryable = upstream.policy.retries.attempts > 0
             && RetryRules.mayRetry(method: request.method.rawValue, hasIdempotencyKey: request.headers[.idempotencyKey] != nil)
         var body: RequestBodyStream?
         /// Set when the body is streamed: a try that sent part of it cannot be retried.
         var streamed: RequestBodyStream?
+        var upstreamBody = UpstreamRequest.Body.none
         switch plan.bodyLength {
         case .none:
-            break
+            if request.method == .post || request.method == .put || request.method == .patch {
+                head.headers.add(name: "Content-Length", value: "0")
+            }
         case .known(let length):
+            head.headers.add(name: "Content-Length", value: String(length))
             let stream = RequestBodyStream(request.body, limit: snapshot.policy.gateway.limits.maxRequestBody)
             body = stream
             if retryable && length <= UpstreamExchange.replayableBodyLimit {
@@ -217,15 +221,16 @@ struct PartnerResponder: Sendable {
                     }
                     return try await writeProblem(problem, headers.adding(.connection, "close"), &exchange, request, writer)
                 }
-                upstreamRequest.body = .bytes(whole)
+                upstreamBody = .whole(whole)
             } else {
-                upstreamRequest.body = .stream(stream, length: .known(Int64(length)))
+                upstreamBody = .streamed
                 streamed = stream
                 try await continueIfExpected(request, writer)
             }
         case .unknown:
+            head.headers.add(name: "Transfer-Encoding", value: "chunked")
             let stream = RequestBodyStream(request.body, limit: snapshot.policy.gateway.limits.maxRequestBody)
-            upstreamRequest.body = .stream(stream, length: .unknown)
+            upstreamBody = .streamed
             body = stream
             streamed = stream
             try await continueIfExpected(request, writer)
@@ -235,7 +240,7 @@ struct PartnerResponder: Sendable {
             runtime: upstream, timeout: plan.route.requestTimeout, disconnect: disconnect, channel: channel, logger: runtime.logger
         )
         defer { call.finish() }
-        let outcome = await call.perform(upstreamRequest, streamedBody: streamed, retryable: retryable)
+        let outcome = await call.perform(UpstreamRequest(head: head, body: upstreamBody, retryable: retryable), streamedBody: streamed)
         /// Closes the request body and records how much of it was read.
         func settleRequestBody() async {
             await body?.close()
@@ -257,12 +262,12 @@ struct PartnerResponder: Sendable {
             answer = answered
         }
 
-        var head = HTTPResponse(status: HTTPResponse.Status(code: Int(answer.status.code), reasonPhrase: answer.status.reasonPhrase))
-        head.headerFields = responseHeaders(answer.headers, exchange)
-        if let body, !body.isComplete { head.headerFields[.connection] = "close" }
-        exchange.status = head.status.code
+        var response = HTTPResponse(status: HTTPResponse.Status(code: Int(answer.status.code), reasonPhrase: answer.status.reasonPhrase))
+        response.headerFields = responseHeaders(answer.headers, exchange)
+        if let body, !body.isComplete { response.headerFields[.connection] = "close" }
+        exchange.status = response.status.code
 
-        var bodyWriter = try await writer.writeHead(head)
+        var bodyWriter = try await writer.writeHead(response)
         do {
             switch answer.body {
             case .whole(let buffer):

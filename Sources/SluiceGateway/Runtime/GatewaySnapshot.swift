@@ -23,7 +23,7 @@ struct SnapshotFactory: Sendable {
             metrics: metrics,
             logger: logger
         )
-        return GatewaySnapshot(rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: pool.runtimes(for: policy), admission: admission)
+        return GatewaySnapshot(rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: try pool.runtimes(for: policy), admission: admission)
     }
 }
 

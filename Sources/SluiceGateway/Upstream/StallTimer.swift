@@ -1,77 +1,48 @@
 import NIOCore
-import Synchronization
 
-/// Cuts off an upstream whose response stops flowing: when nothing arrived for `timeout`, the
-/// task reading the upstream is cancelled. One timer per exchange, re-armed lazily (a chunk only
-/// moves a timestamp).
-final class StallTimer: Sendable {
-    private struct State {
-        var lastProgress: NIODeadline
-        var onStall: (@Sendable () -> Void)?
-        var scheduled: Scheduled<Void>?
-        var stalled = false
-        var stopped = false
-    }
-
-    private let state: Mutex<State>
+/// Fires when data stops arriving for longer than `timeout`. Bound to one event loop; a chunk
+/// only moves a timestamp, and the timer re-arms itself lazily, so progress costs no scheduling.
+final class StallTimer {
     private let timeout: TimeAmount
     private let eventLoop: any EventLoop
+    private var lastProgress = NIODeadline.now()
+    private var scheduled: Scheduled<Void>?
+    private var onStall: (() -> Void)?
 
     init(timeout: Duration, eventLoop: any EventLoop) {
         self.timeout = TimeAmount(timeout)
         self.eventLoop = eventLoop
-        state = Mutex(State(lastProgress: .now()))
     }
 
-    /// Whether the timer fired.
-    var didStall: Bool { state.withLock { $0.stalled } }
-
-    /// What to do on a stall (cancel the task reading the upstream); replaceable as reading moves on.
-    func setAction(_ onStall: @escaping @Sendable () -> Void) {
-        state.withLock { $0.onStall = onStall }
-    }
-
-    /// Starts timing (when the body starts to arrive); later calls only count as progress.
-    func start() {
-        let schedule = state.withLock { state in
-            state.lastProgress = .now()
-            return state.scheduled == nil && !state.stopped
-        }
-        if schedule { arm(at: .now() + timeout) }
+    /// Starts timing now; `onStall` runs once if nothing arrives for `timeout`.
+    func start(onStall: @escaping () -> Void) {
+        self.onStall = onStall
+        lastProgress = .now()
+        if scheduled == nil { arm(at: lastProgress + timeout) }
     }
 
     /// Data arrived.
     func progress() {
-        state.withLock { $0.lastProgress = .now() }
+        lastProgress = .now()
     }
 
     func stop() {
-        let scheduled = state.withLock { state in
-            state.stopped = true
-            state.onStall = nil
-            defer { state.scheduled = nil }
-            return state.scheduled
-        }
+        onStall = nil
         scheduled?.cancel()
+        scheduled = nil
     }
 
     private func arm(at deadline: NIODeadline) {
-        let scheduled = eventLoop.scheduleTask(deadline: deadline) { [self] in
-            let (action, next): ((@Sendable () -> Void)?, NIODeadline?) = state.withLock { state in
-                state.scheduled = nil
-                guard !state.stopped else { return (nil, nil) }
-                let due = state.lastProgress + timeout
-                if due <= .now() {
-                    state.stalled = true
-                    return (state.onStall, nil)
-                }
-                return (nil, due)
+        scheduled = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            scheduled = nil
+            guard let onStall else { return }
+            let due = lastProgress + timeout
+            if due > .now() {
+                arm(at: due)
+            } else {
+                self.onStall = nil
+                onStall()
             }
-            action?()
-            if let next { arm(at: next) }
-        }
-        state.withLock { state in
-            if state.stopped { scheduled.cancel() } else { state.scheduled = scheduled }
         }
     }
 }

@@ -1,11 +1,11 @@
-import AsyncHTTPClient
 import Logging
 import NIOCore
+import Prometheus
 import ServiceLifecycle
 import SluiceCore
 import Synchronization
 
-/// The HTTP client of one upstream address: its own connection pool, sized by `max_in_flight`.
+/// The connections to one upstream address, sized by `max_in_flight`.
 final class UpstreamClient: Sendable {
     /// What decides whether a reload can keep the client (and its warm connections).
     struct Settings: Hashable {
@@ -15,26 +15,23 @@ final class UpstreamClient: Sendable {
     }
 
     let settings: Settings
-    let http: HTTPClient
-    /// `scheme://host:port/base` without a trailing slash: request targets are appended.
-    let baseURL: String
+    let connections: UpstreamConnectionPool
+    /// `host:port` for the `Host` header.
+    let authority: String
 
-    init(settings: Settings, eventLoopGroup: any EventLoopGroup) {
+    init(settings: Settings, eventLoopGroup: any EventLoopGroup) throws {
         self.settings = settings
-        var configuration = HTTPClient.Configuration()
-        configuration.timeout = .init(connect: TimeAmount(settings.connectTimeout), read: nil)
-        configuration.redirectConfiguration = .disallow
-        configuration.decompression = .disabled
-        configuration.connectionPool = .init(
-            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: settings.maxInFlight
+        connections = try UpstreamConnectionPool(
+            address: settings.address, connectTimeout: settings.connectTimeout, maxIdlePerLoop: settings.maxInFlight, group: eventLoopGroup
         )
-        // A refused connection fails the call at once (502) instead of being retried until the
-        // connect timeout; retries are the upstream's retry policy's business.
-        configuration.connectionPool.retryConnectionEstablishment = false
-        configuration.httpVersion = settings.address.useTLS ? .automatic : .http1Only
-        http = HTTPClient(eventLoopGroupProvider: .shared(eventLoopGroup), configuration: configuration)
         let host = settings.address.host.contains(":") ? "[\(settings.address.host)]" : settings.address.host
-        baseURL = "\(settings.address.useTLS ? "https" : "http")://\(host):\(settings.address.port)\(settings.address.basePath)"
+        let defaultPort = settings.address.useTLS ? 443 : 80
+        authority = settings.address.port == defaultPort ? host : "\(host):\(settings.address.port)"
+    }
+
+    /// The upstream path for a request target: the base path, then the target.
+    func path(for target: String) -> String {
+        settings.address.basePath + target
     }
 }
 
@@ -47,17 +44,19 @@ final class UpstreamRuntime: Sendable {
     private let breaker: Mutex<CircuitBreaker<ContinuousClock.Instant>>
     private let budget: Mutex<RetryBudget<ContinuousClock.Instant>>
     private let metrics: GatewayMetrics
+    private let upstreamDuration: DurationHistogram
     private let logger: Logger
 
     var name: String { policy.name }
 
-    init(policy: UpstreamPolicy, client: UpstreamClient, eventLoop: any EventLoop, metrics: GatewayMetrics, logger: Logger) {
+    init(policy: UpstreamPolicy, client: UpstreamClient, metrics: GatewayMetrics, logger: Logger) {
         self.policy = policy
         self.client = client
-        self.bulkhead = Bulkhead(limit: policy.maxInFlight, queueTimeout: policy.queueTimeout, eventLoop: eventLoop)
+        self.bulkhead = Bulkhead(limit: policy.maxInFlight, queueTimeout: policy.queueTimeout)
         self.breaker = Mutex(CircuitBreaker(policy.circuitBreaker))
         self.budget = Mutex(RetryBudget(share: policy.retries.budget))
         self.metrics = metrics
+        self.upstreamDuration = metrics.upstreamDuration(upstream: policy.name)
         self.logger = logger
         metrics.breakerChanged(upstream: policy.name, to: .closed, isTransition: false)
     }
@@ -72,7 +71,7 @@ final class UpstreamRuntime: Sendable {
     /// Reports how a call ended to the breaker and, unless the partner cut it short, to the
     /// upstream duration histogram.
     func record(_ ticket: CircuitBreaker<ContinuousClock.Instant>.Ticket, _ outcome: CircuitBreaker<ContinuousClock.Instant>.Outcome, duration: Duration) {
-        if outcome != .cancelled { metrics.upstreamResponded(upstream: policy.name, after: duration) }
+        if outcome != .cancelled { upstreamDuration.record(duration) }
         let transition = breaker.withLock { $0.record(ticket, outcome, duration: duration, now: .now) }
         if let transition { announce(transition) }
     }
@@ -122,23 +121,31 @@ final class UpstreamPool: Service, Sendable {
         self.logger = logger
     }
 
-    /// Runtimes for every upstream of `policy`, by upstream name.
-    func runtimes(for policy: PolicySet) -> [String: UpstreamRuntime] {
-        state.withLock { state in
+    /// Runtimes for every upstream of `policy`, by upstream name; an upstream whose client
+    /// cannot be set up (TLS) is a policy problem at its location.
+    func runtimes(for policy: PolicySet) throws(PolicyErrors) -> [String: UpstreamRuntime] {
+        try state.withLock { state throws(PolicyErrors) in
             var clients: [UpstreamClient.Settings: UpstreamClient] = [:]
             var runtimes: [String: UpstreamRuntime] = [:]
             for (name, upstream) in policy.upstreams {
                 let settings = UpstreamClient.Settings(
                     address: upstream.address, connectTimeout: upstream.connectTimeout, maxInFlight: upstream.maxInFlight
                 )
-                let client = clients[settings] ?? state.clients[settings] ?? UpstreamClient(settings: settings, eventLoopGroup: eventLoopGroup)
+                let client: UpstreamClient
+                if let known = clients[settings] ?? state.clients[settings] {
+                    client = known
+                } else {
+                    do {
+                        client = try UpstreamClient(settings: settings, eventLoopGroup: eventLoopGroup)
+                    } catch {
+                        throw PolicyErrors([PolicyProblem(upstream.location, "upstream \(name): cannot set up its client: \(error)")])
+                    }
+                }
                 clients[settings] = client
                 if let existing = state.runtimes[name], existing.client === client, Self.sameSettings(existing.policy, upstream) {
                     runtimes[name] = existing
                 } else {
-                    runtimes[name] = UpstreamRuntime(
-                        policy: upstream, client: client, eventLoop: eventLoopGroup.next(), metrics: metrics, logger: logger
-                    )
+                    runtimes[name] = UpstreamRuntime(policy: upstream, client: client, metrics: metrics, logger: logger)
                 }
             }
             for (settings, client) in state.clients where clients[settings] == nil { state.retired.append(client) }
@@ -154,21 +161,20 @@ final class UpstreamPool: Service, Sendable {
         return a == b
     }
 
-    /// Shuts retired clients down (HTTPClient shutdown waits for their calls); at shutdown, all.
+    /// Closes the idle connections of retired clients (busy ones close when their call ends);
+    /// at shutdown, of all clients.
     func run() async throws {
         while await pauseUnlessShuttingDown(for: .seconds(1)) {
             let retired = state.withLock { state in
                 defer { state.retired = [] }
                 return state.retired
             }
-            for client in retired { try? await client.http.shutdown() }
+            for client in retired { client.connections.shutdown() }
         }
         let all = state.withLock { state in
             defer { state = State() }
             return Array(state.clients.values) + state.retired
         }
-        for client in all {
-            do { try await client.http.shutdown() } catch { logger.debug("upstream client shutdown: \(error)") }
-        }
+        for client in all { client.connections.shutdown() }
     }
 }
