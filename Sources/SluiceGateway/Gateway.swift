@@ -49,8 +49,8 @@ public final class Gateway: Sendable {
         self.options = options
         let eventLoopGroup = MultiThreadedEventLoopGroup.singleton
         let policy = try PolicyLoader.load(directory: policiesDirectory, environment: environment)
-        let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration)
         let metrics = GatewayMetrics()
+        let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration, metrics: metrics)
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger)
         let factory = SnapshotFactory(pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration)
         let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger)

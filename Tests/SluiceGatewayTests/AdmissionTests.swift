@@ -132,7 +132,7 @@ struct AdmissionTests {
         #expect(held.verdict == .admitted)
         try await GatewayHarness.with({ policies in
             policies.setPlan("{ concurrency: 1 }")
-            policies.useRedis(redis.url)
+            policies.useRedis(redis.url, onFailure: "deny", timeout: "2s")
         }) { gateway in
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 429)
             try await eventually("the dead gateway's lease expired") { try await gateway.partner(.GET, "/v2/orders/1").status == 200 }
@@ -141,12 +141,40 @@ struct AdmissionTests {
         try await redis.stop()
     }
 
+    /// An admitted request costs at most one Redis round trip (requests that arrive while a call
+    /// is under way are decided together), and lease releases ride along with later calls or go
+    /// out at most once per 20 ms flush — counted by `sluice_store_calls_total`.
+    @Test func concurrentRequestsShareRoundTrips() async throws {
+        let redis = try await RedisServer.start()
+        try await GatewayHarness.with({ policies in
+            policies.setPlan("{ rate: { per_second: 1000, burst: 1000 }, quota: { requests: 100000, per: day }, concurrency: 100 }")
+            policies.useRedis(redis.url, onFailure: "deny", timeout: "2s")
+        }) { gateway in
+            func storeCalls() async throws -> Int {
+                let metrics = try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text
+                let line = try #require(metrics.split(separator: "\n").first { $0.hasPrefix("sluice_store_calls_total ") })
+                return try #require(Int(line.split(separator: " ")[1]))
+            }
+            let before = try await storeCalls()
+            let started = ContinuousClock.now
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for index in 0..<50 { group.addTask { try await gateway.partner(.GET, "/v2/orders/\(index)").status } }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(statuses == Array(repeating: 200, count: 50))
+            let calls = try await storeCalls() - before
+            let flushes = Int((ContinuousClock.now - started) / .milliseconds(20)) + 1
+            #expect(calls >= 1 && calls <= 50 + flushes, "\(calls) store calls for 50 requests, \(flushes) release flushes")
+        }
+        try await redis.stop()
+    }
+
     /// Two gateways on one Redis admit no more than one bucket's worth together.
     @Test func twoGatewaysShareOneBucket() async throws {
         let redis = try await RedisServer.start()
         let configure: (inout TestPolicies) -> Void = { policies in
             policies.setPlan("{ rate: { per_second: 0.01, burst: 20 } }")
-            policies.useRedis(redis.url)
+            policies.useRedis(redis.url, onFailure: "deny", timeout: "2s")
         }
         try await GatewayHarness.with(configure) { first in
             try await GatewayHarness.with(configure) { second in

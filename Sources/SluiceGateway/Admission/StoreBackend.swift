@@ -44,10 +44,13 @@ final class StoreBackend: Sendable {
     let leases = LeaseRegistry()
     let localLeases = LeaseRegistry()
 
-    init(settings: Settings, group: any EventLoopGroup) throws {
+    init(settings: Settings, group: any EventLoopGroup, metrics: GatewayMetrics) throws {
         self.settings = settings
         if let url = settings.redis {
-            let client = try RedisStore.makeClient(url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group)
+            let calls = metrics.storeCalls
+            let client = try RedisStore.makeClient(
+                url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group, onCommand: { calls.increment() }
+            )
             redis = client
             store = RedisStore(client: client)
         } else {
@@ -79,10 +82,12 @@ final class StoreRegistry: Service, Sendable {
     private let retired = Mutex<[StoreBackend]>([])
     private let group: any EventLoopGroup
     private let leaseDuration: Duration
+    private let metrics: GatewayMetrics
 
-    init(group: any EventLoopGroup, leaseDuration: Duration) {
+    init(group: any EventLoopGroup, leaseDuration: Duration, metrics: GatewayMetrics) {
         self.group = group
         self.leaseDuration = leaseDuration
+        self.metrics = metrics
     }
 
     func backend(for policy: PolicySet) throws(PolicyErrors) -> StoreBackend {
@@ -91,7 +96,7 @@ final class StoreRegistry: Service, Sendable {
         if let existing = current.withLock({ $0 }), existing.settings == settings { return existing }
         let backend: StoreBackend
         do {
-            backend = try StoreBackend(settings: settings, group: group)
+            backend = try StoreBackend(settings: settings, group: group, metrics: metrics)
         } catch {
             let location = store.location ?? SourceLocation(file: "gateway.yaml", line: 1, column: 1)
             throw PolicyErrors([PolicyProblem(location, "store: cannot set up the Redis client: \(error)")])

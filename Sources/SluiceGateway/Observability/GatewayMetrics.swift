@@ -21,6 +21,7 @@ final class GatewayMetrics: Sendable {
     private static var upstreamDurationDescriptor: MetricNameDescriptor { descriptor("upstream_duration", "seconds", "Time until an upstream's response head.") }
     private static var reloadDescriptor: MetricNameDescriptor { descriptor("policy_reload", "total", "Policy reloads by result (ok or error).") }
     private static var rejectionsDescriptor: MetricNameDescriptor { descriptor("ratelimit_rejections", "total", "Requests refused by rate, quota or concurrency limits.") }
+    private static var storeCallsDescriptor: MetricNameDescriptor { descriptor("store_calls", "total", "Commands sent to the rate-limit store (Redis round trips).") }
     private static var storeErrorsDescriptor: MetricNameDescriptor { descriptor("store_errors", "total", "Failed or timed-out calls to the rate-limit store.") }
     private static var fallbackDescriptor: MetricNameDescriptor { descriptor("ratelimit", "fallback", "1 while the store is unreachable and on_redis_failure applies.") }
     private static var breakerStateDescriptor: MetricNameDescriptor { descriptor("breaker", "state", "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.") }
@@ -36,8 +37,12 @@ final class GatewayMetrics: Sendable {
         .seconds(60), .seconds(300),
     ]
 
+    /// Commands sent to Redis; several requests' decisions share one.
+    let storeCalls: Counter
+
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
+        storeCalls = registry.makeCounter(descriptor: Self.storeCallsDescriptor)
         for result in ["ok", "error"] { _ = registry.makeCounter(descriptor: Self.reloadDescriptor, labels: [("result", result)]) }
         _ = registry.makeCounter(descriptor: Self.storeErrorsDescriptor)
         registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: 0.0)

@@ -45,17 +45,23 @@ public final class RedisClient: Sendable {
     private let slots: [ConnectionSlot]
     private let nextSlot = Atomic<Int>(0)
     private let isShutDown = Atomic<Bool>(false)
+    /// Called for every command sent (one round trip each; pipelined, so not one wait each).
+    private let onCommand: (@Sendable () -> Void)?
 
     /// - Parameters:
     ///   - tlsCA: PEM file of the CA that signed a `rediss://` server's certificate (default: system roots).
     ///   - timeout: Deadline of every call.
     ///   - connections: How many connections to pipeline over.
     public convenience init(url: RedisURL, tlsCA: String? = nil, timeout: Duration, connections: Int = 2, group: any EventLoopGroup) throws {
-        try self.init(url: url, tlsCA: tlsCA, timeout: timeout, connections: connections, scripts: [], group: group)
+        try self.init(url: url, tlsCA: tlsCA, timeout: timeout, connections: connections, scripts: [], group: group, onCommand: nil)
     }
 
-    init(url: RedisURL, tlsCA: String?, timeout: Duration, connections: Int, scripts: [RedisScript], group: any EventLoopGroup) throws {
+    init(
+        url: RedisURL, tlsCA: String?, timeout: Duration, connections: Int, scripts: [RedisScript], group: any EventLoopGroup,
+        onCommand: (@Sendable () -> Void)?
+    ) throws {
         self.url = url
+        self.onCommand = onCommand
         self.scripts = scripts
         self.timeout = timeout
         self.group = group
@@ -74,6 +80,7 @@ public final class RedisClient: Sendable {
     public func send(_ arguments: [String]) async throws -> RedisReply {
         let deadline = ContinuousClock.now + timeout
         let connection = try await connection(before: deadline)
+        onCommand?()
         return try await connection.send(RedisCommandEncoder.encode(arguments), deadline: .now() + TimeAmount(deadline - .now))
     }
 

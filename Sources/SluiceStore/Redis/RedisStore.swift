@@ -43,8 +43,14 @@ public final class RedisStore: AdmissionStore {
     private let pendingReleases = Mutex<[String: [String]]>([:])
 
     /// A client for this store: it loads the admission scripts whenever it opens a connection.
-    public static func makeClient(url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup) throws -> RedisClient {
-        try RedisClient(url: url, tlsCA: tlsCA, timeout: timeout, connections: 2, scripts: [AdmissionScripts.admit, AdmissionScripts.renew], group: group)
+    /// - Parameter onCommand: Called for every command sent to Redis (to count round trips).
+    public static func makeClient(
+        url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, onCommand: (@Sendable () -> Void)? = nil
+    ) throws -> RedisClient {
+        try RedisClient(
+            url: url, tlsCA: tlsCA, timeout: timeout, connections: 2, scripts: [AdmissionScripts.admit, AdmissionScripts.renew], group: group,
+            onCommand: onCommand
+        )
     }
 
     /// - Parameters:

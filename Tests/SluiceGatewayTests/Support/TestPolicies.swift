@@ -94,12 +94,15 @@ struct TestPolicies {
     }
 
     /// Puts the store on Redis at `url` with `on_redis_failure: mode`.
-    mutating func useRedis(_ url: String, onFailure mode: String = "local", instances: Int = 1) {
+    /// - Parameter timeout: The store call deadline; tests that count decisions exactly give a
+    ///   generous one, so a busy test machine cannot turn into a fallback decision.
+    mutating func useRedis(_ url: String, onFailure mode: String = "local", instances: Int = 1, timeout: String? = nil) {
         files["gateway.yaml"] = files["gateway.yaml"]! + """
             store:
               redis: \(url)
               on_redis_failure: \(mode)
               expected_instances: \(instances)
+            \(timeout.map { "  timeout: \($0)" } ?? "")
 
             """
     }
