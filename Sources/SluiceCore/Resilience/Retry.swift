@@ -55,7 +55,8 @@ public struct RetryBudget<Instant: InstantProtocol>: Sendable where Instant.Dura
 
     /// Drops slots older than ten seconds and opens a new one-second slot when needed.
     private mutating func advance(to now: Instant) {
-        slots.removeAll { $0.start.duration(to: now) >= .seconds(10) }
+        // Slots are in time order: only the oldest can have expired since the last call.
+        while let first = slots.first, first.start.duration(to: now) >= .seconds(10) { slots.removeFirst() }
         if let last = slots.last, last.start.duration(to: now) < .seconds(1) { return }
         slots.append(Slot(start: now))
     }
