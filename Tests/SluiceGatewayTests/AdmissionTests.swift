@@ -209,7 +209,7 @@ struct RedisTroubleTests {
         let redis = try await RedisServer.start()
         try await GatewayHarness.with({ policies in
             policies.setPlan("{ rate: { per_second: 0.01, burst: 8 } }")
-            policies.useRedis(redis.url, onFailure: "local", instances: 2)
+            policies.useRedis(redis.url, onFailure: "local", instances: 2, timeout: "1s")
         }) { gateway in
             #expect(try await gateway.partner(.GET, "/v2/orders/1").header("RateLimit") == #""rate";r=7;t=100"#)
             try await redis.stop()
@@ -239,7 +239,7 @@ struct RedisTroubleTests {
         let redis = try await RedisServer.start()
         try await GatewayHarness.with({ policies in
             policies.setPlan("{ rate: { per_second: 0.01, burst: 1 } }")
-            policies.useRedis(redis.url, onFailure: "allow")
+            policies.useRedis(redis.url, onFailure: "allow", timeout: "1s")
         }) { gateway in
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 429)
@@ -262,7 +262,7 @@ struct RedisTroubleTests {
         let redis = try await RedisServer.start()
         try await GatewayHarness.with({ policies in
             policies.setPlan("{ rate: { per_second: 100, burst: 100 } }")
-            policies.useRedis(redis.url, onFailure: "deny")
+            policies.useRedis(redis.url, onFailure: "deny", timeout: "1s")
         }) { gateway in
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
             try await redis.stop()

@@ -267,21 +267,20 @@ struct PartnerResponder: Sendable {
         if let body, !body.isComplete { response.headerFields[.connection] = "close" }
         exchange.status = response.status.code
 
-        var bodyWriter = try await writer.writeHead(response)
         do {
             switch answer.body {
             case .whole(let buffer):
-                if let buffer, buffer.readableBytes > 0 {
-                    exchange.bytesOut = buffer.readableBytes
-                    try await bodyWriter.write(buffer)
-                }
+                // Head and a small body go out in one write: one hop to the event loop, one syscall.
+                exchange.bytesOut = buffer?.readableBytes ?? 0
+                try await writer.write(response: response, body: buffer.map { ResponseBody(byteBuffer: $0) } ?? ResponseBody())
             case .streaming(let chunks):
+                var bodyWriter = try await writer.writeHead(response)
                 for try await chunk in chunks {
                     exchange.bytesOut += chunk.readableBytes
                     try await bodyWriter.write(chunk)
                 }
+                try await bodyWriter.finish(nil)
             }
-            try await bodyWriter.finish(nil)
         } catch {
             await settleRequestBody()
             if error is UpstreamStalled {

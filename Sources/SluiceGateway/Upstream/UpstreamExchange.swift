@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// What an upstream answered, ready to be forwarded.
 struct UpstreamAnswer: Sendable {
@@ -40,6 +41,9 @@ final class UpstreamExchange: Sendable {
     private let channel: any Channel
     private let logger: Logger
     private let bridge: NIOLoopBoundBox<CallBridge?>
+    /// Set on the event loop once nothing of the exchange runs any more, so `finish()` need not
+    /// hop there (the common case: a small answer read whole).
+    private let ended = EndedFlag()
 
     init(runtime: UpstreamRuntime, timeout: Duration, disconnect: DisconnectSignal?, channel: any Channel, logger: Logger) {
         self.runtime = runtime
@@ -54,13 +58,13 @@ final class UpstreamExchange: Sendable {
     /// - Parameter streamedBody: The partner's body when it is streamed (`request.body == .streamed`).
     func perform(_ request: UpstreamRequest, streamedBody: RequestBodyStream?) async -> Result<UpstreamAnswer, UpstreamFailure> {
         let eventLoop = channel.eventLoop
-        let (runtime, timeout, logger, bridge) = (runtime, timeout, logger, bridge)
+        let (runtime, timeout, logger, bridge, ended) = (runtime, timeout, logger, bridge, ended)
         /// Runs on the event loop after the call started, whichever thread hears of the partner leaving.
         let clientGone: @Sendable () -> Void = { eventLoop.execute { bridge.value?.clientGone() } }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Result<UpstreamAnswer, UpstreamFailure>, Never>) in
                 eventLoop.execute {
-                    let started = CallBridge(continuation: continuation, body: streamedBody, eventLoop: eventLoop)
+                    let started = CallBridge(continuation: continuation, body: streamedBody, eventLoop: eventLoop, ended: ended)
                     bridge.value = started
                     started.start(runtime: runtime, request: request, timeout: timeout, logger: logger)
                 }
@@ -78,9 +82,15 @@ final class UpstreamExchange: Sendable {
     /// Ends the exchange: stops the upstream call if it still runs (giving its bulkhead slot back).
     func finish() {
         disconnect?.disarm()
+        guard !ended.flag.load(ordering: .acquiring) else { return }
         let bridge = bridge
         channel.eventLoop.execute { bridge.value?.end() }
     }
+}
+
+/// Whether an exchange's call and body pump have both stopped.
+private final class EndedFlag: Sendable {
+    let flag = Atomic(false)
 }
 
 /// The producer's back-pressure reaches the upstream connection: reads pause while the partner
@@ -108,11 +118,16 @@ private final class CallBridge: UpstreamCallDelegate {
     private let body: RequestBodyStream?
     private var pump: Task<Void, Never>?
     private let eventLoop: any EventLoop
+    private let ended: EndedFlag
 
-    init(continuation: CheckedContinuation<Result<UpstreamAnswer, UpstreamFailure>, Never>, body: RequestBodyStream?, eventLoop: any EventLoop) {
+    init(
+        continuation: CheckedContinuation<Result<UpstreamAnswer, UpstreamFailure>, Never>, body: RequestBodyStream?, eventLoop: any EventLoop,
+        ended: EndedFlag
+    ) {
         self.continuation = continuation
         self.body = body
         self.eventLoop = eventLoop
+        self.ended = ended
     }
 
     func start(runtime: UpstreamRuntime, request: UpstreamRequest, timeout: Duration, logger: Logger) {
@@ -134,6 +149,12 @@ private final class CallBridge: UpstreamCallDelegate {
         call = nil
         pump?.cancel()
         pump = nil
+        ended.flag.store(true, ordering: .releasing)
+    }
+
+    /// The call ended by itself: without a body pump there is nothing left to stop.
+    private func callEnded() {
+        if pump == nil { end() }
     }
 
     private func resume(_ result: Result<UpstreamAnswer, UpstreamFailure>) {
@@ -176,6 +197,7 @@ private final class CallBridge: UpstreamCallDelegate {
         switch body {
         case .whole(let buffer):
             resume(.success(UpstreamAnswer(status: head.status, headers: head.headers, body: .whole(buffer))))
+            callEnded()
         case .streaming:
             let produced = UpstreamAnswer.Chunks.makeSequence(
                 backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8),
@@ -194,10 +216,12 @@ private final class CallBridge: UpstreamCallDelegate {
     func upstreamCallFinished(_ call: UpstreamCall) {
         chunks?.finish()
         chunks = nil
+        callEnded()
     }
 
     func upstreamCall(_ call: UpstreamCall, failed failure: UpstreamFailure) {
         resume(.failure(failure))
+        callEnded()
     }
 
     func upstreamCall(_ call: UpstreamCall, brokeOff reason: UpstreamBreak) {
@@ -206,5 +230,6 @@ private final class CallBridge: UpstreamCallDelegate {
         case .closed: chunks?.finish(UpstreamClosedMidBody())
         }
         chunks = nil
+        callEnded()
     }
 }
