@@ -151,9 +151,7 @@ struct AdmissionTests {
             policies.useRedis(redis.url, onFailure: "deny", timeout: "2s")
         }) { gateway in
             func storeCalls() async throws -> Int {
-                let metrics = try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text
-                let line = try #require(metrics.split(separator: "\n").first { $0.hasPrefix("sluice_store_calls_total ") })
-                return try #require(Int(line.split(separator: " ")[1]))
+                Int(try #require(try await gateway.metric("sluice_store_calls_total")))
             }
             let before = try await storeCalls()
             let started = ContinuousClock.now

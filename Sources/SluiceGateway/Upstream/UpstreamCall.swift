@@ -102,8 +102,6 @@ final class UpstreamCall: UpstreamConnectionUser {
     private var ticket: CircuitBreaker<ContinuousClock.Instant>.Ticket?
     private var tryStarted = ContinuousClock.now
     private var retried = 0
-    /// Bytes of a streamed body sent on the current try.
-    private var bodyBytesSent = 0
     private var requestComplete = false
     private var headTimer: Scheduled<Void>?
     private lazy var stall = StallTimer(timeout: runtime.policy.bodyTimeout, eventLoop: eventLoop)
@@ -147,7 +145,6 @@ final class UpstreamCall: UpstreamConnectionUser {
     func sendBody(_ chunk: ByteBuffer, promise: EventLoopPromise<Void>?) {
         switch state {
         case .awaitingHead(let connection):
-            bodyBytesSent += chunk.readableBytes
             bodyConsumed = true
             connection.write(.body(.byteBuffer(chunk)), promise: promise)
             connection.flush()
@@ -222,7 +219,6 @@ final class UpstreamCall: UpstreamConnectionUser {
             ticket = allowed
         }
         tryStarted = .now
-        bodyBytesSent = 0
         requestComplete = false
         state = .connecting
         let remaining = deadline - .now()
@@ -279,7 +275,6 @@ final class UpstreamCall: UpstreamConnectionUser {
         case .streamed:
             if let (chunk, promise) = pendingChunk {
                 pendingChunk = nil
-                bodyBytesSent += chunk.readableBytes
                 bodyConsumed = true
                 connection.write(.body(.byteBuffer(chunk)), promise: promise)
             }
