@@ -3,14 +3,15 @@ import SluiceCore
 import Testing
 import TestSupport
 
-/// Every store keeps the same admission contract; each test runs against the embedded store and real Redis.
+/// Every store keeps the same admission contract; each test runs against the embedded store and
+/// real Redis, with the manual clock far in the past, at real time and far in the future.
 struct AdmissionStoreContractTests {
     private let lease: Duration = .seconds(30)
 
     /// A full bucket admits `burst` requests at once, refuses the next with the wait for one token, then refills.
-    @Test(arguments: StoreKind.allCases)
-    func bucketBurstsThenRefills(_ kind: StoreKind) async throws {
-        let clock = ManualClock()
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func bucketBurstsThenRefills(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
             let l = limits(rate: 2, burst: 3)
             for remaining in [2, 1, 0] {
@@ -26,9 +27,9 @@ struct AdmissionStoreContractTests {
     }
 
     /// A costly route takes several tokens; its refusal costs nothing.
-    @Test(arguments: StoreKind.allCases)
-    func costTakesSeveralTokens(_ kind: StoreKind) async throws {
-        let clock = ManualClock()
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func costTakesSeveralTokens(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
             let expensive = limits(rate: 1, burst: 10, cost: 5)
             #expect(try await store.admit(partner: "acme", limits: expensive, lease: nil, leaseDuration: lease).tokensRemaining == 5)
@@ -42,37 +43,37 @@ struct AdmissionStoreContractTests {
     }
 
     /// A daily quota refuses with the time to midnight UTC and starts over in the next window; so does a monthly one.
-    @Test(arguments: StoreKind.allCases)
-    func quotaRollsOver(_ kind: StoreKind) async throws {
-        let clock = ManualClock()
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func quotaRollsOver(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
             let daily = limits(quota: 2)
-            let endOfDay = QuotaWindowCalendar.window(.day, at: clock.now).end
-            clock.set(endOfDay - 5_000)
+            let day = UTCCalendarOracle.window(.day, containing: clock.now)
+            clock.set(day.end - 5_000)
             #expect(try await store.admit(partner: "acme", limits: daily, lease: nil, leaseDuration: lease).quotaRemaining == 1)
             #expect(try await store.admit(partner: "acme", limits: daily, lease: nil, leaseDuration: lease).quotaRemaining == 0)
             let refused = try await store.admit(partner: "acme", limits: daily, lease: nil, leaseDuration: lease)
             #expect(refused.verdict == .quotaExceeded && refused.retryAfterMilliseconds == 5_000)
             #expect(refused.quotaWindowMilliseconds == Int64(86_400_000))
-            clock.set(endOfDay)
+            clock.set(day.end)
             #expect(try await store.admit(partner: "acme", limits: daily, lease: nil, leaseDuration: lease).verdict == .admitted)
 
             let monthly = limits(quota: 1, per: .month)
-            let endOfMonth = QuotaWindowCalendar.window(.month, at: clock.now).end
-            clock.set(endOfMonth - 1)
+            let month = UTCCalendarOracle.window(.month, containing: clock.now)
+            clock.set(month.end - 1)
             #expect(try await store.admit(partner: "globex", limits: monthly, lease: nil, leaseDuration: lease).verdict == .admitted)
             let monthRefused = try await store.admit(partner: "globex", limits: monthly, lease: nil, leaseDuration: lease)
             #expect(monthRefused.verdict == .quotaExceeded && monthRefused.retryAfterMilliseconds == 1)
-            #expect(monthRefused.quotaWindowMilliseconds == Int64(30 * 86_400_000))  // November 2026
-            clock.set(endOfMonth)
+            #expect(monthRefused.quotaWindowMilliseconds == month.end - month.start)
+            clock.set(month.end)
             #expect(try await store.admit(partner: "globex", limits: monthly, lease: nil, leaseDuration: lease).verdict == .admitted)
         }
     }
 
     /// A rate refusal costs no quota.
-    @Test(arguments: StoreKind.allCases)
-    func refusalsCostNoQuota(_ kind: StoreKind) async throws {
-        let clock = ManualClock()
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func refusalsCostNoQuota(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
             let l = limits(rate: 1, burst: 1, quota: 5)
             let first = try await store.admit(partner: "acme", limits: l, lease: nil, leaseDuration: lease)
@@ -88,9 +89,9 @@ struct AdmissionStoreContractTests {
     }
 
     /// Leases cap concurrency; a release frees the slot; a lease nobody renews expires; renewal keeps it.
-    @Test(arguments: StoreKind.allCases)
-    func leasesCapConcurrency(_ kind: StoreKind) async throws {
-        let clock = ManualClock()
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func leasesCapConcurrency(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
             let l = limits(concurrency: 2)
             let short: Duration = .seconds(10)
@@ -109,9 +110,9 @@ struct AdmissionStoreContractTests {
     }
 
     /// Queued releases are applied by flushReleases even without another admission.
-    @Test(arguments: StoreKind.allCases)
-    func flushAppliesQueuedReleases(_ kind: StoreKind) async throws {
-        let clock = ManualClock()
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func flushAppliesQueuedReleases(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
             let l = limits(concurrency: 1)
             #expect(try await store.admit(partner: "acme", limits: l, lease: "a", leaseDuration: lease).verdict == .admitted)
@@ -122,9 +123,9 @@ struct AdmissionStoreContractTests {
     }
 
     /// Partners have separate buckets.
-    @Test(arguments: StoreKind.allCases)
-    func partnersAreIndependent(_ kind: StoreKind) async throws {
-        let clock = ManualClock()
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func partnersAreIndependent(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
             let l = limits(rate: 1, burst: 1)
             #expect(try await store.admit(partner: "acme", limits: l, lease: nil, leaseDuration: lease).verdict == .admitted)
@@ -134,9 +135,9 @@ struct AdmissionStoreContractTests {
     }
 
     /// Many concurrent callers (pipelined on Redis) never get more than the bucket holds.
-    @Test(arguments: StoreKind.allCases)
-    func concurrentCallersShareOneBucket(_ kind: StoreKind) async throws {
-        let clock = ManualClock()
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func concurrentCallersShareOneBucket(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
             let l = limits(rate: 0.001, burst: 100)
             let admitted = try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -153,9 +154,9 @@ struct AdmissionStoreContractTests {
 extension AdmissionStoreContractTests {
     /// Concurrent requests of mixed cost (decided in batches on Redis) spend the bucket exactly
     /// and never hold more leases than the concurrency limit.
-    @Test(arguments: StoreKind.allCases)
-    func concurrentMixedCostsSpendTheBucketExactly(_ kind: StoreKind) async throws {
-        let clock = ManualClock()
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func concurrentMixedCostsSpendTheBucketExactly(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
             let outcomes = try await withThrowingTaskGroup(of: (cost: Int, verdict: AdmissionVerdict).self) { group in
                 for index in 0..<300 {
@@ -181,8 +182,9 @@ extension AdmissionStoreContractTests {
 
 struct AdmissionScriptEquivalenceTests {
     /// The Lua script and the Swift ledger decide identically over a long random sequence.
-    @Test func redisAndMemoryDecideAlike() async throws {
-        let clock = ManualClock()
+    @Test(arguments: ClockEpoch.allCases)
+    func redisAndMemoryDecideAlike(_ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
         var random = SystemRandomNumberGenerator()
         let memory = MemoryStore(clock: clock.epochClock)
         try await withStore(.redis, clock: clock) { redis in

@@ -5,20 +5,6 @@ import SluiceCore
 import Synchronization
 import TestSupport
 
-/// A clock tests move by hand, in epoch milliseconds.
-final class ManualClock: Sendable {
-    private let milliseconds: Atomic<Int64>
-
-    init(_ start: Int64 = 1_795_348_800_000) {  // 2026-11-22T12:00:00Z
-        milliseconds = Atomic(start)
-    }
-
-    var now: Int64 { milliseconds.load(ordering: .relaxed) }
-    func advance(_ by: Int64) { milliseconds.add(by, ordering: .relaxed) }
-    func set(_ to: Int64) { milliseconds.store(to, ordering: .relaxed) }
-    var epochClock: EpochClock { { self.now } }
-}
-
 enum StoreKind: String, CaseIterable, Sendable {
     case memory, redis
 }

@@ -15,6 +15,12 @@
 /// comma-separated integers — verdict (0 admitted, 1 rate, 2 quota, 3 concurrency), retry-after
 /// ms, whole tokens left, ms until the bucket is full, quota left, ms until the quota resets,
 /// window length ms (-1 where a part has no limit) — with requests separated by `;`.
+///
+/// Key expiry is set with `PEXPIRE` as a duration from the script's `now`, never as an absolute
+/// time: Redis expires keys by its own clock, so an absolute expiry computed from a `now` that
+/// is not Redis's (a caller's clock, a manual test clock) would delete the state too early or
+/// keep it too long. The `x`/`lx` fields are in the script's clock; they only decide when to
+/// extend.
 enum AdmissionScripts {
     /// Sets `now` (epoch ms) from `ARGV[argument]`, or from Redis `TIME` when that is empty.
     private static func now(argument: Int) -> String {
@@ -134,10 +140,10 @@ enum AdmissionScripts {
             fields[#fields + 1] = 'lx'; fields[#fields + 1] = leaseuntil
           end
           if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-          if tonumber(state[5] or 0) ~= stateuntil then redis.call('PEXPIREAT', KEYS[1], stateuntil) end
+          if tonumber(state[5] or 0) ~= stateuntil then redis.call('PEXPIRE', KEYS[1], stateuntil - now) end
           if #leases > 0 then
             redis.call('ZADD', KEYS[2], unpack(leases))
-            if tonumber(state[6] or 0) ~= leaseuntil then redis.call('PEXPIREAT', KEYS[2], leaseuntil) end
+            if tonumber(state[6] or 0) ~= leaseuntil then redis.call('PEXPIRE', KEYS[2], leaseuntil - now) end
           end
         end
         return table.concat(results, ';')
@@ -153,7 +159,7 @@ enum AdmissionScripts {
         local expiry = now + leasems
         for i = 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', expiry, ARGV[i]) end
         if redis.call('EXISTS', KEYS[2]) == 1 then
-          redis.call('PEXPIREAT', KEYS[2], now + leasems * 2)
+          redis.call('PEXPIRE', KEYS[2], leasems * 2)
           if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'lx', now + leasems * 2) end
         end
         return 0
