@@ -7,6 +7,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 public import SluiceCore
+public import SluiceStore
 import Synchronization
 
 /// A running Sluice gateway: the partner listeners (HTTPS and optional plain HTTP), the
@@ -25,6 +26,12 @@ public final class Gateway: Sendable {
         public var logOutput: LogOutput?
         /// How long a concurrency slot outlives a gateway that stopped renewing it (crashed).
         public var leaseDuration: Duration = .seconds(30)
+        /// The clock of the embedded store and of the local fallback, epoch milliseconds (tests
+        /// inject a manual one; the Redis store always uses Redis `TIME`).
+        public var storeClock: EpochClock = MemoryStore.wallClock
+        /// What circuit breakers and retry budgets read as now (tests inject a manual one;
+        /// timeouts always run on the event loops' real timers).
+        public var resilienceClock: UptimeClock = { .now }
 
         public init() {}
     }
@@ -50,8 +57,8 @@ public final class Gateway: Sendable {
         let eventLoopGroup = MultiThreadedEventLoopGroup.singleton
         let policy = try PolicyLoader.load(directory: policiesDirectory, environment: environment)
         let metrics = GatewayMetrics()
-        let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration, metrics: metrics)
-        let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger)
+        let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration, clock: options.storeClock, metrics: metrics)
+        let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock)
         let factory = SnapshotFactory(pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration)
         let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger)
         self.pool = pool

@@ -47,17 +47,22 @@ struct AdmissionTests {
         }
     }
 
-    /// Over the quota: 429 quota-exceeded with Retry-After until the window resets.
+    /// Over the quota: 429 quota-exceeded with Retry-After until the window resets (UTC midnight);
+    /// after midnight the partner is admitted again. The embedded store runs on a manual clock an
+    /// hour before midnight, so the test does not depend on when it runs.
     @Test func quotaLimits() async throws {
-        try await GatewayHarness.with({ $0.setPlan("{ quota: { requests: 1, per: day } }") }) { gateway in
+        let clock = ManualClock(.present)
+        let midnight = UTCCalendarOracle.window(.day, containing: clock.now).end
+        clock.set(midnight - 3_600_000)
+        try await GatewayHarness.with({ $0.setPlan("{ quota: { requests: 1, per: day } }") }, clock: clock) { gateway in
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
             let refused = try await gateway.partner(.GET, "/v2/orders/1")
             #expect(refused.status == 429)
             #expect(try refused.json()["type"] as? String == "urn:sluice:problem:quota-exceeded")
             #expect(try refused.json()["violated-policies"] as? [String] == ["quota"])
-            let wait = try #require(refused.header("Retry-After").flatMap(Int.init))
-            let midnight = QuotaWindowCalendar.window(.day, at: Int64(Date().timeIntervalSince1970 * 1_000)).end
-            #expect(abs(wait - Int((Double(midnight) / 1_000 - Date().timeIntervalSince1970).rounded(.up))) <= 2)
+            #expect(refused.header("Retry-After") == "3600")
+            clock.set(midnight)
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
         }
     }
 
@@ -95,7 +100,7 @@ struct AdmissionTests {
             let hungUp = ContinuousClock.now
             await connection.close()
             try await eventually("the slot is free after the client left") { try await gateway.partner(.GET, "/v2/orders/1").status == 200 }
-            #expect(ContinuousClock.now - hungUp < .seconds(2), "freed at the disconnect, not when the upstream answered")
+            #expect(ContinuousClock.now - hungUp < .seconds(5), "freed at the disconnect, not when the upstream answered (10 s)")
             try await eventually("the abandoned request is logged") {
                 try gateway.logLines().contains { $0["path"] as? String == "/v2/long" && $0["client_gone"] as? Bool == true && $0["status"] as? Int == 499 }
             }
@@ -121,19 +126,22 @@ struct AdmissionTests {
         }
     }
 
-    /// A slot held by a gateway that died (its lease never renewed nor released) frees itself at expiry.
+    /// A slot held by a gateway that died (its lease never renewed nor released) frees itself at
+    /// expiry. The dead gateway's lease is taken once this gateway is up, so its 3 s cannot run
+    /// out during a slow start.
     @Test func leaseOfACrashedGatewayExpires() async throws {
         let redis = try await RedisServer.start()
         let client = try RedisClient(url: try RedisURL.parse(redis.url).get(), timeout: .seconds(2), group: MultiThreadedEventLoopGroup.singleton)
         let crashed = RedisStore(client: client)
-        let held = try await crashed.admit(
-            partner: "acme", limits: AdmissionLimits(LimitSet(concurrency: 1), cost: 1), lease: "crashed-gateway-lease", leaseDuration: .milliseconds(800)
-        )
-        #expect(held.verdict == .admitted)
         try await GatewayHarness.with({ policies in
             policies.setPlan("{ concurrency: 1 }")
             policies.useRedis(redis.url, onFailure: "deny", timeout: "2s")
         }) { gateway in
+            let held = try await crashed.admit(
+                partner: "acme", limits: AdmissionLimits(LimitSet(concurrency: 1), cost: 1), lease: "crashed-gateway-lease",
+                leaseDuration: .seconds(3)
+            )
+            #expect(held.verdict == .admitted)
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 429)
             try await eventually("the dead gateway's lease expired") { try await gateway.partner(.GET, "/v2/orders/1").status == 200 }
         }
@@ -277,7 +285,8 @@ struct RedisTroubleTests {
 
     /// A hung Redis (no answers at all) costs the first requests the store deadline (500 ms
     /// here); then the breaker sends requests straight to the fallback, so they no longer wait
-    /// for Redis.
+    /// for Redis: of the next ten, only the breaker's probes (one per second it stays open) call
+    /// the store and fail, whatever the machine's speed — counted, not timed.
     @Test func hungRedisDoesNotSlowEveryRequest() async throws {
         let redis = try await RedisServer.start()
         try await GatewayHarness.with({ policies in
@@ -288,13 +297,13 @@ struct RedisTroubleTests {
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
             redis.pause()
             for _ in 0..<2 { #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200) }
-            var slowest: Duration = .zero
-            for _ in 0..<10 {
-                let started = ContinuousClock.now
-                #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
-                slowest = max(slowest, ContinuousClock.now - started)
-            }
-            #expect(slowest < .milliseconds(250), "requests waited \(slowest) for a hung store")
+            let failedBefore = try #require(try await gateway.metric("sluice_store_errors_total"))
+            #expect(failedBefore >= 1, "the hung store was noticed")
+            let started = ContinuousClock.now
+            for _ in 0..<10 { #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200) }
+            let probes = 1 + Int((ContinuousClock.now - started) / .seconds(1))
+            let waited = Int(try #require(try await gateway.metric("sluice_store_errors_total")) - failedBefore)
+            #expect(waited <= probes, "\(waited) of 10 requests waited for a hung store (at most \(probes) probes)")
             redis.resume()
             try await eventually("the store is used again") {
                 let status = try await gateway.partner(.GET, "/v2/orders/1").status

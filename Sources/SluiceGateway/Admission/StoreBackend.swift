@@ -39,13 +39,14 @@ final class StoreBackend: Sendable {
     let store: any AdmissionStore
     let redis: RedisClient?
     /// Per-instance limits while the shared store is unreachable.
-    let local = MemoryStore()
+    let local: MemoryStore
     let breaker = StoreBreaker()
     let leases = LeaseRegistry()
     let localLeases = LeaseRegistry()
 
-    init(settings: Settings, group: any EventLoopGroup, metrics: GatewayMetrics) throws {
+    init(settings: Settings, group: any EventLoopGroup, clock: @escaping EpochClock, metrics: GatewayMetrics) throws {
         self.settings = settings
+        local = MemoryStore(clock: clock)
         if let url = settings.redis {
             let calls = metrics.storeCalls
             let client = try RedisStore.makeClient(
@@ -55,7 +56,7 @@ final class StoreBackend: Sendable {
             store = RedisStore(client: client)
         } else {
             redis = nil
-            store = MemoryStore()
+            store = MemoryStore(clock: clock)
         }
     }
 
@@ -82,11 +83,13 @@ final class StoreRegistry: Service, Sendable {
     private let retired = Mutex<[StoreBackend]>([])
     private let group: any EventLoopGroup
     private let leaseDuration: Duration
+    private let clock: EpochClock
     private let metrics: GatewayMetrics
 
-    init(group: any EventLoopGroup, leaseDuration: Duration, metrics: GatewayMetrics) {
+    init(group: any EventLoopGroup, leaseDuration: Duration, clock: @escaping EpochClock, metrics: GatewayMetrics) {
         self.group = group
         self.leaseDuration = leaseDuration
+        self.clock = clock
         self.metrics = metrics
     }
 
@@ -96,7 +99,7 @@ final class StoreRegistry: Service, Sendable {
         if let existing = current.withLock({ $0 }), existing.settings == settings { return existing }
         let backend: StoreBackend
         do {
-            backend = try StoreBackend(settings: settings, group: group, metrics: metrics)
+            backend = try StoreBackend(settings: settings, group: group, clock: clock, metrics: metrics)
         } catch {
             let location = store.location ?? SourceLocation(file: "gateway.yaml", line: 1, column: 1)
             throw PolicyErrors([PolicyProblem(location, "store: cannot set up the Redis client: \(error)")])

@@ -5,6 +5,9 @@ import ServiceLifecycle
 import SluiceCore
 import Synchronization
 
+/// Monotonic time as circuit breakers and retry budgets read it.
+public typealias UptimeClock = @Sendable () -> ContinuousClock.Instant
+
 /// The connections to one upstream address, sized by `max_in_flight`.
 final class UpstreamClient: Sendable {
     /// What decides whether a reload can keep the client (and its warm connections).
@@ -46,11 +49,13 @@ final class UpstreamRuntime: Sendable {
     private let metrics: GatewayMetrics
     private let upstreamDuration: DurationHistogram
     private let logger: Logger
+    private let clock: UptimeClock
 
     var name: String { policy.name }
 
-    init(policy: UpstreamPolicy, client: UpstreamClient, metrics: GatewayMetrics, logger: Logger) {
+    init(policy: UpstreamPolicy, client: UpstreamClient, metrics: GatewayMetrics, logger: Logger, clock: @escaping UptimeClock) {
         self.policy = policy
+        self.clock = clock
         self.client = client
         self.bulkhead = Bulkhead(limit: policy.maxInFlight, queueTimeout: policy.queueTimeout)
         self.breaker = Mutex(CircuitBreaker(policy.circuitBreaker))
@@ -63,7 +68,7 @@ final class UpstreamRuntime: Sendable {
 
     /// Asks the breaker whether a call may go out.
     func permission() -> CircuitBreaker<ContinuousClock.Instant>.Permission {
-        let (permission, transition) = breaker.withLock { $0.acquire(now: .now) }
+        let (permission, transition) = breaker.withLock { $0.acquire(now: clock()) }
         if let transition { announce(transition) }
         return permission
     }
@@ -72,18 +77,18 @@ final class UpstreamRuntime: Sendable {
     /// upstream duration histogram.
     func record(_ ticket: CircuitBreaker<ContinuousClock.Instant>.Ticket, _ outcome: CircuitBreaker<ContinuousClock.Instant>.Outcome, duration: Duration) {
         if outcome != .cancelled { upstreamDuration.record(duration) }
-        let transition = breaker.withLock { $0.record(ticket, outcome, duration: duration, now: .now) }
+        let transition = breaker.withLock { $0.record(ticket, outcome, duration: duration, now: clock()) }
         if let transition { announce(transition) }
     }
 
     /// Counts a partner request towards the retry budget.
     func recordRequest() {
-        budget.withLock { $0.recordRequest(now: .now) }
+        budget.withLock { $0.recordRequest(now: clock()) }
     }
 
     /// Takes a retry from the budget.
     func takeRetry() -> Bool {
-        let granted = budget.withLock { $0.takeRetry(now: .now) }
+        let granted = budget.withLock { $0.takeRetry(now: clock()) }
         if granted { metrics.upstreamRetried(upstream: policy.name) }
         return granted
     }
@@ -114,11 +119,14 @@ final class UpstreamPool: Service, Sendable {
     private let eventLoopGroup: any EventLoopGroup
     private let metrics: GatewayMetrics
     private let logger: Logger
+    private let clock: UptimeClock
 
-    init(eventLoopGroup: any EventLoopGroup, metrics: GatewayMetrics, logger: Logger) {
+    /// - Parameter clock: What circuit breakers and retry budgets read as now.
+    init(eventLoopGroup: any EventLoopGroup, metrics: GatewayMetrics, logger: Logger, clock: @escaping UptimeClock) {
         self.eventLoopGroup = eventLoopGroup
         self.metrics = metrics
         self.logger = logger
+        self.clock = clock
     }
 
     /// Runtimes for every upstream of `policy`, by upstream name; an upstream whose client
@@ -145,7 +153,7 @@ final class UpstreamPool: Service, Sendable {
                 if let existing = state.runtimes[name], existing.client === client, Self.sameSettings(existing.policy, upstream) {
                     runtimes[name] = existing
                 } else {
-                    runtimes[name] = UpstreamRuntime(policy: upstream, client: client, metrics: metrics, logger: logger)
+                    runtimes[name] = UpstreamRuntime(policy: upstream, client: client, metrics: metrics, logger: logger, clock: clock)
                 }
             }
             for (settings, client) in state.clients where clients[settings] == nil { state.retired.append(client) }

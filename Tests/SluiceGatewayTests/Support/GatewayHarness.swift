@@ -25,8 +25,11 @@ struct GatewayHarness {
     var admin: String { "http://127.0.0.1:\(addresses.admin!)" }
 
     /// Runs `body` against a fresh gateway; `configure` may change the policy files first.
+    /// - Parameter clock: The clock of the embedded store, the circuit breakers and the retry
+    ///   budgets (default: the real clocks).
     static func with(
         _ configure: (inout TestPolicies) -> Void = { _ in },
+        clock: ManualClock? = nil,
         _ body: (GatewayHarness) async throws -> Void
     ) async throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-test-\(UUID().uuidString)")
@@ -46,6 +49,10 @@ struct GatewayHarness {
             options.handleSignals = false
             options.watchInterval = .milliseconds(100)
             options.logOutput = output
+            if let clock {
+                options.storeClock = clock.epochClock
+                options.resilienceClock = clock.instantClock
+            }
             let gateway = try Gateway(
                 policiesDirectory: policies.directory.path, environment: [:], logger: gatewayLogger, options: options
             )

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+import TestSupport
 
 /// An upstream that records, for each request, how its body ended (read to the end, or failed
 /// part way), and answers as the test scripts it: a status, optionally after a delay, or held
@@ -16,6 +17,7 @@ final class RecordingUpstream: Sendable {
 
     private struct Script {
         var status = 200
+        var body = ""
         var delay: Duration = .zero
         var holding = false
         var held: [CheckedContinuation<Void, Never>] = []
@@ -32,10 +34,11 @@ final class RecordingUpstream: Sendable {
     /// Answers waiting for `release()`.
     var heldCount: Int { script.withLock { $0.held.count } }
 
-    /// From now on, answers `status` (with an empty body) after `delay`.
-    func reply(_ status: Int, after delay: Duration = .zero) {
+    /// From now on, answers `status` with `body` (default empty) after `delay`.
+    func reply(_ status: Int, body: String = "", after delay: Duration = .zero) {
         script.withLock {
             $0.status = status
+            $0.body = body
             $0.delay = delay
         }
     }
@@ -48,7 +51,7 @@ final class RecordingUpstream: Sendable {
     /// Lets held answers (and later ones) go.
     func release() {
         let held = script.withLock { script in
-            defer { script = Script(status: script.status, delay: script.delay) }
+            defer { script = Script(status: script.status, body: script.body, delay: script.delay) }
             return script.held
         }
         for continuation in held { continuation.resume() }
@@ -66,10 +69,13 @@ final class RecordingUpstream: Sendable {
                 } catch {}
                 let record = Received(path: request.head.path ?? "", bytes: bytes, complete: complete)
                 self.received.withLock { $0.append(record) }
-                let (status, delay) = self.script.withLock { ($0.status, $0.delay) }
+                let (status, body, delay) = self.script.withLock { ($0.status, $0.body, $0.delay) }
                 if delay > .zero { try await Task.sleep(for: delay) }
                 await self.waitWhileHeld()
-                try await writer.writeResponse(.init(status: .init(code: status), headerFields: [.contentLength: "0"]))
+                try await writer.write(
+                    response: .init(status: .init(code: status), headerFields: [.contentLength: String(body.utf8.count)]),
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: body))
+                )
             }),
             configuration: ServerConfiguration(address: .hostname("127.0.0.1", port: 0)),
             onServerRunning: { onListening($0.localAddress?.port ?? 0) },
@@ -92,7 +98,7 @@ final class RecordingUpstream: Sendable {
 /// Runs a gateway whose upstream `name` is `recorder` with extra `settings` (YAML lines, e.g.
 /// `max_in_flight: 2`); `configure` may change the policies further.
 func withRecordingUpstream(
-    _ recorder: RecordingUpstream, as name: String = "main", settings: String = "",
+    _ recorder: RecordingUpstream, as name: String = "main", settings: String = "", clock: ManualClock? = nil,
     _ configure: (inout TestPolicies) -> Void = { _ in }, _ body: (GatewayHarness) async throws -> Void
 ) async throws {
     var logger = Logger(label: "recorder")
@@ -101,6 +107,6 @@ func withRecordingUpstream(
         try await GatewayHarness.with({ policies in
             policies.upstreams[name] = "url: http://127.0.0.1:\(port)\n" + settings
             configure(&policies)
-        }, body)
+        }, clock: clock, body)
     }
 }
