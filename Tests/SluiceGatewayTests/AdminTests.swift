@@ -110,26 +110,31 @@ struct ReloadTests {
 @Suite(.serialized)
 struct ShutdownTests {
     /// On shutdown /readyz turns 503 while an in-flight request still completes (over HTTP/1.1
-    /// and HTTP/2); then nothing listens.
+    /// and HTTP/2); then nothing listens. The upstream holds the request until the test has seen
+    /// the drain begin, so no timing decides the order.
     @Test(arguments: [false, true])
     func drainsInFlightRequests(overHTTP2: Bool) async throws {
-        try await GatewayHarness.with { gateway in
-            let inFlight = Task { try await gateway.partner(.GET, "/v2/orders/1?delay") }
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: #"{"order":"17"}"#)
+        try await withRecordingUpstream(recorder) { gateway in
+            let client = overHTTP2 ? gateway.http2 : gateway.http1
+            #expect(try await gateway.partner(.GET, "/v2/orders/1", client: client).status == 200)
+            recorder.hold()
             let slow = Task {
-                var request = HTTPClientRequest(url: gateway.https + "/v2/long?ms=400")
+                var request = HTTPClientRequest(url: gateway.https + "/v2/orders/17")
                 request.headers.add(name: "X-API-Key", value: TestKeys.acme)
-                let response = try await (overHTTP2 ? gateway.http2 : gateway.http1).execute(request, timeout: .seconds(10))
+                let response = try await client.execute(request, timeout: .seconds(10))
                 return (response.status.code, try await response.body.collect(upTo: 1 << 16))
             }
-            _ = try await inFlight.value
-            try await Task.sleep(for: .milliseconds(100))  // the slow call is now waiting on its upstream
+            try await eventually("the slow call waits on its upstream") { recorder.heldCount == 1 }
             await gateway.gateway.shutdown()
             try await eventually("readiness reports draining") {
                 (try? await gateway.send(.GET, gateway.admin + "/readyz", key: nil).status) == 503
             }
+            recorder.release()
             let (status, body) = try await slow.value
             #expect(status == 200)
-            #expect(String(buffer: body) == #"{"slept_ms":400}"#)
+            #expect(String(buffer: body) == #"{"order":"17"}"#)
             try await eventually("the partner listener stopped") {
                 (try? await gateway.send(.GET, gateway.http + "/v2/orders/1", timeout: .milliseconds(150))) == nil
             }

@@ -81,10 +81,15 @@ struct CLITests {
     }
 
     /// SIGHUP reloads; SIGTERM turns /readyz to 503, lets the in-flight request finish and exits 0.
+    /// The upstream holds the request until the drain has been seen, so no timing decides the order.
     @Test func serveReloadsOnHangupAndDrainsOnTerminate() async throws {
         let root = try Self.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: root) }
-        try await withDemoUpstream { upstreamPort in
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: #"{"order":"17"}"#)
+        var logger = Logger(label: "recorder")
+        logger.logLevel = .critical
+        try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { upstreamPort in
             let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
             var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: upstreamPort, pki: pki)
             let (httpPort, adminPort) = (try freePort(), try freePort())
@@ -108,17 +113,19 @@ struct CLITests {
                     process.standardOutput.contains(#""message":"policies reloaded""#) && process.standardOutput.contains(#""reason":"SIGHUP""#)
                 }
 
+                recorder.hold()
                 let slow = Task {
-                    var request = HTTPClientRequest(url: "http://127.0.0.1:\(httpPort)/v2/long?ms=400")
+                    var request = HTTPClientRequest(url: "http://127.0.0.1:\(httpPort)/v2/orders/17")
                     request.headers.add(name: "X-API-Key", value: TestKeys.acme)
                     let response = try await client.execute(request, timeout: .seconds(10))
                     return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 1024)))
                 }
-                try await Task.sleep(for: .milliseconds(100))
+                try await eventually("the request waits on its upstream") { recorder.heldCount == 1 }
                 process.signal(SIGTERM)
                 try await eventually("readiness reports draining") { await status(admin + "/readyz") == 503 }
+                recorder.release()
                 let (code, body) = try await slow.value
-                #expect(code == 200 && body == #"{"slept_ms":400}"#)
+                #expect(code == 200 && body == #"{"order":"17"}"#)
                 #expect(try await process.exitCode() == 0)
             } catch {
                 process.signal(SIGKILL)

@@ -127,14 +127,14 @@ struct RejectionTests {
             let started = ContinuousClock.now
             let response = try await gateway.partner(.GET, "/v2/dead")
             try expectProblem(response, 502, "bad-gateway", path: "/v2/dead")
-            #expect(ContinuousClock.now - started < .milliseconds(900), "no waiting for the connect timeout")
+            #expect(ContinuousClock.now - started < .seconds(5), "no waiting for the connect timeout (10 s)")
         }
     }
 
     /// An upstream slower than the route's request_timeout is 504 upstream-timeout.
     @Test func slowUpstreamIs504() async throws {
         try await GatewayHarness.with { gateway in
-            let response = try await gateway.partner(.GET, "/v2/slow?ms=3000")
+            let response = try await gateway.partner(.GET, "/v2/slow?ms=6000")
             try expectProblem(response, 504, "upstream-timeout", path: "/v2/slow")
             let quick = try await gateway.partner(.GET, "/v2/slow?ms=10")
             #expect(quick.status == 200)

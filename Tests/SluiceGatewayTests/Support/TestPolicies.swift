@@ -22,7 +22,7 @@ struct TestPolicies {
         self.directory = directory
         upstreams = [
             "main": "url: http://127.0.0.1:\(upstreamPort)",
-            "dead": "url: http://127.0.0.1:1\nconnect_timeout: 1s",
+            "dead": "url: http://127.0.0.1:1\nconnect_timeout: 10s",
         ]
         files = [
             "gateway.yaml": """
@@ -55,7 +55,7 @@ struct TestPolicies {
                   - { id: create-order, versions: [v1, v2], method: POST, path: /orders, upstream: main, upstream_path: /api/echo }
                   - { id: delete-order, versions: [v2], method: DELETE, path: "/orders/{id}", upstream: main, upstream_path: "/api/echo/{id}" }
                   - { id: status, versions: [v2], method: GET, path: "/status/{code}", upstream: main, upstream_path: "/status/{code}" }
-                  - { id: slow, versions: [v2], method: GET, path: /slow, upstream: main, request_timeout: 500ms }
+                  - { id: slow, versions: [v2], method: GET, path: /slow, upstream: main, request_timeout: 2s }
                   - { id: long, versions: [v2], method: GET, path: /long, upstream: main, upstream_path: /slow, request_timeout: 30s }
                   - { id: bytes, versions: [v2], method: GET, path: /bytes, upstream: main }
                   - { id: dead, versions: [v2], method: GET, path: /dead, upstream: dead }
