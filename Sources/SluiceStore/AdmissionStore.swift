@@ -1,21 +1,50 @@
+public import NIOCore
 public import SluiceCore
 
 /// What the gateway keeps in a store for admission control (rate, quota and concurrency).
 /// Idempotency records, tasks, webhooks and usage get protocols of their own next to this one,
 /// implemented by the same two stores.
+///
+/// The request path calls the event-loop forms: a decision completes on the caller's event
+/// loop (the embedded store at once, Redis when its reply is in), with no task and no thread
+/// hop. The async forms are for everything else (tests, tools) and use one fixed loop, so a
+/// release and a later admission made through them see each other.
 public protocol AdmissionStore: Sendable {
     /// Decides for one request and, when it is admitted, takes its tokens, one unit of quota
     /// and (given a lease id and a concurrency limit) a concurrency slot — in one atomic step.
-    func admit(partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) async throws -> AdmissionDecision
+    /// Call on `eventLoop`; the future completes there.
+    func admit(
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<AdmissionDecision>
 
-    /// Hands a concurrency slot back. Returns at once; the store applies it soon.
-    func release(partner: String, lease: String)
+    /// Hands a concurrency slot back; call on `eventLoop` (the loop that admitted it). Returns at
+    /// once; the store applies it soon.
+    func release(partner: String, lease: String, on eventLoop: any EventLoop)
+
+    /// The loop the async forms use.
+    var defaultEventLoop: any EventLoop { get }
 
     /// Applies releases that are still queued.
     func flushReleases() async
 
     /// Extends the leases this instance still holds, so that only a crashed instance's leases expire.
     func renew(partner: String, leases: [String], leaseDuration: Duration) async throws
+}
+
+extension AdmissionStore {
+    /// `admit(…, on:)` on the store's default event loop.
+    public func admit(partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) async throws -> AdmissionDecision {
+        let eventLoop = defaultEventLoop
+        return try await eventLoop.flatSubmit {
+            admit(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop)
+        }.get()
+    }
+
+    /// `release(…, on:)` on the store's default event loop.
+    public func release(partner: String, lease: String) {
+        let eventLoop = defaultEventLoop
+        eventLoop.execute { release(partner: partner, lease: lease, on: eventLoop) }
+    }
 }
 
 /// Milliseconds since 1970, the time admission decisions use.

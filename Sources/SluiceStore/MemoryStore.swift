@@ -1,4 +1,6 @@
 import Foundation
+public import NIOCore
+import NIOPosix
 public import SluiceCore
 import Synchronization
 
@@ -12,22 +14,33 @@ public final class MemoryStore: AdmissionStore {
 
     private let shards = (0..<16).map { _ in Shard() }
     private let clock: EpochClock
+    public let defaultEventLoop: any EventLoop
 
-    /// - Parameter clock: The time decisions use (tests inject a manual one).
-    public init(clock: @escaping EpochClock = MemoryStore.wallClock) {
+    /// - Parameters:
+    ///   - clock: The time decisions use (tests inject a manual one).
+    ///   - defaultEventLoop: Where the async forms run (decisions never wait, so any loop does).
+    public init(clock: @escaping EpochClock = MemoryStore.wallClock, defaultEventLoop: (any EventLoop)? = nil) {
         self.clock = clock
+        self.defaultEventLoop = defaultEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
     }
 
     public static let wallClock: EpochClock = { Int64((Date().timeIntervalSince1970 * 1_000).rounded(.down)) }
 
-    public func admit(partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) async throws -> AdmissionDecision {
+    /// Decides at once.
+    public func decide(partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) -> AdmissionDecision {
         let now = clock()
         return shard(partner).ledgers.withLock { ledgers in
             ledgers[partner, default: PartnerLedger()].admit(limits, lease: lease, leaseMilliseconds: leaseDuration.milliseconds, now: now)
         }
     }
 
-    public func release(partner: String, lease: String) {
+    public func admit(
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<AdmissionDecision> {
+        eventLoop.makeSucceededFuture(decide(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration))
+    }
+
+    public func release(partner: String, lease: String, on eventLoop: any EventLoop) {
         shard(partner).ledgers.withLock { $0[partner]?.release(lease) }
     }
 

@@ -1,4 +1,3 @@
-import HTTPTypes
 import SluiceCore
 import Testing
 @testable import SluiceGateway
@@ -15,12 +14,12 @@ struct RequestChecksTests {
 
     /// Keys come from a Bearer authorization (any case) or X-API-Key; other schemes are ignored.
     @Test func presentedKeys() {
-        #expect(Credentials.presented(in: [.authorization: "Bearer sk_abc"]) == "sk_abc")
-        #expect(Credentials.presented(in: [.authorization: "bearer   sk_abc "]) == "sk_abc")
-        #expect(Credentials.presented(in: [.authorization: "Basic dXNlcg=="]) == nil)
-        #expect(Credentials.presented(in: [HTTPField.Name("X-API-Key")!: "sk_xyz"]) == "sk_xyz")
-        #expect(Credentials.presented(in: [.authorization: "Bearer "]) == nil)
-        #expect(Credentials.presented(in: [:]) == nil)
+        #expect(Credentials.presented(authorization: "Bearer sk_abc", apiKey: nil) == "sk_abc")
+        #expect(Credentials.presented(authorization: "bearer   sk_abc ", apiKey: nil) == "sk_abc")
+        #expect(Credentials.presented(authorization: "Basic dXNlcg==", apiKey: nil) == nil)
+        #expect(Credentials.presented(authorization: nil, apiKey: "sk_xyz") == "sk_xyz")
+        #expect(Credentials.presented(authorization: "Bearer ", apiKey: nil) == nil)
+        #expect(Credentials.presented(authorization: nil, apiKey: nil) == nil)
     }
 }
 

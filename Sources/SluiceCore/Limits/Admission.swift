@@ -57,7 +57,7 @@ public struct AdmissionDecision: Sendable, Equatable {
 /// embedded store and the local fallback keep one per partner; the Redis script keeps the
 /// same three things in three keys and decides the same way:
 ///
-/// - expired leases are dropped first;
+/// - expired leases are dropped first (when they would count against the limit);
 /// - the quota is checked first, then the bucket, then concurrency; a refusal changes nothing
 ///   (it costs no tokens and no quota);
 /// - an admitted request takes `cost` tokens, one unit of quota and, with a concurrency
@@ -71,10 +71,9 @@ public struct PartnerLedger: Sendable {
 
     public init() {}
 
-    public var leaseCount: Int { leases.count }
-
     public mutating func admit(_ limits: AdmissionLimits, lease: String?, leaseMilliseconds: Int64, now: Int64) -> AdmissionDecision {
-        leases = leases.filter { $0.value > now }
+        // Expired leases only matter when they would fill the limit.
+        if let concurrency = limits.concurrency, leases.count >= concurrency { leases = leases.filter { $0.value > now } }
 
         var available = limits.burst
         if let rate = limits.ratePerSecond, let tokens {

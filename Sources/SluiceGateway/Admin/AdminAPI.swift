@@ -51,7 +51,7 @@ struct AdminAPI {
     /// nil when the bearer token's role is at least `needs`; else the 401 or 403 answer.
     private func authorize(_ request: Request, needs role: GatewayPolicy.AdminRole) -> Response? {
         let tokens = runtime.snapshots.load().policy.gateway.adminTokens
-        guard let presented = Credentials.presented(in: request.headers) else {
+        guard let presented = Credentials.presented(authorization: request.headers[.authorization], apiKey: request.headers[.xAPIKey]) else {
             return problemResponse(Problem(.unauthorized, detail: "Send an admin token as 'Authorization: Bearer TOKEN'."), request)
         }
         let digest = SHA256Digest.of(presented)

@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import SluiceCore
 import SluiceStore
 
@@ -8,6 +9,8 @@ struct HeldLease: Sendable {
     let id: String
     /// Taken in the per-instance fallback store rather than the shared one.
     let local: Bool
+    /// The loop that took it (and gives it back).
+    let eventLoop: any EventLoop
 }
 
 /// What admission control decided for a request.
@@ -40,19 +43,24 @@ struct AdmissionControl: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
 
-    func admit(partner: Partner, route: Route, requestID: String) async -> Admission {
+    /// Decides on `eventLoop` (call there): the embedded store and the fallbacks answer at once,
+    /// Redis when its reply arrives on this loop's connection.
+    func admit(partner: Partner, route: Route, requestID: String, on eventLoop: any EventLoop) -> EventLoopFuture<Admission> {
         let limits = AdmissionLimits(partner.limits, cost: route.policy.cost)
-        guard !limits.isUnlimited else { return .admittedWithoutLimits }
+        guard !limits.isUnlimited else { return eventLoop.makeSucceededFuture(.admittedWithoutLimits) }
         let lease = limits.concurrency == nil ? nil : requestID
-        if case .call = backend.breaker.permission() {
-            do {
-                let decision = try await backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration)
+        guard case .call = backend.breaker.permission() else {
+            return eventLoop.makeSucceededFuture(fallback(partner: partner, route: route, lease: lease, on: eventLoop))
+        }
+        return backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop)
+            .map { decision in
                 if backend.breaker.succeeded() {
                     metrics.storeFallback(active: false)
                     logger.notice("rate-limit store is reachable again; shared limits apply")
                 }
-                return record(decision, limits: limits, partner: partner.id, lease: lease, local: false)
-            } catch {
+                return record(decision, limits: limits, partner: partner.id, lease: lease, local: false, on: eventLoop)
+            }
+            .recover { error in
                 metrics.storeFailed()
                 if backend.breaker.failed() {
                     metrics.storeFallback(active: true)
@@ -61,24 +69,27 @@ struct AdmissionControl: Sendable {
                         metadata: ["mode": .string(mode.rawValue), "error": .string("\(error)")]
                     )
                 }
+                return fallback(partner: partner, route: route, lease: lease, on: eventLoop)
             }
-        }
-        return await fallback(partner: partner, route: route, lease: lease)
     }
 
     /// Hands the request's concurrency slot back (without waiting for the store).
     func finish(_ admission: Admission) {
         guard let lease = admission.lease else { return }
+        guard lease.eventLoop.inEventLoop else {
+            lease.eventLoop.execute { finish(admission) }
+            return
+        }
         if lease.local {
             backend.localLeases.remove(partner: lease.partner, lease: lease.id)
-            backend.local.release(partner: lease.partner, lease: lease.id)
+            backend.local.release(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
         } else {
             backend.leases.remove(partner: lease.partner, lease: lease.id)
-            backend.store.release(partner: lease.partner, lease: lease.id)
+            backend.store.release(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
         }
     }
 
-    private func fallback(partner: Partner, route: Route, lease: String?) async -> Admission {
+    private func fallback(partner: Partner, route: Route, lease: String?, on eventLoop: any EventLoop) -> Admission {
         switch mode {
         case .allow:
             return .admittedWithoutLimits
@@ -86,21 +97,21 @@ struct AdmissionControl: Sendable {
             return Admission(verdict: .storeUnavailable)
         case .local:
             let limits = AdmissionLimits(partner.limits, cost: route.policy.cost, localShareOf: instances)
-            guard let decision = try? await backend.local.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration) else {
-                return .admittedWithoutLimits
-            }
-            return record(decision, limits: limits, partner: partner.id, lease: lease, local: true)
+            let decision = backend.local.decide(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration)
+            return record(decision, limits: limits, partner: partner.id, lease: lease, local: true, on: eventLoop)
         }
     }
 
-    private func record(_ decision: AdmissionDecision, limits: AdmissionLimits, partner: String, lease: String?, local: Bool) -> Admission {
+    private func record(
+        _ decision: AdmissionDecision, limits: AdmissionLimits, partner: String, lease: String?, local: Bool, on eventLoop: any EventLoop
+    ) -> Admission {
         guard decision.verdict == .admitted else {
             metrics.rateLimitRejected(partner: partner, reason: decision.verdict.rawValue)
             return Admission(verdict: .refused(decision.verdict), limits: limits, decision: decision)
         }
         var held: HeldLease?
         if let lease, limits.concurrency != nil {
-            held = HeldLease(partner: partner, id: lease, local: local)
+            held = HeldLease(partner: partner, id: lease, local: local, eventLoop: eventLoop)
             (local ? backend.localLeases : backend.leases).add(partner: partner, lease: lease)
         }
         return Admission(verdict: .admitted, limits: limits, decision: decision, lease: held)

@@ -46,7 +46,11 @@ struct PartnerResponder: Sendable {
             case .reject(let problem, let headers):
                 try await writeProblem(problem, headers, &exchange, request, writer)
             case .forward(let plan):
-                let admission = await snapshot.admission.admit(partner: plan.partner, route: plan.route, requestID: exchange.requestID)
+                let eventLoop = channel.eventLoop
+                let requestID = exchange.requestID
+                let admission = (try? await eventLoop.flatSubmit {
+                    snapshot.admission.admit(partner: plan.partner, route: plan.route, requestID: requestID, on: eventLoop)
+                }.get()) ?? .admittedWithoutLimits
                 defer { snapshot.admission.finish(admission) }
                 exchange.adopt(admission)
                 switch admission.verdict {
@@ -143,7 +147,7 @@ struct PartnerResponder: Sendable {
 
     /// The partner of the API key, or of the client certificate when no key was sent.
     private func authenticate(_ request: Request, _ snapshot: GatewaySnapshot, _ channel: any Channel) async -> Partner? {
-        if let key = Credentials.presented(in: request.headers) {
+        if let key = Credentials.presented(authorization: request.headers[.authorization], apiKey: request.headers[.xAPIKey]) {
             return snapshot.rules.partner(forKey: key)
         }
         guard scheme == "https", snapshot.policy.gateway.tls?.clientCAPath != nil,
@@ -193,7 +197,9 @@ struct PartnerResponder: Sendable {
                 incoming: request.headers[.traceparent], requestID: exchange.requestID, generator: runtime.identifiers
             )
         )
-        HeaderRewriter.forwardRequest(request.headers, context) { head.headers.add(name: $0, value: $1) }
+        HeaderRewriter.forwardRequest(request.headers.lazy.map { (name: $0.name.rawName, value: $0.value) }, context) {
+            head.headers.add(name: $0, value: $1)
+        }
 
         let retryable = upstream.policy.retries.attempts > 0
             && RetryRules.mayRetry(method: request.method.rawValue, hasIdempotencyKey: request.headers[.idempotencyKey] != nil)
@@ -313,7 +319,7 @@ struct PartnerResponder: Sendable {
         var hasDate = false
         for (name, value) in upstream {
             guard let fieldName = HTTPField.Name(name),
-                HeaderRewriter.keepsResponseHeader(lowercasedName: fieldName.canonicalName, nominated: nominated)
+                HeaderRewriter.keepsResponseHeader(name, nominated: nominated)
             else { continue }
             if fieldName == .date { hasDate = true }
             fields.append(HTTPField(name: fieldName, value: value))

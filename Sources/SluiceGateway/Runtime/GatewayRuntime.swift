@@ -42,4 +42,5 @@ extension HTTPField.Name {
     static let rateLimitPolicy = Self("RateLimit-Policy")!
     static let rateLimit = Self("RateLimit")!
     static let idempotencyKey = Self("Idempotency-Key")!
+    static let xAPIKey = Self("X-API-Key")!
 }

@@ -17,33 +17,27 @@ struct RedisScript: Sendable {
     }
 }
 
-/// A small pool of pipelined Redis connections (NIO channels with the hiredis reader).
+/// Pipelined Redis connections, one per event loop: a caller on an event loop of the client's
+/// group uses that loop's connection, so a command and its reply never cross threads and take
+/// no lock (callers elsewhere hop to the client's first loop).
 ///
 /// - Every call has a deadline (`timeout`, default 50 ms): a dead Redis never stalls a caller.
 /// - A connection that fails is reopened on demand with exponential backoff; while backing off,
 ///   calls fail at once instead of waiting for a connect timeout.
-/// - `redis://` and `rediss://` (TLS via swift-nio-ssl); `AUTH` and `SELECT` on connect.
+/// - `redis://` and `rediss://` (TLS via swift-nio-ssl); `AUTH` and `SELECT` on connect, and
+///   the client's scripts are loaded on every new connection.
 public final class RedisClient: Sendable {
-    private enum Slot {
-        case idle(failures: Int)
-        case connecting(Task<RedisConnection, any Error>, failures: Int)
-        case ready(RedisConnection)
-        case backingOff(until: ContinuousClock.Instant, failures: Int, reason: String)
-    }
-
     private let url: RedisURL
     /// Loaded on every new connection, so the first `EVALSHA` finds them.
     private let scripts: [RedisScript]
     private let tls: NIOSSLContext?
     private let timeout: Duration
-    private let group: any EventLoopGroup
-    /// One connection's state.
-    private final class ConnectionSlot: Sendable {
-        let state = Mutex(Slot.idle(failures: 0))
-    }
-
-    private let slots: [ConnectionSlot]
-    private let nextSlot = Atomic<Int>(0)
+    /// The connection of each event loop, by loop.
+    private let locals: [ObjectIdentifier: LoopConnection]
+    /// Where callers from outside the group are served.
+    let defaultEventLoop: any EventLoop
+    /// The loops of the client's group, each with a connection of its own.
+    let eventLoops: [any EventLoop]
     private let isShutDown = Atomic<Bool>(false)
     /// Called for every command sent (one round trip each; pipelined, so not one wait each).
     private let onCommand: (@Sendable () -> Void)?
@@ -51,20 +45,19 @@ public final class RedisClient: Sendable {
     /// - Parameters:
     ///   - tlsCA: PEM file of the CA that signed a `rediss://` server's certificate (default: system roots).
     ///   - timeout: Deadline of every call.
-    ///   - connections: How many connections to pipeline over.
-    public convenience init(url: RedisURL, tlsCA: String? = nil, timeout: Duration, connections: Int = 2, group: any EventLoopGroup) throws {
-        try self.init(url: url, tlsCA: tlsCA, timeout: timeout, connections: connections, scripts: [], group: group, onCommand: nil)
+    ///   - group: One connection is opened per event loop of this group, when first used.
+    public convenience init(url: RedisURL, tlsCA: String? = nil, timeout: Duration, group: any EventLoopGroup) throws {
+        try self.init(url: url, tlsCA: tlsCA, timeout: timeout, scripts: [], group: group, onCommand: nil)
     }
 
     init(
-        url: RedisURL, tlsCA: String?, timeout: Duration, connections: Int, scripts: [RedisScript], group: any EventLoopGroup,
+        url: RedisURL, tlsCA: String?, timeout: Duration, scripts: [RedisScript], group: any EventLoopGroup,
         onCommand: (@Sendable () -> Void)?
     ) throws {
         self.url = url
         self.onCommand = onCommand
         self.scripts = scripts
         self.timeout = timeout
-        self.group = group
         if url.useTLS {
             var configuration = TLSConfiguration.makeClientConfiguration()
             configuration.minimumTLSVersion = .tlsv12
@@ -73,146 +66,135 @@ public final class RedisClient: Sendable {
         } else {
             tls = nil
         }
-        slots = (0..<max(1, connections)).map { _ in ConnectionSlot() }
+        eventLoops = Array(group.makeIterator())
+        locals = eventLoops.reduce(into: [:]) { $0[ObjectIdentifier($1)] = LoopConnection(eventLoop: $1) }
+        defaultEventLoop = eventLoops[0]
     }
 
     /// Sends a command and returns its reply; Redis error replies throw `RedisError.server`.
     public func send(_ arguments: [String]) async throws -> RedisReply {
-        let deadline = ContinuousClock.now + timeout
-        let connection = try await connection(before: deadline)
-        onCommand?()
-        return try await connection.send(RedisCommandEncoder.encode(arguments), deadline: .now() + TimeAmount(deadline - .now))
+        try await send(arguments, on: defaultEventLoop).get()
     }
 
-    /// Runs a script by `EVALSHA`, loading it first when Redis answers `NOSCRIPT`.
-    func evaluate(_ script: RedisScript, keys: [String], arguments: [String]) async throws -> RedisReply {
+    /// Sends a command on `eventLoop`'s connection; the future completes on `eventLoop`.
+    public func send(_ arguments: [String], on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
+        guard let local = locals[ObjectIdentifier(eventLoop)] else {
+            let fallback = defaultEventLoop
+            return fallback.flatSubmit { self.send(arguments, on: fallback) }.hop(to: eventLoop)
+        }
+        guard eventLoop.inEventLoop else { return eventLoop.flatSubmit { self.send(arguments, on: eventLoop) } }
+        guard !isShutDown.load(ordering: .relaxed) else {
+            return eventLoop.makeFailedFuture(RedisError.unavailable("client shut down"))
+        }
+        let deadline = NIODeadline.now() + TimeAmount(timeout)
+        let command = RedisCommandEncoder.encode(arguments)
+        switch local.state {
+        case .ready(let connection) where connection.isActive:
+            onCommand?()
+            return connection.send(command, deadline: deadline)
+        default:
+            return connection(local, before: deadline).flatMap { [onCommand] connection in
+                onCommand?()
+                return connection.send(command, deadline: deadline)
+            }
+        }
+    }
+
+    /// Runs a script by `EVALSHA`, loading it first when Redis answers `NOSCRIPT`; the future
+    /// completes on `eventLoop`.
+    func evaluate(_ script: RedisScript, keys: [String], arguments: [String], on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
         let command = ["EVALSHA", script.sha1, String(keys.count)] + keys + arguments
-        do {
-            return try await send(command)
-        } catch RedisError.server(let message) where message.hasPrefix("NOSCRIPT") {
-            _ = try await send(["SCRIPT", "LOAD", script.source])
-            return try await send(command)
+        return send(command, on: eventLoop).flatMapError { error in
+            guard case RedisError.server(let message) = error, message.hasPrefix("NOSCRIPT") else {
+                return eventLoop.makeFailedFuture(error)
+            }
+            return self.send(["SCRIPT", "LOAD", script.source], on: eventLoop).flatMap { _ in self.send(command, on: eventLoop) }
         }
     }
 
     /// Opens every connection now (instead of on the first calls).
     public func connect() async {
         await withTaskGroup(of: Void.self) { group in
-            for _ in slots { group.addTask { _ = try? await self.send(["PING"]) } }
+            for local in locals.values {
+                group.addTask { _ = try? await self.send(["PING"], on: local.eventLoop).get() }
+            }
         }
     }
 
     /// Closes every connection; later calls fail.
     public func shutdown() async {
         isShutDown.store(true, ordering: .relaxed)
-        for slot in slots {
-            let state = slot.state.withLock { state in
-                defer { state = .idle(failures: 0) }
-                return state
-            }
-            switch state {
-            case .ready(let connection): await connection.close()
-            case .connecting(let task, _): await (try? task.value)?.close()
-            default: break
-            }
+        for local in locals.values {
+            let connection = try? await local.eventLoop.submit { () -> RedisConnection? in
+                defer { local.state = .idle(failures: 0) }
+                switch local.state {
+                case .ready(let connection): return connection
+                default: return nil
+                }
+            }.get()
+            await connection?.close()
         }
     }
 
-    private func connection(before deadline: ContinuousClock.Instant) async throws -> RedisConnection {
-        guard !isShutDown.load(ordering: .relaxed) else { throw RedisError.unavailable("client shut down") }
-        let index = nextSlot.add(1, ordering: .relaxed).newValue % slots.count
-        let slot = slots[index]
-        enum Next {
-            case use(RedisConnection)
-            case wait(Task<RedisConnection, any Error>)
-            case fail(String)
+    /// The loop's connection, opening it when needed, by `deadline`. On the loop.
+    private func connection(_ local: LoopConnection, before deadline: NIODeadline) -> EventLoopFuture<RedisConnection> {
+        let eventLoop = local.eventLoop
+        let opening: EventLoopFuture<RedisConnection>
+        switch local.state {
+        case .ready(let connection) where connection.isActive:
+            return eventLoop.makeSucceededFuture(connection)
+        case .connecting(let future, _):
+            opening = future
+        case .backingOff(let until, _, let reason) where NIODeadline.now() < until:
+            return eventLoop.makeFailedFuture(RedisError.unavailable(reason))
+        case .ready, .idle, .backingOff:
+            let failures = local.failures
+            let future = open(on: eventLoop)
+            local.state = .connecting(future, failures: failures)
+            future.whenComplete { result in
+                guard case .connecting(let current, let failures) = local.state, current === future else { return }
+                switch result {
+                case .success(let connection):
+                    local.state = .ready(connection)
+                case .failure(let error):
+                    let backoff = Self.backoff(afterFailures: failures + 1)
+                    local.state = .backingOff(until: .now() + TimeAmount(backoff), failures: failures + 1, reason: "\(error)")
+                }
+            }
+            opening = future
         }
-        let next: Next = slot.state.withLock { state in
-            switch state {
-            case .ready(let connection) where connection.isActive:
-                return .use(connection)
-            case .connecting(let task, _):
-                return .wait(task)
-            case .backingOff(let until, _, let reason) where ContinuousClock.now < until:
-                return .fail(reason)
-            case .ready, .idle, .backingOff:
-                let failures = Self.failures(in: state)
-                let task = Task { try await self.open() }
-                state = .connecting(task, failures: failures)
-                return .wait(task)
+        // Wait for the connection at most until the call's deadline.
+        let promise = eventLoop.makePromise(of: RedisConnection.self)
+        let timer = eventLoop.scheduleTask(deadline: deadline) { promise.fail(RedisError.timeout) }
+        opening.whenComplete { result in
+            timer.cancel()
+            switch result {
+            case .success(let connection): promise.succeed(connection)
+            case .failure(let error as RedisError): promise.fail(error)
+            case .failure(let error): promise.fail(RedisError.unavailable("\(error)"))
             }
         }
-        switch next {
-        case .use(let connection):
-            return connection
-        case .fail(let reason):
-            throw RedisError.unavailable(reason)
-        case .wait(let task):
-            return try await waitForConnection(task, slot: slot, deadline: deadline)
-        }
+        return promise.futureResult
     }
 
-    /// Waits for a connection attempt, at most until `deadline`; records its outcome in the slot.
-    private func waitForConnection(
-        _ task: Task<RedisConnection, any Error>, slot: ConnectionSlot, deadline: ContinuousClock.Instant
-    ) async throws -> RedisConnection {
-        let outcome: Result<RedisConnection, any Error>? = try await withThrowingTaskGroup(of: Result<RedisConnection, any Error>?.self) { group in
-            group.addTask { await task.result }
-            group.addTask {
-                try? await Task.sleep(until: deadline)
-                return nil
+    /// Connects on `eventLoop`, authenticates, selects the database and loads the scripts.
+    private func open(on eventLoop: any EventLoop) -> EventLoopFuture<RedisConnection> {
+        let setupTimeout = max(timeout * 4, .milliseconds(250))
+        let commands: [[String]] =
+            (url.password.map { password in [url.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]] } ?? [])
+            + (url.database != 0 ? [["SELECT", String(url.database)]] : [])
+            + scripts.map { ["SCRIPT", "LOAD", $0.source] }
+        return RedisConnection.connect(host: url.host, port: url.port, tls: tls, connectTimeout: setupTimeout, on: eventLoop)
+            .flatMap { connection in
+                let deadline = NIODeadline.now() + TimeAmount(setupTimeout)
+                let setup = commands.reduce(eventLoop.makeSucceededVoidFuture()) { previous, command in
+                    previous.flatMap { connection.send(RedisCommandEncoder.encode(command), deadline: deadline).map { _ in } }
+                }
+                return setup.map { connection }.flatMapErrorThrowing { error in
+                    connection.channel.close(promise: nil)
+                    throw error
+                }
             }
-            let first = try await group.next()!
-            group.cancelAll()
-            return first
-        }
-        guard let outcome else { throw RedisError.timeout }
-        slot.state.withLock { state in
-            guard case .connecting(let current, let failures) = state, current == task else { return }
-            switch outcome {
-            case .success(let connection):
-                state = .ready(connection)
-            case .failure(let error):
-                let backoff = Self.backoff(afterFailures: failures + 1)
-                state = .backingOff(until: .now + backoff, failures: failures + 1, reason: "\(error)")
-            }
-        }
-        switch outcome {
-        case .success(let connection): return connection
-        case .failure(let error as RedisError): throw error
-        case .failure(let error): throw RedisError.unavailable("\(error)")
-        }
-    }
-
-    /// Connects, authenticates and selects the database.
-    private func open() async throws -> RedisConnection {
-        let connection = try await RedisConnection.connect(
-            host: url.host, port: url.port, tls: tls, connectTimeout: max(timeout * 4, .milliseconds(250)), group: group
-        )
-        do {
-            let deadline = NIODeadline.now() + TimeAmount(max(timeout * 4, .milliseconds(250)))
-            if let password = url.password {
-                let command = url.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]
-                _ = try await connection.send(RedisCommandEncoder.encode(command), deadline: deadline)
-            }
-            if url.database != 0 {
-                _ = try await connection.send(RedisCommandEncoder.encode(["SELECT", String(url.database)]), deadline: deadline)
-            }
-            for script in scripts {
-                _ = try await connection.send(RedisCommandEncoder.encode(["SCRIPT", "LOAD", script.source]), deadline: deadline)
-            }
-            return connection
-        } catch {
-            await connection.close()
-            throw error
-        }
-    }
-
-    private static func failures(in slot: Slot) -> Int {
-        switch slot {
-        case .idle(let failures), .connecting(_, let failures), .backingOff(_, let failures, _): failures
-        case .ready: 0
-        }
     }
 
     /// 50 ms doubling to at most 2 s, with up to 25% jitter so instances do not reconnect in step.
@@ -222,6 +204,31 @@ public final class RedisClient: Sendable {
     }
 
     private static func pow2(_ exponent: Int) -> Double { Double(1 << max(0, exponent)) }
+}
+
+/// One event loop's connection to Redis; only touched on that loop.
+private final class LoopConnection: @unchecked Sendable {
+    enum State {
+        case idle(failures: Int)
+        case connecting(EventLoopFuture<RedisConnection>, failures: Int)
+        case ready(RedisConnection)
+        case backingOff(until: NIODeadline, failures: Int, reason: String)
+    }
+
+    let eventLoop: any EventLoop
+    var state = State.idle(failures: 0)
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// Consecutive failed attempts to open the connection.
+    var failures: Int {
+        switch state {
+        case .idle(let failures), .connecting(_, let failures), .backingOff(_, let failures, _): failures
+        case .ready: 0
+        }
+    }
 }
 
 extension String {

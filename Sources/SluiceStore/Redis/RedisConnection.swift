@@ -1,7 +1,6 @@
 import NIOCore
 import NIOPosix
 import NIOSSL
-import Synchronization
 
 /// Why a Redis call failed.
 public enum RedisError: Error, Equatable, CustomStringConvertible {
@@ -27,6 +26,7 @@ public enum RedisError: Error, Equatable, CustomStringConvertible {
 /// Reads replies with the hiredis reader and completes the oldest waiting promise with each:
 /// Redis answers pipelined commands in order. When the oldest command is overdue the
 /// connection is presumed stuck: every waiting command fails and the connection closes.
+/// Commands written in one event-loop tick go out with one flush.
 final class RedisCommandHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -41,23 +41,27 @@ final class RedisCommandHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var deadlineTimer: Scheduled<Void>?
     private var failure: RedisError?
+    private var flushScheduled = false
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
     }
 
-    /// Writes commands in order and flushes once.
-    func write(_ batch: [(bytes: ByteBuffer, promise: EventLoopPromise<RedisReply>, deadline: NIODeadline)]) {
+    /// Writes a command; the flush follows at the end of this event-loop tick.
+    func write(_ command: [UInt8], deadline: NIODeadline, promise: EventLoopPromise<RedisReply>) {
         guard let context, failure == nil, context.channel.isActive else {
-            let error = failure ?? .unavailable("connection closed")
-            batch.forEach { $0.promise.fail(error) }
+            promise.fail(failure ?? .unavailable("connection closed"))
             return
         }
-        for command in batch {
-            waiting.append(Waiting(promise: command.promise, deadline: command.deadline))
-            context.write(wrapOutboundOut(command.bytes), promise: nil)
+        waiting.append(Waiting(promise: promise, deadline: deadline))
+        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: command)), promise: nil)
+        if !flushScheduled {
+            flushScheduled = true
+            context.eventLoop.assumeIsolated().execute { [self] in
+                flushScheduled = false
+                self.context?.flush()
+            }
         }
-        context.flush()
         armDeadlineTimer(context)
     }
 
@@ -113,12 +117,10 @@ final class RedisCommandHandler: ChannelInboundHandler {
     }
 }
 
-/// One connection to Redis. Commands from any thread are queued and written by one event-loop
-/// task per batch with a single flush, so concurrent callers pipeline naturally.
+/// One connection to Redis, bound to its event loop: commands are sent from that loop.
 final class RedisConnection: Sendable {
     let channel: any Channel
     private let handler: NIOLoopBound<RedisCommandHandler>
-    private let outbox = Mutex<(commands: [(bytes: ByteBuffer, promise: EventLoopPromise<RedisReply>, deadline: NIODeadline)], drainScheduled: Bool)>(([], false))
 
     private init(channel: any Channel, handler: NIOLoopBound<RedisCommandHandler>) {
         self.channel = channel
@@ -127,11 +129,11 @@ final class RedisConnection: Sendable {
 
     var isActive: Bool { channel.isActive }
 
-    /// Opens a connection (TLS when `tls` is given).
+    /// Opens a connection on `eventLoop` (TLS when `tls` is given).
     static func connect(
-        host: String, port: Int, tls: NIOSSLContext?, connectTimeout: Duration, group: any EventLoopGroup
-    ) async throws -> RedisConnection {
-        let channel = try await ClientBootstrap(group: group)
+        host: String, port: Int, tls: NIOSSLContext?, connectTimeout: Duration, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<RedisConnection> {
+        ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
@@ -145,35 +147,17 @@ final class RedisConnection: Sendable {
                 }
             }
             .connect(host: host, port: port)
-            .get()
-        let handler = try await channel.eventLoop.submit {
-            NIOLoopBound(try channel.pipeline.syncOperations.handler(type: RedisCommandHandler.self), eventLoop: channel.eventLoop)
-        }.get()
-        return RedisConnection(channel: channel, handler: handler)
+            .flatMapThrowing { channel in
+                let handler = try channel.pipeline.syncOperations.handler(type: RedisCommandHandler.self)
+                return RedisConnection(channel: channel, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop))
+            }
     }
 
-    /// Sends one command; the reply (or `RedisError`) arrives by `deadline`.
-    func send(_ command: [UInt8], deadline: NIODeadline) async throws -> RedisReply {
+    /// Sends one command; the reply (or `RedisError`) arrives by `deadline`. On the connection's event loop.
+    func send(_ command: [UInt8], deadline: NIODeadline) -> EventLoopFuture<RedisReply> {
         let promise = channel.eventLoop.makePromise(of: RedisReply.self)
-        let bytes = channel.allocator.buffer(bytes: command)
-        let mustSchedule = outbox.withLock { outbox in
-            outbox.commands.append((bytes, promise, deadline))
-            if outbox.drainScheduled { return false }
-            outbox.drainScheduled = true
-            return true
-        }
-        if mustSchedule {
-            let handler = handler
-            channel.eventLoop.execute { [self] in
-                let batch = outbox.withLock { outbox in
-                    outbox.drainScheduled = false
-                    defer { outbox.commands.removeAll(keepingCapacity: true) }
-                    return outbox.commands
-                }
-                handler.value.write(batch)
-            }
-        }
-        return try await promise.futureResult.get()
+        handler.value.write(command, deadline: deadline, promise: promise)
+        return promise.futureResult
     }
 
     func close() async {

@@ -1,27 +1,21 @@
 public import NIOCore
 public import SluiceCore
-import Synchronization
 
 /// The shared store on Redis: any number of gateways enforce one limit per partner.
 ///
 /// Decisions are made by one Lua script using the server's `TIME`. Requests of one partner
-/// that arrive while a call for that partner is under way are decided together by the next
-/// call (in arrival order), so each request costs at most one round trip and a busy partner
-/// far less. Lease releases are queued and ride along with the partner's next call (or go out
-/// in a batch on `flushReleases()`).
+/// that arrive on an event loop while that loop's calls for the partner are under way are
+/// decided together by the next call (in arrival order), so each request costs at most one
+/// round trip and a busy partner far less. All of this state lives per event loop and is only
+/// touched there (the client's connection of that loop carries the calls), so a decision takes
+/// no lock. Lease releases are queued on their loop and ride along with the partner's next call
+/// from it (or go out in a batch on `flushReleases()`).
 public final class RedisStore: AdmissionStore {
-    private enum Turn {
-        case decided(AdmissionDecision)
-        case failed(any Error)
-        /// Make the next call for the queue, starting with your own request.
-        case lead
-    }
-
     private struct Waiting {
         /// Requests decided together share their limits (all of a partner's, barring a reload).
         let limits: AdmissionLimits
         let lease: String?
-        let continuation: CheckedContinuation<Turn, Never>
+        let promise: EventLoopPromise<AdmissionDecision>
     }
 
     private struct Queue {
@@ -29,18 +23,22 @@ public final class RedisStore: AdmissionStore {
         var callsInProgress = 0
     }
 
+    /// One event loop's queues and releases; only touched on that loop.
+    private final class LoopState: @unchecked Sendable {
+        var queues: [String: Queue] = [:]
+        var pendingReleases: [String: [String]] = [:]
+    }
+
     /// Most requests per call (Lua's `unpack` limit and reply size stay small).
     static let batchLimit = 256
-    /// Calls per partner under way at once: a second one keeps the pipe full while the first
-    /// travels; Redis runs them one after the other, so decisions stay atomic and in order.
+    /// Calls per partner and loop under way at once: a second one keeps the pipe full while the
+    /// first travels; Redis runs them one after the other, so decisions stay atomic and in order.
     static let callsPerPartner = 2
 
     private let client: RedisClient
     private let keyPrefix: String
     private let clock: EpochClock?
-    /// By partner.
-    private let queues = Mutex<[String: Queue]>([:])
-    private let pendingReleases = Mutex<[String: [String]]>([:])
+    private let loops: [ObjectIdentifier: LoopState]
 
     /// A client for this store: it loads the admission scripts whenever it opens a connection.
     /// - Parameter onCommand: Called for every command sent to Redis (to count round trips).
@@ -48,7 +46,7 @@ public final class RedisStore: AdmissionStore {
         url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, onCommand: (@Sendable () -> Void)? = nil
     ) throws -> RedisClient {
         try RedisClient(
-            url: url, tlsCA: tlsCA, timeout: timeout, connections: 2, scripts: [AdmissionScripts.admit, AdmissionScripts.renew], group: group,
+            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew], group: group,
             onCommand: onCommand
         )
     }
@@ -60,7 +58,10 @@ public final class RedisStore: AdmissionStore {
         self.client = client
         self.keyPrefix = keyPrefix
         self.clock = clock
+        loops = client.eventLoops.reduce(into: [:]) { $0[ObjectIdentifier($1)] = LoopState() }
     }
+
+    public var defaultEventLoop: any EventLoop { client.defaultEventLoop }
 
     /// The keys of a partner, hash-tagged so Redis Cluster stores them in one slot.
     func keys(_ partner: String) -> (state: String, leases: String) {
@@ -68,129 +69,96 @@ public final class RedisStore: AdmissionStore {
         return ("\(base):state", "\(base):leases")
     }
 
-    public func admit(partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) async throws -> AdmissionDecision {
-        let key = partner
-        let leads = queues.withLock { queues in
-            if queues[key, default: Queue()].callsInProgress >= Self.callsPerPartner { return false }
-            queues[key, default: Queue()].callsInProgress += 1
+    public func admit(
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<AdmissionDecision> {
+        guard let loop = loops[ObjectIdentifier(eventLoop)] else {
+            let fallback = defaultEventLoop
+            return fallback.flatSubmit {
+                self.admit(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration, on: fallback)
+            }.hop(to: eventLoop)
+        }
+        eventLoop.assertInEventLoop()
+        let promise = eventLoop.makePromise(of: AdmissionDecision.self)
+        let request = Waiting(limits: limits, lease: lease, promise: promise)
+        if loop.queues[partner, default: Queue()].callsInProgress >= Self.callsPerPartner {
+            loop.queues[partner]!.waiting.append(request)
+        } else {
+            loop.queues[partner, default: Queue()].callsInProgress += 1
+            call(partner, leading: request, loop: loop, leaseDuration: leaseDuration, on: eventLoop)
+        }
+        return promise.futureResult
+    }
+
+    /// Makes one call for `first` and the waiting requests with the same limits; when it is
+    /// answered, the next waiting request (if any) leads the next call.
+    private func call(_ partner: String, leading first: Waiting, loop: LoopState, leaseDuration: Duration, on eventLoop: any EventLoop) {
+        var shared = first.limits
+        shared.cost = 0
+        var batch = [first]
+        loop.queues[partner]!.waiting.removeAll { waiting in
+            var other = waiting.limits
+            other.cost = 0
+            guard batch.count < Self.batchLimit, other == shared else { return false }
+            batch.append(waiting)
             return true
         }
-        if !leads {
-            let turn = await withCheckedContinuation { continuation in
-                let resumeNow: Bool = queues.withLock { queues in
-                    guard queues[key, default: Queue()].callsInProgress >= Self.callsPerPartner else {
-                        queues[key, default: Queue()].callsInProgress += 1
-                        return true
-                    }
-                    queues[key]!.waiting.append(Waiting(limits: limits, lease: lease, continuation: continuation))
-                    return false
-                }
-                if resumeNow { continuation.resume(returning: .lead) }
-            }
-            switch turn {
-            case .decided(let decision): return decision
-            case .failed(let error): throw error
-            case .lead: break
-            }
-        }
-        return try await lead(partner, limits: limits, lease: lease, leaseDuration: leaseDuration)
-    }
-
-    /// Makes one call for this request and the ones waiting behind it, answers them, and hands
-    /// the queue to the next waiting request (or marks it idle).
-    private func lead(_ partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) async throws -> AdmissionDecision {
-        var shared = limits
-        shared.cost = 0
-        let batch = queues.withLock { queues in
-            var taken: [Waiting] = []
-            queues[partner]!.waiting.removeAll { waiting in
-                var other = waiting.limits
-                other.cost = 0
-                guard taken.count < Self.batchLimit - 1, other == shared else { return false }
-                taken.append(waiting)
-                return true
-            }
-            return taken
-        }
-        let outcome: Result<[AdmissionDecision], any Error>
-        do {
-            let requests = [(limits.cost, lease)] + batch.map { ($0.limits.cost, $0.lease) }
-            outcome = .success(try await call(partner, shared, requests, leaseDuration: leaseDuration))
-        } catch {
-            outcome = .failure(error)
-        }
-        switch outcome {
-        case .success(let decisions):
-            for (waiting, decision) in zip(batch, decisions.dropFirst()) { waiting.continuation.resume(returning: .decided(decision)) }
-        case .failure(let error):
-            for waiting in batch { waiting.continuation.resume(returning: .failed(error)) }
-        }
-        // This call's turn passes on: the first waiting request makes the next call (with the
-        // rest behind it); with nobody waiting the turn ends.
-        let next: Waiting? = queues.withLock { queues in
-            guard !queues[partner]!.waiting.isEmpty else {
-                queues[partner]!.callsInProgress -= 1
-                if queues[partner]!.callsInProgress == 0 { queues[partner] = nil }
-                return nil
-            }
-            return queues[partner]!.waiting.removeFirst()
-        }
-        next?.continuation.resume(returning: .lead)
-        return try outcome.get()[0]
-    }
-
-    private func call(
-        _ partner: String, _ limits: AdmissionLimits, _ requests: [(cost: Int, lease: String?)], leaseDuration: Duration
-    ) async throws -> [AdmissionDecision] {
-        let released = pendingReleases.withLock { $0.removeValue(forKey: partner) ?? [] }
+        let released = loop.pendingReleases.removeValue(forKey: partner) ?? []
         var arguments: [String] = []
-        arguments.reserveCapacity(8 + released.count + 2 * requests.count)
+        arguments.reserveCapacity(8 + released.count + 2 * batch.count)
         arguments.append(clock.map { String($0()) } ?? "")
         arguments.append(String(leaseDuration.milliseconds))
-        arguments.append(limits.ratePerSecond.map { String($0) } ?? "0")
-        arguments.append(String(limits.burst))
-        arguments.append(limits.quota.map { String($0) } ?? "0")
-        arguments.append(limits.quotaWindow.rawValue)
-        arguments.append(limits.concurrency.map { String($0) } ?? "0")
+        arguments.append(shared.ratePerSecond.map { String($0) } ?? "0")
+        arguments.append(String(shared.burst))
+        arguments.append(shared.quota.map { String($0) } ?? "0")
+        arguments.append(shared.quotaWindow.rawValue)
+        arguments.append(shared.concurrency.map { String($0) } ?? "0")
         arguments.append(String(released.count))
         arguments.append(contentsOf: released)
-        for request in requests {
-            arguments.append(String(request.cost))
+        for request in batch {
+            arguments.append(String(request.limits.cost))
             arguments.append(request.lease ?? "")
         }
         let keys = keys(partner)
-        let reply: RedisReply
-        do {
-            reply = try await client.evaluate(AdmissionScripts.admit, keys: [keys.state, keys.leases], arguments: arguments)
-        } catch {
-            if !released.isEmpty { pendingReleases.withLock { $0[partner, default: []].append(contentsOf: released) } }
-            throw error
+        let requests = batch
+        client.evaluate(AdmissionScripts.admit, keys: [keys.state, keys.leases], arguments: arguments, on: eventLoop).whenComplete { result in
+            switch result.flatMap({ reply in Result { try Self.decisions(from: reply, count: requests.count) } }) {
+            case .success(let decisions):
+                for (request, decision) in zip(requests, decisions) { request.promise.succeed(decision) }
+            case .failure(let error):
+                if !released.isEmpty { loop.pendingReleases[partner, default: []].append(contentsOf: released) }
+                for request in requests { request.promise.fail(error) }
+            }
+            // This call's turn passes on to the first waiting request, or the turn ends.
+            if loop.queues[partner]?.waiting.isEmpty == false {
+                let next = loop.queues[partner]!.waiting.removeFirst()
+                self.call(partner, leading: next, loop: loop, leaseDuration: leaseDuration, on: eventLoop)
+            } else {
+                loop.queues[partner]?.callsInProgress -= 1
+                if loop.queues[partner]?.callsInProgress == 0 { loop.queues[partner] = nil }
+            }
         }
-        return try Self.decisions(from: reply, count: requests.count)
     }
 
-    public func release(partner: String, lease: String) {
-        pendingReleases.withLock { $0[partner, default: []].append(lease) }
+    public func release(partner: String, lease: String, on eventLoop: any EventLoop) {
+        guard let loop = loops[ObjectIdentifier(eventLoop)] else { return release(partner: partner, lease: lease) }
+        eventLoop.assertInEventLoop()
+        loop.pendingReleases[partner, default: []].append(lease)
     }
 
     public func flushReleases() async {
-        let pending = pendingReleases.withLock { pending in
-            defer { pending.removeAll() }
-            return pending
-        }
-        await withTaskGroup(of: (String, [String])?.self) { group in
-            for (partner, leases) in pending {
-                group.addTask {
-                    do {
-                        _ = try await self.client.send(["ZREM", self.keys(partner).leases] + leases)
-                        return nil
-                    } catch {
-                        return (partner, leases)
-                    }
+        for eventLoop in client.eventLoops {
+            guard let loop = loops[ObjectIdentifier(eventLoop)] else { continue }
+            let pending = try? await eventLoop.submit { () -> [String: [String]] in
+                defer { loop.pendingReleases.removeAll() }
+                return loop.pendingReleases
+            }.get()
+            for (partner, leases) in pending ?? [:] {
+                do {
+                    _ = try await client.send(["ZREM", keys(partner).leases] + leases, on: eventLoop).get()
+                } catch {
+                    eventLoop.execute { loop.pendingReleases[partner, default: []].append(contentsOf: leases) }
                 }
-            }
-            for await case let (partner, leases)? in group {
-                pendingReleases.withLock { $0[partner, default: []].append(contentsOf: leases) }
             }
         }
     }
@@ -199,7 +167,8 @@ public final class RedisStore: AdmissionStore {
         guard !leases.isEmpty else { return }
         let arguments = [String(leaseDuration.milliseconds), clock.map { String($0()) } ?? ""] + leases
         let keys = keys(partner)
-        _ = try await client.evaluate(AdmissionScripts.renew, keys: [keys.state, keys.leases], arguments: arguments)
+        let eventLoop = defaultEventLoop
+        _ = try await client.evaluate(AdmissionScripts.renew, keys: [keys.state, keys.leases], arguments: arguments, on: eventLoop).get()
     }
 
     /// Parses the script's reply: seven comma-separated integers per request, `;` between requests.
