@@ -32,8 +32,18 @@ public final class Gateway: Sendable {
         /// What circuit breakers and retry budgets read as now (tests inject a manual one;
         /// timeouts always run on the event loops' real timers).
         public var resilienceClock: UptimeClock = { .now }
+        /// Which implementation serves partner traffic (while the channel-handler one replaces
+        /// the Hummingbird one).
+        public var partnerStack = PartnerStack.hummingbird
 
         public init() {}
+    }
+
+    /// The implementations of the partner listeners.
+    public enum PartnerStack: Sendable {
+        case hummingbird
+        /// SwiftNIO channel handlers (`PartnerPipeline`, `PartnerRequestHandler`).
+        case channelHandlers
     }
 
     /// Where the listeners ended up (useful when the policy asks for port 0).
@@ -88,7 +98,12 @@ public final class Gateway: Sendable {
         services.append(PolicyWatcher(reloader: reloader, interval: options.watchInterval))
         for (name, address, useTLS) in [("https", listen.https, true), ("http", listen.http, false)] {
             guard let address else { continue }
-            services.append(Self.partnerServer(name, address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, record: record))
+            switch options.partnerStack {
+            case .hummingbird:
+                services.append(Self.partnerServer(name, address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, record: record))
+            case .channelHandlers:
+                services.append(PartnerListener(name: name, address: address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, onBound: record))
+            }
         }
         services.append(DrainOnShutdown(runtime: runtime))
 
@@ -137,10 +152,7 @@ public final class Gateway: Sendable {
             useTLS: useTLS,
             snapshots: runtime.snapshots,
             identifiers: runtime.identifiers,
-            onProtocolError: { status, requestID in
-                runtime.metrics.requestFinished(partner: nil, version: nil, route: nil, status: status, duration: .zero)
-                runtime.logger.info("request", metadata: ["request_id": .string(requestID), "status": .stringConvertible(status), "problem": "invalid-request"])
-            },
+            onProtocolError: { status, requestID in RequestFinisher.protocolError(status: status, requestID: requestID, runtime: runtime) },
             responder: { request, writer, channel, disconnect in try await responder.respond(request, writer, channel, disconnect) }
         )
         return Server(

@@ -9,7 +9,7 @@ struct RequestChecksTests {
         ("/a/..b", false), ("/a.b/c", false), ("/a/.../b", false), ("/a/%2f", false), ("/a/%2", false), ("/", false), ("/a/", false),
     ])
     func dotSegments(_ example: (path: String, found: Bool)) {
-        #expect(PartnerResponder.hasDotSegment(Substring(example.path)) == example.found)
+        #expect(RequestScreening.hasDotSegment(Substring(example.path)) == example.found)
     }
 
     /// Keys come from a Bearer authorization (any case) or X-API-Key; other schemes are ignored.

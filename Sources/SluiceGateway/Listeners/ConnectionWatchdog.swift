@@ -2,8 +2,10 @@ import NIOCore
 import SluiceCore
 
 /// First handler of every partner connection: sees each read (before TLS) and closes the
-/// connection when `ConnectionTimeouts` says it is too slow or idle. The per-request
-/// `RequestGuard`s tell it when heads, bodies and responses start and end.
+/// connection when `ConnectionTimeouts` says it is too slow or idle. The request handlers tell
+/// it when heads, bodies and responses start and end. A connection asked to quiesce (drain)
+/// before its HTTP handlers exist (still in the TLS handshake) is closed here; later, the
+/// HTTP handlers drain it.
 final class ConnectionWatchdog: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
@@ -11,6 +13,7 @@ final class ConnectionWatchdog: ChannelInboundHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext?
     private var timer: Scheduled<Void>?
     private var started = false
+    private var negotiated = false
 
     init(headerTimeout: Duration, idleTimeout: Duration) {
         timeouts = ConnectionTimeouts(headerTimeout: headerTimeout, idleTimeout: idleTimeout, now: .now)
@@ -43,6 +46,16 @@ final class ConnectionWatchdog: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent, !negotiated {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// The HTTP/1.1 or HTTP/2 handlers are in place.
+    func httpIsNegotiated() { negotiated = true }
     func connectionIsMultiplexed() { timeouts.connectionIsMultiplexed() }
     func requestHeadReceived() { perform(timeouts.requestHeadReceived(now: .now)) }
     func requestBodyEnded() { perform(timeouts.requestBodyEnded(now: .now)) }

@@ -34,6 +34,7 @@ struct PartnerChannel: ServerChildChannel {
         do {
             let watchdog = ConnectionWatchdog(headerTimeout: limits.clientHeaderTimeout, idleTimeout: limits.idleTimeout)
             try channel.pipeline.syncOperations.addHandler(watchdog)
+            watchdog.httpIsNegotiated()  // Hummingbird drains connections itself
             let boundWatchdog = NIOLoopBound(watchdog, eventLoop: channel.eventLoop)
             let disconnect = DisconnectSignal(closeFuture: channel.closeFuture)
             let http1 = HTTP1Channel(responder: http1Responder(disconnect), configuration: streamConfiguration(limits, boundWatchdog, disconnect))

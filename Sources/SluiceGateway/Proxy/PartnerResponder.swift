@@ -57,7 +57,7 @@ struct PartnerResponder: Sendable {
                 case .admitted:
                     try await forward(plan, request, &exchange, snapshot, writer, channel, disconnect)
                 case .refused(let reason):
-                    try await writeProblem(Self.problem(refusedFor: reason, admission), closeHeadersIfBodyIsLarge(request), &exchange, request, writer)
+                    try await writeProblem(ResponseShaping.problem(refusedFor: reason, admission), closeHeadersIfBodyIsLarge(request), &exchange, request, writer)
                 case .storeUnavailable:
                     let problem = Problem(.upstreamUnavailable, detail: "The gateway cannot check rate limits right now; try again shortly.")
                     try await writeProblem(problem, closeHeadersIfBodyIsLarge(request).adding(.retryAfter, "1"), &exchange, request, writer)
@@ -83,7 +83,7 @@ struct PartnerResponder: Sendable {
                 headers: closeIfBodyUnread
             )
         }
-        guard let path = exchange.path.first == "/" ? exchange.path : nil, !Self.hasDotSegment(path) else {
+        guard let path = exchange.path.first == "/" ? exchange.path : nil, !RequestScreening.hasDotSegment(path) else {
             return .reject(Problem(.invalidRequest, detail: "The request target must be an absolute path without '.' or '..' segments."), headers: closeIfBodyUnread)
         }
 
@@ -216,7 +216,7 @@ struct PartnerResponder: Sendable {
             head.headers.add(name: "Content-Length", value: String(length))
             let stream = RequestBodyStream(request.body, limit: snapshot.policy.gateway.limits.maxRequestBody)
             body = stream
-            if retryable && length <= UpstreamExchange.replayableBodyLimit {
+            if retryable && length <= UpstreamCall.replayableBodyLimit {
                 // Small enough to keep, so that a retry can send it again.
                 try await continueIfExpected(request, writer)
                 guard let whole = try? await stream.collect(upTo: length) else {
@@ -332,35 +332,9 @@ struct PartnerResponder: Sendable {
     /// The problem (and extra headers) for a failed upstream exchange; nil when the partner went
     /// away or stopped sending its body (nobody to answer).
     static func problem(for failure: UpstreamFailure) -> (Problem, HTTPFields)? {
-        switch failure {
-        case .unavailable(let retryAfter):
-            return (
-                Problem(.upstreamUnavailable, detail: "The upstream service is unavailable or at capacity; retry in \(retryAfter) s."),
-                [.retryAfter: String(retryAfter)]
-            )
-        case .timeout:
-            return (Problem(.upstreamTimeout, detail: "The upstream service did not answer in time."), [:])
-        case .unreachable:
-            return (Problem(.badGateway, detail: "The upstream service could not be reached or closed the connection."), [:])
-        case .clientGone, .requestBody(.truncated), .requestBody(.closed):
-            return nil
-        case .requestBody(.tooLarge(let limit)):
-            return (Problem(.payloadTooLarge, detail: "The request body is larger than \(limit) bytes."), [:])
-        case .requestBody(.malformed):
-            return (Problem(.invalidRequest, detail: "The request body is not valid HTTP."), [:])
+        ResponseShaping.problem(for: failure).map { problem, extra in
+            (problem, HTTPFields(extra.map { HTTPField(name: HTTPField.Name($0.0)!, value: $0.1) }))
         }
-    }
-
-    /// The 429 problem for a refusal, with `violated-policies` and `Retry-After` (set by `Exchange.adopt`).
-    static func problem(refusedFor reason: AdmissionVerdict, _ admission: Admission) -> Problem {
-        let wait = admission.decision.map(RateLimitHeaders.retryAfter) ?? 1
-        let (type, detail): (ProblemType, String) =
-            switch reason {
-            case .rateLimited: (.rateLimited, "The request rate is over your plan's limit; retry in \(wait) s.")
-            case .quotaExceeded: (.quotaExceeded, "Your plan's quota for this period is used up; it resets in \(wait) s.")
-            case .concurrencyLimited, .admitted: (.concurrencyLimited, "Too many of your requests are in progress at once.")
-            }
-        return Problem(type, detail: detail, extensions: [("violated-policies", .array([.string(reason.rawValue)]))])
     }
 
     // MARK: - Answering
@@ -417,37 +391,6 @@ struct PartnerResponder: Sendable {
         var total = request.head.path?.utf8.count ?? 0
         for field in request.headers { total += field.name.rawName.utf8.count + field.value.utf8.count }
         return total
-    }
-
-    /// `.` and `..` segments, also percent-encoded (`%2e`): upstreams would resolve them to other paths.
-    static func hasDotSegment(_ path: Substring) -> Bool {
-        var dots = 0
-        var other = false
-        var index = path.utf8.startIndex
-        let end = path.utf8.endIndex
-        while true {
-            if index == end || path.utf8[index] == UInt8(ascii: "/") {
-                if !other && (dots == 1 || dots == 2) { return true }
-                if index == end { return false }
-                dots = 0
-                other = false
-                index = path.utf8.index(after: index)
-                continue
-            }
-            let byte = path.utf8[index]
-            if byte == UInt8(ascii: ".") {
-                dots += 1
-            } else if byte == UInt8(ascii: "%"), path.utf8.distance(from: index, to: end) >= 3,
-                path.utf8[path.utf8.index(index, offsetBy: 1)] == UInt8(ascii: "2"),
-                path.utf8[path.utf8.index(index, offsetBy: 2)] | 0x20 == UInt8(ascii: "e")
-            {
-                dots += 1
-                index = path.utf8.index(index, offsetBy: 2)
-            } else {
-                other = true
-            }
-            index = path.utf8.index(after: index)
-        }
     }
 
     private static func declaredBodyLength(_ request: Request) -> Result<BodyLength, RequestBodyFailure> {

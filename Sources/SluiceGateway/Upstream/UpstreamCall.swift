@@ -79,6 +79,8 @@ protocol UpstreamCallDelegate: AnyObject {
 final class UpstreamCall: UpstreamConnectionUser {
     /// Response bodies up to this size (declared) are read whole before forwarding.
     static let wholeBodyLimit = 64 << 10
+    /// Request bodies up to this size (declared) are kept for retries when a retry is possible.
+    static let replayableBodyLimit = 64 << 10
 
     private enum State {
         case idle
@@ -107,8 +109,8 @@ final class UpstreamCall: UpstreamConnectionUser {
     private lazy var stall = StallTimer(timeout: runtime.policy.bodyTimeout, eventLoop: eventLoop)
     /// Set once a try of a streamed body sent anything: that body cannot be sent again.
     private var bodyConsumed = false
-    /// A chunk of the streamed body that came while no try was sending (connecting, backing off).
-    private var pendingChunk: (ByteBuffer, EventLoopPromise<Void>?)?
+    /// Chunks of the streamed body that came while no try was sending (connecting, backing off).
+    private var pendingChunks = CircularBuffer<(ByteBuffer, EventLoopPromise<Void>?)>()
     /// The streamed body ended while no try was sending.
     private var pendingEnd = false
 
@@ -140,8 +142,8 @@ final class UpstreamCall: UpstreamConnectionUser {
     }
 
     /// Sends (and flushes) a chunk of the streamed request body; `promise` completes when it is
-    /// written, which is the sender's back-pressure. A chunk that comes between tries waits for
-    /// the next one; after the call ended it fails the promise.
+    /// written, which is the sender's back-pressure. Chunks that come between tries wait for the
+    /// next one; after the call ended they fail the promise.
     func sendBody(_ chunk: ByteBuffer, promise: EventLoopPromise<Void>?) {
         switch state {
         case .awaitingHead(let connection):
@@ -149,7 +151,7 @@ final class UpstreamCall: UpstreamConnectionUser {
             connection.write(.body(.byteBuffer(chunk)), promise: promise)
             connection.flush()
         case .idle, .waitingForSlot, .connecting, .backingOff:
-            pendingChunk = (chunk, promise)
+            pendingChunks.append((chunk, promise))
         case .readingWhole, .streaming, .finished:
             // The upstream answered (or the call ended) before the body was complete.
             promise?.fail(ChannelError.ioOnClosedChannel)
@@ -273,8 +275,7 @@ final class UpstreamCall: UpstreamConnectionUser {
             connection.write(.end(nil), promise: nil)
             connection.flush()
         case .streamed:
-            if let (chunk, promise) = pendingChunk {
-                pendingChunk = nil
+            while let (chunk, promise) = pendingChunks.popFirst() {
                 bodyConsumed = true
                 connection.write(.body(.byteBuffer(chunk)), promise: promise)
             }
@@ -471,8 +472,7 @@ final class UpstreamCall: UpstreamConnectionUser {
     /// Stops timers and gives the bulkhead slot back.
     private func end() {
         if case .finished = state {} else { state = .finished }
-        if let (_, promise) = pendingChunk {
-            pendingChunk = nil
+        while let (_, promise) = pendingChunks.popFirst() {
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
         headTimer?.cancel()

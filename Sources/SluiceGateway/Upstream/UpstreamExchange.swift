@@ -32,9 +32,6 @@ struct UpstreamClosedMidBody: Error {}
 /// `perform` returns the answer once its head is in, the partner's streamed body is pumped to
 /// the upstream with write back-pressure, and the partner going away cancels the call.
 final class UpstreamExchange: Sendable {
-    /// Request bodies up to this size (declared) are kept for retries when a retry is possible.
-    static let replayableBodyLimit = 64 << 10
-
     private let runtime: UpstreamRuntime
     private let timeout: Duration
     private let disconnect: DisconnectSignal?

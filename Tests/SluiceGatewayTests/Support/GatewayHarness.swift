@@ -49,6 +49,7 @@ struct GatewayHarness {
             options.handleSignals = false
             options.watchInterval = .milliseconds(100)
             options.logOutput = output
+            if ProcessInfo.processInfo.environment["SLUICE_PARTNER_STACK"] == "nio" { options.partnerStack = .channelHandlers }
             if let clock {
                 options.storeClock = clock.epochClock
                 options.resilienceClock = clock.instantClock

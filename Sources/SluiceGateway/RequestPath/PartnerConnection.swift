@@ -1,0 +1,36 @@
+import NIOCore
+import NIOSSL
+import X509
+
+/// What every request on one partner connection shares (an HTTP/1.1 connection's requests, or
+/// an HTTP/2 connection's streams): computed once per connection, used on its event loop.
+final class PartnerConnection {
+    /// `https` or `http`: the listener the connection came in on.
+    let scheme: String
+    /// The caller's IP address.
+    let clientAddress: String?
+    let watchdog: ConnectionWatchdog
+    private let channel: any Channel
+    private var subject: String??
+
+    init(channel: any Channel, scheme: String, watchdog: ConnectionWatchdog) {
+        self.channel = channel
+        self.scheme = scheme
+        self.clientAddress = channel.remoteAddress?.ipAddress
+        self.watchdog = watchdog
+    }
+
+    /// The verified client certificate's subject (RFC 4514), read from the TLS handler once.
+    var certificateSubject: String? {
+        if let subject { return subject }
+        var found: String?
+        if let handler = try? channel.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
+            let certificate = handler.peerCertificate,
+            let parsed = try? Certificate(derEncoded: certificate.toDERBytes())
+        {
+            found = parsed.subject.description
+        }
+        subject = .some(found)
+        return found
+    }
+}

@@ -1,0 +1,533 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import SluiceCore
+
+/// The partner request path (SPEC §3, DESIGN "Request path") as a channel handler: one per
+/// HTTP/1.1 connection (its requests one after the other; pipelined ones wait in NIO's
+/// pipelining handler in front) or per HTTP/2 stream (behind NIO's HTTP/2-to-HTTP/1 codec).
+/// Everything runs on the connection's event loop — no task, no lock, no thread hop:
+///
+/// 1. identity (request id) and 2. screening — size and target checks, authentication, version,
+///    route (`RequestScreening`), synchronous;
+/// 3. admission — a future on this loop (`AdmissionControl`; the embedded store answers inline);
+/// 4. (idempotency claim or replay and 5b. async task acceptance plug in here, on the admitted
+///    request and its plan);
+/// 5. dispatch — an `UpstreamCall` with this handler as its delegate; bodies stream both ways
+///    with back-pressure (partner reads pause while the upstream connection has too much
+///    unwritten, upstream reads pause while this channel is not writable);
+/// 6. response — `ResponseShaping` adds the request's headers; small answers go out in one write;
+/// 7. finish — concurrency slot released, metrics and access log (`RequestFinisher`), exactly once.
+final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler, UpstreamCallDelegate {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// Unwritten request body bytes towards the upstream above which partner reads pause.
+    static let bodyHighWatermark = 256 << 10
+
+    private enum BodyHandling {
+        /// No body, or one that is not forwarded (an HTTP/2 GET's DATA frames).
+        case none
+        /// Kept while admission is pending (reads are held, so this stays small).
+        case holding
+        /// Read whole (declared ≤ 64 KiB, retries possible), then sent with the call.
+        case collecting
+        /// Sent to the upstream as it arrives.
+        case streaming
+        /// Read and dropped: the gateway answered before the body ended.
+        case discarding
+    }
+
+    /// One request from head to finish.
+    private final class Request {
+        var record: RequestRecord
+        let snapshot: GatewaySnapshot
+        let head: PartnerRequestHead
+        var plan: ForwardPlan?
+        var admission: Admission?
+        /// What stage 5 sends: the upstream, the rewritten head, whether it may be sent twice.
+        var upstream: (runtime: UpstreamRuntime, head: HTTPRequestHead, retryable: Bool)?
+        var call: UpstreamCall?
+        var body = BodyHandling.none
+        var requestEnded = false
+        /// Body chunks that arrived before the upstream call wanted them.
+        var pending = CircularBuffer<ByteBuffer>()
+        var collected: ByteBuffer?
+        /// The upstream call asked for the streamed body.
+        var bodyWanted = false
+        var unwrittenBodyBytes = 0
+        var responseStarted = false
+        var responseEnded = false
+        /// Close the HTTP/1.1 connection (or reset the HTTP/2 stream) once the response is out.
+        var closeAfterResponse = false
+        var finished = false
+
+        init(record: RequestRecord, snapshot: GatewaySnapshot, head: PartnerRequestHead) {
+            self.record = record
+            self.snapshot = snapshot
+            self.head = head
+        }
+    }
+
+    private let connection: PartnerConnection
+    private let runtime: GatewayRuntime
+    private let isHTTP2: Bool
+    private var context: ChannelHandlerContext?
+    private var request: Request?
+    private var readsHeld = false
+    private var readPending = false
+    private var closed = false
+
+    init(connection: PartnerConnection, runtime: GatewayRuntime, isHTTP2: Bool) {
+        self.connection = connection
+        self.runtime = runtime
+        self.isHTTP2 = isHTTP2
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    // MARK: - Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            requestHeadArrived(head, context: context)
+        case .body(let chunk):
+            guard let request else { return }
+            bodyArrived(chunk, request)
+        case .end:
+            guard let request else { return }
+            requestEndArrived(request)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closed = true
+        if let request { clientWentAway(request) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let parserError = error as? HTTPParserError else {
+            context.close(promise: nil)
+            return
+        }
+        if let request {
+            // The body's framing broke: nothing more of this connection can be trusted.
+            if case .invalidEOFState = parserError { return clientWentAway(request) }
+            request.call?.cancel()
+            request.call = nil
+            request.closeAfterResponse = true
+            if request.responseStarted {
+                request.record.upstreamError = "request body is not valid HTTP"
+                finish(request)
+                context.close(promise: nil)
+            } else {
+                answer(request, Problem(.invalidRequest, detail: "The request body is not valid HTTP."))
+            }
+            return
+        }
+        answerProtocolError(parserError, context: context)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { request?.call?.pauseResponse(false) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: - Outbound
+
+    func read(context: ChannelHandlerContext) {
+        if readsHeld {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func holdReads() {
+        readsHeld = true
+    }
+
+    private func resumeReads() {
+        guard readsHeld else { return }
+        readsHeld = false
+        if readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    // MARK: - Stages 1–3
+
+    private func requestHeadArrived(_ nioHead: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard request == nil else { return context.close(promise: nil) }  // pipelining is the handler in front's job
+        connection.watchdog.requestHeadReceived()
+        let head = PartnerRequestHead(method: nioHead.method, target: nioHead.uri, headers: nioHead.headers, version: nioHead.version)
+        let snapshot = runtime.snapshots.load()
+        var record = RequestRecord(head, identifiers: runtime.identifiers, started: .now())
+        let screening = RequestScreening.screen(head, &record, snapshot, scheme: connection.scheme) { [connection] in
+            connection.certificateSubject
+        }
+        let request = Request(record: record, snapshot: snapshot, head: head)
+        request.closeAfterResponse = !isHTTP2 && !nioHead.isKeepAlive
+        self.request = request
+        holdReads()
+        switch screening {
+        case .reject(let problem, let headers):
+            answer(request, problem, headers)
+        case .forward(let plan):
+            request.plan = plan
+            if plan.bodyLength != .none { request.body = .holding }
+            let eventLoop = context.eventLoop
+            let admitting = snapshot.admission.admit(partner: plan.partner, route: plan.route, requestID: record.requestID, on: eventLoop)
+            admitting.assumeIsolated().whenSuccess { [self] admission in admitted(request, admission) }
+        }
+    }
+
+    private func admitted(_ request: Request, _ admission: Admission) {
+        guard self.request === request, !request.finished else {
+            request.snapshot.admission.finish(admission)  // the client left while admission was pending
+            return
+        }
+        request.admission = admission
+        request.record.adopt(admission)
+        switch admission.verdict {
+        case .admitted:
+            dispatch(request)
+        case .refused(let reason):
+            answer(request, ResponseShaping.problem(refusedFor: reason, admission))
+        case .storeUnavailable:
+            answer(
+                request, Problem(.upstreamUnavailable, detail: "The gateway cannot check rate limits right now; try again shortly."),
+                [("Retry-After", "1")]
+            )
+        }
+    }
+
+    // MARK: - Stage 5: dispatch
+
+    private func dispatch(_ request: Request) {
+        guard let plan = request.plan, let upstream = request.snapshot.upstreams[plan.route.upstream.name] else {
+            runtime.logger.error("no client for upstream", metadata: ["request_id": .string(request.record.requestID)])
+            return answer(request, Problem(.internalError, detail: "The gateway could not handle this request."))
+        }
+        let head = request.head
+        var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: upstream.client.path(for: plan.target))
+        upstreamHead.headers.reserveCapacity(head.headers.count + 8)
+        upstreamHead.headers.add(name: "Host", value: upstream.client.authority)
+        let context = ForwardingContext(
+            clientAddress: connection.clientAddress,
+            scheme: connection.scheme,
+            host: head.headers.first(name: "host"),
+            partnerID: plan.partner.id,
+            version: plan.version.version.name,
+            requestID: request.record.requestID,
+            traceparent: RequestIdentity.traceparent(
+                incoming: head.headers.first(name: "traceparent"), requestID: request.record.requestID, generator: runtime.identifiers
+            )
+        )
+        HeaderRewriter.forwardRequest(head.headers, context) { upstreamHead.headers.add(name: $0, value: $1) }
+        let retryable = upstream.policy.retries.attempts > 0
+            && RetryRules.mayRetry(method: head.method.rawValue, hasIdempotencyKey: head.headers.contains(name: "idempotency-key"))
+
+        switch plan.bodyLength {
+        case .none:
+            if head.method == .POST || head.method == .PUT || head.method == .PATCH {
+                upstreamHead.headers.add(name: "Content-Length", value: "0")
+            }
+        case .known(let length):
+            upstreamHead.headers.add(name: "Content-Length", value: String(length))
+        case .unknown:
+            upstreamHead.headers.add(name: "Transfer-Encoding", value: "chunked")
+        }
+        request.upstream = (upstream, upstreamHead, retryable)
+
+        switch plan.bodyLength {
+        case .none:
+            request.body = .none
+            startCall(request, .none)
+            resumeReads()  // the request's end, then the next request
+        case .known(let length) where retryable && length <= UpstreamCall.replayableBodyLimit:
+            // Small enough to keep, so that a retry can send it again.
+            continueIfExpected(request)
+            request.body = .collecting
+            var collected = self.context!.channel.allocator.buffer(capacity: length)
+            while let chunk = request.pending.popFirst() { collected.writeImmutableBuffer(chunk) }
+            request.collected = collected
+            if request.requestEnded { startCall(request, .whole(collected)) } else { resumeReads() }
+        case .known, .unknown:
+            // Streamed: reads resume when the call wants the body.
+            continueIfExpected(request)
+            request.body = .streaming
+            startCall(request, .streamed)
+        }
+    }
+
+    private func startCall(_ request: Request, _ body: UpstreamRequest.Body) {
+        guard let (upstream, head, retryable) = request.upstream, let plan = request.plan, let context else { return }
+        let call = UpstreamCall(
+            runtime: upstream, request: UpstreamRequest(head: head, body: body, retryable: retryable), timeout: plan.route.requestTimeout,
+            eventLoop: context.eventLoop, logger: runtime.logger, delegate: self
+        )
+        request.call = call
+        call.start()
+    }
+
+    /// Answers `Expect: 100-continue` before the body is read.
+    private func continueIfExpected(_ request: Request) {
+        guard let context, request.head.headers.first(name: "expect")?.lowercased() == "100-continue" else { return }
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: request.head.version, status: .continue))), promise: nil)
+    }
+
+    // MARK: - The request body
+
+    private func bodyArrived(_ chunk: ByteBuffer, _ request: Request) {
+        request.record.bytesIn += chunk.readableBytes
+        let limit = request.snapshot.policy.gateway.limits.maxRequestBody
+        if request.record.bytesIn > limit, request.body != .discarding {
+            return bodyTooLarge(request, limit: limit)
+        }
+        switch request.body {
+        case .none, .discarding:
+            break
+        case .holding:
+            request.pending.append(chunk)
+        case .collecting:
+            request.collected?.writeImmutableBuffer(chunk)
+        case .streaming:
+            if request.bodyWanted { sendUpstream(chunk, request) } else { request.pending.append(chunk) }
+        }
+    }
+
+    private func requestEndArrived(_ request: Request) {
+        request.requestEnded = true
+        connection.watchdog.requestBodyEnded()
+        switch request.body {
+        case .none, .holding:
+            break
+        case .collecting:
+            startCall(request, .whole(request.collected ?? ByteBuffer()))
+        case .streaming:
+            if request.bodyWanted { request.call?.endBody() }
+        case .discarding:
+            if request.responseEnded { requestCompleted(request) }
+        }
+    }
+
+    private func sendUpstream(_ chunk: ByteBuffer, _ request: Request) {
+        guard let call = request.call, let context else { return }
+        let bytes = chunk.readableBytes
+        request.unwrittenBodyBytes += bytes
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.assumeIsolated().whenComplete { [self] _ in
+            request.unwrittenBodyBytes -= bytes
+            if self.request === request, request.unwrittenBodyBytes < Self.bodyHighWatermark / 2, !request.requestEnded { resumeReads() }
+        }
+        call.sendBody(chunk, promise: promise)
+        if request.unwrittenBodyBytes >= Self.bodyHighWatermark { holdReads() }
+    }
+
+    private func bodyTooLarge(_ request: Request, limit: Int) {
+        request.call?.cancel()
+        request.call = nil
+        request.closeAfterResponse = true
+        request.body = .discarding
+        if request.responseStarted {
+            finish(request)
+            context?.close(promise: nil)
+        } else {
+            answer(request, Problem(.payloadTooLarge, detail: "The request body is larger than \(limit) bytes."))
+        }
+    }
+
+    // MARK: - UpstreamCallDelegate
+
+    func upstreamCallWantsBody(_ call: UpstreamCall) {
+        guard let request, request.call === call else { return }
+        request.bodyWanted = true
+        while let chunk = request.pending.popFirst() { sendUpstream(chunk, request) }
+        if request.requestEnded {
+            call.endBody()
+        } else if request.unwrittenBodyBytes < Self.bodyHighWatermark {
+            resumeReads()
+        }
+    }
+
+    func upstreamCall(_ call: UpstreamCall, respondedWith upstreamHead: HTTPResponseHead, body: UpstreamResponseBody) {
+        guard let request, request.call === call, let context else { return }
+        var headers = ResponseShaping.forwarded(upstreamHead.headers, request.record, date: runtime.dates.current)
+        if !request.requestEnded { request.closeAfterResponse = true }  // answered before the upload ended
+        if request.closeAfterResponse && !isHTTP2 { headers.replaceOrAdd(name: "Connection", value: "close") }
+        let head = HTTPResponseHead(version: responseVersion(request), status: upstreamHead.status, headers: headers)
+        request.record.status = Int(upstreamHead.status.code)
+        request.responseStarted = true
+        switch body {
+        case .whole(let buffer):
+            // Head and a small body go out in one write.
+            request.record.bytesOut = buffer?.readableBytes ?? 0
+            request.call = nil
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            if let buffer { context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
+            endResponse(request, context: context)
+        case .streaming:
+            context.writeAndFlush(wrapOutboundOut(.head(head)), promise: nil)
+        }
+    }
+
+    func upstreamCall(_ call: UpstreamCall, received chunk: ByteBuffer) {
+        guard let request, request.call === call, let context else { return }
+        request.record.bytesOut += chunk.readableBytes
+        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
+        if !context.channel.isWritable { call.pauseResponse(true) }
+    }
+
+    func upstreamCallFinished(_ call: UpstreamCall) {
+        guard let request, request.call === call, let context else { return }
+        request.call = nil
+        endResponse(request, context: context)
+    }
+
+    func upstreamCall(_ call: UpstreamCall, failed failure: UpstreamFailure) {
+        guard let request, request.call === call else { return }
+        request.call = nil
+        guard let (problem, headers) = ResponseShaping.problem(for: failure) else { return clientWentAway(request) }
+        request.record.upstreamError = "\(failure)"
+        answer(request, problem, headers)
+    }
+
+    func upstreamCall(_ call: UpstreamCall, brokeOff reason: UpstreamBreak) {
+        guard let request, request.call === call else { return }
+        request.call = nil
+        switch reason {
+        case .stalled:
+            runtime.logger.warning(
+                "upstream stalled mid-body; response cut off",
+                metadata: [
+                    "upstream": .string(call.runtime.name), "request_id": .string(request.record.requestID),
+                    "bytes_sent": "\(request.record.bytesOut)",
+                ]
+            )
+            request.record.upstreamError = "body stalled for longer than \(call.runtime.policy.bodyTimeout)"
+        case .closed:
+            request.record.upstreamError = "upstream closed the connection mid-body"
+        }
+        // Cut off: the partner must not take the response for complete.
+        finish(request)
+        self.request = nil
+        context?.close(promise: nil)
+    }
+
+    // MARK: - Answering
+
+    /// Answers from the gateway itself (a problem document): stages 3–5 end here.
+    private func answer(_ request: Request, _ problem: Problem, _ extra: [(String, String)] = []) {
+        guard let context, !request.responseStarted else { return }
+        request.record.status = problem.status
+        request.record.problem = problem.type.rawValue
+        if !request.requestEnded {
+            // Drain a small body; a large or unbounded one costs less as a new connection.
+            let drainable: Bool = if case .known(let length) = RequestScreening.declaredBodyLength(request.head) {
+                length <= RequestScreening.drainableBodyLimit
+            } else {
+                RequestScreening.declaredBodyLength(request.head) == RequestBodyLength.none
+            }
+            if !drainable { request.closeAfterResponse = true }
+            request.pending.removeAll()
+            request.body = .discarding
+        }
+        var (headers, body) = ResponseShaping.problem(problem, request.record, extra: extra, date: runtime.dates.current, allocator: context.channel.allocator)
+        if request.closeAfterResponse && !isHTTP2 { headers.add(name: "Connection", value: "close") }
+        request.responseStarted = true
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: problem.status), headers: headers))), promise: nil)
+        if request.head.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        endResponse(request, context: context)
+    }
+
+    /// Writes the end of the response and flushes; then finishes the request, and either takes
+    /// the next one, drains the rest of this one's body, or closes.
+    private func endResponse(_ request: Request, context: ChannelHandlerContext) {
+        request.responseEnded = true
+        finish(request)
+        connection.watchdog.responseEnded()
+        let closing = request.closeAfterResponse && (!isHTTP2 || !request.requestEnded)
+        if request.requestEnded && !closing {
+            // Before the write: the pipelining handler may hand over the next request from inside it.
+            requestCompleted(request)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            return
+        }
+        if closing {
+            self.request = nil
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            resumeReads()  // drain the rest of the body, then the next request
+        }
+    }
+
+    /// Request and response are both complete: ready for the next request.
+    private func requestCompleted(_ request: Request) {
+        guard self.request === request else { return }
+        self.request = nil
+        resumeReads()
+    }
+
+    /// The status line of an HTTP/1.1 response echoes the request's minor version.
+    private func responseVersion(_ request: Request) -> HTTPVersion {
+        isHTTP2 ? request.head.version : (request.head.version == .http1_0 ? .http1_0 : .http1_1)
+    }
+
+    /// A malformed new request: 400 (431 for oversized headers) and close.
+    private func answerProtocolError(_ error: HTTPParserError, context: ChannelHandlerContext) {
+        if case .invalidEOFState = error { return context.close(promise: nil) }
+        guard !closed else { return }
+        closed = true
+        let problem: Problem
+        if case .headerOverflow = error {
+            problem = Problem(
+                .invalidRequest, detail: "The request line and headers are larger than the gateway accepts.", status: 431,
+                title: "Request header fields too large"
+            )
+        } else {
+            problem = Problem(.invalidRequest, detail: "The request is not valid HTTP/1.1.")
+        }
+        let requestID = runtime.identifiers.requestID()
+        let body = context.channel.allocator.buffer(string: problem.json(instance: nil, requestID: requestID))
+        let headers: HTTPHeaders = [
+            "Content-Type": Problem.contentType, "Content-Length": String(body.readableBytes), "Connection": "close", "X-Request-Id": requestID,
+            "Date": runtime.dates.current,
+        ]
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: problem.status), headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        RequestFinisher.protocolError(status: problem.status, requestID: requestID, runtime: runtime)
+    }
+
+    // MARK: - Stage 7: finish
+
+    /// The partner went away (closed the connection, reset the stream, or its body broke off):
+    /// the upstream call is cancelled, the slot released, the request logged (499 if unanswered).
+    private func clientWentAway(_ request: Request) {
+        request.call?.cancel()
+        request.call = nil
+        request.record.clientGone = !request.responseEnded
+        finish(request)
+        if self.request === request { self.request = nil }
+    }
+
+    /// Releases the concurrency slot and records the request (metrics, access log) — once.
+    private func finish(_ request: Request) {
+        guard !request.finished else { return }
+        request.finished = true
+        if let admission = request.admission { request.snapshot.admission.finish(admission) }
+        RequestFinisher.finished(request.record, runtime: runtime)
+    }
+}

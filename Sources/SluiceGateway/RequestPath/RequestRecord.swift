@@ -1,0 +1,135 @@
+import NIOCore
+import NIOHTTP1
+import SluiceCore
+
+/// What happened to one partner request: the response headers every answer carries, and what
+/// the access log, the metrics (and later usage counting) record at the end. A plain value
+/// filled in stage by stage.
+struct RequestRecord {
+    let requestID: String
+    let method: String
+    /// Path without the query.
+    let path: Substring
+    /// `?…` or empty.
+    let query: Substring
+    let started: NIODeadline
+    var partner: String?
+    var version: String?
+    var route: String?
+    var upstream: String?
+    var status = 0
+    var problem: String?
+    var upstreamError: String?
+    var bytesIn = 0
+    var bytesOut = 0
+    var clientGone = false
+    /// Headers every response to this request carries (request id, version and limit headers).
+    var responseHeaders: HTTPHeaders
+
+    /// Stage 1, identity: the request id (a valid incoming `X-Request-Id`, else a new one).
+    init(_ head: PartnerRequestHead, identifiers: IdentifierGenerator, started: NIODeadline) {
+        let incoming = head.headers.first(name: "x-request-id")
+        requestID = incoming.flatMap { RequestIdentity.isValidRequestID($0) ? $0 : nil } ?? identifiers.requestID()
+        method = head.method.rawValue
+        let target = Substring(head.target)
+        if let question = target.utf8.firstIndex(of: UInt8(ascii: "?")) {
+            path = target[..<question]
+            query = target[question...]
+        } else {
+            path = target
+            query = ""
+        }
+        self.started = started
+        responseHeaders = HTTPHeaders()
+        responseHeaders.reserveCapacity(6)
+        responseHeaders.add(name: "X-Request-Id", value: requestID)
+    }
+
+    /// The status the metrics and the log report: 499 when the client went away unanswered.
+    var reportedStatus: Int { clientGone && status == 0 ? 499 : status }
+
+    /// Adds the RateLimit headers (and Retry-After for refusals) to every response.
+    mutating func adopt(_ admission: Admission) {
+        guard let limits = admission.limits, let decision = admission.decision else { return }
+        if let policy = RateLimitHeaders.policy(limits, decision) { responseHeaders.add(name: "RateLimit-Policy", value: policy) }
+        if let state = RateLimitHeaders.state(limits, decision) { responseHeaders.add(name: "RateLimit", value: state) }
+        if decision.verdict != .admitted {
+            responseHeaders.add(name: "Retry-After", value: String(RateLimitHeaders.retryAfter(decision)))
+        }
+    }
+
+    /// Records the version and adds its Deprecation and Sunset headers to every response.
+    mutating func adopt(version rules: VersionRules) {
+        version = rules.version.name
+        if let deprecation = rules.deprecationHeader { responseHeaders.add(name: "Deprecation", value: deprecation) }
+        if let sunset = rules.sunsetHeader { responseHeaders.add(name: "Sunset", value: sunset) }
+    }
+}
+
+/// Stage 6, the response: the headers of an answer, from the upstream or from the gateway.
+enum ResponseShaping {
+    /// The upstream's headers without hop-by-hop ones, plus the request's own (request id,
+    /// version and limit headers), and `Date` when the upstream sent none (RFC 9110 §6.6.1).
+    static func forwarded(_ upstream: HTTPHeaders, _ record: RequestRecord, date: String) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(upstream.count + record.responseHeaders.count + 1)
+        let connection = upstream["connection"]
+        let nominated = connection.isEmpty ? [] : HeaderRewriter.connectionNominated(values: connection)
+        var hasDate = false
+        for (name, value) in upstream where HeaderRewriter.keepsResponseHeader(name, nominated: nominated) {
+            if !hasDate, name.utf8.count == 4, name.lowercased() == "date" { hasDate = true }
+            headers.add(name: name, value: value)
+        }
+        if !hasDate { headers.add(name: "Date", value: date) }
+        headers.add(contentsOf: record.responseHeaders)
+        return headers
+    }
+
+    /// A problem document's head (with `extra` headers) and body.
+    static func problem(
+        _ problem: Problem, _ record: RequestRecord, extra: [(String, String)], date: String, allocator: ByteBufferAllocator
+    ) -> (HTTPHeaders, ByteBuffer) {
+        let body = allocator.buffer(string: problem.json(instance: String(record.path), requestID: record.requestID))
+        var headers = record.responseHeaders
+        for (name, value) in extra { headers.add(name: name, value: value) }
+        headers.add(name: "Content-Type", value: Problem.contentType)
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "Date", value: date)
+        return (headers, body)
+    }
+
+    /// The problem (and extra headers) for a failed upstream call; nil when the partner went
+    /// away (nobody to answer).
+    static func problem(for failure: UpstreamFailure) -> (Problem, [(String, String)])? {
+        switch failure {
+        case .unavailable(let retryAfter):
+            return (
+                Problem(.upstreamUnavailable, detail: "The upstream service is unavailable or at capacity; retry in \(retryAfter) s."),
+                [("Retry-After", String(retryAfter))]
+            )
+        case .timeout:
+            return (Problem(.upstreamTimeout, detail: "The upstream service did not answer in time."), [])
+        case .unreachable:
+            return (Problem(.badGateway, detail: "The upstream service could not be reached or closed the connection."), [])
+        case .clientGone, .requestBody(.truncated), .requestBody(.closed):
+            return nil
+        case .requestBody(.tooLarge(let limit)):
+            return (Problem(.payloadTooLarge, detail: "The request body is larger than \(limit) bytes."), [])
+        case .requestBody(.malformed):
+            return (Problem(.invalidRequest, detail: "The request body is not valid HTTP."), [])
+        }
+    }
+
+    /// The 429 problem for a refusal, with `violated-policies` (`Retry-After` is set by `RequestRecord.adopt`).
+    static func problem(refusedFor reason: AdmissionVerdict, _ admission: Admission) -> Problem {
+        let wait = admission.decision.map(RateLimitHeaders.retryAfter) ?? 1
+        let (type, detail): (ProblemType, String) =
+            switch reason {
+            case .rateLimited: (.rateLimited, "The request rate is over your plan's limit; retry in \(wait) s.")
+            case .quotaExceeded: (.quotaExceeded, "Your plan's quota for this period is used up; it resets in \(wait) s.")
+            case .concurrencyLimited, .admitted: (.concurrencyLimited, "Too many of your requests are in progress at once.")
+            }
+        return Problem(type, detail: detail, extensions: [("violated-policies", .array([.string(reason.rawValue)]))])
+    }
+}

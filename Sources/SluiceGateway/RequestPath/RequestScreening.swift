@@ -1,0 +1,184 @@
+import NIOHTTP1
+import SluiceCore
+
+/// A partner request's head as the stages see it: plain values, whichever protocol carried it.
+struct PartnerRequestHead {
+    var method: HTTPMethod
+    /// Path and query as sent.
+    var target: String
+    var headers: HTTPHeaders
+    /// HTTP/1.0 or 1.1; for HTTP/2 streams, 2.0.
+    var version: HTTPVersion
+    var isHTTP2: Bool { version.major == 2 }
+}
+
+/// How the body of a request to forward is framed.
+enum RequestBodyLength: Equatable {
+    case none
+    case known(Int)
+    /// Chunked (HTTP/1.1) or DATA frames without a Content-Length (HTTP/2).
+    case unknown
+}
+
+/// Everything needed to forward an admitted request.
+struct ForwardPlan {
+    let partner: Partner
+    let version: VersionRules
+    let route: Route
+    /// Upstream path and query (without the upstream's base path), e.g. `/api/orders/17?expand=lines`.
+    let target: String
+    let bodyLength: RequestBodyLength
+}
+
+/// What stages 1 and 2 decided.
+enum Screening {
+    /// Answer with this problem (and these extra headers); nothing goes upstream.
+    case reject(Problem, headers: [(String, String)])
+    /// Admission next, then forwarding.
+    case forward(ForwardPlan)
+}
+
+/// Stages 1 and 2 of the request path (DESIGN "Request path"), synchronous and on plain values:
+/// size and target checks, authentication, version and route. Each rejection names the
+/// problem the partner gets; the record learns the partner, version and route as they are found.
+enum RequestScreening {
+    /// Request bodies smaller than this are read and dropped when the gateway answers early;
+    /// larger or unbounded ones close the connection (or reset the HTTP/2 stream) instead.
+    static let drainableBodyLimit = 64 << 10
+
+    /// - Parameter certificateSubject: The verified client certificate's subject, looked up
+    ///   only when no key was sent and client certificates are enabled.
+    static func screen(
+        _ head: PartnerRequestHead, _ record: inout RequestRecord, _ snapshot: GatewaySnapshot, scheme: String,
+        certificateSubject: () -> String?
+    ) -> Screening {
+        let limits = snapshot.policy.gateway.limits
+        if headerBytes(head) > limits.maxHeaderBytes {
+            return .reject(
+                Problem(
+                    .invalidRequest, detail: "The request line and headers are larger than \(limits.maxHeaderBytes) bytes.", status: 431,
+                    title: "Request header fields too large"
+                ),
+                headers: []
+            )
+        }
+        if head.version == .http1_1, !head.headers.contains(name: "host") {
+            return .reject(Problem(.invalidRequest, detail: "An HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)."), headers: [])
+        }
+        guard record.path.utf8.first == UInt8(ascii: "/"), !hasDotSegment(record.path) else {
+            return .reject(Problem(.invalidRequest, detail: "The request target must be an absolute path without '.' or '..' segments."), headers: [])
+        }
+
+        guard let partner = authenticate(head, snapshot, scheme: scheme, certificateSubject: certificateSubject) else {
+            return .reject(
+                Problem(.unauthorized, detail: "Send a valid API key as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'."),
+                headers: [("WWW-Authenticate", "Bearer")]
+            )
+        }
+        record.partner = partner.id
+
+        let versionRules: VersionRules
+        let routePath: Substring
+        switch snapshot.rules.resolveVersion(path: record.path, apiVersionHeader: head.headers.first(name: "api-version"), partner: partner) {
+        case .unknown(let name):
+            return .reject(Problem(.unknownVersion, detail: "API version '\(name)' does not exist."), headers: [])
+        case .forbidden(let rules):
+            record.adopt(version: rules)
+            return .reject(Problem(.forbiddenVersion, detail: "Your account may not use API version '\(rules.version.name)'."), headers: [])
+        case .resolved(let rules, let rest):
+            record.adopt(version: rules)
+            versionRules = rules
+            routePath = rest
+        }
+
+        let route: Route
+        let parameters: RouteParameters
+        switch versionRules.routes.match(method: head.method.rawValue, path: routePath) {
+        case .notFound:
+            return .reject(Problem(.notFound, detail: "No route for \(routePath) in API version \(versionRules.version.name)."), headers: [])
+        case .methodNotAllowed(let allow):
+            return .reject(Problem(.methodNotAllowed, detail: "\(head.method.rawValue) is not allowed here."), headers: [("Allow", allow)])
+        case .found(let matched, let captured):
+            route = matched
+            parameters = captured
+        }
+        record.route = route.id
+        record.upstream = route.upstream.name
+
+        guard let bodyLength = declaredBodyLength(head) else {
+            return .reject(Problem(.invalidRequest, detail: "Content-Length is not valid."), headers: [])
+        }
+        if case .known(let length) = bodyLength, length > limits.maxRequestBody {
+            return .reject(Problem(.payloadTooLarge, detail: "The request body is larger than \(limits.maxRequestBody) bytes."), headers: [])
+        }
+        // Admission (rate limits, quotas, concurrency) comes next; then idempotency and async
+        // tasks (later issues), then forwarding.
+        let target = route.upstreamPath.render(parameters) + record.query
+        return .forward(ForwardPlan(partner: partner, version: versionRules, route: route, target: target, bodyLength: bodyLength))
+    }
+
+    /// The partner of the API key, or of the client certificate when no key was sent.
+    private static func authenticate(
+        _ head: PartnerRequestHead, _ snapshot: GatewaySnapshot, scheme: String, certificateSubject: () -> String?
+    ) -> Partner? {
+        if let key = Credentials.presented(authorization: head.headers.first(name: "authorization"), apiKey: head.headers.first(name: "x-api-key")) {
+            return snapshot.rules.partner(forKey: key)
+        }
+        guard scheme == "https", snapshot.policy.gateway.tls?.clientCAPath != nil, let subject = certificateSubject() else { return nil }
+        return snapshot.rules.partner(forCertificateSubject: subject)
+    }
+
+    /// Request target plus header names and values, as the HTTP/1.1 decoder counts them.
+    static func headerBytes(_ head: PartnerRequestHead) -> Int {
+        var total = head.target.utf8.count
+        for (name, value) in head.headers { total += name.utf8.count + value.utf8.count }
+        return total
+    }
+
+    /// The body's framing; nil when Content-Length is malformed or given twice differently.
+    static func declaredBodyLength(_ head: PartnerRequestHead) -> RequestBodyLength? {
+        let lengths = head.headers["content-length"]
+        if let first = lengths.first {
+            guard lengths.allSatisfy({ $0 == first }), let length = Int(first), length >= 0 else { return nil }
+            return length == 0 ? RequestBodyLength.none : .known(length)
+        }
+        if head.headers.contains(name: "transfer-encoding") { return .unknown }
+        // An HTTP/1.1 request without either has no body; an HTTP/2 one may send DATA frames.
+        guard head.isHTTP2 else { return RequestBodyLength.none }
+        switch head.method {
+        case .GET, .HEAD, .OPTIONS, .TRACE: return RequestBodyLength.none
+        default: return .unknown
+        }
+    }
+
+    /// `.` and `..` segments, also percent-encoded (`%2e`): upstreams would resolve them to other paths.
+    static func hasDotSegment(_ path: Substring) -> Bool {
+        var dots = 0
+        var other = false
+        var index = path.utf8.startIndex
+        let end = path.utf8.endIndex
+        while true {
+            if index == end || path.utf8[index] == UInt8(ascii: "/") {
+                if !other && (dots == 1 || dots == 2) { return true }
+                if index == end { return false }
+                dots = 0
+                other = false
+                index = path.utf8.index(after: index)
+                continue
+            }
+            let byte = path.utf8[index]
+            if byte == UInt8(ascii: ".") {
+                dots += 1
+            } else if byte == UInt8(ascii: "%"), path.utf8.distance(from: index, to: end) >= 3,
+                path.utf8[path.utf8.index(index, offsetBy: 1)] == UInt8(ascii: "2"),
+                path.utf8[path.utf8.index(index, offsetBy: 2)] | 0x20 == UInt8(ascii: "e")
+            {
+                dots += 1
+                index = path.utf8.index(index, offsetBy: 2)
+            } else {
+                other = true
+            }
+            index = path.utf8.index(after: index)
+        }
+    }
+}
