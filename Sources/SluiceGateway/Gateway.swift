@@ -33,8 +33,8 @@ public final class Gateway: Sendable {
         /// timeouts always run on the event loops' real timers).
         public var resilienceClock: UptimeClock = { .now }
         /// Which implementation serves partner traffic (while the channel-handler one replaces
-        /// the Hummingbird one).
-        public var partnerStack = PartnerStack.hummingbird
+        /// the Hummingbird one, which is going away).
+        public var partnerStack = PartnerStack.channelHandlers
 
         public init() {}
     }

@@ -85,6 +85,18 @@ enum PartnerPipeline {
             }
         }
         try operations.addHandler(management)
+        try operations.addHandler(CloseOnError())
         connection.watchdog.httpIsNegotiated()
+    }
+}
+
+/// Last handler of an HTTP/2 connection: a connection error (protocol violation, a reset or
+/// glitch flood, TLS failure) has been answered with GOAWAY by the HTTP/2 handler; the
+/// connection closes.
+private final class CloseOnError: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }

@@ -45,7 +45,15 @@ final class GatewaySnapshot: Sendable {
         self.admission = admission
     }
 
-    /// TLS 1.2+, ALPN h2 and http/1.1; with a client CA, client certificates are requested and,
+    /// What TLS 1.2 offers (SPEC §3): ECDHE key exchange with AEAD ciphers only — no CBC
+    /// (LUCKY13), no RSA key exchange. TLS 1.3's suites are fixed by BoringSSL (all AEAD).
+    static let tls12CipherSuites: [NIOTLSCipher] = [
+        .TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, .TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        .TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, .TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        .TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, .TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+
+    /// TLS 1.2+ (AEAD suites only), ALPN h2 and http/1.1; with a client CA, client certificates are requested and,
     /// when presented, verified (a partner may still use an API key instead).
     static func makeTLSContext(_ tls: GatewayPolicy.TLS) throws(PolicyErrors) -> NIOSSLContext {
         do {
@@ -53,6 +61,7 @@ final class GatewaySnapshot: Sendable {
             let key = try NIOSSLPrivateKey(file: tls.keyPath, format: .pem)
             var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
             configuration.minimumTLSVersion = .tlsv12
+            configuration.cipherSuiteValues = tls12CipherSuites
             configuration.applicationProtocols = ["h2", "http/1.1"]
             if let clientCA = tls.clientCAPath {
                 configuration.trustRoots = .file(clientCA)
