@@ -1,5 +1,4 @@
 import Hummingbird
-import HummingbirdCore
 public import Logging
 public import CoreMetrics
 import Prometheus
@@ -32,18 +31,8 @@ public final class Gateway: Sendable {
         /// What circuit breakers and retry budgets read as now (tests inject a manual one;
         /// timeouts always run on the event loops' real timers).
         public var resilienceClock: UptimeClock = { .now }
-        /// Which implementation serves partner traffic (while the channel-handler one replaces
-        /// the Hummingbird one, which is going away).
-        public var partnerStack = PartnerStack.channelHandlers
 
         public init() {}
-    }
-
-    /// The implementations of the partner listeners.
-    public enum PartnerStack: Sendable {
-        case hummingbird
-        /// SwiftNIO channel handlers (`PartnerPipeline`, `PartnerRequestHandler`).
-        case channelHandlers
     }
 
     /// Where the listeners ended up (useful when the policy asks for port 0).
@@ -98,12 +87,7 @@ public final class Gateway: Sendable {
         services.append(PolicyWatcher(reloader: reloader, interval: options.watchInterval))
         for (name, address, useTLS) in [("https", listen.https, true), ("http", listen.http, false)] {
             guard let address else { continue }
-            switch options.partnerStack {
-            case .hummingbird:
-                services.append(Self.partnerServer(name, address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, record: record))
-            case .channelHandlers:
-                services.append(PartnerListener(name: name, address: address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, onBound: record))
-            }
+            services.append(PartnerListener(name: name, address: address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, onBound: record))
         }
         services.append(DrainOnShutdown(runtime: runtime))
 
@@ -141,27 +125,6 @@ public final class Gateway: Sendable {
     /// Waits until every listener is bound and returns the ports.
     public func addresses() async -> Addresses {
         await bound.wait()
-    }
-
-    private static func partnerServer(
-        _ name: String, _ address: ListenAddress, useTLS: Bool, runtime: GatewayRuntime, group: any EventLoopGroup,
-        record: @escaping @Sendable (String, any Channel) -> Void
-    ) -> any Service {
-        let responder = PartnerResponder(runtime: runtime, scheme: useTLS ? "https" : "http")
-        let channel = PartnerChannel(
-            useTLS: useTLS,
-            snapshots: runtime.snapshots,
-            identifiers: runtime.identifiers,
-            onProtocolError: { status, requestID in RequestFinisher.protocolError(status: status, requestID: requestID, runtime: runtime) },
-            responder: { request, writer, channel, disconnect in try await responder.respond(request, writer, channel, disconnect) }
-        )
-        return Server(
-            childChannelSetup: channel,
-            configuration: ServerConfiguration(address: .hostname(address.host, port: address.port)),
-            onServerRunning: { record(name, $0) },
-            eventLoopGroup: group,
-            logger: runtime.logger
-        )
     }
 }
 

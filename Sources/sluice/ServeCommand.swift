@@ -32,7 +32,6 @@ struct Serve: AsyncParsableCommand {
 
         var gatewayOptions = Gateway.Options()
         gatewayOptions.logOutput = output
-        if environment["SLUICE_PARTNER_STACK"] == "hummingbird" { gatewayOptions.partnerStack = .hummingbird }
         let gateway: Gateway
         do {
             gateway = try Gateway(policiesDirectory: options.policies, environment: environment, logger: logger, options: gatewayOptions)

@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import SluiceCore
 
@@ -99,4 +100,8 @@ struct AdminAPI {
 
 private func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
     Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
+}
+
+extension HTTPField.Name {
+    fileprivate static let xAPIKey = Self("X-API-Key")!
 }

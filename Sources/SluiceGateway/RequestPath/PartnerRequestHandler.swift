@@ -398,7 +398,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     func upstreamCall(_ call: UpstreamCall, failed failure: UpstreamFailure) {
         guard let request, request.call === call else { return }
         request.call = nil
-        guard let (problem, headers) = ResponseShaping.problem(for: failure) else { return clientWentAway(request) }
+        let (problem, headers) = ResponseShaping.problem(for: failure)
         request.record.upstreamError = "\(failure)"
         answer(request, problem, headers)
     }

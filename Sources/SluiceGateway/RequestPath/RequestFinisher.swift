@@ -33,3 +33,10 @@ enum RequestFinisher {
         runtime.logger.info("request", metadata: ["request_id": .string(requestID), "status": .stringConvertible(status), "problem": "invalid-request"])
     }
 }
+
+extension Duration {
+    /// Milliseconds with microsecond precision, for logs.
+    var milliseconds: Double {
+        Double(components.seconds) * 1_000 + Double(components.attoseconds / 1_000_000_000_000) / 1_000
+    }
+}

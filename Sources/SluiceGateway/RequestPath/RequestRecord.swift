@@ -99,25 +99,18 @@ enum ResponseShaping {
         return (headers, body)
     }
 
-    /// The problem (and extra headers) for a failed upstream call; nil when the partner went
-    /// away (nobody to answer).
-    static func problem(for failure: UpstreamFailure) -> (Problem, [(String, String)])? {
+    /// The problem (and extra headers) for a failed upstream call.
+    static func problem(for failure: UpstreamFailure) -> (Problem, [(String, String)]) {
         switch failure {
         case .unavailable(let retryAfter):
-            return (
+            (
                 Problem(.upstreamUnavailable, detail: "The upstream service is unavailable or at capacity; retry in \(retryAfter) s."),
                 [("Retry-After", String(retryAfter))]
             )
         case .timeout:
-            return (Problem(.upstreamTimeout, detail: "The upstream service did not answer in time."), [])
+            (Problem(.upstreamTimeout, detail: "The upstream service did not answer in time."), [])
         case .unreachable:
-            return (Problem(.badGateway, detail: "The upstream service could not be reached or closed the connection."), [])
-        case .clientGone, .requestBody(.truncated), .requestBody(.closed):
-            return nil
-        case .requestBody(.tooLarge(let limit)):
-            return (Problem(.payloadTooLarge, detail: "The request body is larger than \(limit) bytes."), [])
-        case .requestBody(.malformed):
-            return (Problem(.invalidRequest, detail: "The request body is not valid HTTP."), [])
+            (Problem(.badGateway, detail: "The upstream service could not be reached or closed the connection."), [])
         }
     }
 

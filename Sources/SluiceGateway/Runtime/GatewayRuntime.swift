@@ -1,5 +1,4 @@
 import Foundation
-import HTTPTypes
 import Logging
 import SluiceCore
 import Synchronization
@@ -31,16 +30,4 @@ final class GatewayRuntime: Sendable {
     var isDraining: Bool { draining.load(ordering: .relaxed) }
 
     func beginDraining() { draining.store(true, ordering: .relaxed) }
-}
-
-extension HTTPField.Name {
-    static let xRequestID = Self("X-Request-Id")!
-    static let apiVersion = Self("API-Version")!
-    static let deprecation = Self("Deprecation")!
-    static let sunset = Self("Sunset")!
-    static let traceparent = Self("traceparent")!
-    static let rateLimitPolicy = Self("RateLimit-Policy")!
-    static let rateLimit = Self("RateLimit")!
-    static let idempotencyKey = Self("Idempotency-Key")!
-    static let xAPIKey = Self("X-API-Key")!
 }

@@ -27,10 +27,6 @@ enum UpstreamFailure: Error, Equatable {
     case timeout
     /// Refused, reset, or closed before answering: 502.
     case unreachable
-    /// The partner went away: nobody to answer.
-    case clientGone
-    /// The partner's request body could not be read to its end.
-    case requestBody(RequestBodyFailure)
 }
 
 /// How the body of a delivered response comes.

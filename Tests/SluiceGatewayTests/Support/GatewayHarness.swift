@@ -49,7 +49,6 @@ struct GatewayHarness {
             options.handleSignals = false
             options.watchInterval = .milliseconds(100)
             options.logOutput = output
-            if ProcessInfo.processInfo.environment["SLUICE_PARTNER_STACK"] == "hummingbird" { options.partnerStack = .hummingbird }
             if let clock {
                 options.storeClock = clock.epochClock
                 options.resilienceClock = clock.instantClock
