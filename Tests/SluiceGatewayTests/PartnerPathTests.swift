@@ -166,17 +166,13 @@ final class SlowClient: Sendable {
     private final class Counter: Sendable {
         let received = Atomic<Int>(0)
         let wanted = Atomic<Int>(0)
-        let sent = Atomic<Int>(0)
-        let blocked = Atomic<Bool>(false)
-        let progress = ProgressClock()
+        let upload = TransferMeter()
     }
 
     private final class Handler: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
         typealias OutboundOut = ByteBuffer
         let counter: Counter
-        /// Upload bytes not yet written.
-        var toSend = 0
         init(_ counter: Counter) { self.counter = counter }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -188,28 +184,12 @@ final class SlowClient: Sendable {
         }
 
         func channelWritabilityChanged(context: ChannelHandlerContext) {
-            if context.channel.isWritable { writeMore(context) }
+            if context.channel.isWritable { counter.upload.writeWhileWritable(context) }
         }
 
         func upload(_ head: String, bodyBytes: Int, context: ChannelHandlerContext) {
-            toSend = bodyBytes
             context.write(wrapOutboundOut(ByteBuffer(string: head)), promise: nil)
-            writeMore(context)
-        }
-
-        private func writeMore(_ context: ChannelHandlerContext) {
-            let chunk = ByteBuffer(repeating: 0x61, count: 64 << 10)
-            while toSend > 0, context.channel.isWritable {
-                let size = min(toSend, chunk.readableBytes)
-                toSend -= size
-                let counter = counter
-                context.write(wrapOutboundOut(chunk.getSlice(at: 0, length: size)!)).whenSuccess {
-                    counter.sent.add(size, ordering: .relaxed)
-                    counter.progress.moved()
-                }
-                context.flush()
-            }
-            counter.blocked.store(toSend > 0, ordering: .relaxed)
+            counter.upload.start(bodyBytes, context)
         }
     }
 
@@ -220,9 +200,9 @@ final class SlowClient: Sendable {
 
     var received: Int { counter.received.load(ordering: .relaxed) }
     /// Upload bytes the kernel took.
-    var sent: Int { counter.sent.load(ordering: .relaxed) }
-    /// The upload has waited for the connection to become writable, without progress, for half a second.
-    var isStalled: Bool { counter.blocked.load(ordering: .relaxed) && counter.progress.idle >= .milliseconds(500) }
+    var sent: Int { counter.upload.sent }
+    /// The upload is held back by the gateway.
+    var isStalled: Bool { counter.upload.isStalled }
 
     static func connect(port: Int) async throws -> SlowClient {
         let counter = Counter()
@@ -303,21 +283,4 @@ struct RapidResetClient {
         }
         return times
     }
-}
-
-/// When a transfer last moved: a blocked writer that has not moved for a while is held back
-/// by its peer, not merely between two writes.
-final class ProgressClock: Sendable {
-    private let last = Atomic<Int64>(ProgressClock.now)
-
-    func moved() { last.store(Self.now, ordering: .relaxed) }
-
-    var idle: Duration { .nanoseconds(Self.now - last.load(ordering: .relaxed)) }
-
-    private static var now: Int64 {
-        let elapsed = ContinuousClock.now - origin
-        return elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
-    }
-
-    private static let origin = ContinuousClock.now
 }

@@ -17,21 +17,19 @@ final class RawUpstream: Sendable {
     }
 
     let mode: Mode
-    private let sentBytes = Atomic<Int>(0)
+    private let response = TransferMeter()
     private let receivedBytes = Atomic<Int>(0)
-    private let blockedFlag = Atomic<Bool>(false)
-    private let progress = ProgressClock()
     private let releasedFlag = Atomic<Bool>(false)
     private let channels = Mutex<[any Channel]>([])
     private let server: any Channel
 
     /// Response bytes written to the socket so far.
-    var sent: Int { sentBytes.load(ordering: .relaxed) }
+    var sent: Int { response.sent }
     /// Request bytes (head and body) read so far.
     var received: Int { receivedBytes.load(ordering: .relaxed) }
     /// Streaming: the response is not all written, and writing has waited for the connection to
     /// become writable, without progress, for half a second.
-    var isStalled: Bool { blockedFlag.load(ordering: .relaxed) && progress.idle >= .milliseconds(500) }
+    var isStalled: Bool { response.isStalled }
     var port: Int { server.localAddress!.port! }
 
     private init(mode: Mode, server: any Channel) {
@@ -77,7 +75,6 @@ final class RawUpstream: Sendable {
         private var head: [UInt8] = []
         private var bodyExpected: Int?
         private var bodyReceived = 0
-        private var toSend = 0
         private var answered = false
 
         init(_ upstream: RawUpstream) {
@@ -113,7 +110,7 @@ final class RawUpstream: Sendable {
         }
 
         func channelWritabilityChanged(context: ChannelHandlerContext) {
-            if context.channel.isWritable { writeMore(context) }
+            if context.channel.isWritable { upstream.response.writeWhileWritable(context) }
         }
 
         private func answer(_ context: ChannelHandlerContext) {
@@ -123,25 +120,9 @@ final class RawUpstream: Sendable {
             case .slowReader:
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")), promise: nil)
             case .streaming(let bytes):
-                toSend = bytes
                 context.write(wrapOutboundOut(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: \(bytes)\r\n\r\n")), promise: nil)
-                writeMore(context)
+                upstream.response.start(bytes, context)
             }
-        }
-
-        private func writeMore(_ context: ChannelHandlerContext) {
-            let chunk = ByteBuffer(repeating: 0x62, count: 64 << 10)
-            while toSend > 0, context.channel.isWritable {
-                let size = min(toSend, chunk.readableBytes)
-                toSend -= size
-                let upstream = upstream
-                context.write(wrapOutboundOut(chunk.getSlice(at: 0, length: size)!)).whenSuccess {
-                    upstream.sentBytes.add(size, ordering: .relaxed)
-                    upstream.progress.moved()
-                }
-                context.flush()
-            }
-            upstream.blockedFlag.store(toSend > 0, ordering: .relaxed)
         }
 
         private static func endOfHead(_ bytes: [UInt8]) -> Int? {
