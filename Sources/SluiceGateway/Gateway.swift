@@ -59,7 +59,8 @@ public final class Gateway: Sendable {
         let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration, clock: options.storeClock, metrics: metrics)
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock)
         let factory = SnapshotFactory(pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration)
-        let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger)
+        let accessLog = AccessLog(output: options.logOutput, logger: logger, group: eventLoopGroup)
+        let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger, accessLog: accessLog)
         self.pool = pool
         self.runtime = runtime
         let reloader = PolicyReloader(directory: policiesDirectory, environment: environment, runtime: runtime, factory: factory)
@@ -68,7 +69,7 @@ public final class Gateway: Sendable {
         self.bound = bound
 
         var services: [any Service] = []
-        if let output = options.logOutput { services.append(LogFlusher(output: output)) }
+        if let output = options.logOutput { services.append(LogFlusher(output: output, accessLog: accessLog)) }
         services.append(pool)
         services.append(stores)
         let record: @Sendable (String, any Channel) -> Void = { name, channel in bound.record(name, port: channel.localAddress?.port) }
@@ -119,6 +120,7 @@ public final class Gateway: Sendable {
 
     /// Writes buffered log lines out now.
     func flushLogs() {
+        runtime.accessLog.flushBlocking()
         options.logOutput?.flush()
     }
 
@@ -181,14 +183,18 @@ struct DrainOnShutdown: Service {
     }
 }
 
-/// Writes buffered log lines out a few times a second, and once more at the very end.
+/// Writes buffered log lines (event lines and the loops' access lines) out a few times a
+/// second, and once more at the very end.
 struct LogFlusher: Service {
     let output: LogOutput
+    let accessLog: AccessLog
 
     func run() async throws {
         while await pauseUnlessShuttingDown(for: .milliseconds(200)) {
+            await accessLog.flush()
             output.flush()
         }
+        await accessLog.flush()
         output.flush()
     }
 }

@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import NIOCore
+import SluiceCore
 import Testing
 @testable import SluiceGateway
 
@@ -29,5 +31,30 @@ struct JSONLogTests {
         #expect(object["partner"] as? String == "acme")
         // Keys after the fixed three are sorted.
         #expect(text.range(of: "\"partner\"")!.lowerBound < text.range(of: "\"path\"")!.lowerBound)
+    }
+}
+
+/// Access lines (rendered per event loop, without the logger) have the same shape.
+struct AccessLogLineTests {
+    @Test func accessLineIsValidJSONWithMaskedValues() throws {
+        let head = PartnerRequestHead(
+            method: .GET, target: "/v2/orders/jane.doe@acme.example?x=1", headers: ["X-Request-Id": "req-1"], version: .http1_1
+        )
+        var record = RequestRecord(head, identifiers: IdentifierGenerator(), started: .now())
+        record.partner = "acme"
+        record.route = "get-order"
+        record.status = 502
+        record.upstreamError = "refused by \"orders\"\n"
+        var line = ""
+        AccessLog.render(record, status: 502, duration: .microseconds(1_500), level: .warning, into: &line)
+        #expect(line.hasSuffix("}\n") && line.split(separator: "\n").count == 1)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect((object["timestamp"] as? String)?.wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/) != nil)
+        #expect(object["level"] as? String == "warning" && object["message"] as? String == "request")
+        #expect(object["request_id"] as? String == "req-1" && object["status"] as? Int == 502)
+        #expect(object["path"] as? String == "/v2/orders/j***@acme.example", "personal data in the path is masked")
+        #expect(object["error"] as? String == "refused by \"orders\"\n")
+        #expect(object["duration_ms"] as? Double == 1.5)
+        #expect(object["partner"] as? String == "acme" && object["route"] as? String == "get-order" && object["version"] == nil)
     }
 }

@@ -43,16 +43,27 @@ struct AdmissionControl: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
 
+    /// What `admit` answers: a decision at once (embedded store, no limits, a fallback), or one
+    /// that comes when the shared store replies.
+    enum Answer {
+        case decided(Admission)
+        case pending(EventLoopFuture<Admission>)
+    }
+
     /// Decides on `eventLoop` (call there): the embedded store and the fallbacks answer at once,
     /// Redis when its reply arrives on this loop's connection.
-    func admit(partner: Partner, route: Route, requestID: String, on eventLoop: any EventLoop) -> EventLoopFuture<Admission> {
+    func admit(partner: Partner, route: Route, requestID: String, on eventLoop: any EventLoop) -> Answer {
         let limits = AdmissionLimits(partner.limits, cost: route.policy.cost)
-        guard !limits.isUnlimited else { return eventLoop.makeSucceededFuture(.admittedWithoutLimits) }
+        guard !limits.isUnlimited else { return .decided(.admittedWithoutLimits) }
         let lease = limits.concurrency == nil ? nil : requestID
-        guard case .call = backend.breaker.permission() else {
-            return eventLoop.makeSucceededFuture(fallback(partner: partner, route: route, lease: lease, on: eventLoop))
+        if let embedded = backend.embedded {
+            let decision = embedded.decide(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration)
+            return .decided(record(decision, limits: limits, partner: partner.id, lease: lease, local: false, on: eventLoop))
         }
-        return backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop)
+        guard case .call = backend.breaker.permission() else {
+            return .decided(fallback(partner: partner, route: route, lease: lease, on: eventLoop))
+        }
+        let deciding = backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop)
             .map { decision in
                 if backend.breaker.succeeded() {
                     metrics.storeFallback(active: false)
@@ -71,6 +82,7 @@ struct AdmissionControl: Sendable {
                 }
                 return fallback(partner: partner, route: route, lease: lease, on: eventLoop)
             }
+        return .pending(deciding)
     }
 
     /// Hands the request's concurrency slot back (without waiting for the store).

@@ -37,6 +37,8 @@ final class StoreBackend: Sendable {
 
     let settings: Settings
     let store: any AdmissionStore
+    /// The store when it is the embedded one: it decides synchronously.
+    let embedded: MemoryStore?
     let redis: RedisClient?
     /// Per-instance limits while the shared store is unreachable.
     let local: MemoryStore
@@ -54,9 +56,12 @@ final class StoreBackend: Sendable {
             )
             redis = client
             store = RedisStore(client: client)
+            embedded = nil
         } else {
             redis = nil
-            store = MemoryStore(clock: clock)
+            let memory = MemoryStore(clock: clock)
+            store = memory
+            embedded = memory
         }
     }
 

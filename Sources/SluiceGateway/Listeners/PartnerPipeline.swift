@@ -52,10 +52,10 @@ enum PartnerPipeline {
         decoderLimits.maxHeaderFieldCount = 1_000
         let operations = channel.pipeline.syncOperations
         try operations.configureHTTPServerPipeline(
-            withPipeliningAssistance: true, withErrorHandling: false, withOutboundHeaderValidation: false,
+            withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
             withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits
         )
-        try operations.addHandler(PartnerRequestHandler(connection: connection, runtime: runtime, isHTTP2: false))
+        try operations.addHandler(PartnerRequestHandler(connection: connection, runtime: runtime, isHTTP2: false, eventLoop: channel.eventLoop))
         connection.watchdog.httpIsNegotiated()
     }
 
@@ -81,7 +81,9 @@ enum PartnerPipeline {
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                try stream.pipeline.syncOperations.addHandler(PartnerRequestHandler(connection: bound.value, runtime: runtime, isHTTP2: true))
+                try stream.pipeline.syncOperations.addHandler(
+                    PartnerRequestHandler(connection: bound.value, runtime: runtime, isHTTP2: true, eventLoop: stream.eventLoop)
+                )
             }
         }
         try operations.addHandler(management)

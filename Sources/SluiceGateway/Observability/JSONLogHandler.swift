@@ -9,6 +9,8 @@ public final class LogOutput: Sendable {
     private let fileDescriptor: Int32
     private let ownsFileDescriptor: Bool
     private let buffer = Mutex<[UInt8]>([])
+    /// Serialises writes to the descriptor, so two buffers never interleave.
+    private let writing = Mutex(())
     private static let flushThreshold = 32 << 10
 
     /// Standard output.
@@ -42,6 +44,12 @@ public final class LogOutput: Sendable {
         if let full { write(full) }
     }
 
+    /// Writes `lines` (whole lines, each ending in a newline) out now.
+    func write(_ lines: String) {
+        var lines = lines
+        lines.withUTF8 { bytes in write(bytes) }
+    }
+
     /// Writes out whatever is buffered.
     public func flush() {
         let pending: [UInt8] = buffer.withLock { buffer in
@@ -52,10 +60,15 @@ public final class LogOutput: Sendable {
     }
 
     private func write(_ bytes: [UInt8]) {
-        bytes.withUnsafeBytes { raw in
+        bytes.withUnsafeBufferPointer { write($0) }
+    }
+
+    private func write(_ bytes: UnsafeBufferPointer<UInt8>) {
+        guard let base = bytes.baseAddress else { return }
+        writing.withLock { _ in
             var offset = 0
-            while offset < raw.count {
-                let written = Foundation.write(fileDescriptor, raw.baseAddress! + offset, raw.count - offset)
+            while offset < bytes.count {
+                let written = Foundation.write(fileDescriptor, base + offset, bytes.count - offset)
                 if written <= 0 {
                     if written < 0 && errno == EINTR { continue }
                     return

@@ -4,13 +4,14 @@ import NIOHTTP1
 import SluiceCore
 
 /// The partner request path (SPEC §3, DESIGN "Request path") as a channel handler: one per
-/// HTTP/1.1 connection (its requests one after the other; pipelined ones wait in NIO's
-/// pipelining handler in front) or per HTTP/2 stream (behind NIO's HTTP/2-to-HTTP/1 codec).
+/// HTTP/1.1 connection (its requests one after the other: pipelined ones are queued here, and
+/// reading pauses while any wait) or per HTTP/2 stream (behind NIO's HTTP/2-to-HTTP/1 codec).
 /// Everything runs on the connection's event loop — no task, no lock, no thread hop:
 ///
 /// 1. identity (request id) and 2. screening — size and target checks, authentication, version,
 ///    route (`RequestScreening`), synchronous;
-/// 3. admission — a future on this loop (`AdmissionControl`; the embedded store answers inline);
+/// 3. admission — `AdmissionControl`: the embedded store decides inline, Redis answers with a
+///    future on this loop;
 /// 4. (idempotency claim or replay and 5b. async task acceptance plug in here, on the admitted
 ///    request and its plan);
 /// 5. dispatch — an `UpstreamCall` with this handler as its delegate; bodies stream both ways
@@ -18,6 +19,12 @@ import SluiceCore
 ///    unwritten, upstream reads pause while this channel is not writable);
 /// 6. response — `ResponseShaping` adds the request's headers; small answers go out in one write;
 /// 7. finish — concurrency slot released, metrics and access log (`RequestFinisher`), exactly once.
+///
+/// Reading from the partner pauses only while something must wait: pipelined requests queued,
+/// or a request body that cannot go anywhere yet (admission pending, the upstream call not
+/// ready for it, too much of it unwritten upstream). A drain (`ChannelShouldQuiesceEvent`)
+/// closes an idle HTTP/1.1 connection at once and a busy one after its response, which then
+/// says `Connection: close`.
 final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler, UpstreamCallDelegate {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -70,19 +77,31 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
+    /// What arrived for a request after the one in progress (HTTP/1.1 pipelining).
+    private enum Queued {
+        case part(HTTPServerRequestPart)
+        case error(HTTPParserError)
+    }
+
     private let connection: PartnerConnection
     private let runtime: GatewayRuntime
     private let isHTTP2: Bool
+    private let eventLoop: any EventLoop
     private var context: ChannelHandlerContext?
     private var request: Request?
+    private var queued = CircularBuffer<Queued>()
+    private var takingQueued = false
     private var readsHeld = false
     private var readPending = false
     private var closed = false
+    /// Asked to drain: no request after the current one.
+    private var quiescing = false
 
-    init(connection: PartnerConnection, runtime: GatewayRuntime, isHTTP2: Bool) {
+    init(connection: PartnerConnection, runtime: GatewayRuntime, isHTTP2: Bool, eventLoop: any EventLoop) {
         self.connection = connection
         self.runtime = runtime
         self.isHTTP2 = isHTTP2
+        self.eventLoop = eventLoop
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -96,7 +115,19 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     // MARK: - Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        let part = unwrapInboundIn(data)
+        // Parts of the next request wait until this one is answered.
+        if !queued.isEmpty || request?.requestEnded == true {
+            guard !quiescing else { return }
+            queued.append(.part(part))
+            updateReads()
+            return
+        }
+        take(part, context: context)
+    }
+
+    private func take(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
             requestHeadArrived(head, context: context)
         case .body(let chunk):
@@ -110,8 +141,20 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
+        queued.removeAll()
         if let request { clientWentAway(request) }
         context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent, !isHTTP2 else { return context.fireUserInboundEventTriggered(event) }
+        quiescing = true
+        queued.removeAll()
+        if let request {
+            request.closeAfterResponse = true
+        } else {
+            context.close(promise: nil)
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -119,22 +162,27 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             context.close(promise: nil)
             return
         }
-        if let request {
-            // The body's framing broke: nothing more of this connection can be trusted.
-            if case .invalidEOFState = parserError { return clientWentAway(request) }
-            request.call?.cancel()
-            request.call = nil
-            request.closeAfterResponse = true
-            if request.responseStarted {
-                request.record.upstreamError = "request body is not valid HTTP"
-                finish(request)
-                context.close(promise: nil)
-            } else {
-                answer(request, Problem(.invalidRequest, detail: "The request body is not valid HTTP."))
-            }
+        if !queued.isEmpty || request?.requestEnded == true {
+            queued.append(.error(parserError))  // about the next request: answered in turn
             return
         }
-        answerProtocolError(parserError, context: context)
+        takeError(parserError, context: context)
+    }
+
+    private func takeError(_ parserError: HTTPParserError, context: ChannelHandlerContext) {
+        guard let request else { return answerProtocolError(parserError, context: context) }
+        // The body's framing broke: nothing more of this connection can be trusted.
+        if case .invalidEOFState = parserError { return clientWentAway(request) }
+        request.call?.cancel()
+        request.call = nil
+        request.closeAfterResponse = true
+        if request.responseStarted {
+            request.record.upstreamError = "request body is not valid HTTP"
+            finish(request)
+            context.close(promise: nil)
+        } else {
+            answer(request, Problem(.invalidRequest, detail: "The request body is not valid HTTP."))
+        }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -152,14 +200,23 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    private func holdReads() {
-        readsHeld = true
-    }
-
-    private func resumeReads() {
-        guard readsHeld else { return }
-        readsHeld = false
-        if readPending, let context {
+    /// Pauses or resumes reading from the partner: paused while pipelined requests wait, or
+    /// while the request's body cannot be passed on yet.
+    private func updateReads() {
+        let hold: Bool
+        if !queued.isEmpty {
+            hold = true
+        } else if let request, !request.requestEnded {
+            switch request.body {
+            case .holding: hold = true
+            case .streaming: hold = !request.bodyWanted || request.unwrittenBodyBytes >= Self.bodyHighWatermark
+            case .none, .collecting, .discarding: hold = false
+            }
+        } else {
+            hold = false
+        }
+        readsHeld = hold
+        if !hold, readPending, let context {
             readPending = false
             context.read()
         }
@@ -168,7 +225,6 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     // MARK: - Stages 1–3
 
     private func requestHeadArrived(_ nioHead: HTTPRequestHead, context: ChannelHandlerContext) {
-        guard request == nil else { return context.close(promise: nil) }  // pipelining is the handler in front's job
         connection.watchdog.requestHeadReceived()
         let head = PartnerRequestHead(method: nioHead.method, target: nioHead.uri, headers: nioHead.headers, version: nioHead.version)
         let snapshot = runtime.snapshots.load()
@@ -177,18 +233,23 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             connection.certificateSubject
         }
         let request = Request(record: record, snapshot: snapshot, head: head)
-        request.closeAfterResponse = !isHTTP2 && !nioHead.isKeepAlive
+        request.closeAfterResponse = quiescing || (!isHTTP2 && !nioHead.isKeepAlive)
         self.request = request
-        holdReads()
         switch screening {
         case .reject(let problem, let headers):
             answer(request, problem, headers)
         case .forward(let plan):
             request.plan = plan
-            if plan.bodyLength != .none { request.body = .holding }
-            let eventLoop = context.eventLoop
-            let admitting = snapshot.admission.admit(partner: plan.partner, route: plan.route, requestID: record.requestID, on: eventLoop)
-            admitting.assumeIsolated().whenSuccess { [self] admission in admitted(request, admission) }
+            if plan.bodyLength != .none {
+                request.body = .holding
+                updateReads()
+            }
+            switch snapshot.admission.admit(partner: plan.partner, route: plan.route, requestID: record.requestID, on: eventLoop) {
+            case .decided(let admission):
+                admitted(request, admission)
+            case .pending(let admitting):
+                admitting.assumeIsolated().whenSuccess { [self] admission in admitted(request, admission) }
+            }
         }
     }
 
@@ -254,7 +315,6 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .none:
             request.body = .none
             startCall(request, .none)
-            resumeReads()  // the request's end, then the next request
         case .known(let length) where retryable && length <= UpstreamCall.replayableBodyLimit:
             // Small enough to keep, so that a retry can send it again.
             continueIfExpected(request)
@@ -262,7 +322,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             var collected = self.context!.channel.allocator.buffer(capacity: length)
             while let chunk = request.pending.popFirst() { collected.writeImmutableBuffer(chunk) }
             request.collected = collected
-            if request.requestEnded { startCall(request, .whole(collected)) } else { resumeReads() }
+            if request.requestEnded { startCall(request, .whole(collected)) } else { updateReads() }
         case .known, .unknown:
             // Streamed: reads resume when the call wants the body.
             continueIfExpected(request)
@@ -275,7 +335,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard let (upstream, head, retryable) = request.upstream, let plan = request.plan, let context else { return }
         let call = UpstreamCall(
             runtime: upstream, request: UpstreamRequest(head: head, body: body, retryable: retryable), timeout: plan.route.requestTimeout,
-            eventLoop: context.eventLoop, logger: runtime.logger, delegate: self
+            eventLoop: eventLoop, logger: runtime.logger, delegate: self
         )
         request.call = call
         call.start()
@@ -326,13 +386,13 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard let call = request.call, let context else { return }
         let bytes = chunk.readableBytes
         request.unwrittenBodyBytes += bytes
-        let promise = context.eventLoop.makePromise(of: Void.self)
+        let promise = eventLoop.makePromise(of: Void.self)
         promise.futureResult.assumeIsolated().whenComplete { [self] _ in
             request.unwrittenBodyBytes -= bytes
-            if self.request === request, request.unwrittenBodyBytes < Self.bodyHighWatermark / 2, !request.requestEnded { resumeReads() }
+            if self.request === request, request.unwrittenBodyBytes < Self.bodyHighWatermark / 2, readsHeld { updateReads() }
         }
         call.sendBody(chunk, promise: promise)
-        if request.unwrittenBodyBytes >= Self.bodyHighWatermark { holdReads() }
+        if request.unwrittenBodyBytes >= Self.bodyHighWatermark, !readsHeld { updateReads() }
     }
 
     private func bodyTooLarge(_ request: Request, limit: Int) {
@@ -356,8 +416,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         while let chunk = request.pending.popFirst() { sendUpstream(chunk, request) }
         if request.requestEnded {
             call.endBody()
-        } else if request.unwrittenBodyBytes < Self.bodyHighWatermark {
-            resumeReads()
+        } else {
+            updateReads()
         }
     }
 
@@ -442,6 +502,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             if !drainable { request.closeAfterResponse = true }
             request.pending.removeAll()
             request.body = .discarding
+            updateReads()
         }
         var (headers, body) = ResponseShaping.problem(problem, request.record, extra: extra, date: runtime.dates.current, allocator: context.channel.allocator)
         if request.closeAfterResponse && !isHTTP2 { headers.add(name: "Connection", value: "close") }
@@ -458,26 +519,30 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         finish(request)
         connection.watchdog.responseEnded()
         let closing = request.closeAfterResponse && (!isHTTP2 || !request.requestEnded)
-        if request.requestEnded && !closing {
-            // Before the write: the pipelining handler may hand over the next request from inside it.
-            requestCompleted(request)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            return
-        }
         if closing {
             self.request = nil
+            queued.removeAll()
             context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        } else {
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            resumeReads()  // drain the rest of the body, then the next request
+            return
         }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        if request.requestEnded { requestCompleted(request) }  // else: drain the rest of the body first
     }
 
-    /// Request and response are both complete: ready for the next request.
+    /// Request and response are both complete: the next request, if one is queued, goes next.
     private func requestCompleted(_ request: Request) {
-        guard self.request === request else { return }
+        guard self.request === request, let context else { return }
         self.request = nil
-        resumeReads()
+        guard !takingQueued else { return }  // the loop below is already running further up the stack
+        takingQueued = true
+        defer { takingQueued = false }
+        while self.request == nil || self.request?.requestEnded == false, let next = queued.popFirst() {
+            switch next {
+            case .part(let part): take(part, context: context)
+            case .error(let error): takeError(error, context: context)
+            }
+        }
+        updateReads()
     }
 
     /// The status line of an HTTP/1.1 response echoes the request's minor version.
@@ -528,6 +593,6 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard !request.finished else { return }
         request.finished = true
         if let admission = request.admission { request.snapshot.admission.finish(admission) }
-        RequestFinisher.finished(request.record, runtime: runtime)
+        RequestFinisher.finished(request.record, runtime: runtime, on: eventLoop)
     }
 }

@@ -11,6 +11,7 @@ final class GatewayRuntime: Sendable {
     let dates = HTTPDateCache()
     let metrics: GatewayMetrics
     let logger: Logger
+    let accessLog: AccessLog
     /// What the last failed reload said (cleared by a successful one).
     let policyStatus = Mutex(PolicyStatus())
     private let draining = Atomic<Bool>(false)
@@ -20,10 +21,11 @@ final class GatewayRuntime: Sendable {
         var lastErrorAt: Date?
     }
 
-    init(snapshot: GatewaySnapshot, metrics: GatewayMetrics, logger: Logger) {
+    init(snapshot: GatewaySnapshot, metrics: GatewayMetrics, logger: Logger, accessLog: AccessLog) {
         self.snapshots = SnapshotHolder(snapshot)
         self.metrics = metrics
         self.logger = logger
+        self.accessLog = accessLog
     }
 
     /// Set when shutdown begins: `/readyz` answers 503 from then on.

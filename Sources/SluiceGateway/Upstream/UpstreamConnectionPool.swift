@@ -79,7 +79,9 @@ final class UpstreamConnectionPool: Sendable {
                     if let tlsContext {
                         try operations.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: serverHostname))
                     }
-                    try operations.addHTTPClientHandlers(leftOverBytesStrategy: .dropBytes)
+                    // Header validation is the partner side's job (llhttp, HPACK): what goes
+                    // upstream is the partner's validated headers plus the gateway's own.
+                    try operations.addHTTPClientHandlers(leftOverBytesStrategy: .dropBytes, enableOutboundHeaderValidation: false)
                     try operations.addHandler(UpstreamConnectionHandler())
                 }
             }

@@ -1,0 +1,131 @@
+import Logging
+import NIOCore
+import SluiceCore
+
+/// The access log (stage 7): one JSON line per request, in the format of `JSONLogHandler`
+/// (`timestamp`, `level`, `message`, then the request's fields), rendered straight into a
+/// buffer of the event loop that served the request — no lock, no metadata dictionary per
+/// request. A buffer goes to `LogOutput` when it fills and whenever `flush` comes by (the
+/// `LogFlusher`, a few times a second). Without a `LogOutput` (Sluice embedded with another
+/// logging backend) lines go through the logger instead.
+final class AccessLog: Sendable {
+    /// One loop's pending lines; only touched on that loop.
+    private final class LoopBuffer: @unchecked Sendable {
+        var text = ""
+    }
+
+    private static let flushThreshold = 32 << 10
+
+    private let output: LogOutput?
+    private let logger: Logger
+    private let eventLoops: [any EventLoop]
+    private let buffers: [ObjectIdentifier: LoopBuffer]
+
+    init(output: LogOutput?, logger: Logger, group: any EventLoopGroup) {
+        self.output = output
+        self.logger = logger
+        eventLoops = Array(group.makeIterator())
+        buffers = eventLoops.reduce(into: [:]) { $0[ObjectIdentifier($1)] = LoopBuffer() }
+    }
+
+    /// Records a finished request; call on `eventLoop`.
+    func record(_ record: RequestRecord, status: Int, duration: Duration, on eventLoop: any EventLoop) {
+        let level: Logger.Level = status >= 500 ? .warning : .info
+        guard logger.logLevel <= level else { return }
+        guard let output, let buffer = buffers[ObjectIdentifier(eventLoop)] else {
+            return logger.log(level: level, "request", metadata: Self.metadata(record, status: status, duration: duration))
+        }
+        Self.render(record, status: status, duration: duration, level: level, into: &buffer.text)
+        if buffer.text.utf8.count >= Self.flushThreshold {
+            output.write(buffer.text)
+            buffer.text.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// Writes out every loop's pending lines.
+    func flush() async {
+        guard let output else { return }
+        for eventLoop in eventLoops {
+            guard let buffer = buffers[ObjectIdentifier(eventLoop)] else { continue }
+            try? await eventLoop.submit { Self.drain(buffer, to: output) }.get()
+        }
+    }
+
+    /// `flush()` for callers that cannot wait asynchronously (tests reading the log).
+    func flushBlocking() {
+        guard let output else { return }
+        for eventLoop in eventLoops {
+            guard let buffer = buffers[ObjectIdentifier(eventLoop)] else { continue }
+            try? eventLoop.submit { Self.drain(buffer, to: output) }.wait()
+        }
+    }
+
+    private static func drain(_ buffer: LoopBuffer, to output: LogOutput) {
+        guard !buffer.text.isEmpty else { return }
+        output.write(buffer.text)
+        buffer.text.removeAll(keepingCapacity: true)
+    }
+
+    /// The line: as `JSONLogHandler` writes it, masking all but identifiers and numbers.
+    static func render(_ record: RequestRecord, status: Int, duration: Duration, level: Logger.Level, into line: inout String) {
+        line += "{\"timestamp\":\""
+        line += Timestamp.now()
+        line += "\",\"level\":\""
+        line += level.rawValue
+        line += "\",\"message\":\"request\",\"bytes_in\":"
+        line += String(record.bytesIn)
+        line += ",\"bytes_out\":"
+        line += String(record.bytesOut)
+        if record.clientGone { line += ",\"client_gone\":true" }
+        line += ",\"duration_ms\":"
+        line += String(duration.milliseconds)
+        if let error = record.upstreamError { field("error", error, into: &line) }
+        field("method", record.method, into: &line)
+        if let partner = record.partner { field("partner", partner, into: &line) }
+        field("path", String(record.path), into: &line)
+        if let problem = record.problem { field("problem", problem, into: &line) }
+        line += ",\"request_id\":"
+        JSONValue.appendQuoted(record.requestID, to: &line)
+        if let route = record.route { field("route", route, into: &line) }
+        line += ",\"status\":"
+        line += String(status)
+        if let upstream = record.upstream { field("upstream", upstream, into: &line) }
+        if let version = record.version { field("version", version, into: &line) }
+        line += "}\n"
+    }
+
+    private static func field(_ key: StaticString, _ value: String, into line: inout String) {
+        line += ",\""
+        line += key.description
+        line += "\":"
+        JSONValue.appendQuoted(SensitiveDataMask.mask(value), to: &line)
+    }
+
+    /// The same fields as logger metadata.
+    private static func metadata(_ record: RequestRecord, status: Int, duration: Duration) -> Logger.Metadata {
+        var metadata: Logger.Metadata = [
+            "request_id": .string(record.requestID),
+            "method": .string(record.method),
+            "path": .string(String(record.path)),
+            "status": .stringConvertible(status),
+            "duration_ms": .stringConvertible(duration.milliseconds),
+            "bytes_in": .stringConvertible(record.bytesIn),
+            "bytes_out": .stringConvertible(record.bytesOut),
+        ]
+        if let partner = record.partner { metadata["partner"] = .string(partner) }
+        if let version = record.version { metadata["version"] = .string(version) }
+        if let route = record.route { metadata["route"] = .string(route) }
+        if let upstream = record.upstream { metadata["upstream"] = .string(upstream) }
+        if let problem = record.problem { metadata["problem"] = .string(problem) }
+        if let error = record.upstreamError { metadata["error"] = .string(error) }
+        if record.clientGone { metadata["client_gone"] = .stringConvertible(true) }
+        return metadata
+    }
+}
+
+extension Duration {
+    /// Milliseconds with microsecond precision, for logs.
+    var milliseconds: Double {
+        Double(components.seconds) * 1_000 + Double(components.attoseconds / 1_000_000_000_000) / 1_000
+    }
+}
