@@ -159,5 +159,12 @@ let package = Package(
 )
 
 var sharedSettings: [SwiftSetting] {
-    [.enableUpcomingFeature("InternalImportsByDefault"), .enableUpcomingFeature("ExistentialAny")]
+    [
+        .enableUpcomingFeature("InternalImportsByDefault"), .enableUpcomingFeature("ExistentialAny"),
+        // Release builds of the gateway's own modules: no runtime exclusivity checks (the debug
+        // build, which the tests run, keeps them), and cross-module optimisation so that Core's
+        // generic state machines are specialised where the gateway uses them. Both measured
+        // with loadtest/run (README, Performance).
+        .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release)),
+    ]
 }

@@ -8,8 +8,13 @@ import Synchronization
 /// instance. Partners are spread over shards, each with its own lock, so two partners rarely
 /// contend. Also the local fallback while Redis is unreachable.
 public final class MemoryStore: AdmissionStore {
+    /// A partner's ledger, mutated in place under its shard's lock (no copy on write).
+    private final class LedgerBox {
+        var ledger = PartnerLedger()
+    }
+
     private final class Shard: Sendable {
-        let ledgers = Mutex<[String: PartnerLedger]>([:])
+        let ledgers = Mutex<[String: LedgerBox]>([:])
     }
 
     private let shards = (0..<16).map { _ in Shard() }
@@ -30,7 +35,14 @@ public final class MemoryStore: AdmissionStore {
     public func decide(partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) -> AdmissionDecision {
         let now = clock()
         return shard(partner).ledgers.withLock { ledgers in
-            ledgers[partner, default: PartnerLedger()].admit(limits, lease: lease, leaseMilliseconds: leaseDuration.milliseconds, now: now)
+            let box: LedgerBox
+            if let existing = ledgers[partner] {
+                box = existing
+            } else {
+                box = LedgerBox()
+                ledgers[partner] = box
+            }
+            return box.ledger.admit(limits, lease: lease, leaseMilliseconds: leaseDuration.milliseconds, now: now)
         }
     }
 
@@ -41,14 +53,14 @@ public final class MemoryStore: AdmissionStore {
     }
 
     public func release(partner: String, lease: String, on eventLoop: any EventLoop) {
-        shard(partner).ledgers.withLock { $0[partner]?.release(lease) }
+        shard(partner).ledgers.withLock { $0[partner]?.ledger.release(lease) }
     }
 
     public func flushReleases() async {}
 
     public func renew(partner: String, leases: [String], leaseDuration: Duration) async throws {
         let now = clock()
-        shard(partner).ledgers.withLock { $0[partner]?.renew(leases, leaseMilliseconds: leaseDuration.milliseconds, now: now) }
+        shard(partner).ledgers.withLock { $0[partner]?.ledger.renew(leases, leaseMilliseconds: leaseDuration.milliseconds, now: now) }
     }
 
     private func shard(_ partner: String) -> Shard {

@@ -93,10 +93,10 @@ struct AdmissionControl: Sendable {
             return
         }
         if lease.local {
-            backend.localLeases.remove(partner: lease.partner, lease: lease.id)
+            backend.localLeases.remove(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
             backend.local.release(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
         } else {
-            backend.leases.remove(partner: lease.partner, lease: lease.id)
+            backend.leases.remove(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
             backend.store.release(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
         }
     }
@@ -124,7 +124,7 @@ struct AdmissionControl: Sendable {
         var held: HeldLease?
         if let lease, limits.concurrency != nil {
             held = HeldLease(partner: partner, id: lease, local: local, eventLoop: eventLoop)
-            (local ? backend.localLeases : backend.leases).add(partner: partner, lease: lease)
+            (local ? backend.localLeases : backend.leases).add(partner: partner, lease: lease, on: eventLoop)
         }
         return Admission(verdict: .admitted, limits: limits, decision: decision, lease: held)
     }

@@ -6,22 +6,42 @@ import SluiceStore
 import Synchronization
 
 /// Leases this instance holds, by partner, so they can be renewed while their requests run.
+/// Kept per event loop (a lease is taken and given back on the loop of its request), so
+/// recording one takes no lock; the renewal collects them from every loop.
 final class LeaseRegistry: Sendable {
-    private let held = Mutex<[String: Set<String>]>([:])
-
-    func add(partner: String, lease: String) {
-        held.withLock { _ = $0[partner, default: []].insert(lease) }
+    /// One loop's leases; only touched on that loop. Emptied sets stay, so a busy partner's
+    /// leases come and go without allocating.
+    private final class Held: @unchecked Sendable {
+        var byPartner: [String: Set<String>] = [:]
     }
 
-    func remove(partner: String, lease: String) {
-        held.withLock { held in
-            held[partner]?.remove(lease)
-            if held[partner]?.isEmpty == true { held[partner] = nil }
+    private let eventLoops: [any EventLoop]
+    private let held: [ObjectIdentifier: Held]
+
+    init(group: any EventLoopGroup) {
+        eventLoops = Array(group.makeIterator())
+        held = eventLoops.reduce(into: [:]) { $0[ObjectIdentifier($1)] = Held() }
+    }
+
+    /// Call on `eventLoop`.
+    func add(partner: String, lease: String, on eventLoop: any EventLoop) {
+        _ = held[ObjectIdentifier(eventLoop)]?.byPartner[partner, default: []].insert(lease)
+    }
+
+    /// Call on `eventLoop`, the loop that added the lease.
+    func remove(partner: String, lease: String, on eventLoop: any EventLoop) {
+        _ = held[ObjectIdentifier(eventLoop)]?.byPartner[partner]?.remove(lease)
+    }
+
+    /// Every lease held now, by partner.
+    func byPartner() async -> [String: [String]] {
+        var all: [String: [String]] = [:]
+        for eventLoop in eventLoops {
+            guard let loop = held[ObjectIdentifier(eventLoop)] else { continue }
+            let leases = (try? await eventLoop.submit { loop.byPartner.filter { !$0.value.isEmpty }.mapValues { Array($0) } }.get()) ?? [:]
+            all.merge(leases) { $0 + $1 }
         }
-    }
-
-    var byPartner: [String: [String]] {
-        held.withLock { $0.mapValues { Array($0) } }
+        return all
     }
 }
 
@@ -43,12 +63,14 @@ final class StoreBackend: Sendable {
     /// Per-instance limits while the shared store is unreachable.
     let local: MemoryStore
     let breaker = StoreBreaker()
-    let leases = LeaseRegistry()
-    let localLeases = LeaseRegistry()
+    let leases: LeaseRegistry
+    let localLeases: LeaseRegistry
 
     init(settings: Settings, group: any EventLoopGroup, clock: @escaping EpochClock, metrics: GatewayMetrics) throws {
         self.settings = settings
         local = MemoryStore(clock: clock)
+        leases = LeaseRegistry(group: group)
+        localLeases = LeaseRegistry(group: group)
         if let url = settings.redis {
             let calls = metrics.storeCalls
             let client = try RedisStore.makeClient(
@@ -74,7 +96,7 @@ final class StoreBackend: Sendable {
     /// Extends every lease still held, in both stores.
     func renewLeases(for duration: Duration) async {
         for (store, registry) in [(store, leases), (local as any AdmissionStore, localLeases)] {
-            for (partner, held) in registry.byPartner {
+            for (partner, held) in await registry.byPartner() {
                 try? await store.renew(partner: partner, leases: held, leaseDuration: duration)
             }
         }

@@ -10,6 +10,8 @@ final class PartnerConnection {
     /// The caller's IP address.
     let clientAddress: String?
     let watchdog: ConnectionWatchdog
+    /// The partner of the API key this connection presented last.
+    let keys = KeyCache()
     private let channel: any Channel
     private var subject: String??
 

@@ -229,7 +229,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         let head = PartnerRequestHead(method: nioHead.method, target: nioHead.uri, headers: nioHead.headers, version: nioHead.version)
         let snapshot = runtime.snapshots.load()
         var record = RequestRecord(head, identifiers: runtime.identifiers, started: .now())
-        let screening = RequestScreening.screen(head, &record, snapshot, scheme: connection.scheme) { [connection] in
+        let screening = RequestScreening.screen(head, &record, snapshot, scheme: connection.scheme, keys: connection.keys) { [connection] in
             connection.certificateSubject
         }
         let request = Request(record: record, snapshot: snapshot, head: head)

@@ -46,10 +46,12 @@ enum RequestScreening {
     /// larger or unbounded ones close the connection (or reset the HTTP/2 stream) instead.
     static let drainableBodyLimit = 64 << 10
 
-    /// - Parameter certificateSubject: The verified client certificate's subject, looked up
-    ///   only when no key was sent and client certificates are enabled.
+    /// - Parameters:
+    ///   - keys: The connection's cache of its last API key's partner.
+    ///   - certificateSubject: The verified client certificate's subject, looked up only when no
+    ///     key was sent and client certificates are enabled.
     static func screen(
-        _ head: PartnerRequestHead, _ record: inout RequestRecord, _ snapshot: GatewaySnapshot, scheme: String,
+        _ head: PartnerRequestHead, _ record: inout RequestRecord, _ snapshot: GatewaySnapshot, scheme: String, keys: KeyCache,
         certificateSubject: () -> String?
     ) -> Screening {
         let limits = snapshot.policy.gateway.limits
@@ -69,7 +71,7 @@ enum RequestScreening {
             return .reject(Problem(.invalidRequest, detail: "The request target must be an absolute path without '.' or '..' segments."), headers: [])
         }
 
-        guard let partner = authenticate(head, snapshot, scheme: scheme, certificateSubject: certificateSubject) else {
+        guard let partner = authenticate(head, snapshot, scheme: scheme, keys: keys, certificateSubject: certificateSubject) else {
             return .reject(
                 Problem(.unauthorized, detail: "Send a valid API key as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'."),
                 headers: [("WWW-Authenticate", "Bearer")]
@@ -119,10 +121,10 @@ enum RequestScreening {
 
     /// The partner of the API key, or of the client certificate when no key was sent.
     private static func authenticate(
-        _ head: PartnerRequestHead, _ snapshot: GatewaySnapshot, scheme: String, certificateSubject: () -> String?
+        _ head: PartnerRequestHead, _ snapshot: GatewaySnapshot, scheme: String, keys: KeyCache, certificateSubject: () -> String?
     ) -> Partner? {
         if let key = Credentials.presented(authorization: head.headers.first(name: "authorization"), apiKey: head.headers.first(name: "x-api-key")) {
-            return snapshot.rules.partner(forKey: key)
+            return keys.partner(forKey: key, rules: snapshot.rules)
         }
         guard scheme == "https", snapshot.policy.gateway.tls?.clientCAPath != nil, let subject = certificateSubject() else { return nil }
         return snapshot.rules.partner(forCertificateSubject: subject)
@@ -180,5 +182,20 @@ enum RequestScreening {
             }
             index = path.utf8.index(after: index)
         }
+    }
+}
+
+/// The partner of the last API key one connection presented. A partner sends the same key on
+/// every request of a keep-alive connection (or HTTP/2 stream of it), so the key is hashed and
+/// looked up once per connection and policy load, not per request. Only the connection's own
+/// earlier key is compared with, so the comparison reveals nothing to anybody else.
+final class KeyCache {
+    private var last: (key: Substring, rules: GatewayRules, partner: Partner?)?
+
+    func partner(forKey key: Substring, rules: GatewayRules) -> Partner? {
+        if let last, last.rules === rules, last.key == key { return last.partner }
+        let partner = rules.partner(forKey: key)
+        last = (key, rules, partner)
+        return partner
     }
 }

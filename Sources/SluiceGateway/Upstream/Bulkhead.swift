@@ -40,6 +40,15 @@ final class Bulkhead: Sendable {
     /// Calls waiting for a slot.
     var waiting: Int { state.withLock { $0.waiting.count } }
 
+    /// Takes a free slot if there is one (no allocation: the fast path of `acquire`).
+    func tryAcquire() -> Bool {
+        state.withLock { state in
+            guard state.inUse < limit else { return false }
+            state.inUse += 1
+            return true
+        }
+    }
+
     /// Takes a slot, or queues for one: `resume(true)` runs on `eventLoop` when a slot is handed
     /// over, `resume(false)` when `queue_timeout` passed first.
     func acquire(on eventLoop: any EventLoop, resume: @escaping @Sendable (Bool) -> Void) -> Attempt {

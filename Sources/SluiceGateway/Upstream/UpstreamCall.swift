@@ -71,7 +71,9 @@ protocol UpstreamCallDelegate: AnyObject {
 ///   conditions, while the body can be sent again (none, kept whole, or nothing of it streamed),
 ///   within the retry budget, after a full-jitter backoff;
 /// - a response body that stops for `body_timeout` is cut off; one with a declared length up
-///   to 64 KiB is read whole before its head is delivered, so a stall there is still a 504.
+///   to 64 KiB is read whole before its head is delivered, so a stall there is still a 504;
+/// - on a connection, both deadlines are watched by the connection's `LazyTimer`, which a busy
+///   connection schedules about once per timeout, not once per request.
 final class UpstreamCall: UpstreamConnectionUser {
     /// Response bodies up to this size (declared) are read whole before forwarding.
     static let wholeBodyLimit = 64 << 10
@@ -101,8 +103,10 @@ final class UpstreamCall: UpstreamConnectionUser {
     private var tryStarted = ContinuousClock.now
     private var retried = 0
     private var requestComplete = false
-    private var headTimer: Scheduled<Void>?
-    private lazy var stall = StallTimer(timeout: runtime.policy.bodyTimeout, eventLoop: eventLoop)
+    /// The head deadline while connecting; on a connection, the connection's `LazyTimer` wakes the call.
+    private var connectTimer: Scheduled<Void>?
+    /// When the response body last moved (for `body_timeout`).
+    private var lastProgress = NIODeadline.now()
     /// Set once a try of a streamed body sent anything: that body cannot be sent again.
     private var bodyConsumed = false
     /// Chunks of the streamed body that came while no try was sending (connecting, backing off).
@@ -123,9 +127,13 @@ final class UpstreamCall: UpstreamConnectionUser {
 
     func start() {
         guard case .idle = state else { return }
-        let eventLoop = eventLoop
-        let resume = NIOLoopBound(self, eventLoop: eventLoop)
-        switch runtime.bulkhead.acquire(on: eventLoop, resume: { granted in resume.value.slotDecided(granted) }) {
+        if runtime.bulkhead.tryAcquire() {
+            holdsSlot = true
+            runtime.recordRequest()
+            return beginTry()
+        }
+        let call = NIOLoopBound(self, eventLoop: eventLoop)
+        switch runtime.bulkhead.acquire(on: eventLoop, resume: { granted in call.value.slotDecided(granted) }) {
         case .acquired:
             holdsSlot = true
             runtime.recordRequest()
@@ -221,8 +229,6 @@ final class UpstreamCall: UpstreamConnectionUser {
         state = .connecting
         let remaining = deadline - .now()
         guard remaining > .zero else { return tryEnded(.timedOut) }
-        let call = NIOLoopBound(self, eventLoop: eventLoop)
-        headTimer = eventLoop.scheduleTask(deadline: deadline) { call.value.headTimedOut() }
         leaseConnection()
     }
 
@@ -233,6 +239,7 @@ final class UpstreamCall: UpstreamConnectionUser {
             send(on: connection)
         case .connecting(let future):
             let call = NIOLoopBound(self, eventLoop: eventLoop)
+            connectTimer = eventLoop.scheduleTask(deadline: deadline) { call.value.connectTimedOut() }
             future.whenComplete { result in
                 switch result {
                 case .success(let connection): call.value.connected(connection)
@@ -243,6 +250,8 @@ final class UpstreamCall: UpstreamConnectionUser {
     }
 
     private func connected(_ connection: UpstreamConnection) {
+        connectTimer?.cancel()
+        connectTimer = nil
         guard case .connecting = state else {
             connection.close()  // the call ended meanwhile
             return
@@ -259,6 +268,7 @@ final class UpstreamCall: UpstreamConnectionUser {
         connection.user = self
         connection.requestsServed += 1
         state = .awaitingHead(connection)
+        connection.timer.wake(noLaterThan: deadline)
         connection.write(.head(request.head), promise: nil)
         switch request.body {
         case .none:
@@ -284,15 +294,32 @@ final class UpstreamCall: UpstreamConnectionUser {
         }
     }
 
-    private func headTimedOut() {
-        headTimer = nil
+    private func connectTimedOut() {
+        connectTimer = nil
+        guard case .connecting = state else { return }
+        tryEnded(.timedOut)
+    }
+
+    /// The connection's timer woke the call: the head deadline or `body_timeout` may have passed.
+    func connectionTimerFired(_ connection: UpstreamConnection) {
+        let now = NIODeadline.now()
         switch state {
-        case .connecting, .awaitingHead, .readingWhole:
-            tryEnded(.timedOut)
+        case .awaitingHead:
+            if deadline <= now { return tryEnded(.timedOut) }
+            connection.timer.wake(noLaterThan: deadline)
+        case .readingWhole:
+            // A small body is read before its head is forwarded: a stall there is still a 504.
+            if lastProgress + bodyTimeout <= now { return tryEnded(.timedOut) }
+            connection.timer.wake(noLaterThan: lastProgress + bodyTimeout)
+        case .streaming:
+            if lastProgress + bodyTimeout <= now { return stalledMidBody(connection) }
+            connection.timer.wake(noLaterThan: lastProgress + bodyTimeout)
         default:
             break
         }
     }
+
+    private var bodyTimeout: TimeAmount { TimeAmount(runtime.policy.bodyTimeout) }
 
     // MARK: - The connection's events
 
@@ -302,21 +329,19 @@ final class UpstreamCall: UpstreamConnectionUser {
             guard head.status.code >= 200 else { return }  // 100 Continue and other interim answers
             headArrived(head, on: connection)
         case (.readingWhole(_, let head, var body), .body(let chunk)):
-            stall.progress()
+            lastProgress = .now()
             if body == nil { body = chunk } else { body!.writeImmutableBuffer(chunk) }
             state = .readingWhole(connection, head, body)
         case (.readingWhole(_, let head, let body), .end):
-            stall.stop()
             recordTicket(Self.outcome(Int(head.status.code)))
             state = .finished
             release(connection)
             end()
             delegate?.upstreamCall(self, respondedWith: head, body: .whole(body.flatMap { $0.readableBytes > 0 ? $0 : nil }))
         case (.streaming, .body(let chunk)):
-            stall.progress()
+            lastProgress = .now()
             delegate?.upstreamCall(self, received: chunk)
         case (.streaming, .end):
-            stall.stop()
             state = .finished
             release(connection)
             end()
@@ -339,7 +364,6 @@ final class UpstreamCall: UpstreamConnectionUser {
         case .readingWhole:
             tryEnded(.broke)
         case .streaming:
-            stall.stop()
             state = .finished
             end()
             delegate?.upstreamCall(self, brokeOff: .closed)
@@ -358,8 +382,6 @@ final class UpstreamCall: UpstreamConnectionUser {
     }
 
     private func headArrived(_ head: HTTPResponseHead, on connection: UpstreamConnection) {
-        headTimer?.cancel()
-        headTimer = nil
         let status = Int(head.status.code)
         if runtime.policy.retries.on.contains(.status(status)), let wait = retryWait() {
             recordTicket(Self.outcome(status))
@@ -368,26 +390,19 @@ final class UpstreamCall: UpstreamConnectionUser {
             return retry(after: wait, condition: .status(status))
         }
         let declared = head.headers.first(name: "content-length").flatMap(Int.init)
-        let call = NIOLoopBound(self, eventLoop: eventLoop)
+        lastProgress = .now()
+        connection.timer.wake(noLaterThan: lastProgress + bodyTimeout)
         if let declared, declared <= Self.wholeBodyLimit {
             // The breaker hears of this try when the body is in (or stalls).
             state = .readingWhole(connection, head, nil)
-            stall.start { call.value.stalledBeforeHead() }
         } else {
             recordTicket(Self.outcome(status))
             state = .streaming(connection)
-            stall.start { call.value.stalledMidBody() }
             delegate?.upstreamCall(self, respondedWith: head, body: .streaming)
         }
     }
 
-    private func stalledBeforeHead() {
-        guard case .readingWhole = state else { return }
-        tryEnded(.timedOut)
-    }
-
-    private func stalledMidBody() {
-        guard case .streaming(let connection) = state else { return }
+    private func stalledMidBody(_ connection: UpstreamConnection) {
         connection.user = nil
         connection.close()
         state = .finished
@@ -404,9 +419,8 @@ final class UpstreamCall: UpstreamConnectionUser {
         default:
             break
         }
-        stall.stop()
-        headTimer?.cancel()
-        headTimer = nil
+        connectTimer?.cancel()
+        connectTimer = nil
         recordTicket(.failure)
         switch outcome {
         case .connectFailed(let timedOut):
@@ -471,9 +485,8 @@ final class UpstreamCall: UpstreamConnectionUser {
         while let (_, promise) = pendingChunks.popFirst() {
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
-        headTimer?.cancel()
-        headTimer = nil
-        stall.stop()
+        connectTimer?.cancel()
+        connectTimer = nil
         if holdsSlot {
             holdsSlot = false
             runtime.bulkhead.release()

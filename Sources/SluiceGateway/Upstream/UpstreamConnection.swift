@@ -7,6 +7,8 @@ protocol UpstreamConnectionUser: AnyObject {
     func connection(_ connection: UpstreamConnection, received part: HTTPClientResponsePart)
     /// The connection closed (by the upstream, an error, or a timeout that closed it).
     func connectionClosed(_ connection: UpstreamConnection)
+    /// The connection's timer went off (see `UpstreamConnection.timer`).
+    func connectionTimerFired(_ connection: UpstreamConnection)
 }
 
 /// One HTTP/1.1 connection to an upstream, bound to its event loop: either idle in its pool or
@@ -20,11 +22,17 @@ final class UpstreamConnection {
     var idleSince = NIODeadline.now()
     /// Set when the upstream said `Connection: close` or a request was abandoned mid-way.
     var isReusable = true
+    /// Wakes the connection's user for its deadlines; lives as long as the connection, so
+    /// requests one after another reuse one scheduled timer.
+    private(set) var timer: LazyTimer!
 
     init(channel: any Channel, handler: UpstreamConnectionHandler) {
         self.channel = channel
         self.handler = handler
         handler.connection = self
+        timer = LazyTimer(eventLoop: channel.eventLoop) { [unowned self] in
+            user?.connectionTimerFired(self)
+        }
     }
 
     var isOpen: Bool { channel.isActive }
@@ -93,6 +101,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler, RemovableChannelHan
     func channelInactive(context: ChannelHandlerContext) {
         if let connection {
             connection.isReusable = false
+            connection.timer.cancel()
             if let user {
                 user.connectionClosed(connection)
             } else {

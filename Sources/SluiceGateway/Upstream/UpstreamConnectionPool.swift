@@ -107,7 +107,6 @@ private final class LocalPool: @unchecked Sendable {
         eventLoop.assertInEventLoop()
         let now = NIODeadline.now()
         while let connection = idle.popLast() {
-            connection.onClosedWhileIdle = nil
             if connection.isOpen, now - connection.idleSince < UpstreamConnectionPool.idleTimeout - .seconds(5) {
                 return connection
             }
@@ -121,8 +120,11 @@ private final class LocalPool: @unchecked Sendable {
         eventLoop.assertInEventLoop()
         guard idle.count < max else { return false }
         connection.idleSince = .now()
-        connection.onClosedWhileIdle = { [unowned self, unowned connection] in
-            idle.removeAll { $0 === connection }
+        if connection.onClosedWhileIdle == nil {
+            // Set once per connection: it only runs while the connection has no user.
+            connection.onClosedWhileIdle = { [weak self, unowned connection] in
+                self?.idle.removeAll { $0 === connection }
+            }
         }
         idle.append(connection)
         if sweeper == nil {
