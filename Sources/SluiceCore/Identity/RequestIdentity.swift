@@ -54,11 +54,30 @@ public enum RequestIdentity {
     /// or a new trace whose id is the request id.
     public static func traceparent(incoming: String?, requestID: String, generator: IdentifierGenerator) -> String {
         if let incoming, let traceID = traceID(of: incoming) {
-            let flags = incoming.utf8.suffix(2)
-            return "00-\(traceID)-\(generator.spanID())-\(String(decoding: flags, as: UTF8.self))"
+            return traceparent(traceID: traceID.utf8, spanID: generator.next64(), flags: incoming.utf8.suffix(2))
         }
         let traceID = requestID.utf8.count == 32 && requestID.utf8.allSatisfy(isLowerHex) ? requestID : generator.requestID()
-        return "00-\(traceID)-\(generator.spanID())-01"
+        return traceparent(traceID: traceID.utf8, spanID: generator.next64(), flags: "01".utf8)
+    }
+
+    /// `00-TRACEID-SPANID-FLAGS`, written into one string.
+    private static func traceparent(traceID: some Collection<UInt8>, spanID: UInt64, flags: some Collection<UInt8>) -> String {
+        String(unsafeUninitializedCapacity: 55) { buffer in
+            var index = 0
+            func put(_ bytes: some Collection<UInt8>) {
+                for byte in bytes {
+                    buffer[index] = byte
+                    index += 1
+                }
+            }
+            put("00-".utf8)
+            put(traceID)
+            put("-".utf8)
+            index += Hex.write(spanID, into: UnsafeMutableBufferPointer(rebasing: buffer[index...]))
+            put("-".utf8)
+            put(flags)
+            return index
+        }
     }
 
     /// The trace id of a valid version-00 `traceparent` (`00-TRACEID-SPANID-FLAGS`), else nil.
@@ -86,15 +105,20 @@ enum Hex {
     static func encode(_ words: UInt64...) -> String {
         String(unsafeUninitializedCapacity: words.count * 16) { buffer in
             var index = 0
-            for word in words {
-                var shift = 60
-                while shift >= 0 {
-                    buffer[index] = digits[Int((word >> UInt64(shift)) & 0xf)]
-                    index += 1
-                    shift -= 4
-                }
-            }
+            for word in words { index += write(word, into: UnsafeMutableBufferPointer(rebasing: buffer[index...])) }
             return index
         }
+    }
+
+    /// Writes the 16 hex digits of `word` at the start of `buffer`; returns 16.
+    static func write(_ word: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        var shift = 60
+        var index = 0
+        while shift >= 0 {
+            buffer[index] = digits[Int((word >> UInt64(shift)) & 0xf)]
+            index += 1
+            shift -= 4
+        }
+        return index
     }
 }

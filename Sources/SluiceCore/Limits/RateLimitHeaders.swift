@@ -2,14 +2,24 @@
 public enum RateLimitHeaders {
     /// `"rate";q=BURST;w=SECONDS_TO_FILL, "quota";q=N;w=WINDOW_SECONDS`, or nil without limits.
     public static func policy(_ limits: AdmissionLimits, _ decision: AdmissionDecision) -> String? {
-        var parts: [String] = []
+        let quotaWindow = limits.quota == nil ? nil : decision.quotaWindowMilliseconds
+        guard limits.ratePerSecond != nil || quotaWindow != nil else { return nil }
+        var value = ""
+        value.reserveCapacity(64)
         if let rate = limits.ratePerSecond {
-            parts.append("\"rate\";q=\(Int(limits.burst));w=\(Int((limits.burst / rate).rounded(.up)))")
+            value += "\"rate\";q="
+            value += String(Int(limits.burst))
+            value += ";w="
+            value += String(Int((limits.burst / rate).rounded(.up)))
         }
-        if let quota = limits.quota, let window = decision.quotaWindowMilliseconds {
-            parts.append("\"quota\";q=\(quota);w=\(window / 1_000)")
+        if let quota = limits.quota, let window = quotaWindow {
+            if !value.isEmpty { value += ", " }
+            value += "\"quota\";q="
+            value += String(quota)
+            value += ";w="
+            value += String(window / 1_000)
         }
-        return parts.isEmpty ? nil : parts.joined(separator: ", ")
+        return value
     }
 
     /// `"NAME";r=REMAINING;t=SECONDS` for the policy closest to exhaustion (smallest share left).
@@ -22,7 +32,15 @@ public enum RateLimitHeaders {
             let share = Double(remaining) / Double(max(1, quota))
             if best == nil || share < best!.share { best = ("quota", share, remaining, seconds(reset)) }
         }
-        return best.map { "\"\($0.name)\";r=\($0.remaining);t=\($0.seconds)" }
+        guard let best else { return nil }
+        var value = "\""
+        value.reserveCapacity(40)
+        value += best.name
+        value += "\";r="
+        value += String(best.remaining)
+        value += ";t="
+        value += String(best.seconds)
+        return value
     }
 
     /// Whole seconds to wait, never 0 when the caller must wait.

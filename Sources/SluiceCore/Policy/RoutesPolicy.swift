@@ -210,10 +210,16 @@ extension RoutesPolicy {
 /// Version names: `v` then a digit, then letters, digits, `.` or `-` (`v1`, `v2`, `v3-beta`).
 public enum APIVersionName {
     public static func isValid<S: StringProtocol>(_ name: S) -> Bool {
-        let bytes = Array(name.utf8.prefix(33))
-        guard bytes.count >= 2, bytes.count <= 32, bytes[0] == UInt8(ascii: "v"),
-            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[1])
-        else { return false }
-        return bytes.allSatisfy { isAlphanumericASCII($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") }
+        var count = 0
+        for byte in name.utf8 {
+            count += 1
+            guard count <= 32 else { return false }
+            switch count {
+            case 1: guard byte == UInt8(ascii: "v") else { return false }
+            case 2: guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return false }
+            default: guard isAlphanumericASCII(byte) || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-") else { return false }
+            }
+        }
+        return count >= 2
     }
 }

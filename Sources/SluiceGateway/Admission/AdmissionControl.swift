@@ -93,10 +93,10 @@ struct AdmissionControl: Sendable {
             return
         }
         if lease.local {
-            backend.localLeases.remove(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
+            backend.localLeases.remove(lease: lease.id, on: lease.eventLoop)
             backend.local.release(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
         } else {
-            backend.leases.remove(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
+            backend.leases.remove(lease: lease.id, on: lease.eventLoop)
             backend.store.release(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
         }
     }

@@ -5,14 +5,13 @@ import SluiceCore
 import SluiceStore
 import Synchronization
 
-/// Leases this instance holds, by partner, so they can be renewed while their requests run.
-/// Kept per event loop (a lease is taken and given back on the loop of its request), so
-/// recording one takes no lock; the renewal collects them from every loop.
+/// Leases this instance holds, so they can be renewed while their requests run. Kept per
+/// event loop (a lease is taken and given back on the loop of its request), so recording one
+/// takes no lock; the renewal collects them from every loop.
 final class LeaseRegistry: Sendable {
-    /// One loop's leases; only touched on that loop. Emptied sets stay, so a busy partner's
-    /// leases come and go without allocating.
+    /// One loop's leases (lease id → partner); only touched on that loop.
     private final class Held: @unchecked Sendable {
-        var byPartner: [String: Set<String>] = [:]
+        var partners: [String: String] = [:]
     }
 
     private let eventLoops: [any EventLoop]
@@ -25,12 +24,12 @@ final class LeaseRegistry: Sendable {
 
     /// Call on `eventLoop`.
     func add(partner: String, lease: String, on eventLoop: any EventLoop) {
-        _ = held[ObjectIdentifier(eventLoop)]?.byPartner[partner, default: []].insert(lease)
+        held[ObjectIdentifier(eventLoop)]?.partners[lease] = partner
     }
 
     /// Call on `eventLoop`, the loop that added the lease.
-    func remove(partner: String, lease: String, on eventLoop: any EventLoop) {
-        _ = held[ObjectIdentifier(eventLoop)]?.byPartner[partner]?.remove(lease)
+    func remove(lease: String, on eventLoop: any EventLoop) {
+        held[ObjectIdentifier(eventLoop)]?.partners.removeValue(forKey: lease)
     }
 
     /// Every lease held now, by partner.
@@ -38,8 +37,8 @@ final class LeaseRegistry: Sendable {
         var all: [String: [String]] = [:]
         for eventLoop in eventLoops {
             guard let loop = held[ObjectIdentifier(eventLoop)] else { continue }
-            let leases = (try? await eventLoop.submit { loop.byPartner.filter { !$0.value.isEmpty }.mapValues { Array($0) } }.get()) ?? [:]
-            all.merge(leases) { $0 + $1 }
+            let partners = (try? await eventLoop.submit { loop.partners }.get()) ?? [:]
+            for (lease, partner) in partners { all[partner, default: []].append(lease) }
         }
         return all
     }

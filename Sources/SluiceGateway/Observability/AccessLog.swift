@@ -69,7 +69,7 @@ final class AccessLog: Sendable {
     /// The line: as `JSONLogHandler` writes it, masking all but identifiers and numbers.
     static func render(_ record: RequestRecord, status: Int, duration: Duration, level: Logger.Level, into line: inout String) {
         line += "{\"timestamp\":\""
-        line += Timestamp.now()
+        Timestamp.append(to: &line)
         line += "\",\"level\":\""
         line += level.rawValue
         line += "\",\"message\":\"request\",\"bytes_in\":"

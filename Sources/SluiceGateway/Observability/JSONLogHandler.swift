@@ -160,13 +160,19 @@ public struct JSONLogHandler: LogHandler {
 /// RFC 3339 UTC timestamps with milliseconds, without Foundation formatters.
 enum Timestamp {
     static func now() -> String {
+        var text = ""
+        append(to: &text)
+        return text
+    }
+
+    /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` (now) to `text` without an intermediate string.
+    static func append(to text: inout String) {
         var time = timespec()
         clock_gettime(CLOCK_REALTIME, &time)
         var parts = tm()
         var seconds = time.tv_sec
         gmtime_r(&seconds, &parts)
-        // `YYYY-MM-DDTHH:MM:SS.mmmZ`, written digit by digit into one buffer.
-        return String(unsafeUninitializedCapacity: 24) { buffer in
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { buffer in
             var index = 0
             func put(_ value: Int, _ width: Int) {
                 var value = value
@@ -183,7 +189,9 @@ enum Timestamp {
             put(Int(parts.tm_year) + 1900, 4); put("-"); put(Int(parts.tm_mon) + 1, 2); put("-"); put(Int(parts.tm_mday), 2)
             put("T"); put(Int(parts.tm_hour), 2); put(":"); put(Int(parts.tm_min), 2); put(":"); put(Int(parts.tm_sec), 2)
             put("."); put(time.tv_nsec / 1_000_000, 3); put("Z")
-            return index
+            // Two pieces of at most 15 bytes are small strings: appended without allocating.
+            text += String(decoding: UnsafeBufferPointer(rebasing: buffer[..<12]), as: UTF8.self)
+            text += String(decoding: UnsafeBufferPointer(rebasing: buffer[12..<index]), as: UTF8.self)
         }
     }
 }

@@ -59,7 +59,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         var body = BodyHandling.none
         var requestEnded = false
         /// Body chunks that arrived before the upstream call wanted them.
-        var pending = CircularBuffer<ByteBuffer>()
+        var pending: [ByteBuffer] = []
         var collected: ByteBuffer?
         /// The upstream call asked for the streamed body.
         var bodyWanted = false
@@ -89,7 +89,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     private let eventLoop: any EventLoop
     private var context: ChannelHandlerContext?
     private var request: Request?
-    private var queued = CircularBuffer<Queued>()
+    private var queued: [Queued] = []
     private var takingQueued = false
     private var readsHeld = false
     private var readPending = false
@@ -320,7 +320,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             continueIfExpected(request)
             request.body = .collecting
             var collected = self.context!.channel.allocator.buffer(capacity: length)
-            while let chunk = request.pending.popFirst() { collected.writeImmutableBuffer(chunk) }
+            for chunk in request.pending { collected.writeImmutableBuffer(chunk) }
+            request.pending.removeAll()
             request.collected = collected
             if request.requestEnded { startCall(request, .whole(collected)) } else { updateReads() }
         case .known, .unknown:
@@ -413,7 +414,9 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     func upstreamCallWantsBody(_ call: UpstreamCall) {
         guard let request, request.call === call else { return }
         request.bodyWanted = true
-        while let chunk = request.pending.popFirst() { sendUpstream(chunk, request) }
+        let pending = request.pending
+        request.pending.removeAll()
+        for chunk in pending { sendUpstream(chunk, request) }
         if request.requestEnded {
             call.endBody()
         } else {
@@ -536,7 +539,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard !takingQueued else { return }  // the loop below is already running further up the stack
         takingQueued = true
         defer { takingQueued = false }
-        while self.request == nil || self.request?.requestEnded == false, let next = queued.popFirst() {
+        while self.request == nil || self.request?.requestEnded == false, !queued.isEmpty {
+            let next = queued.removeFirst()
             switch next {
             case .part(let part): take(part, context: context)
             case .error(let error): takeError(error, context: context)

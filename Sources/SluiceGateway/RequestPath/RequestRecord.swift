@@ -23,8 +23,10 @@ struct RequestRecord {
     var bytesIn = 0
     var bytesOut = 0
     var clientGone = false
-    /// Headers every response to this request carries (request id, version and limit headers).
-    var responseHeaders: HTTPHeaders
+    /// What every response to this request carries besides `X-Request-Id`: the version's
+    /// `Deprecation`/`Sunset`, the `RateLimit` fields and a refusal's `Retry-After`.
+    private var versionHeaders: (deprecation: String?, sunset: String?) = (nil, nil)
+    private var limitHeaders: (policy: String?, state: String?, retryAfter: String?) = (nil, nil, nil)
 
     /// Stage 1, identity: the request id (a valid incoming `X-Request-Id`, else a new one).
     init(_ head: PartnerRequestHead, identifiers: IdentifierGenerator, started: NIODeadline) {
@@ -40,9 +42,19 @@ struct RequestRecord {
             query = ""
         }
         self.started = started
-        responseHeaders = HTTPHeaders()
-        responseHeaders.reserveCapacity(6)
-        responseHeaders.add(name: "X-Request-Id", value: requestID)
+    }
+
+    /// How many headers `addResponseHeaders` adds at most.
+    static let responseHeaderCount = 6
+
+    /// Adds the headers every response to this request carries.
+    func addResponseHeaders(to headers: inout HTTPHeaders) {
+        headers.add(name: "X-Request-Id", value: requestID)
+        if let deprecation = versionHeaders.deprecation { headers.add(name: "Deprecation", value: deprecation) }
+        if let sunset = versionHeaders.sunset { headers.add(name: "Sunset", value: sunset) }
+        if let policy = limitHeaders.policy { headers.add(name: "RateLimit-Policy", value: policy) }
+        if let state = limitHeaders.state { headers.add(name: "RateLimit", value: state) }
+        if let retryAfter = limitHeaders.retryAfter { headers.add(name: "Retry-After", value: retryAfter) }
     }
 
     /// The status the metrics and the log report: 499 when the client went away unanswered.
@@ -51,18 +63,16 @@ struct RequestRecord {
     /// Adds the RateLimit headers (and Retry-After for refusals) to every response.
     mutating func adopt(_ admission: Admission) {
         guard let limits = admission.limits, let decision = admission.decision else { return }
-        if let policy = RateLimitHeaders.policy(limits, decision) { responseHeaders.add(name: "RateLimit-Policy", value: policy) }
-        if let state = RateLimitHeaders.state(limits, decision) { responseHeaders.add(name: "RateLimit", value: state) }
-        if decision.verdict != .admitted {
-            responseHeaders.add(name: "Retry-After", value: String(RateLimitHeaders.retryAfter(decision)))
-        }
+        limitHeaders = (
+            RateLimitHeaders.policy(limits, decision), RateLimitHeaders.state(limits, decision),
+            decision.verdict == .admitted ? nil : String(RateLimitHeaders.retryAfter(decision))
+        )
     }
 
     /// Records the version and adds its Deprecation and Sunset headers to every response.
     mutating func adopt(version rules: VersionRules) {
         version = rules.version.name
-        if let deprecation = rules.deprecationHeader { responseHeaders.add(name: "Deprecation", value: deprecation) }
-        if let sunset = rules.sunsetHeader { responseHeaders.add(name: "Sunset", value: sunset) }
+        versionHeaders = (rules.deprecationHeader, rules.sunsetHeader)
     }
 }
 
@@ -72,7 +82,7 @@ enum ResponseShaping {
     /// version and limit headers), and `Date` when the upstream sent none (RFC 9110 §6.6.1).
     static func forwarded(_ upstream: HTTPHeaders, _ record: RequestRecord, date: String) -> HTTPHeaders {
         var headers = HTTPHeaders()
-        headers.reserveCapacity(upstream.count + record.responseHeaders.count + 1)
+        headers.reserveCapacity(upstream.count + RequestRecord.responseHeaderCount + 1)
         let connection = upstream["connection"]
         let nominated = connection.isEmpty ? [] : HeaderRewriter.connectionNominated(values: connection)
         var hasDate = false
@@ -81,7 +91,7 @@ enum ResponseShaping {
             headers.add(name: name, value: value)
         }
         if !hasDate { headers.add(name: "Date", value: date) }
-        headers.add(contentsOf: record.responseHeaders)
+        record.addResponseHeaders(to: &headers)
         return headers
     }
 
@@ -90,7 +100,9 @@ enum ResponseShaping {
         _ problem: Problem, _ record: RequestRecord, extra: [(String, String)], date: String, allocator: ByteBufferAllocator
     ) -> (HTTPHeaders, ByteBuffer) {
         let body = allocator.buffer(string: problem.json(instance: String(record.path), requestID: record.requestID))
-        var headers = record.responseHeaders
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(RequestRecord.responseHeaderCount + extra.count + 5)
+        record.addResponseHeaders(to: &headers)
         for (name, value) in extra { headers.add(name: name, value: value) }
         headers.add(name: "Content-Type", value: Problem.contentType)
         headers.add(name: "Content-Length", value: String(body.readableBytes))

@@ -110,7 +110,7 @@ final class UpstreamCall: UpstreamConnectionUser {
     /// Set once a try of a streamed body sent anything: that body cannot be sent again.
     private var bodyConsumed = false
     /// Chunks of the streamed body that came while no try was sending (connecting, backing off).
-    private var pendingChunks = CircularBuffer<(ByteBuffer, EventLoopPromise<Void>?)>()
+    private var pendingChunks: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     /// The streamed body ended while no try was sending.
     private var pendingEnd = false
 
@@ -281,10 +281,11 @@ final class UpstreamCall: UpstreamConnectionUser {
             connection.write(.end(nil), promise: nil)
             connection.flush()
         case .streamed:
-            while let (chunk, promise) = pendingChunks.popFirst() {
+            for (chunk, promise) in pendingChunks {
                 bodyConsumed = true
                 connection.write(.body(.byteBuffer(chunk)), promise: promise)
             }
+            pendingChunks.removeAll()
             if pendingEnd {
                 requestComplete = true
                 connection.write(.end(nil), promise: nil)
@@ -482,9 +483,8 @@ final class UpstreamCall: UpstreamConnectionUser {
     /// Stops timers and gives the bulkhead slot back.
     private func end() {
         if case .finished = state {} else { state = .finished }
-        while let (_, promise) = pendingChunks.popFirst() {
-            promise?.fail(ChannelError.ioOnClosedChannel)
-        }
+        for (_, promise) in pendingChunks { promise?.fail(ChannelError.ioOnClosedChannel) }
+        pendingChunks.removeAll()
         connectTimer?.cancel()
         connectTimer = nil
         if holdsSlot {

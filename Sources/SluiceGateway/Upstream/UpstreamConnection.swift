@@ -76,7 +76,9 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler, RemovableChannelHan
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
-    fileprivate weak var user: (any UpstreamConnectionUser)?
+    /// Strong (a weak reference would cost a side table per call); every call clears it when
+    /// it leaves the connection.
+    fileprivate var user: (any UpstreamConnectionUser)?
     fileprivate weak var connection: UpstreamConnection?
     fileprivate var onClosedWhileIdle: (() -> Void)?
     private var context: ChannelHandlerContext?

@@ -80,8 +80,13 @@ final class UpstreamConnectionPool: Sendable {
                         try operations.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: serverHostname))
                     }
                     // Header validation is the partner side's job (llhttp, HPACK): what goes
-                    // upstream is the partner's validated headers plus the gateway's own.
-                    try operations.addHTTPClientHandlers(leftOverBytesStrategy: .dropBytes, enableOutboundHeaderValidation: false)
+                    // upstream is the partner's validated headers plus the gateway's own, whose
+                    // framing (Content-Length or chunked) the call sets itself.
+                    var encoder = HTTPRequestEncoder.Configuration()
+                    encoder.automaticallySetFramingHeaders = false
+                    try operations.addHTTPClientHandlers(
+                        leftOverBytesStrategy: .dropBytes, enableOutboundHeaderValidation: false, encoderConfiguration: encoder
+                    )
                     try operations.addHandler(UpstreamConnectionHandler())
                 }
             }
