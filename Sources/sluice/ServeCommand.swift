@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Metrics
+import NIOCore
 import SluiceCore
 import SluiceGateway
 
@@ -15,7 +16,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error or critical (default: SLUICE_LOG_LEVEL or info).")
     var logLevel: String?
 
+    @Option(help: "Event-loop threads that serve traffic (default: one per CPU core).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be between 1 and 256") }
+    }
+
     func run() async throws {
+        if let threads { NIOSingletons.groupLoopCountSuggestion = threads }
         EventLoopConcurrency.install()
         let environment = ProcessInfo.processInfo.environment
         guard let level = Logger.Level(rawValue: logLevel ?? environment["SLUICE_LOG_LEVEL"] ?? "info") else {

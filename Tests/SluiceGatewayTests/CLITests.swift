@@ -43,11 +43,15 @@ struct CLITests {
         ])
     }
 
-    /// A missing folder and a bad flag are user errors (exit 1).
+    /// A missing folder and a bad flag or value are user errors (exit 1).
     @Test func userErrorsExitWithOne() async throws {
         #expect(try await SluiceProcess.run(["policies", "check", "--policies", "/nonexistent/policies"]).code == 1)
         #expect(try await SluiceProcess.run(["policies", "check", "--no-such-flag"]).code == 1)
         #expect(try await SluiceProcess.run(["keys", "generate", "--partner", "bad id!"]).code == 1)
+        for threads in ["0", "-3", "many", "100000"] {
+            let result = try await SluiceProcess.run(["serve", "--threads", threads])
+            #expect(result.code == 1, "--threads \(threads)")
+        }
         #expect(try await SluiceProcess.run(["--help"]).code == 0)
     }
 
