@@ -5,17 +5,19 @@ public import SluiceCore
 /// Idempotency records, tasks, webhooks and usage get protocols of their own next to this one,
 /// implemented by the same two stores.
 ///
-/// The request path calls the event-loop forms: a decision completes on the caller's event
-/// loop (the embedded store at once, Redis when its reply is in), with no task and no thread
-/// hop. The async forms are for everything else (tests, tools) and use one fixed loop, so a
-/// release and a later admission made through them see each other.
+/// The request path calls the event-loop forms: a decision is handed to a completion on the
+/// caller's event loop (the embedded store at once, Redis when its reply is in), with no task,
+/// no future and no thread hop. The future and async forms are for everything else (tests,
+/// tools); the async ones use one fixed loop, so a release and a later admission made through
+/// them see each other.
 public protocol AdmissionStore: Sendable {
     /// Decides for one request and, when it is admitted, takes its tokens, one unit of quota
     /// and (given a lease id and a concurrency limit) a concurrency slot — in one atomic step.
-    /// Call on `eventLoop`; the future completes there.
+    /// Call on `eventLoop`; `completion` runs there, exactly once.
     func admit(
-        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop
-    ) -> EventLoopFuture<AdmissionDecision>
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<AdmissionDecision, any Error>) -> Void
+    )
 
     /// Hands a concurrency slot back; call on `eventLoop` (the loop that admitted it). Returns at
     /// once; the store applies it soon.
@@ -32,6 +34,15 @@ public protocol AdmissionStore: Sendable {
 }
 
 extension AdmissionStore {
+    /// `admit(…, on:, completion:)` as a future that completes on `eventLoop`. Call on `eventLoop`.
+    public func admit(
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<AdmissionDecision> {
+        let promise = eventLoop.makePromise(of: AdmissionDecision.self)
+        admit(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop) { promise.completeWith($0) }
+        return promise.futureResult
+    }
+
     /// `admit(…, on:)` on the store's default event loop.
     public func admit(partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) async throws -> AdmissionDecision {
         let eventLoop = defaultEventLoop

@@ -47,9 +47,10 @@ public final class MemoryStore: AdmissionStore {
     }
 
     public func admit(
-        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop
-    ) -> EventLoopFuture<AdmissionDecision> {
-        eventLoop.makeSucceededFuture(decide(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration))
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<AdmissionDecision, any Error>) -> Void
+    ) {
+        completion(.success(decide(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration)))
     }
 
     public func release(partner: String, lease: String, on eventLoop: any EventLoop) {

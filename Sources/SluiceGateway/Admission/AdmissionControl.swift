@@ -47,7 +47,23 @@ struct AdmissionControl: Sendable {
     /// that comes when the shared store replies.
     enum Answer {
         case decided(Admission)
-        case pending(EventLoopFuture<Admission>)
+        case pending(Pending)
+    }
+
+    /// An admission the shared store decides.
+    struct Pending {
+        fileprivate let control: AdmissionControl
+        fileprivate let partner: Partner
+        fileprivate let route: Route
+        fileprivate let limits: AdmissionLimits
+        fileprivate let lease: String?
+        fileprivate let eventLoop: any EventLoop
+
+        /// Asks the store; `completion` runs on the event loop with the admission (a fallback's
+        /// when the store fails).
+        func whenDecided(_ completion: @escaping (Admission) -> Void) {
+            control.ask(self, completion)
+        }
     }
 
     /// Decides on `eventLoop` (call there): the embedded store and the fallbacks answer at once,
@@ -63,15 +79,20 @@ struct AdmissionControl: Sendable {
         guard case .call = backend.breaker.permission() else {
             return .decided(fallback(partner: partner, route: route, lease: lease, on: eventLoop))
         }
-        let deciding = backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop)
-            .map { decision in
+        return .pending(Pending(control: self, partner: partner, route: route, limits: limits, lease: lease, eventLoop: eventLoop))
+    }
+
+    private func ask(_ pending: Pending, _ completion: @escaping (Admission) -> Void) {
+        let (partner, limits, lease, eventLoop) = (pending.partner, pending.limits, pending.lease, pending.eventLoop)
+        backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop) { result in
+            switch result {
+            case .success(let decision):
                 if backend.breaker.succeeded() {
                     metrics.storeFallback(active: false)
                     logger.notice("rate-limit store is reachable again; shared limits apply")
                 }
-                return record(decision, limits: limits, partner: partner.id, lease: lease, local: false, on: eventLoop)
-            }
-            .recover { error in
+                completion(record(decision, limits: limits, partner: partner.id, lease: lease, local: false, on: eventLoop))
+            case .failure(let error):
                 metrics.storeFailed()
                 if backend.breaker.failed() {
                     metrics.storeFallback(active: true)
@@ -80,9 +101,9 @@ struct AdmissionControl: Sendable {
                         metadata: ["mode": .string(mode.rawValue), "error": .string("\(error)")]
                     )
                 }
-                return fallback(partner: partner, route: route, lease: lease, on: eventLoop)
+                completion(fallback(partner: partner, route: pending.route, lease: lease, on: eventLoop))
             }
-        return .pending(deciding)
+        }
     }
 
     /// Hands the request's concurrency slot back (without waiting for the store).

@@ -247,8 +247,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             switch snapshot.admission.admit(partner: plan.partner, route: plan.route, requestID: record.requestID, on: eventLoop) {
             case .decided(let admission):
                 admitted(request, admission)
-            case .pending(let admitting):
-                admitting.assumeIsolated().whenSuccess { [self] admission in admitted(request, admission) }
+            case .pending(let pending):
+                pending.whenDecided { [self] admission in admitted(request, admission) }
             }
         }
     }

@@ -87,15 +87,14 @@ public final class RedisClient: Sendable {
             return eventLoop.makeFailedFuture(RedisError.unavailable("client shut down"))
         }
         let deadline = NIODeadline.now() + TimeAmount(timeout)
-        let command = RedisCommandEncoder.encode(arguments)
         switch local.state {
         case .ready(let connection) where connection.isActive:
             onCommand?()
-            return connection.send(command, deadline: deadline)
+            return connection.send(arguments, deadline: deadline)
         default:
             return connection(local, before: deadline).flatMap { [onCommand] connection in
                 onCommand?()
-                return connection.send(command, deadline: deadline)
+                return connection.send(arguments, deadline: deadline)
             }
         }
     }
@@ -188,7 +187,7 @@ public final class RedisClient: Sendable {
             .flatMap { connection in
                 let deadline = NIODeadline.now() + TimeAmount(setupTimeout)
                 let setup = commands.reduce(eventLoop.makeSucceededVoidFuture()) { previous, command in
-                    previous.flatMap { connection.send(RedisCommandEncoder.encode(command), deadline: deadline).map { _ in } }
+                    previous.flatMap { connection.send(command, deadline: deadline).map { _ in } }
                 }
                 return setup.map { connection }.flatMapErrorThrowing { error in
                     connection.channel.close(promise: nil)

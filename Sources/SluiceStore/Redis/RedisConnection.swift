@@ -41,27 +41,29 @@ final class RedisCommandHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var deadlineTimer: Scheduled<Void>?
     private var failure: RedisError?
-    private var flushScheduled = false
+    /// The commands of this event-loop tick, written and flushed together at its end.
+    private var outbound: ByteBuffer?
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
     }
 
-    /// Writes a command; the flush follows at the end of this event-loop tick.
-    func write(_ command: [UInt8], deadline: NIODeadline, promise: EventLoopPromise<RedisReply>) {
+    /// Queues a command; the tick's commands go out in one write at its end.
+    func write(_ arguments: [String], deadline: NIODeadline, promise: EventLoopPromise<RedisReply>) {
         guard let context, failure == nil, context.channel.isActive else {
             promise.fail(failure ?? .unavailable("connection closed"))
             return
         }
         waiting.append(Waiting(promise: promise, deadline: deadline))
-        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: command)), promise: nil)
-        if !flushScheduled {
-            flushScheduled = true
+        if outbound == nil {
+            outbound = context.channel.allocator.buffer(capacity: 512)
             context.eventLoop.assumeIsolated().execute { [self] in
-                flushScheduled = false
-                self.context?.flush()
+                guard let commands = outbound, let context = self.context else { return }
+                outbound = nil
+                context.writeAndFlush(wrapOutboundOut(commands), promise: nil)
             }
         }
+        RedisCommandEncoder.write(arguments, into: &outbound!)
         armDeadlineTimer(context)
     }
 
@@ -154,9 +156,9 @@ final class RedisConnection: Sendable {
     }
 
     /// Sends one command; the reply (or `RedisError`) arrives by `deadline`. On the connection's event loop.
-    func send(_ command: [UInt8], deadline: NIODeadline) -> EventLoopFuture<RedisReply> {
+    func send(_ arguments: [String], deadline: NIODeadline) -> EventLoopFuture<RedisReply> {
         let promise = channel.eventLoop.makePromise(of: RedisReply.self)
-        handler.value.write(command, deadline: deadline, promise: promise)
+        handler.value.write(arguments, deadline: deadline, promise: promise)
         return promise.futureResult
     }
 

@@ -1,4 +1,5 @@
 import CHiredis
+import NIOCore
 
 /// A decoded Redis reply (RESP2).
 public enum RedisReply: Equatable, Sendable {
@@ -17,46 +18,34 @@ struct RedisProtocolError: Error, Equatable {
 
 /// Encodes a command in the Redis protocol with hiredis' `redisFormatCommandArgv`.
 enum RedisCommandEncoder {
-    /// The command as RESP bytes (binary-safe arguments).
-    static func encode(_ arguments: [[UInt8]]) -> [UInt8] {
-        var joined: [UInt8] = []
-        joined.reserveCapacity(arguments.reduce(0) { $0 + $1.count })
-        for argument in arguments { joined.append(contentsOf: argument) }
-        return encode(joined: joined, lengths: arguments.map(\.count))
-    }
-
-    static func encode(_ arguments: [String]) -> [UInt8] {
-        var joined: [UInt8] = []
-        var lengths: [Int] = []
-        lengths.reserveCapacity(arguments.count)
-        for argument in arguments {
-            joined.append(contentsOf: argument.utf8)
-            lengths.append(argument.utf8.count)
-        }
-        return encode(joined: joined, lengths: lengths)
-    }
-
-    /// All arguments back to back in `joined`, split by `lengths`: one buffer instead of one per argument.
-    private static func encode(joined: [UInt8], lengths: [Int]) -> [UInt8] {
-        var target: UnsafeMutablePointer<CChar>?
-        let length: Int32 = joined.withUnsafeBufferPointer { bytes in
-            let base = UnsafeRawPointer(bytes.baseAddress ?? UnsafePointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)
-            var argv: [UnsafePointer<CChar>?] = []
-            argv.reserveCapacity(lengths.count)
-            var offset = 0
-            for length in lengths {
-                argv.append(base + offset)
-                offset += length
-            }
-            return argv.withUnsafeMutableBufferPointer { argv in
-                lengths.withUnsafeBufferPointer { argvlen in
-                    redisFormatCommandArgv(&target, Int32(lengths.count), argv.baseAddress, argvlen.baseAddress)
+    /// Appends the command as RESP bytes (binary-safe) to `buffer`. The arguments are laid out
+    /// back to back in one temporary buffer (on the stack when small) for hiredis.
+    static func write(_ arguments: [String], into buffer: inout ByteBuffer) {
+        let total = arguments.reduce(0) { $0 + $1.utf8.count }
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(1, total)) { joined in
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: max(1, arguments.count)) { lengths in
+                withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>?.self, capacity: max(1, arguments.count)) { argv in
+                    let base = UnsafeRawPointer(joined.baseAddress!).assumingMemoryBound(to: CChar.self)
+                    var offset = 0
+                    for (index, argument) in arguments.enumerated() {
+                        var argument = argument
+                        let count = argument.withUTF8 { bytes in
+                            UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: joined[offset..<(offset + bytes.count)]))
+                                .copyMemory(from: UnsafeRawBufferPointer(bytes))
+                            return bytes.count
+                        }
+                        lengths[index] = count
+                        argv[index] = base + offset
+                        offset += count
+                    }
+                    var target: UnsafeMutablePointer<CChar>?
+                    let length = redisFormatCommandArgv(&target, Int32(arguments.count), argv.baseAddress, lengths.baseAddress)
+                    guard length > 0, let target else { return }
+                    defer { redisFreeCommand(target) }
+                    buffer.writeBytes(UnsafeRawBufferPointer(start: target, count: Int(length)))
                 }
             }
         }
-        guard length > 0, let target else { return [] }
-        defer { redisFreeCommand(target) }
-        return target.withMemoryRebound(to: UInt8.self, capacity: Int(length)) { Array(UnsafeBufferPointer(start: $0, count: Int(length))) }
     }
 }
 

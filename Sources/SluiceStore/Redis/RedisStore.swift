@@ -15,7 +15,7 @@ public final class RedisStore: AdmissionStore {
         /// Requests decided together share their limits (all of a partner's, barring a reload).
         let limits: AdmissionLimits
         let lease: String?
-        let promise: EventLoopPromise<AdmissionDecision>
+        let completion: (Result<AdmissionDecision, any Error>) -> Void
     }
 
     private struct Queue {
@@ -23,10 +23,11 @@ public final class RedisStore: AdmissionStore {
         var callsInProgress = 0
     }
 
-    /// One event loop's queues and releases; only touched on that loop.
+    /// One event loop's queues, releases and partner keys; only touched on that loop.
     private final class LoopState: @unchecked Sendable {
         var queues: [String: Queue] = [:]
         var pendingReleases: [String: [String]] = [:]
+        var keys: [String: [String]] = [:]
     }
 
     /// Most requests per call (Lua's `unpack` limit and reply size stay small).
@@ -70,24 +71,28 @@ public final class RedisStore: AdmissionStore {
     }
 
     public func admit(
-        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop
-    ) -> EventLoopFuture<AdmissionDecision> {
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<AdmissionDecision, any Error>) -> Void
+    ) {
         guard let loop = loops[ObjectIdentifier(eventLoop)] else {
+            // A caller outside the client's group: decided on the default loop, answered on its own.
             let fallback = defaultEventLoop
-            return fallback.flatSubmit {
-                self.admit(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration, on: fallback)
-            }.hop(to: eventLoop)
+            let answer = NIOLoopBound(completion, eventLoop: eventLoop)
+            fallback.execute {
+                self.admit(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration, on: fallback) { result in
+                    eventLoop.execute { answer.value(result) }
+                }
+            }
+            return
         }
         eventLoop.assertInEventLoop()
-        let promise = eventLoop.makePromise(of: AdmissionDecision.self)
-        let request = Waiting(limits: limits, lease: lease, promise: promise)
+        let request = Waiting(limits: limits, lease: lease, completion: completion)
         if loop.queues[partner, default: Queue()].callsInProgress >= Self.callsPerPartner {
             loop.queues[partner]!.waiting.append(request)
         } else {
             loop.queues[partner, default: Queue()].callsInProgress += 1
             call(partner, leading: request, loop: loop, leaseDuration: leaseDuration, on: eventLoop)
         }
-        return promise.futureResult
     }
 
     /// Makes one call for `first` and the waiting requests with the same limits; when it is
@@ -119,15 +124,19 @@ public final class RedisStore: AdmissionStore {
             arguments.append(String(request.limits.cost))
             arguments.append(request.lease ?? "")
         }
-        let keys = keys(partner)
+        let keys = loop.keys[partner] ?? {
+            let keys = self.keys(partner)
+            loop.keys[partner] = [keys.state, keys.leases]
+            return [keys.state, keys.leases]
+        }()
         let requests = batch
-        client.evaluate(AdmissionScripts.admit, keys: [keys.state, keys.leases], arguments: arguments, on: eventLoop).whenComplete { result in
+        client.evaluate(AdmissionScripts.admit, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
             switch result.flatMap({ reply in Result { try Self.decisions(from: reply, count: requests.count) } }) {
             case .success(let decisions):
-                for (request, decision) in zip(requests, decisions) { request.promise.succeed(decision) }
+                for (request, decision) in zip(requests, decisions) { request.completion(.success(decision)) }
             case .failure(let error):
                 if !released.isEmpty { loop.pendingReleases[partner, default: []].append(contentsOf: released) }
-                for request in requests { request.promise.fail(error) }
+                for request in requests { request.completion(.failure(error)) }
             }
             // This call's turn passes on to the first waiting request, or the turn ends.
             if loop.queues[partner]?.waiting.isEmpty == false {
