@@ -11,7 +11,7 @@ import SluiceCore
 /// 1. identity (request id) and 2. screening — size and target checks, authentication, version,
 ///    route (`RequestScreening`), synchronous;
 /// 3. admission — `AdmissionControl`: the embedded store decides inline, Redis answers with a
-///    future on this loop;
+///    completion on this loop (its own Redis connection);
 /// 4. (idempotency claim or replay and 5b. async task acceptance plug in here, on the admitted
 ///    request and its plan);
 /// 5. dispatch — an `UpstreamCall` with this handler as its delegate; bodies stream both ways
