@@ -34,6 +34,40 @@ struct ConnectionTimeoutsTests {
         #expect(timeouts.timerFired(now: .seconds(90)) == .close)
     }
 
+    /// A body whose reads the gateway holds (its upstream is slow) is not idle however long the
+    /// hold lasts; once reads resume, it must flow again within the idle timeout.
+    @Test func heldBodyIsNotIdle() {
+        var timeouts = machine()
+        _ = timeouts.start()
+        _ = timeouts.requestHeadReceived(now: .seconds(1))
+        #expect(timeouts.bodyReadsHeld(now: .seconds(5)) == .none)
+        #expect(timeouts.timerFired(now: .seconds(10)) == .none)  // no deadline while held
+        #expect(timeouts.bodyReadsResumed(now: .seconds(600)) == .arm(.seconds(660)))
+        #expect(timeouts.bytesReceived(now: .seconds(630)) == .none)
+        #expect(timeouts.timerFired(now: .seconds(660)) == .arm(.seconds(690)))
+        #expect(timeouts.timerFired(now: .seconds(690)) == .close)
+    }
+
+    /// On HTTP/2, one held stream body does not excuse another stream's stalled body.
+    @Test func oneHeldBodyDoesNotExcuseAnother() {
+        var timeouts = machine()
+        _ = timeouts.start()
+        timeouts.connectionIsMultiplexed()
+        _ = timeouts.requestHeadReceived(now: .seconds(1))
+        _ = timeouts.requestHeadReceived(now: .seconds(1))
+        _ = timeouts.bodyReadsHeld(now: .seconds(2))
+        #expect(timeouts.timerFired(now: .seconds(10)) == .arm(.seconds(61)))
+        #expect(timeouts.timerFired(now: .seconds(61)) == .close)
+        var ending = machine()
+        _ = ending.start()
+        ending.connectionIsMultiplexed()
+        _ = ending.requestHeadReceived(now: .seconds(1))
+        _ = ending.requestHeadReceived(now: .seconds(1))
+        _ = ending.bodyReadsHeld(now: .seconds(2))
+        _ = ending.requestBodyEnded(now: .seconds(3))  // the flowing one ends; the held one remains
+        #expect(ending.timerFired(now: .seconds(10)) == .none)
+    }
+
     /// While a complete request waits for its response, no timeout applies; afterwards the idle timeout does.
     @Test func waitingForTheUpstreamIsNotIdle() {
         var timeouts = machine()

@@ -78,7 +78,8 @@ struct PartnerPathTests {
     }
 
     /// An upstream that stops reading a 256 MiB upload stops the partner's upload too: the
-    /// gateway reads from the partner only as fast as the upstream takes it.
+    /// gateway reads from the partner only as fast as the upstream takes it. A hold longer than
+    /// `idle_timeout` (1 s here) is back-pressure, not an idle partner: the upload then completes.
     @Test func slowUpstreamPausesThePartner() async throws {
         let total = 256 << 20
         let upstream = try await RawUpstream.start(.slowReader(pauseAfter: 1 << 20))
@@ -90,6 +91,7 @@ struct PartnerPathTests {
             client.upload("POST /v2/orders HTTP/1.1\r\nHost: x\r\nX-API-Key: \(key)\r\nContent-Length: \(total)\r\n\r\n", bodyBytes: total)
             try await eventually(timeout: .seconds(30), "the upload is held back or complete") { client.isStalled || client.sent == total }
             #expect(client.sent < total / 2, "the partner sent \(client.sent) bytes to an upstream that read \(upstream.received)")
+            try await eventually("the upload is held for longer than idle_timeout") { client.isStalled(for: .milliseconds(1_500)) }
             upstream.release()
             try await eventually(timeout: .seconds(60), "the whole upload arrived") { upstream.received >= total }
             try await client.read(atLeast: 20)
@@ -203,6 +205,8 @@ final class SlowClient: Sendable {
     var sent: Int { counter.upload.sent }
     /// The upload is held back by the gateway.
     var isStalled: Bool { counter.upload.isStalled }
+    /// The upload has been held back for at least `duration`.
+    func isStalled(for duration: Duration) -> Bool { counter.upload.isStalled(for: duration) }
 
     static func connect(port: Int) async throws -> SlowClient {
         let counter = Counter()

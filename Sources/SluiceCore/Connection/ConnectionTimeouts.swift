@@ -2,7 +2,9 @@
 ///
 /// - a request head (and, for a new connection, the TLS handshake) must arrive within
 ///   `headerTimeout` of its first byte (or of the connection opening);
-/// - a request body must keep flowing: no more than `idleTimeout` between reads;
+/// - a request body must keep flowing: no more than `idleTimeout` between reads — except while
+///   the gateway itself holds the body's reads (back-pressure from a slow upstream): then the
+///   partner cannot send, and the upstream call's own deadline bounds the wait;
 /// - a connection with no request in progress is closed after `idleTimeout`;
 /// - while a request waits for its response, no timeout applies here (upstream timeouts do).
 ///
@@ -25,6 +27,8 @@ public struct ConnectionTimeouts<Instant: InstantProtocol>: Sendable where Insta
     private var armedFor: Instant?
     private var requestsInProgress = 0
     private var bodiesInProgress = 0
+    /// Bodies whose reads the gateway holds (back-pressure): they cannot be idle.
+    private var bodiesHeld = 0
     private var awaitingHead = true
     private var multiplexed = false
 
@@ -44,7 +48,7 @@ public struct ConnectionTimeouts<Instant: InstantProtocol>: Sendable where Insta
     }
 
     public mutating func bytesReceived(now: Instant) -> Action {
-        if bodiesInProgress > 0 {
+        if bodiesInProgress > bodiesHeld {
             deadline = now.advanced(by: idleTimeout)
         } else if requestsInProgress == 0 && !awaitingHead && !multiplexed {
             awaitingHead = true
@@ -61,10 +65,28 @@ public struct ConnectionTimeouts<Instant: InstantProtocol>: Sendable where Insta
         return arm()
     }
 
+    /// The gateway stopped reading a request body (its upstream cannot take more yet): while every
+    /// body in progress is held, no body deadline applies.
+    public mutating func bodyReadsHeld(now: Instant) -> Action {
+        bodiesHeld = min(bodiesHeld + 1, bodiesInProgress)
+        if bodiesInProgress > 0, bodiesHeld == bodiesInProgress { deadline = nil }
+        return arm()
+    }
+
+    /// The gateway reads a held body again: it must flow from now on.
+    public mutating func bodyReadsResumed(now: Instant) -> Action {
+        bodiesHeld = max(0, bodiesHeld - 1)
+        if bodiesInProgress > bodiesHeld { deadline = now.advanced(by: idleTimeout) }
+        return arm()
+    }
+
     public mutating func requestBodyEnded(now: Instant) -> Action {
         bodiesInProgress = max(0, bodiesInProgress - 1)
+        bodiesHeld = min(bodiesHeld, bodiesInProgress)
         if bodiesInProgress == 0 {
             deadline = requestsInProgress > 0 ? nil : now.advanced(by: idleTimeout)
+        } else if bodiesHeld == bodiesInProgress {
+            deadline = nil
         }
         return arm()
     }

@@ -59,6 +59,8 @@ final class ConnectionWatchdog: ChannelInboundHandler, RemovableChannelHandler {
     func connectionIsMultiplexed() { timeouts.connectionIsMultiplexed() }
     func requestHeadReceived() { perform(timeouts.requestHeadReceived(now: .now)) }
     func requestBodyEnded() { perform(timeouts.requestBodyEnded(now: .now)) }
+    func bodyReadsHeld() { perform(timeouts.bodyReadsHeld(now: .now)) }
+    func bodyReadsResumed() { perform(timeouts.bodyReadsResumed(now: .now)) }
     func responseEnded() { perform(timeouts.responseEnded(now: .now)) }
 
     private func start() {

@@ -92,6 +92,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var queued: [Queued] = []
     private var takingQueued = false
     private var readsHeld = false
+    /// The watchdog was told that a request body's reads are held (so it is not idle).
+    private var bodyHeldForWatchdog = false
     private var readPending = false
     private var closed = false
     /// Asked to drain: no request after the current one.
@@ -216,10 +218,18 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             hold = false
         }
         readsHeld = hold
+        let bodyHeld = hold && request.map { !$0.requestEnded && !$0.finished } == true
+        if bodyHeld != bodyHeldForWatchdog { tellWatchdog(bodyHeld: bodyHeld) }
         if !hold, readPending, let context {
             readPending = false
             context.read()
         }
+    }
+
+    /// A body the gateway holds is back-pressure, not an idle partner (`ConnectionTimeouts`).
+    private func tellWatchdog(bodyHeld: Bool) {
+        bodyHeldForWatchdog = bodyHeld
+        if bodyHeld { connection.watchdog.bodyReadsHeld() } else { connection.watchdog.bodyReadsResumed() }
     }
 
     // MARK: - Stages 1–3
@@ -370,6 +380,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func requestEndArrived(_ request: Request) {
         request.requestEnded = true
+        if bodyHeldForWatchdog { tellWatchdog(bodyHeld: false) }
         connection.watchdog.requestBodyEnded()
         switch request.body {
         case .none, .holding:
@@ -596,6 +607,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func finish(_ request: Request) {
         guard !request.finished else { return }
         request.finished = true
+        if bodyHeldForWatchdog { tellWatchdog(bodyHeld: false) }
         if let admission = request.admission { request.snapshot.admission.finish(admission) }
         RequestFinisher.finished(request.record, runtime: runtime, on: eventLoop)
     }

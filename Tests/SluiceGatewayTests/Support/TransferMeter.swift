@@ -10,7 +10,12 @@ final class TransferMeter: Sendable {
     private let lastProgress = Atomic<Int64>(TransferMeter.now)
 
     var sent: Int { sentBytes.load(ordering: .relaxed) }
-    var isStalled: Bool { blocked.load(ordering: .relaxed) && .nanoseconds(Self.now - lastProgress.load(ordering: .relaxed)) >= Duration.milliseconds(500) }
+    var isStalled: Bool { isStalled(for: .milliseconds(500)) }
+
+    /// Blocked on an unwritable connection without progress for at least `duration`.
+    func isStalled(for duration: Duration) -> Bool {
+        blocked.load(ordering: .relaxed) && .nanoseconds(Self.now - lastProgress.load(ordering: .relaxed)) >= duration
+    }
 
     /// Writes `bytes` bytes on `context`'s channel, in 64 KiB chunks and only while it is writable.
     func start(_ bytes: Int, _ context: ChannelHandlerContext) {
