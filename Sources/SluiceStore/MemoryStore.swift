@@ -18,6 +18,7 @@ public final class MemoryStore: AdmissionStore {
     }
 
     private let shards = (0..<16).map { _ in Shard() }
+    let idempotency = IdempotencyTable()
     private let clock: EpochClock
     public let defaultEventLoop: any EventLoop
 
@@ -28,6 +29,9 @@ public final class MemoryStore: AdmissionStore {
         self.clock = clock
         self.defaultEventLoop = defaultEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
     }
+
+    /// The time of the store's clock, epoch milliseconds.
+    func now() -> Int64 { clock() }
 
     public static let wallClock: EpochClock = { Int64((Date().timeIntervalSince1970 * 1_000).rounded(.down)) }
 

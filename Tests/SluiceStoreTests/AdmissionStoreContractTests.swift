@@ -12,7 +12,7 @@ struct AdmissionStoreContractTests {
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func bucketBurstsThenRefills(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
         let clock = ManualClock(epoch)
-        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let l = limits(rate: 2, burst: 3)
             for remaining in [2, 1, 0] {
                 let decision = try await store.admit(partner: "acme", limits: l, lease: nil, leaseDuration: lease)
@@ -30,7 +30,7 @@ struct AdmissionStoreContractTests {
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func costTakesSeveralTokens(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
         let clock = ManualClock(epoch)
-        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let expensive = limits(rate: 1, burst: 10, cost: 5)
             #expect(try await store.admit(partner: "acme", limits: expensive, lease: nil, leaseDuration: lease).tokensRemaining == 5)
             #expect(try await store.admit(partner: "acme", limits: expensive, lease: nil, leaseDuration: lease).tokensRemaining == 0)
@@ -46,7 +46,7 @@ struct AdmissionStoreContractTests {
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func quotaRollsOver(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
         let clock = ManualClock(epoch)
-        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let daily = limits(quota: 2)
             let day = UTCCalendarOracle.window(.day, containing: clock.now)
             clock.set(day.end - 5_000)
@@ -74,7 +74,7 @@ struct AdmissionStoreContractTests {
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func refusalsCostNoQuota(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
         let clock = ManualClock(epoch)
-        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let l = limits(rate: 1, burst: 1, quota: 5)
             let first = try await store.admit(partner: "acme", limits: l, lease: nil, leaseDuration: lease)
             #expect(first.quotaRemaining == 4)
@@ -92,7 +92,7 @@ struct AdmissionStoreContractTests {
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func leasesCapConcurrency(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
         let clock = ManualClock(epoch)
-        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let l = limits(concurrency: 2)
             let short: Duration = .seconds(10)
             #expect(try await store.admit(partner: "acme", limits: l, lease: "a", leaseDuration: short).verdict == .admitted)
@@ -113,7 +113,7 @@ struct AdmissionStoreContractTests {
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func flushAppliesQueuedReleases(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
         let clock = ManualClock(epoch)
-        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let l = limits(concurrency: 1)
             #expect(try await store.admit(partner: "acme", limits: l, lease: "a", leaseDuration: lease).verdict == .admitted)
             store.release(partner: "acme", lease: "a")
@@ -126,7 +126,7 @@ struct AdmissionStoreContractTests {
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func partnersAreIndependent(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
         let clock = ManualClock(epoch)
-        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let l = limits(rate: 1, burst: 1)
             #expect(try await store.admit(partner: "acme", limits: l, lease: nil, leaseDuration: lease).verdict == .admitted)
             #expect(try await store.admit(partner: "acme", limits: l, lease: nil, leaseDuration: lease).verdict == .rateLimited)
@@ -138,7 +138,7 @@ struct AdmissionStoreContractTests {
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func concurrentCallersShareOneBucket(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
         let clock = ManualClock(epoch)
-        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let l = limits(rate: 0.001, burst: 100)
             let admitted = try await withThrowingTaskGroup(of: Bool.self) { group in
                 for _ in 0..<500 {
@@ -157,7 +157,7 @@ extension AdmissionStoreContractTests {
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func concurrentMixedCostsSpendTheBucketExactly(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
         let clock = ManualClock(epoch)
-        try await withStore(kind, clock: clock) { (store: any AdmissionStore) async throws in
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let outcomes = try await withThrowingTaskGroup(of: (cost: Int, verdict: AdmissionVerdict).self) { group in
                 for index in 0..<300 {
                     let cost = 1 + index % 3

@@ -9,9 +9,12 @@ enum StoreKind: String, CaseIterable, Sendable {
     case memory, redis
 }
 
+/// What both stores are: the contract suites run against this.
+typealias StoreUnderTest = AdmissionStore & IdempotencyStore
+
 /// A fresh store of `kind` reading `clock`; Redis stores use the shared test Redis with a key
 /// prefix of their own, so tests never see each other's keys.
-func withStore(_ kind: StoreKind, clock: ManualClock, _ body: (any AdmissionStore) async throws -> Void) async throws {
+func withStore(_ kind: StoreKind, clock: ManualClock, _ body: (any StoreUnderTest) async throws -> Void) async throws {
     switch kind {
     case .memory:
         try await body(MemoryStore(clock: clock.epochClock))

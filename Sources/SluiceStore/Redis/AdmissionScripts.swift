@@ -23,7 +23,7 @@
 /// extend.
 enum AdmissionScripts {
     /// Sets `now` (epoch ms) from `ARGV[argument]`, or from Redis `TIME` when that is empty.
-    private static func now(argument: Int) -> String {
+    static func now(argument: Int) -> String {
         """
         local now
         if ARGV[\(argument)] ~= '' then

@@ -36,18 +36,18 @@ public final class RedisStore: AdmissionStore {
     /// first travels; Redis runs them one after the other, so decisions stay atomic and in order.
     static let callsPerPartner = 2
 
-    private let client: RedisClient
-    private let keyPrefix: String
-    private let clock: EpochClock?
+    let client: RedisClient
+    let keyPrefix: String
+    let clock: EpochClock?
     private let loops: [ObjectIdentifier: LoopState]
 
-    /// A client for this store: it loads the admission scripts whenever it opens a connection.
+    /// A client for this store: it loads the admission and idempotency scripts whenever it opens a connection.
     /// - Parameter onCommand: Called for every command sent to Redis (to count round trips).
     public static func makeClient(
         url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, onCommand: (@Sendable () -> Void)? = nil
     ) throws -> RedisClient {
         try RedisClient(
-            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew], group: group,
+            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew, IdempotencyScripts.claim, IdempotencyScripts.record, IdempotencyScripts.release], group: group,
             onCommand: onCommand
         )
     }

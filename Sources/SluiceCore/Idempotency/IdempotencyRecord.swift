@@ -1,0 +1,166 @@
+import Crypto
+import Foundation
+
+/// What identifies a keyed request (SPEC §3): the digest of its method, path and query, and the
+/// SHA-256 of its body. The target is known at the head; the body's digest once it is read.
+public struct RequestFingerprint: Sendable, Equatable {
+    public var target: SHA256Digest
+    public var body: SHA256Digest
+
+    public init(target: SHA256Digest, body: SHA256Digest) {
+        self.target = target
+        self.body = body
+    }
+
+    /// The digest of `METHOD SP path-and-query`.
+    public static func target(method: String, pathAndQuery: some StringProtocol) -> SHA256Digest {
+        var hasher = SHA256()
+        hasher.update(data: Array(method.utf8))
+        hasher.update(data: [0x20])
+        hasher.update(data: Array(pathAndQuery.utf8))
+        return SHA256Digest(hasher.finalize())
+    }
+}
+
+/// The SHA-256 of a body that arrives in pieces.
+public struct BodyHasher: Sendable {
+    private var hasher = SHA256()
+
+    public init() {}
+
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        hasher.update(bufferPointer: bytes)
+    }
+
+    public func finalize() -> SHA256Digest {
+        SHA256Digest(hasher.finalize())
+    }
+}
+
+extension SHA256Digest {
+    /// The digest Crypto computed.
+    init(_ digest: SHA256.Digest) {
+        self.init(bytes: Array(digest))!
+    }
+
+    /// The 32 bytes, most significant first.
+    public var bytes: [UInt8] {
+        [words.0, words.1, words.2, words.3].flatMap { word in (0..<8).reversed().map { UInt8(truncatingIfNeeded: word >> ($0 * 8)) } }
+    }
+}
+
+/// A finished keyed request as the store keeps it: its fingerprint and final response, replayed
+/// for a retry with the same key and fingerprint. Bodies larger than `maxBody` are not kept
+/// (`bodyKept` false): a retry then learns the original status but gets no replay.
+public struct IdempotencyRecord: Sendable, Equatable {
+    /// The most response body bytes kept for a replay (SPEC §3: 1 MiB).
+    public static let maxBody = 1 << 20
+
+    public var fingerprint: RequestFingerprint
+    public var status: Int
+    /// The response headers worth replaying (no hop-by-hop or per-request ones, no framing).
+    public var headers: [Header]
+    public var body: [UInt8]
+    public var bodyKept: Bool
+
+    public struct Header: Sendable, Equatable {
+        public var name: String
+        public var value: String
+
+        public init(_ name: String, _ value: String) {
+            self.name = name
+            self.value = value
+        }
+    }
+
+    public init(fingerprint: RequestFingerprint, status: Int, headers: [Header], body: [UInt8], bodyKept: Bool) {
+        self.fingerprint = fingerprint
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.bodyKept = bodyKept
+    }
+
+    /// The response headers that are not replayed: framing, hop-by-hop, and those every response
+    /// gets anew (request id, date, rate-limit state, version headers).
+    public static func isReplayed(header name: String) -> Bool {
+        !notReplayed.contains(name.lowercased())
+    }
+
+    private static let notReplayed: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length",
+        "date", "x-request-id", "ratelimit", "ratelimit-policy", "retry-after", "deprecation", "sunset", "idempotent-replayed",
+    ]
+
+    // MARK: - Encoding
+
+    /// The record as text (the stores keep strings): `SIR1` and base64 of a length-prefixed layout.
+    public func encoded() -> String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(80 + body.count + headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 6 })
+        bytes += fingerprint.target.bytes
+        bytes += fingerprint.body.bytes
+        Self.append(UInt32(status), to: &bytes)
+        bytes.append(bodyKept ? 1 : 0)
+        Self.append(UInt32(headers.count), to: &bytes)
+        for header in headers {
+            Self.append(Array(header.name.utf8), to: &bytes)
+            Self.append(Array(header.value.utf8), to: &bytes)
+        }
+        Self.append(body, to: &bytes)
+        return "SIR1" + Data(bytes).base64EncodedString()
+    }
+
+    /// Decodes `encoded()`; nil for anything else.
+    public init?(encoded text: some Collection<UInt8>) {
+        guard text.count > 4, text.prefix(4).elementsEqual("SIR1".utf8),
+            let data = Data(base64Encoded: Data(text.dropFirst(4)))
+        else { return nil }
+        var reader = Reader(bytes: Array(data))
+        guard let target = reader.take(32).flatMap({ SHA256Digest(bytes: $0) }),
+            let body = reader.take(32).flatMap({ SHA256Digest(bytes: $0) }),
+            let status = reader.word(), (100...999).contains(status),
+            let kept = reader.take(1)?.first, kept <= 1,
+            let count = reader.word(), count <= 1_000
+        else { return nil }
+        var headers: [Header] = []
+        for _ in 0..<count {
+            guard let name = reader.chunk(), let value = reader.chunk() else { return nil }
+            headers.append(Header(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+        }
+        guard let bodyBytes = reader.chunk(), reader.isAtEnd else { return nil }
+        self.init(
+            fingerprint: RequestFingerprint(target: target, body: body), status: status, headers: headers, body: bodyBytes, bodyKept: kept == 1
+        )
+    }
+
+    private static func append(_ value: UInt32, to bytes: inout [UInt8]) {
+        bytes += [UInt8(value >> 24), UInt8(value >> 16 & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value & 0xFF)]
+    }
+
+    private static func append(_ chunk: [UInt8], to bytes: inout [UInt8]) {
+        append(UInt32(chunk.count), to: &bytes)
+        bytes += chunk
+    }
+
+    private struct Reader {
+        let bytes: [UInt8]
+        var offset = 0
+
+        var isAtEnd: Bool { offset == bytes.count }
+
+        mutating func take(_ count: Int) -> ArraySlice<UInt8>? {
+            guard count >= 0, bytes.count - offset >= count else { return nil }
+            defer { offset += count }
+            return bytes[offset..<offset + count]
+        }
+
+        mutating func word() -> Int? {
+            take(4).map { $0.reduce(0) { $0 << 8 | Int($1) } }
+        }
+
+        mutating func chunk() -> [UInt8]? {
+            word().flatMap { take($0) }.map(Array.init)
+        }
+    }
+}

@@ -1,0 +1,103 @@
+public import NIOCore
+public import SluiceCore
+import Synchronization
+
+/// The embedded store's idempotency keys: entries in shards with a lock each, expired lazily
+/// when touched and swept now and then, so keys used once do not pile up.
+final class IdempotencyTable: Sendable {
+    private enum Entry {
+        case claim(token: String, expires: Int64)
+        case record(IdempotencyRecord, expires: Int64)
+
+        var expires: Int64 {
+            switch self {
+            case .claim(_, let expires), .record(_, let expires): expires
+            }
+        }
+    }
+
+    private struct Shard {
+        var entries: [String: Entry] = [:]
+        var writesSinceSweep = 0
+    }
+
+    /// Writes to a shard between two sweeps of its expired entries.
+    private static let sweepEvery = 4_096
+
+    private final class Locked: Sendable {
+        let shard = Mutex(Shard())
+    }
+
+    private let shards = (0..<16).map { _ in Locked() }
+
+    func claim(_ id: String, token: String, leaseMilliseconds: Int64, now: Int64) -> IdempotencyClaim {
+        locked(id).shard.withLock { shard in
+            switch shard.entries[id] {
+            case .record(let record, let expires) where expires > now:
+                return .completed(record)
+            case .claim(_, let expires) where expires > now:
+                return .inProgress(retryAfterMilliseconds: expires - now)
+            default:
+                Self.write(.claim(token: token, expires: now + leaseMilliseconds), id, into: &shard, now: now)
+                return .claimed
+            }
+        }
+    }
+
+    func record(_ record: IdempotencyRecord, _ id: String, token: String, retentionMilliseconds: Int64, now: Int64) -> Bool {
+        locked(id).shard.withLock { shard in
+            guard case .claim(token, _) = shard.entries[id] else { return false }
+            Self.write(.record(record, expires: now + retentionMilliseconds), id, into: &shard, now: now)
+            return true
+        }
+    }
+
+    func release(_ id: String, token: String) -> Bool {
+        locked(id).shard.withLock { shard in
+            guard case .claim(token, _) = shard.entries[id] else { return false }
+            shard.entries[id] = nil
+            return true
+        }
+    }
+
+    private static func write(_ entry: Entry, _ id: String, into shard: inout Shard, now: Int64) {
+        shard.entries[id] = entry
+        shard.writesSinceSweep += 1
+        if shard.writesSinceSweep >= sweepEvery {
+            shard.writesSinceSweep = 0
+            shard.entries = shard.entries.filter { $0.value.expires > now }
+        }
+    }
+
+    private func locked(_ id: String) -> Locked {
+        var hasher = Hasher()
+        hasher.combine(id)
+        return shards[Int(UInt(bitPattern: hasher.finalize()) % UInt(shards.count))]
+    }
+}
+
+extension MemoryStore: IdempotencyStore {
+    public func claim(
+        partner: String, key: String, token: String, lease: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<IdempotencyClaim, any Error>) -> Void
+    ) {
+        completion(.success(idempotency.claim(Self.idempotencyID(partner, key), token: token, leaseMilliseconds: lease.milliseconds, now: now())))
+    }
+
+    public func record(
+        _ record: IdempotencyRecord, partner: String, key: String, token: String, retention: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Bool, any Error>) -> Void
+    ) {
+        let id = Self.idempotencyID(partner, key)
+        completion(.success(idempotency.record(record, id, token: token, retentionMilliseconds: retention.milliseconds, now: now())))
+    }
+
+    public func releaseClaim(
+        partner: String, key: String, token: String, on eventLoop: any EventLoop, completion: @escaping (Result<Bool, any Error>) -> Void
+    ) {
+        completion(.success(idempotency.release(Self.idempotencyID(partner, key), token: token)))
+    }
+
+    /// Partner and key in one string (a partner id holds no NUL).
+    private static func idempotencyID(_ partner: String, _ key: String) -> String { partner + "\u{0}" + key }
+}

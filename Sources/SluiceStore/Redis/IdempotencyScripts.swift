@@ -1,0 +1,50 @@
+/// Idempotency keys in Lua, one atomic step each, on one key per partner and idempotency key
+/// (`PREFIX:{p:PARTNER}:idem:KEY`, hash-tagged like the admission keys). The value is
+/// `C<expires ms>:<token>` while a request holds the key, `R<record>` once it finished. Every
+/// write sets a TTL relative to now (`PX`), so Redis drops a crashed claim after its lease and a
+/// record after its retention; a claim also carries its expiry in the script's clock, so a
+/// manual test clock can expire it too.
+enum IdempotencyScripts {
+    /// ARGV: 1 now ms ('' = Redis TIME), 2 token, 3 lease ms. Returns `N` (claimed), `P<ms>`
+    /// (held by a running request for up to ms more) or the recorded `R<record>`.
+    static let claim = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 1))
+        local value = redis.call('GET', KEYS[1])
+        if value then
+          if string.sub(value, 1, 1) == 'R' then return value end
+          local separator = string.find(value, ':', 2, true)
+          local expires = tonumber(string.sub(value, 2, separator - 1))
+          if expires > now then return 'P' .. (expires - now) end
+        end
+        redis.call('SET', KEYS[1], 'C' .. (now + tonumber(ARGV[3])) .. ':' .. ARGV[2], 'PX', ARGV[3])
+        return 'N'
+        """
+    )
+
+    /// The token's claim on KEYS[1], or false.
+    private static let ownClaim = """
+        local value = redis.call('GET', KEYS[1])
+        if not value or string.sub(value, 1, 1) ~= 'C' then return 0 end
+        local separator = string.find(value, ':', 2, true)
+        if string.sub(value, separator + 1) ~= ARGV[1] then return 0 end
+        """
+
+    /// ARGV: 1 token, 2 record, 3 retention ms. Returns 1, or 0 when the claim is not the token's.
+    static let record = RedisScript(
+        """
+        \(ownClaim)
+        redis.call('SET', KEYS[1], 'R' .. ARGV[2], 'PX', ARGV[3])
+        return 1
+        """
+    )
+
+    /// ARGV: 1 token. Returns 1, or 0 when the claim is not the token's.
+    static let release = RedisScript(
+        """
+        \(ownClaim)
+        redis.call('DEL', KEYS[1])
+        return 1
+        """
+    )
+}

@@ -1,0 +1,132 @@
+import SluiceCore
+@testable import SluiceStore
+import Testing
+import TestSupport
+
+/// Every store keeps the same idempotency contract; each test runs against the embedded store
+/// and real Redis, with the manual clock far in the past, at real time and far in the future.
+struct IdempotencyStoreContractTests {
+    private let lease: Duration = .seconds(60)
+    private let retention: Duration = .seconds(86_400)
+
+    private func record(status: Int = 201, body: String = "{\"order\":1}", kept: Bool = true) -> IdempotencyRecord {
+        IdempotencyRecord(
+            fingerprint: RequestFingerprint(
+                target: RequestFingerprint.target(method: "POST", pathAndQuery: "/v2/orders?x=1"), body: BodyHasher().finalize()
+            ),
+            status: status, headers: [.init("Content-Type", "application/json"), .init("Location", "/orders/1")],
+            body: Array(body.utf8), bodyKept: kept
+        )
+    }
+
+    /// The first request claims the key; a concurrent duplicate finds it in progress with the time its claim has left.
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func secondClaimFindsTheFirstInProgress(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "a", lease: lease) == .claimed)
+            clock.advance(15_000)
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "b", lease: lease) == .inProgress(retryAfterMilliseconds: 45_000))
+        }
+    }
+
+    /// Many claims at once: exactly one wins.
+    @Test(arguments: StoreKind.allCases)
+    func concurrentClaimsHaveOneWinner(_ kind: StoreKind) async throws {
+        try await withStore(kind, clock: ManualClock(.present)) { (store: any StoreUnderTest) async throws in
+            let claims = try await withThrowingTaskGroup(of: IdempotencyClaim.self) { group in
+                for index in 0..<20 { group.addTask { try await store.claim(partner: "acme", key: "same", token: "t\(index)", lease: lease) } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(claims.filter { $0 == .claimed }.count == 1)
+            #expect(claims.filter { if case .inProgress = $0 { true } else { false } }.count == 19)
+        }
+    }
+
+    /// A recorded response comes back whole to the next claim, until its retention ends.
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func recordIsReplayedUntilRetentionEnds(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let finished = record()
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "a", lease: lease) == .claimed)
+            #expect(try await store.record(finished, partner: "acme", key: "k1", token: "a", retention: retention))
+            clock.advance(3_600_000)
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "b", lease: lease) == .completed(finished))
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "c", lease: lease) == .completed(finished))
+        }
+    }
+
+    /// A released claim frees the key for the next request at once; a stale token cannot release or record.
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func releaseFreesTheKey(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "a", lease: lease) == .claimed)
+            #expect(try await store.releaseClaim(partner: "acme", key: "k1", token: "wrong") == false)
+            #expect(try await store.releaseClaim(partner: "acme", key: "k1", token: "a"))
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "b", lease: lease) == .claimed)
+            #expect(try await store.record(record(), partner: "acme", key: "k1", token: "a", retention: retention) == false)
+            #expect(try await store.releaseClaim(partner: "acme", key: "k1", token: "a") == false)
+        }
+    }
+
+    /// A claim whose gateway crashed expires by its lease: the key is taken over, and the late
+    /// first request can no longer record over the new claim.
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func crashedClaimExpiresByItsLease(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "crashed", lease: lease) == .claimed)
+            clock.advance(59_999)
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "b", lease: lease) == .inProgress(retryAfterMilliseconds: 1))
+            clock.advance(1)
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "c", lease: lease) == .claimed)
+            #expect(try await store.record(record(), partner: "acme", key: "k1", token: "crashed", retention: retention) == false)
+            #expect(try await store.record(record(), partner: "acme", key: "k1", token: "c", retention: retention))
+        }
+    }
+
+    /// Keys are scoped by partner: two partners may use the same key.
+    @Test(arguments: StoreKind.allCases)
+    func keysAreScopedByPartner(_ kind: StoreKind) async throws {
+        try await withStore(kind, clock: ManualClock(.present)) { (store: any StoreUnderTest) async throws in
+            #expect(try await store.claim(partner: "acme", key: "order-1", token: "a", lease: lease) == .claimed)
+            #expect(try await store.claim(partner: "globex", key: "order-1", token: "b", lease: lease) == .claimed)
+        }
+    }
+
+    /// A record whose body was too large to keep, with hostile bytes in its key and headers, survives the round trip.
+    @Test(arguments: StoreKind.allCases)
+    func unusualRecordsRoundTrip(_ kind: StoreKind) async throws {
+        try await withStore(kind, clock: ManualClock(.present)) { (store: any StoreUnderTest) async throws in
+            let key = "{p:other}:idem:\" \\ ~" + String(repeating: "x", count: 230)
+            var large = record(status: 200, body: "", kept: false)
+            large.headers.append(.init("X-Odd", "ünïcode & \"quotes\""))
+            #expect(try await store.claim(partner: "acme", key: key, token: "a", lease: lease) == .claimed)
+            #expect(try await store.record(large, partner: "acme", key: key, token: "a", retention: retention))
+            #expect(try await store.claim(partner: "acme", key: key, token: "b", lease: lease) == .completed(large))
+        }
+    }
+}
+
+/// The Redis layout: one key per partner and idempotency key, in the partner's hash slot, always with a TTL.
+struct IdempotencyRedisLayoutTests {
+    /// Claims and records carry a TTL (lease, then retention) and share the partner's hash tag.
+    @Test func everyKeyHasATTLInThePartnersSlot() async throws {
+        let client = try await makeRedisClient()
+        let store = RedisStore(client: client, keyPrefix: "layout-\(UInt32.random(in: 0...UInt32.max))")
+        let key = store.idempotencyKey("acme", "k1")
+        #expect(key.hasPrefix("\(store.keyPrefix):{p:acme}:"))
+        #expect(try await store.claim(partner: "acme", key: "k1", token: "a", lease: .seconds(60)) == .claimed)
+        guard case .integer(let leaseTTL) = try await client.send(["PTTL", key]) else { throw RedisError.protocolViolation("PTTL") }
+        #expect((59_000...60_000).contains(leaseTTL))
+        let finished = IdempotencyRecord(
+            fingerprint: .init(target: BodyHasher().finalize(), body: BodyHasher().finalize()), status: 200, headers: [], body: [], bodyKept: true
+        )
+        #expect(try await store.record(finished, partner: "acme", key: "k1", token: "a", retention: .seconds(86_400)))
+        guard case .integer(let recordTTL) = try await client.send(["PTTL", key]) else { throw RedisError.protocolViolation("PTTL") }
+        #expect((86_399_000...86_400_000).contains(recordTTL))
+        await client.shutdown()
+    }
+}
