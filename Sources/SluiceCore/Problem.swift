@@ -12,6 +12,8 @@ public enum ProblemType: String, Sendable, CaseIterable {
     case idempotencyKeyReused = "idempotency-key-reused"
     case invalidIdempotencyKey = "invalid-idempotency-key"
     case missingIdempotencyKey = "missing-idempotency-key"
+    /// Sluice extension: the key's request finished, but its response body was too large to keep.
+    case idempotentResponseNotReplayable = "idempotent-response-not-replayable"
     case payloadTooLarge = "payload-too-large"
     case upstreamTimeout = "upstream-timeout"
     case upstreamUnavailable = "upstream-unavailable"
@@ -31,7 +33,7 @@ public enum ProblemType: String, Sendable, CaseIterable {
         case .unknownVersion, .notFound: 404
         case .methodNotAllowed: 405
         case .rateLimited, .quotaExceeded, .concurrencyLimited: 429
-        case .idempotencyKeyInUse: 409
+        case .idempotencyKeyInUse, .idempotentResponseNotReplayable: 409
         case .idempotencyKeyReused: 422
         case .invalidIdempotencyKey, .missingIdempotencyKey, .invalidRequest: 400
         case .payloadTooLarge: 413
@@ -56,6 +58,7 @@ public enum ProblemType: String, Sendable, CaseIterable {
         case .idempotencyKeyReused: "Idempotency key reused"
         case .invalidIdempotencyKey: "Invalid idempotency key"
         case .missingIdempotencyKey: "Missing idempotency key"
+        case .idempotentResponseNotReplayable: "Response not replayable"
         case .payloadTooLarge: "Payload too large"
         case .upstreamTimeout: "Upstream timed out"
         case .upstreamUnavailable: "Upstream unavailable"

@@ -52,6 +52,7 @@ struct PolicyDecodingTests {
         #expect(gateway.limits.maxRequestBody == 10 << 20 && gateway.limits.maxHeaderBytes == 16 << 10)
         #expect(gateway.limits.clientHeaderTimeout == .seconds(10) && gateway.limits.idleTimeout == .seconds(60))
         #expect(gateway.tasks.workers == 16 && gateway.tasks.lease == .seconds(30) && gateway.tasks.retention == .seconds(604_800))
+        #expect(gateway.idempotency.retention == .seconds(86_400))
         #expect(gateway.webhooks.timeout == .seconds(15) && gateway.webhooks.schedule.count == 9)
         let orders = try #require(policy.upstreams["orders"])
         #expect(orders.address.port == 80 && policy.upstreams["pricing"]?.address.useTLS == true)

@@ -12,6 +12,10 @@ struct PolicyErrorTests {
         ("bad-duration", [
             "policies/upstreams.yaml:6:22: expected a duration like 250ms, 5s, 2m, 1h or 30d for upstream 'pricing' connect_timeout, got '1 second'"
         ]),
+        ("bad-idempotency-retention", [
+            "policies/gateway.yaml:23:14: idempotency.retention must be at least 1s",
+            "policies/gateway.yaml:24:3: unknown key 'retain' in idempotency",
+        ]),
         ("bad-size", ["policies/gateway.yaml:14:21: expected a size like 512KiB or 10MiB for limits.max_request_body, got '10MB'"]),
         ("bad-percentage", [
             "policies/upstreams.yaml:13:21: expected a percentage from 0% to 100% like 50% for upstream 'pricing' circuit_breaker failure_rate, got '0.5'"

@@ -57,6 +57,11 @@ public struct GatewayPolicy: Sendable, Equatable {
         public var retention: Duration = .seconds(7 * 86_400)
     }
 
+    public struct Idempotency: Sendable, Equatable {
+        /// How long a recorded response can be replayed.
+        public var retention: Duration = .seconds(86_400)
+    }
+
     public struct Webhooks: Sendable, Equatable {
         public var timeout: Duration = .seconds(15)
         /// Delays before each retry; after the last one the delivery is dead.
@@ -83,6 +88,7 @@ public struct GatewayPolicy: Sendable, Equatable {
     public var store: Store
     public var limits: Limits
     public var tasks: Tasks
+    public var idempotency: Idempotency
     public var webhooks: Webhooks
     public var adminTokens: [AdminToken]
 }
@@ -98,6 +104,7 @@ extension GatewayPolicy {
         let store = map.optional("store").map { readStore($0, directory: directory) } ?? Store()
         let limits = map.optional("limits").map(readLimits) ?? Limits()
         let tasks = map.optional("tasks").map(readTasks) ?? Tasks()
+        let idempotency = map.optional("idempotency").map(readIdempotency) ?? Idempotency()
         let webhooks = map.optional("webhooks").map(readWebhooks) ?? Webhooks()
         let tokens = map.optional("admin").map(readAdmin) ?? []
         map.finish()
@@ -110,7 +117,8 @@ extension GatewayPolicy {
             map.value.report("listen.https needs a tls section with certificate and key")
         }
         return GatewayPolicy(
-            listen: listen, tls: tls, store: store, limits: limits, tasks: tasks, webhooks: webhooks, adminTokens: tokens
+            listen: listen, tls: tls, store: store, limits: limits, tasks: tasks, idempotency: idempotency, webhooks: webhooks,
+            adminTokens: tokens
         )
     }
 
@@ -198,6 +206,20 @@ extension GatewayPolicy {
         if let retention = map.optional("retention")?.duration("tasks.retention") { tasks.retention = retention }
         map.finish()
         return tasks
+    }
+
+    private static func readIdempotency(_ value: YAMLValue) -> Idempotency {
+        var idempotency = Idempotency()
+        guard let map = value.mapping("idempotency") else { return idempotency }
+        if let item = map.optional("retention"), let retention = item.duration("idempotency.retention") {
+            if retention < .seconds(1) {
+                item.report("idempotency.retention must be at least 1s")
+            } else {
+                idempotency.retention = retention
+            }
+        }
+        map.finish()
+        return idempotency
     }
 
     private static func readWebhooks(_ value: YAMLValue) -> Webhooks {

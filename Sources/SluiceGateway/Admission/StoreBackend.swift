@@ -56,6 +56,8 @@ final class StoreBackend: Sendable {
 
     let settings: Settings
     let store: any AdmissionStore
+    /// The same store's idempotency keys.
+    let idempotency: any IdempotencyStore
     /// The store when it is the embedded one: it decides synchronously.
     let embedded: MemoryStore?
     let redis: RedisClient?
@@ -76,12 +78,15 @@ final class StoreBackend: Sendable {
                 url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group, onCommand: { calls.increment() }
             )
             redis = client
-            store = RedisStore(client: client)
+            let shared = RedisStore(client: client)
+            store = shared
+            idempotency = shared
             embedded = nil
         } else {
             redis = nil
             let memory = MemoryStore(clock: clock)
             store = memory
+            idempotency = memory
             embedded = memory
         }
     }

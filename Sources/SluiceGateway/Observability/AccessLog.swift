@@ -80,6 +80,7 @@ final class AccessLog: Sendable {
         line += ",\"duration_ms\":"
         line += String(duration.milliseconds)
         if let error = record.upstreamError { field("error", error, into: &line) }
+        if let idempotency = record.idempotency { field("idempotency", idempotency.rawValue, into: &line) }
         field("method", record.method, into: &line)
         if let partner = record.partner { field("partner", partner, into: &line) }
         field("path", String(record.path), into: &line)
@@ -119,6 +120,7 @@ final class AccessLog: Sendable {
         if let problem = record.problem { metadata["problem"] = .string(problem) }
         if let error = record.upstreamError { metadata["error"] = .string(error) }
         if record.clientGone { metadata["client_gone"] = .stringConvertible(true) }
+        if let idempotency = record.idempotency { metadata["idempotency"] = .string(idempotency.rawValue) }
         return metadata
     }
 }

@@ -26,6 +26,9 @@ final class GatewayMetrics: Sendable {
     private static var fallbackDescriptor: MetricNameDescriptor { descriptor("ratelimit", "fallback", "1 while the store is unreachable and on_redis_failure applies.") }
     private static var breakerStateDescriptor: MetricNameDescriptor { descriptor("breaker", "state", "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.") }
     private static var breakerTransitionsDescriptor: MetricNameDescriptor { descriptor("breaker_transitions", "total", "Circuit breaker state changes per upstream and new state.") }
+    private static var idempotencyDescriptor: MetricNameDescriptor {
+        descriptor("idempotency", "total", "Keyed requests by outcome: new, replayed, in_use, mismatch, released.")
+    }
     private static var retriesDescriptor: MetricNameDescriptor { descriptor("upstream_retries", "total", "Retried upstream calls.") }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
@@ -39,10 +42,15 @@ final class GatewayMetrics: Sendable {
 
     /// Commands sent to Redis; several requests' decisions share one.
     let storeCalls: Counter
+    /// `sluice_idempotency_total` by result.
+    private let idempotencyResults: [IdempotencyResult: Counter]
 
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
         storeCalls = registry.makeCounter(descriptor: Self.storeCallsDescriptor)
+        idempotencyResults = IdempotencyResult.allCases.reduce(into: [:]) {
+            $0[$1] = registry.makeCounter(descriptor: Self.idempotencyDescriptor, labels: [("result", $1.rawValue)])
+        }
         for result in ["ok", "error"] { _ = registry.makeCounter(descriptor: Self.reloadDescriptor, labels: [("result", result)]) }
         _ = registry.makeCounter(descriptor: Self.storeErrorsDescriptor)
         registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: 0.0)
@@ -63,6 +71,10 @@ final class GatewayMetrics: Sendable {
         if isTransition {
             registry.makeCounter(descriptor: Self.breakerTransitionsDescriptor, labels: [("upstream", upstream), ("to", name)]).increment()
         }
+    }
+
+    func idempotency(_ result: IdempotencyResult) {
+        idempotencyResults[result]?.increment()
     }
 
     func upstreamRetried(upstream: String) {
@@ -105,4 +117,17 @@ final class GatewayMetrics: Sendable {
 
     /// Prometheus text exposition.
     func render() -> String { registry.emitToString() }
+}
+
+/// What happened to a request's idempotency key (`sluice_idempotency_total{result}`, access log).
+enum IdempotencyResult: String, CaseIterable, Sendable {
+    /// The key was claimed: the request runs.
+    case new
+    case replayed
+    /// 409: a request with the key is still running.
+    case inUse = "in_use"
+    /// 422: the key was used for another request.
+    case mismatch
+    /// The claim was given up (5xx, timeout, client gone), so a retry runs again.
+    case released
 }

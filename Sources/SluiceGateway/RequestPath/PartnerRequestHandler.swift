@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import SluiceCore
+import SluiceStore
 
 /// The partner request path (SPEC §3, DESIGN "Request path") as a channel handler: one per
 /// HTTP/1.1 connection (its requests one after the other: pipelined ones are queued here, and
@@ -12,13 +13,16 @@ import SluiceCore
 ///    route (`RequestScreening`), synchronous;
 /// 3. admission — `AdmissionControl`: the embedded store decides inline, Redis answers with a
 ///    completion on this loop (its own Redis connection);
-/// 4. (idempotency claim or replay and 5b. async task acceptance plug in here, on the admitted
-///    request and its plan);
+/// 4. idempotency — a keyed POST/PATCH claims its key (`IdempotencyControl`, one store step);
+///    a key in use answers 409, a finished one is replayed or answers 422 once the body's digest
+///    is known (the body is hashed as it streams, never kept); (5b. async task acceptance plugs
+///    in here too);
 /// 5. dispatch — an `UpstreamCall` with this handler as its delegate; bodies stream both ways
 ///    with back-pressure (partner reads pause while the upstream connection has too much
 ///    unwritten, upstream reads pause while this channel is not writable);
 /// 6. response — `ResponseShaping` adds the request's headers; small answers go out in one write;
-/// 7. finish — concurrency slot released, metrics and access log (`RequestFinisher`), exactly once.
+/// 7. finish — concurrency slot released, the idempotency claim recorded or released, metrics and
+///    access log (`RequestFinisher`), exactly once.
 ///
 /// Reading from the partner pauses only while something must wait: pipelined requests queued,
 /// or a request body that cannot go anywhere yet (admission pending, the upstream call not
@@ -44,6 +48,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         case streaming
         /// Read and dropped: the gateway answered before the body ended.
         case discarding
+        /// Read and dropped: its digest decides between a replay and a 422 when it ends.
+        case hashing
     }
 
     /// One request from head to finish.
@@ -53,6 +59,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         let head: PartnerRequestHead
         var plan: ForwardPlan?
         var admission: Admission?
+        /// Set for a request with an `Idempotency-Key` on a POST or PATCH route.
+        var idempotency: IdempotentRequest?
         /// What stage 5 sends: the upstream, the rewritten head, whether it may be sent twice.
         var upstream: (runtime: UpstreamRuntime, head: HTTPRequestHead, retryable: Bool)?
         var call: UpstreamCall?
@@ -212,7 +220,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             switch request.body {
             case .holding: hold = true
             case .streaming: hold = !request.bodyWanted || request.unwrittenBodyBytes >= Self.bodyHighWatermark
-            case .none, .collecting, .discarding: hold = false
+            case .none, .collecting, .discarding, .hashing: hold = false
             }
         } else {
             hold = false
@@ -250,6 +258,9 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             answer(request, problem, headers)
         case .forward(let plan):
             request.plan = plan
+            if let key = plan.idempotencyKey {
+                request.idempotency = IdempotentRequest(key: key, method: head.method.rawValue, target: head.target)
+            }
             if plan.bodyLength != .none {
                 request.body = .holding
                 updateReads()
@@ -271,6 +282,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.admission = admission
         request.record.adopt(admission)
         switch admission.verdict {
+        case .admitted where request.idempotency != nil:
+            claim(request)
         case .admitted:
             dispatch(request)
         case .refused(let reason):
@@ -280,6 +293,99 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
                 request, Problem(.upstreamUnavailable, detail: "The gateway cannot check rate limits right now; try again shortly."),
                 [("Retry-After", "1")]
             )
+        }
+    }
+
+    // MARK: - Stage 4: idempotency
+
+    private func claim(_ request: Request) {
+        guard let idempotent = request.idempotency, let plan = request.plan else { return }
+        let token = runtime.identifiers.requestID()
+        request.snapshot.idempotency.claim(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, token: token, on: eventLoop) {
+            [self] result in
+            claimAnswered(request, token: token, result)
+        }
+    }
+
+    private func claimAnswered(_ request: Request, token: String, _ result: Result<IdempotencyClaim, any Error>) {
+        guard let idempotent = request.idempotency else { return }
+        if case .success(.claimed) = result { idempotent.phase = .claimed(token: token) }
+        guard self.request === request, !request.finished else {
+            // The client left while the store answered: a won claim is given back.
+            concludeIdempotency(request)
+            return
+        }
+        switch result {
+        case .failure:
+            answer(
+                request, Problem(.upstreamUnavailable, detail: "The gateway cannot check idempotency keys right now; try again shortly."),
+                [("Retry-After", "1")]
+            )
+        case .success(.claimed):
+            settle(request, .new)
+            dispatch(request)
+        case .success(.inProgress(let milliseconds)):
+            settle(request, .inUse)
+            answer(
+                request, Problem(.idempotencyKeyInUse, detail: "A request with this Idempotency-Key is still in progress; retry later."),
+                [("Retry-After", String(IdempotencyControl.retryAfter(milliseconds: milliseconds)))]
+            )
+        case .success(.completed(let record)):
+            guard record.fingerprint.target == idempotent.target else { return mismatch(request) }
+            idempotent.phase = .comparing(record)
+            if request.requestEnded { return compare(request) }
+            // The body decides: read and hash it (without keeping it), then answer.
+            continueIfExpected(request)
+            request.pending.removeAll()
+            request.body = .hashing
+            updateReads()
+        }
+    }
+
+    /// The body of a retry for a finished key is in: replay when it is the same request, else 422.
+    private func compare(_ request: Request) {
+        guard let idempotent = request.idempotency, case .comparing(let record) = idempotent.phase else { return }
+        idempotent.phase = .concluded
+        guard idempotent.matches(record) else { return mismatch(request) }
+        settle(request, .replayed)
+        guard record.bodyKept else {
+            let (problem, headers) = ResponseShaping.notReplayable(record)
+            return answer(request, problem, headers)
+        }
+        guard let context, !request.responseStarted else { return }
+        var headers = ResponseShaping.replay(record, request.record, date: runtime.dates.current)
+        if request.closeAfterResponse && !isHTTP2 { headers.add(name: "Connection", value: "close") }
+        request.record.status = record.status
+        request.record.bytesOut = record.body.count
+        request.responseStarted = true
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: record.status), headers: headers))), promise: nil)
+        if !record.body.isEmpty { context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: record.body)))), promise: nil) }
+        endResponse(request, context: context)
+    }
+
+    private func mismatch(_ request: Request) {
+        request.idempotency?.phase = .concluded
+        settle(request, .mismatch)
+        answer(
+            request,
+            Problem(.idempotencyKeyReused, detail: "This Idempotency-Key was used for a different request (method, path, query or body).")
+        )
+    }
+
+    /// Counts a keyed request's outcome and notes it for the access log.
+    private func settle(_ request: Request, _ result: IdempotencyResult) {
+        request.snapshot.idempotency.metrics.idempotency(result)
+        request.record.idempotency = result
+    }
+
+    /// Records a claimed request's response, or releases its claim (stage 7).
+    private func concludeIdempotency(_ request: Request) {
+        guard let idempotent = request.idempotency, let partner = request.plan?.partner.id else { return }
+        let completed = request.responseEnded && !request.record.clientGone
+        if let result = request.snapshot.idempotency.conclude(
+            idempotent, partner: partner, completed: completed, requestID: request.record.requestID, on: eventLoop
+        ) {
+            request.record.idempotency = result
         }
     }
 
@@ -366,8 +472,9 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         if request.record.bytesIn > limit, request.body != .discarding {
             return bodyTooLarge(request, limit: limit)
         }
+        request.idempotency?.bodyArrived(chunk)
         switch request.body {
-        case .none, .discarding:
+        case .none, .discarding, .hashing:
             break
         case .holding:
             request.pending.append(chunk)
@@ -382,6 +489,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.requestEnded = true
         if bodyHeldForWatchdog { tellWatchdog(bodyHeld: false) }
         connection.watchdog.requestBodyEnded()
+        request.idempotency?.bodyEnded()
         switch request.body {
         case .none, .holding:
             break
@@ -391,6 +499,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             if request.bodyWanted { request.call?.endBody() }
         case .discarding:
             if request.responseEnded { requestCompleted(request) }
+        case .hashing:
+            compare(request)
         }
     }
 
@@ -443,10 +553,12 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         let head = HTTPResponseHead(version: responseVersion(request), status: upstreamHead.status, headers: headers)
         request.record.status = Int(upstreamHead.status.code)
         request.responseStarted = true
+        request.idempotency?.responseStarted(status: request.record.status, headers: headers)
         switch body {
         case .whole(let buffer):
             // Head and a small body go out in one write.
             request.record.bytesOut = buffer?.readableBytes ?? 0
+            if let buffer { request.idempotency?.responseBodyArrived(buffer) }
             request.call = nil
             context.write(wrapOutboundOut(.head(head)), promise: nil)
             if let buffer { context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
@@ -459,6 +571,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     func upstreamCall(_ call: UpstreamCall, received chunk: ByteBuffer) {
         guard let request, request.call === call, let context else { return }
         request.record.bytesOut += chunk.readableBytes
+        request.idempotency?.responseBodyArrived(chunk)
         context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
         if !context.channel.isWritable { call.pauseResponse(true) }
     }
@@ -609,6 +722,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.finished = true
         if bodyHeldForWatchdog { tellWatchdog(bodyHeld: false) }
         if let admission = request.admission { request.snapshot.admission.finish(admission) }
+        concludeIdempotency(request)
         RequestFinisher.finished(request.record, runtime: runtime, on: eventLoop)
     }
 }

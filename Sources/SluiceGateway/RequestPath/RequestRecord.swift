@@ -23,6 +23,8 @@ struct RequestRecord {
     var bytesIn = 0
     var bytesOut = 0
     var clientGone = false
+    /// What the request's `Idempotency-Key` led to, for the access log.
+    var idempotency: IdempotencyResult?
     /// What every response to this request carries besides `X-Request-Id`: the version's
     /// `Deprecation`/`Sunset`, the `RateLimit` fields and a refusal's `Retry-After`.
     private var versionHeaders: (deprecation: String?, sunset: String?) = (nil, nil)

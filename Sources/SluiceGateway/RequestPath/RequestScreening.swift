@@ -28,6 +28,8 @@ struct ForwardPlan {
     /// Upstream path and query (without the upstream's base path), e.g. `/api/orders/17?expand=lines`.
     let target: String
     let bodyLength: RequestBodyLength
+    /// The `Idempotency-Key` of a POST or PATCH route's request, when it sent one.
+    let idempotencyKey: String?
 }
 
 /// What stages 1 and 2 decided.
@@ -113,10 +115,29 @@ enum RequestScreening {
         if case .known(let length) = bodyLength, length > limits.maxRequestBody {
             return .reject(Problem(.payloadTooLarge, detail: "The request body is larger than \(limits.maxRequestBody) bytes."), headers: [])
         }
-        // Admission (rate limits, quotas, concurrency) comes next; then idempotency and async
-        // tasks (later issues), then forwarding.
+        // A malformed or missing key is bad input: refused before admission, so it costs nothing.
+        var idempotencyKey: String?
+        if let mode = route.policy.idempotency {
+            switch IdempotencyKey.of(head.headers["idempotency-key"]) {
+            case .malformed:
+                return .reject(
+                    Problem(.invalidIdempotencyKey, detail: "Idempotency-Key must be one value of 1 to 255 printable ASCII characters, bare or quoted."),
+                    headers: []
+                )
+            case .absent where mode == .required:
+                return .reject(Problem(.missingIdempotencyKey, detail: "This route needs an Idempotency-Key header."), headers: [])
+            case .absent:
+                break
+            case .present(let key):
+                idempotencyKey = key
+            }
+        }
+        // Admission (rate limits, quotas, concurrency) comes next; then the idempotency claim
+        // and async tasks, then forwarding.
         let target = route.upstreamPath.render(parameters) + record.query
-        return .forward(ForwardPlan(partner: partner, version: versionRules, route: route, target: target, bodyLength: bodyLength))
+        return .forward(
+            ForwardPlan(partner: partner, version: versionRules, route: route, target: target, bodyLength: bodyLength, idempotencyKey: idempotencyKey)
+        )
     }
 
     /// The partner of the API key, or of the client certificate when no key was sent.

@@ -15,15 +15,22 @@ struct SnapshotFactory: Sendable {
     /// Builds a snapshot; TLS material or a store that cannot be set up is a policy problem.
     func make(_ policy: PolicySet) throws(PolicyErrors) -> GatewaySnapshot {
         let tlsContext = try policy.gateway.tls.map { tls throws(PolicyErrors) in try GatewaySnapshot.makeTLSContext(tls) }
+        let backend = try stores.backend(for: policy)
         let admission = AdmissionControl(
-            backend: try stores.backend(for: policy),
+            backend: backend,
             mode: policy.gateway.store.onRedisFailure,
             instances: policy.gateway.store.expectedInstances,
             leaseDuration: leaseDuration,
             metrics: metrics,
             logger: logger
         )
-        return GatewaySnapshot(rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: try pool.runtimes(for: policy), admission: admission)
+        let idempotency = IdempotencyControl(
+            store: backend.idempotency, retention: policy.gateway.idempotency.retention, metrics: metrics, logger: logger
+        )
+        return GatewaySnapshot(
+            rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: try pool.runtimes(for: policy), admission: admission,
+            idempotency: idempotency
+        )
     }
 }
 
@@ -35,14 +42,19 @@ final class GatewaySnapshot: Sendable {
     let tlsContext: NIOSSLContext?
     let upstreams: [String: UpstreamRuntime]
     let admission: AdmissionControl
+    let idempotency: IdempotencyControl
 
     var policy: PolicySet { rules.policy }
 
-    fileprivate init(rules: GatewayRules, tlsContext: NIOSSLContext?, upstreams: [String: UpstreamRuntime], admission: AdmissionControl) {
+    fileprivate init(
+        rules: GatewayRules, tlsContext: NIOSSLContext?, upstreams: [String: UpstreamRuntime], admission: AdmissionControl,
+        idempotency: IdempotencyControl
+    ) {
         self.rules = rules
         self.tlsContext = tlsContext
         self.upstreams = upstreams
         self.admission = admission
+        self.idempotency = idempotency
     }
 
     /// What TLS 1.2 offers (SPEC §3): ECDHE key exchange with AEAD ciphers only — no CBC
