@@ -87,6 +87,27 @@ struct IdempotencyStoreContractTests {
         }
     }
 
+    /// Many records written at once (Redis batches those of one loop tick into one call) each
+    /// land on their own key; a batch with a stale token records the others.
+    @Test(arguments: StoreKind.allCases)
+    func recordsWrittenAtOnceEachLand(_ kind: StoreKind) async throws {
+        try await withStore(kind, clock: ManualClock(.present)) { (store: any StoreUnderTest) async throws in
+            for index in 0..<30 { #expect(try await store.claim(partner: "acme", key: "k\(index)", token: "t\(index)", lease: lease) == .claimed) }
+            let recorded = try await withThrowingTaskGroup(of: (Int, Bool).self) { group in
+                for index in 0..<30 {
+                    let token = index == 7 ? "stale" : "t\(index)"
+                    group.addTask { (index, try await store.record(record(status: 200 + index), partner: "acme", key: "k\(index)", token: token, retention: retention)) }
+                }
+                return try await group.reduce(into: [Int: Bool]()) { $0[$1.0] = $1.1 }
+            }
+            #expect(recorded.filter { !$0.value }.map(\.key) == [7])
+            for index in [0, 13, 29] {
+                #expect(try await store.claim(partner: "acme", key: "k\(index)", token: "again", lease: lease) == .completed(record(status: 200 + index)))
+            }
+            #expect(try await store.claim(partner: "acme", key: "k7", token: "again", lease: lease) == .inProgress(retryAfterMilliseconds: 60_000))
+        }
+    }
+
     /// Keys are scoped by partner: two partners may use the same key.
     @Test(arguments: StoreKind.allCases)
     func keysAreScopedByPartner(_ kind: StoreKind) async throws {

@@ -22,27 +22,40 @@ enum IdempotencyScripts {
         """
     )
 
-    /// The token's claim on KEYS[1], or false.
-    private static let ownClaim = """
-        local value = redis.call('GET', KEYS[1])
-        if not value or string.sub(value, 1, 1) ~= 'C' then return 0 end
-        local separator = string.find(value, ':', 2, true)
-        if string.sub(value, separator + 1) ~= ARGV[1] then return 0 end
+    /// Whether KEYS[i] holds the claim of `token`.
+    private static let ownsClaim = """
+        local function owns(key, token)
+          local value = redis.call('GET', key)
+          if not value or string.sub(value, 1, 1) ~= 'C' then return false end
+          local separator = string.find(value, ':', 2, true)
+          return string.sub(value, separator + 1) == token
+        end
         """
 
-    /// ARGV: 1 token, 2 record, 3 retention ms. Returns 1, or 0 when the claim is not the token's.
+    /// Records several finished requests of one partner: for each key, ARGV holds its token,
+    /// record and retention ms. Returns per key 1, or 0 when its claim is not the token's.
     static let record = RedisScript(
         """
-        \(ownClaim)
-        redis.call('SET', KEYS[1], 'R' .. ARGV[2], 'PX', ARGV[3])
-        return 1
+        \(ownsClaim)
+        local results = {}
+        for i = 1, #KEYS do
+          local token, record, retention = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+          if owns(KEYS[i], token) then
+            redis.call('SET', KEYS[i], 'R' .. record, 'PX', retention)
+            results[i] = 1
+          else
+            results[i] = 0
+          end
+        end
+        return results
         """
     )
 
     /// ARGV: 1 token. Returns 1, or 0 when the claim is not the token's.
     static let release = RedisScript(
         """
-        \(ownClaim)
+        \(ownsClaim)
+        if not owns(KEYS[1], ARGV[1]) then return 0 end
         redis.call('DEL', KEYS[1])
         return 1
         """

@@ -2,6 +2,15 @@ public import NIOCore
 public import SluiceCore
 
 extension RedisStore: IdempotencyStore {
+    /// A record waiting for its loop's next batch.
+    struct PendingRecord {
+        let key: String
+        let token: String
+        let record: String
+        let retention: String
+        let completion: (Result<Bool, any Error>) -> Void
+    }
+
     /// The key of a partner's idempotency key, in the partner's hash slot.
     func idempotencyKey(_ partner: String, _ key: String) -> String {
         "\(keyPrefix):{p:\(partner)}:idem:\(key)"
@@ -17,13 +26,48 @@ extension RedisStore: IdempotencyStore {
         }
     }
 
+    /// Records made on one event loop in one tick go out together, one call per partner: nobody
+    /// waits for a record, so batching costs no latency and saves round trips.
     public func record(
         _ record: IdempotencyRecord, partner: String, key: String, token: String, retention: Duration, on eventLoop: any EventLoop,
         completion: @escaping (Result<Bool, any Error>) -> Void
     ) {
-        let arguments = [token, record.encoded(), String(retention.milliseconds)]
-        client.evaluate(IdempotencyScripts.record, keys: [idempotencyKey(partner, key)], arguments: arguments, on: eventLoop).whenComplete { result in
-            completion(result.map { $0 == .integer(1) })
+        let pending = PendingRecord(
+            key: idempotencyKey(partner, key), token: token, record: record.encoded(), retention: String(retention.milliseconds), completion: completion
+        )
+        guard let loop = loops[ObjectIdentifier(eventLoop)], eventLoop.inEventLoop else {
+            return sendRecords([pending], on: eventLoop)
+        }
+        let flushScheduled = !loop.pendingRecords.isEmpty
+        loop.pendingRecords[partner, default: []].append(pending)
+        guard !flushScheduled else { return }
+        eventLoop.execute {
+            let batches = loop.pendingRecords
+            loop.pendingRecords.removeAll(keepingCapacity: true)
+            for batch in batches.values {
+                var start = 0
+                while start < batch.count {
+                    let end = min(start + Self.batchLimit, batch.count)
+                    self.sendRecords(Array(batch[start..<end]), on: eventLoop)
+                    start = end
+                }
+            }
+        }
+    }
+
+    private func sendRecords(_ batch: [PendingRecord], on eventLoop: any EventLoop) {
+        var arguments: [String] = []
+        arguments.reserveCapacity(3 * batch.count)
+        for pending in batch { arguments += [pending.token, pending.record, pending.retention] }
+        client.evaluate(IdempotencyScripts.record, keys: batch.map(\.key), arguments: arguments, on: eventLoop).whenComplete { result in
+            switch result {
+            case .success(.array(let results)) where results.count == batch.count:
+                for (pending, outcome) in zip(batch, results) { pending.completion(.success(outcome == .integer(1))) }
+            case .success(let reply):
+                for pending in batch { pending.completion(.failure(RedisError.protocolViolation("unexpected record reply \(reply)"))) }
+            case .failure(let error):
+                for pending in batch { pending.completion(.failure(error)) }
+            }
         }
     }
 

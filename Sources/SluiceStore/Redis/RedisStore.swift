@@ -11,23 +11,25 @@ public import SluiceCore
 /// no lock. Lease releases are queued on their loop and ride along with the partner's next call
 /// from it (or go out in a batch on `flushReleases()`).
 public final class RedisStore: AdmissionStore {
-    private struct Waiting {
+    fileprivate struct Waiting {
         /// Requests decided together share their limits (all of a partner's, barring a reload).
         let limits: AdmissionLimits
         let lease: String?
         let completion: (Result<AdmissionDecision, any Error>) -> Void
     }
 
-    private struct Queue {
+    fileprivate struct Queue {
         var waiting: [Waiting] = []
         var callsInProgress = 0
     }
 
-    /// One event loop's queues, releases and partner keys; only touched on that loop.
-    private final class LoopState: @unchecked Sendable {
-        var queues: [String: Queue] = [:]
+    /// One event loop's queues, releases, idempotency records and partner keys; only touched on that loop.
+    final class LoopState: @unchecked Sendable {
+        fileprivate var queues: [String: Queue] = [:]
         var pendingReleases: [String: [String]] = [:]
         var keys: [String: [String]] = [:]
+        /// Records of the current tick, by partner.
+        var pendingRecords: [String: [PendingRecord]] = [:]
     }
 
     /// Most requests per call (Lua's `unpack` limit and reply size stay small).
@@ -39,7 +41,7 @@ public final class RedisStore: AdmissionStore {
     let client: RedisClient
     let keyPrefix: String
     let clock: EpochClock?
-    private let loops: [ObjectIdentifier: LoopState]
+    let loops: [ObjectIdentifier: LoopState]
 
     /// A client for this store: it loads the admission and idempotency scripts whenever it opens a connection.
     /// - Parameter onCommand: Called for every command sent to Redis (to count round trips).
