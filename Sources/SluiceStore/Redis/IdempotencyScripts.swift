@@ -5,20 +5,33 @@
 /// record after its retention; a claim also carries its expiry in the script's clock, so a
 /// manual test clock can expire it too.
 enum IdempotencyScripts {
-    /// ARGV: 1 now ms ('' = Redis TIME), 2 token, 3 lease ms. Returns `N` (claimed), `P<ms>`
-    /// (held by a running request for up to ms more) or the recorded `R<record>`.
+    /// Claims several keys of one partner, in order. ARGV: 1 now ms ('' = Redis TIME), then per
+    /// key its token and lease ms. Returns per key `N` (claimed), `P<ms>` (held by a running
+    /// request for up to ms more) or the recorded `R<record>`.
     static let claim = RedisScript(
         """
         \(AdmissionScripts.now(argument: 1))
-        local value = redis.call('GET', KEYS[1])
-        if value then
-          if string.sub(value, 1, 1) == 'R' then return value end
-          local separator = string.find(value, ':', 2, true)
-          local expires = tonumber(string.sub(value, 2, separator - 1))
-          if expires > now then return 'P' .. (expires - now) end
+        local results = {}
+        for i = 1, #KEYS do
+          local token, lease = ARGV[2 * i], ARGV[2 * i + 1]
+          local value = redis.call('GET', KEYS[i])
+          local result
+          if value then
+            if string.sub(value, 1, 1) == 'R' then
+              result = value
+            else
+              local separator = string.find(value, ':', 2, true)
+              local expires = tonumber(string.sub(value, 2, separator - 1))
+              if expires > now then result = 'P' .. (expires - now) end
+            end
+          end
+          if not result then
+            redis.call('SET', KEYS[i], 'C' .. (now + tonumber(lease)) .. ':' .. token, 'PX', lease)
+            result = 'N'
+          end
+          results[i] = result
         end
-        redis.call('SET', KEYS[1], 'C' .. (now + tonumber(ARGV[3])) .. ':' .. ARGV[2], 'PX', ARGV[3])
-        return 'N'
+        return results
         """
     )
 

@@ -28,7 +28,8 @@ public final class RedisStore: AdmissionStore {
         fileprivate var queues: [String: Queue] = [:]
         var pendingReleases: [String: [String]] = [:]
         var keys: [String: [String]] = [:]
-        /// Records of the current tick, by partner.
+        /// Idempotency claims and records of the current tick, by partner.
+        var pendingClaims: [String: [PendingClaim]] = [:]
         var pendingRecords: [String: [PendingRecord]] = [:]
     }
 
