@@ -1,3 +1,4 @@
+import NIOCore
 import SluiceCore
 @testable import SluiceStore
 import Testing
@@ -105,6 +106,26 @@ struct IdempotencyStoreContractTests {
                 #expect(try await store.claim(partner: "acme", key: "k\(index)", token: "again", lease: lease) == .completed(record(status: 200 + index)))
             }
             #expect(try await store.claim(partner: "acme", key: "k7", token: "again", lease: lease) == .inProgress(retryAfterMilliseconds: 60_000))
+        }
+    }
+
+    /// A record and a claim of the same key made in one event-loop tick (one Redis call): the
+    /// claim sees the record.
+    @Test(arguments: StoreKind.allCases)
+    func claimAfterRecordInOneTickSeesTheRecord(_ kind: StoreKind) async throws {
+        try await withStore(kind, clock: ManualClock(.present)) { (store: any StoreUnderTest) async throws in
+            let finished = record()
+            #expect(try await store.claim(partner: "acme", key: "k1", token: "a", lease: lease) == .claimed)
+            let eventLoop = store.defaultEventLoop
+            let (recorded, claimed) = try await eventLoop.flatSubmit {
+                let recordPromise = eventLoop.makePromise(of: Bool.self)
+                let claimPromise = eventLoop.makePromise(of: IdempotencyClaim.self)
+                store.record(finished, partner: "acme", key: "k1", token: "a", retention: retention, on: eventLoop) { recordPromise.completeWith($0) }
+                store.claim(partner: "acme", key: "k1", token: "b", lease: lease, on: eventLoop) { claimPromise.completeWith($0) }
+                return recordPromise.futureResult.and(claimPromise.futureResult)
+            }.get()
+            #expect(recorded)
+            #expect(claimed == .completed(finished))
         }
     }
 

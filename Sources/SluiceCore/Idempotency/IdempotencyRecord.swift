@@ -43,9 +43,11 @@ extension SHA256Digest {
         self.init(bytes: Array(digest))!
     }
 
-    /// The 32 bytes, most significant first.
-    public var bytes: [UInt8] {
-        [words.0, words.1, words.2, words.3].flatMap { word in (0..<8).reversed().map { UInt8(truncatingIfNeeded: word >> ($0 * 8)) } }
+    /// Appends the 32 bytes, most significant first.
+    func append(to bytes: inout [UInt8]) {
+        for word in [words.0, words.1, words.2, words.3] {
+            for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
+        }
     }
 }
 
@@ -84,10 +86,15 @@ public struct IdempotencyRecord: Sendable, Equatable {
     /// The response headers that are not replayed: framing, hop-by-hop, and those every response
     /// gets anew (request id, date, rate-limit state, version headers).
     public static func isReplayed(header name: String) -> Bool {
-        !notReplayed.contains(name.lowercased())
+        let length = name.utf8.count
+        return !notReplayed.contains { $0.utf8.count == length && $0.utf8.elementsEqual(name.utf8.lazy.map(lowercased)) }
     }
 
-    private static let notReplayed: Set<String> = [
+    private static func lowercased(_ byte: UInt8) -> UInt8 {
+        byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+    }
+
+    private static let notReplayed: [String] = [
         "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length",
         "date", "x-request-id", "ratelimit", "ratelimit-policy", "retry-after", "deprecation", "sunset", "idempotent-replayed",
     ]
@@ -98,8 +105,8 @@ public struct IdempotencyRecord: Sendable, Equatable {
     public func encoded() -> String {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(80 + body.count + headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 6 })
-        bytes += fingerprint.target.bytes
-        bytes += fingerprint.body.bytes
+        fingerprint.target.append(to: &bytes)
+        fingerprint.body.append(to: &bytes)
         Self.append(UInt32(status), to: &bytes)
         bytes.append(bodyKept ? 1 : 0)
         Self.append(UInt32(headers.count), to: &bytes)

@@ -2,7 +2,13 @@ public import NIOCore
 public import SluiceCore
 
 extension RedisStore: IdempotencyStore {
-    /// A record waiting for its loop's next batch.
+    /// A partner's claims and records of one event-loop tick, sent as one call (records first).
+    struct IdempotencyBatch {
+        var records: [PendingRecord] = []
+        var claims: [PendingClaim] = []
+        var count: Int { records.count + claims.count }
+    }
+
     struct PendingRecord {
         let key: String
         let token: String
@@ -11,7 +17,6 @@ extension RedisStore: IdempotencyStore {
         let completion: (Result<Bool, any Error>) -> Void
     }
 
-    /// A claim waiting for its loop's next batch.
     struct PendingClaim {
         let key: String
         let token: String
@@ -24,59 +29,16 @@ extension RedisStore: IdempotencyStore {
         "\(keyPrefix):{p:\(partner)}:idem:\(key)"
     }
 
-    /// Claims made on one event loop in one tick go out together, one call per partner.
+    /// Claims and records made on one event loop in one tick go out together, one call per
+    /// partner: batching costs no latency (the call leaves in the same tick) and saves round trips.
     public func claim(
         partner: String, key: String, token: String, lease: Duration, on eventLoop: any EventLoop,
         completion: @escaping (Result<IdempotencyClaim, any Error>) -> Void
     ) {
-        let pending = PendingClaim(key: idempotencyKey(partner, key), token: token, lease: String(lease.milliseconds), completion: completion)
-        guard let loop = loops[ObjectIdentifier(eventLoop)], eventLoop.inEventLoop else {
-            return sendClaims([pending], on: eventLoop)
-        }
-        batchedInThisTick(pending, partner: partner, pending: \.pendingClaims, loop: loop, on: eventLoop, send: sendClaims)
+        let claim = PendingClaim(key: idempotencyKey(partner, key), token: token, lease: String(lease.milliseconds), completion: completion)
+        enqueue(partner: partner, on: eventLoop) { $0.claims.append(claim) }
     }
 
-    private func sendClaims(_ batch: [PendingClaim], on eventLoop: any EventLoop) {
-        var arguments = [clock.map { String($0()) } ?? ""]
-        arguments.reserveCapacity(1 + 2 * batch.count)
-        for pending in batch { arguments += [pending.token, pending.lease] }
-        client.evaluate(IdempotencyScripts.claim, keys: batch.map(\.key), arguments: arguments, on: eventLoop).whenComplete { result in
-            switch result {
-            case .success(.array(let replies)) where replies.count == batch.count:
-                for (pending, reply) in zip(batch, replies) { pending.completion(Result { try Self.claim(from: reply) }) }
-            case .success(let reply):
-                for pending in batch { pending.completion(.failure(RedisError.protocolViolation("unexpected claim reply \(reply)"))) }
-            case .failure(let error):
-                for pending in batch { pending.completion(.failure(error)) }
-            }
-        }
-    }
-
-    /// Queues `item` for the partner's batch of this event-loop tick; the first item of a tick
-    /// schedules the send (after the tick's I/O, so every request read in it joins).
-    private func batchedInThisTick<Item>(
-        _ item: Item, partner: String, pending: ReferenceWritableKeyPath<LoopState, [String: [Item]]>, loop: LoopState, on eventLoop: any EventLoop,
-        send: @escaping ([Item], any EventLoop) -> Void
-    ) {
-        let sendScheduled = !loop[keyPath: pending].isEmpty
-        loop[keyPath: pending][partner, default: []].append(item)
-        guard !sendScheduled else { return }
-        eventLoop.execute {
-            let batches = loop[keyPath: pending]
-            loop[keyPath: pending].removeAll(keepingCapacity: true)
-            for batch in batches.values {
-                var start = 0
-                while start < batch.count {
-                    let end = min(start + Self.batchLimit, batch.count)
-                    send(Array(batch[start..<end]), eventLoop)
-                    start = end
-                }
-            }
-        }
-    }
-
-    /// Records made on one event loop in one tick go out together, one call per partner (as
-    /// claims do): batching costs no latency and saves round trips.
     public func record(
         _ record: IdempotencyRecord, partner: String, key: String, token: String, retention: Duration, on eventLoop: any EventLoop,
         completion: @escaping (Result<Bool, any Error>) -> Void
@@ -84,26 +46,63 @@ extension RedisStore: IdempotencyStore {
         let pending = PendingRecord(
             key: idempotencyKey(partner, key), token: token, record: record.encoded(), retention: String(retention.milliseconds), completion: completion
         )
-        guard let loop = loops[ObjectIdentifier(eventLoop)], eventLoop.inEventLoop else {
-            return sendRecords([pending], on: eventLoop)
-        }
-        batchedInThisTick(pending, partner: partner, pending: \.pendingRecords, loop: loop, on: eventLoop, send: sendRecords)
+        enqueue(partner: partner, on: eventLoop) { $0.records.append(pending) }
     }
 
-    private func sendRecords(_ batch: [PendingRecord], on eventLoop: any EventLoop) {
-        var arguments: [String] = []
-        arguments.reserveCapacity(3 * batch.count)
-        for pending in batch { arguments += [pending.token, pending.record, pending.retention] }
-        client.evaluate(IdempotencyScripts.record, keys: batch.map(\.key), arguments: arguments, on: eventLoop).whenComplete { result in
+    /// Adds to the partner's batch of this tick; the first addition of a tick schedules the send
+    /// (after the tick's I/O, so every request read in it joins). Callers off the client's loops
+    /// send at once.
+    private func enqueue(partner: String, on eventLoop: any EventLoop, _ add: (inout IdempotencyBatch) -> Void) {
+        guard let loop = loops[ObjectIdentifier(eventLoop)], eventLoop.inEventLoop else {
+            var single = IdempotencyBatch()
+            add(&single)
+            return send(single, on: eventLoop)
+        }
+        let sendScheduled = !loop.idempotencyBatches.isEmpty
+        add(&loop.idempotencyBatches[partner, default: IdempotencyBatch()])
+        if loop.idempotencyBatches[partner]!.count >= Self.batchLimit {
+            send(loop.idempotencyBatches.removeValue(forKey: partner)!, on: eventLoop)
+        }
+        guard !sendScheduled else { return }
+        eventLoop.execute {
+            let batches = loop.idempotencyBatches
+            loop.idempotencyBatches.removeAll(keepingCapacity: true)
+            for batch in batches.values { self.send(batch, on: eventLoop) }
+        }
+    }
+
+    private func send(_ batch: IdempotencyBatch, on eventLoop: any EventLoop) {
+        guard batch.count > 0 else { return }
+        var keys: [String] = []
+        keys.reserveCapacity(batch.count)
+        var arguments = [clock.map { String($0()) } ?? "", String(batch.records.count)]
+        arguments.reserveCapacity(2 + 3 * batch.records.count + 2 * batch.claims.count)
+        for record in batch.records {
+            keys.append(record.key)
+            arguments += [record.token, record.record, record.retention]
+        }
+        for claim in batch.claims {
+            keys.append(claim.key)
+            arguments += [claim.token, claim.lease]
+        }
+        client.evaluate(IdempotencyScripts.batch, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
             switch result {
-            case .success(.array(let results)) where results.count == batch.count:
-                for (pending, outcome) in zip(batch, results) { pending.completion(.success(outcome == .integer(1))) }
+            case .success(.array(let replies)) where replies.count == batch.count:
+                for (record, reply) in zip(batch.records, replies) { record.completion(.success(reply == .integer(1))) }
+                for (claim, reply) in zip(batch.claims, replies.dropFirst(batch.records.count)) {
+                    claim.completion(Result { try Self.claim(from: reply) })
+                }
             case .success(let reply):
-                for pending in batch { pending.completion(.failure(RedisError.protocolViolation("unexpected record reply \(reply)"))) }
+                Self.fail(batch, RedisError.protocolViolation("unexpected idempotency reply \(reply)"))
             case .failure(let error):
-                for pending in batch { pending.completion(.failure(error)) }
+                Self.fail(batch, error)
             }
         }
+    }
+
+    private static func fail(_ batch: IdempotencyBatch, _ error: any Error) {
+        for record in batch.records { record.completion(.failure(error)) }
+        for claim in batch.claims { claim.completion(.failure(error)) }
     }
 
     public func releaseClaim(

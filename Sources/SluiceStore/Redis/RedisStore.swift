@@ -29,8 +29,7 @@ public final class RedisStore: AdmissionStore {
         var pendingReleases: [String: [String]] = [:]
         var keys: [String: [String]] = [:]
         /// Idempotency claims and records of the current tick, by partner.
-        var pendingClaims: [String: [PendingClaim]] = [:]
-        var pendingRecords: [String: [PendingRecord]] = [:]
+        var idempotencyBatches: [String: IdempotencyBatch] = [:]
     }
 
     /// Most requests per call (Lua's `unpack` limit and reply size stay small).
@@ -50,7 +49,7 @@ public final class RedisStore: AdmissionStore {
         url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, onCommand: (@Sendable () -> Void)? = nil
     ) throws -> RedisClient {
         try RedisClient(
-            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew, IdempotencyScripts.claim, IdempotencyScripts.record, IdempotencyScripts.release], group: group,
+            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew, IdempotencyScripts.batch, IdempotencyScripts.release], group: group,
             onCommand: onCommand
         )
     }
