@@ -74,6 +74,35 @@ struct IdempotencyTests {
         }
     }
 
+    /// Fifty keyed requests at once on one HTTP/2 connection (one event loop) each run once, and
+    /// fifty retries at once each replay their own response; claims and records ride with the
+    /// partner's admission calls, so far fewer Redis calls go out than one per claim and record.
+    @Test func concurrentKeyedRequestsShareRedisCalls() async throws {
+        let url = try await RedisServer.sharedURL()
+        let recorder = RecordingUpstream()
+        try await withRecordingUpstream(recorder, { $0.useRedis(url, timeout: "2s") }) { gateway in
+            let run = "batch-\(UUID().uuidString)"
+            let callsBefore = try await gateway.metric("sluice_store_calls_total") ?? 0
+            for round in 0..<2 {
+                let responses = try await withThrowingTaskGroup(of: (Int, TestResponse).self) { group in
+                    for index in 0..<50 {
+                        group.addTask {
+                            (index, try await post(gateway, "/v2/orders?n=\(index)", key: "\(run)-\(index)", body: "{\"n\":\(index)}", client: gateway.http2))
+                        }
+                    }
+                    return try await group.reduce(into: [Int: TestResponse]()) { $0[$1.0] = $1.1 }
+                }
+                #expect(responses.values.allSatisfy { $0.status == 200 })
+                let replayed = responses.values.filter { $0.header("Idempotent-Replayed") == "true" }.count
+                #expect(replayed == (round == 0 ? 0 : 50))
+            }
+            #expect(recorder.startedCount == 50)
+            let calls = try await gateway.metric("sluice_store_calls_total") ?? 0
+            // Unbatched: 100 admissions + 100 claims + 50 records; batched and riding along: about 10.
+            #expect(calls - callsBefore < 50, "\(calls - callsBefore) Redis calls for 100 keyed requests")
+        }
+    }
+
     /// While the first request runs, a duplicate gets 409 with Retry-After and never reaches the upstream.
     @Test func duplicateWhileRunningIs409() async throws {
         let recorder = RecordingUpstream()

@@ -35,8 +35,11 @@ enum AdmissionScripts {
         """
     }
 
-    static let admit = RedisScript(
-        """
+    static let admit = RedisScript("local argc = #ARGV\n" + decisions)
+
+    /// The decisions of `admit` for its first `argc` arguments (a Lua local set before), ending
+    /// in `return` of the decisions string; `IdempotencyScripts.admitAndBatch` runs it as a function.
+    static let decisions = """
         \(now(argument: 1))
         local leasems = tonumber(ARGV[2])
         local rate, burst, quota, concurrency = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
@@ -82,14 +85,14 @@ enum AdmissionScripts {
         local inuse = 0
         if concurrency > 0 then
           inuse = redis.call('ZCARD', KEYS[2])
-          if inuse + (#ARGV - 8 - releases) / 2 > concurrency then
+          if inuse + (argc - 8 - releases) / 2 > concurrency then
             redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
             inuse = redis.call('ZCARD', KEYS[2])
           end
         end
 
         local results, leases, admitted = {}, {}, false
-        for i = 9 + releases, #ARGV, 2 do
+        for i = 9 + releases, argc, 2 do
           local cost, lease = tonumber(ARGV[i]), ARGV[i + 1]
           local verdict, retry = 0, 0
           if quota > 0 and used + 1 > quota then
@@ -148,7 +151,6 @@ enum AdmissionScripts {
         end
         return table.concat(results, ';')
         """
-    )
 
     /// Extends held leases. KEYS: 1 state, 2 leases. ARGV: 1 lease ms, 2 now ms (empty = Redis
     /// TIME), 3… lease ids.

@@ -15,36 +15,42 @@ enum IdempotencyScripts {
         end
         """
 
-    /// One partner's records and claims of one event-loop tick, in one atomic step: records
-    /// first (so a claim in the same batch sees them), then claims in order.
-    /// KEYS: the records' keys, then the claims' keys. ARGV: 1 now ms ('' = Redis TIME),
-    /// 2 number of records, then per record its token, record and retention ms, then per claim
-    /// its token and lease ms. Returns per record 1 (recorded) or 0 (the claim is no longer the
+    /// One partner's records and claims of one event-loop tick: records first (so a claim in the
+    /// same batch sees them), then claims in order. Its arguments start after ARGV[ao] and its
+    /// keys after KEYS[ko] (Lua locals set before); it appends its results to `results`.
+    /// Keys: the records' keys, then the claims' keys. Arguments: now ms ('' = Redis TIME), the
+    /// number of records, then per record its token, record and retention ms, then per claim its
+    /// token and lease ms. Results: per record 1 (recorded) or 0 (the claim is no longer the
     /// token's), then per claim `N` (claimed), `P<ms>` (held by a running request for up to ms
     /// more) or the recorded `R<record>`.
-    static let batch = RedisScript(
-        """
-        \(AdmissionScripts.now(argument: 1))
-        \(owns)
-        local records = tonumber(ARGV[2])
-        local results = {}
+    private static let steps = """
+        local now
+        if ARGV[ao + 1] ~= '' then
+          now = tonumber(ARGV[ao + 1])
+        else
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+        local records = tonumber(ARGV[ao + 2])
         for i = 1, records do
-          local token, record, retention = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
-          if owns(KEYS[i], token) then
-            redis.call('SET', KEYS[i], 'R' .. record, 'PX', retention)
-            results[i] = 1
+          local key = KEYS[ko + i]
+          local token, record, retention = ARGV[ao + 3 * i], ARGV[ao + 3 * i + 1], ARGV[ao + 3 * i + 2]
+          if owns(key, token) then
+            redis.call('SET', key, 'R' .. record, 'PX', retention)
+            results[#results + 1] = 1
           else
-            results[i] = 0
+            results[#results + 1] = 0
           end
         end
-        local base = 3 + 3 * records
-        for i = records + 1, #KEYS do
+        local base = ao + 3 + 3 * records
+        for i = records + 1, #KEYS - ko do
+          local key = KEYS[ko + i]
           local c = i - records - 1
           local token, lease = ARGV[base + 2 * c], ARGV[base + 2 * c + 1]
           local claim = 'C' .. (now + tonumber(lease)) .. ':' .. token
           local result = 'N'
-          if not redis.call('SET', KEYS[i], claim, 'NX', 'PX', lease) then
-            local value = redis.call('GET', KEYS[i])
+          if not redis.call('SET', key, claim, 'NX', 'PX', lease) then
+            local value = redis.call('GET', key)
             if value and string.sub(value, 1, 1) == 'R' then
               result = value
             elseif value then
@@ -53,14 +59,40 @@ enum IdempotencyScripts {
               if expires > now then
                 result = 'P' .. (expires - now)
               else
-                redis.call('SET', KEYS[i], claim, 'PX', lease)
+                redis.call('SET', key, claim, 'PX', lease)
               end
             else
-              redis.call('SET', KEYS[i], claim, 'PX', lease)
+              redis.call('SET', key, claim, 'PX', lease)
             end
           end
-          results[i] = result
+          results[#results + 1] = result
         end
+        """
+
+    /// The records and claims alone, in one atomic step: keys and arguments as in `steps`.
+    static let batch = RedisScript(
+        """
+        local ao, ko, results = 0, 0, {}
+        \(owns)
+        \(steps)
+        return results
+        """
+    )
+
+    /// A partner's admission decisions and its pending records and claims in one atomic step:
+    /// KEYS 1–2 and the first `argc` arguments are `AdmissionScripts.admit`'s, the rest are the
+    /// batch's (as in `steps`), and the last argument is `argc`. Returns the decisions string,
+    /// then the batch's results.
+    static let admitAndBatch = RedisScript(
+        """
+        local argc = tonumber(ARGV[#ARGV])
+        local function decide()
+        \(AdmissionScripts.decisions)
+        end
+        local results = { decide() }
+        local ao, ko = argc, 2
+        \(owns)
+        \(steps)
         return results
         """
     )

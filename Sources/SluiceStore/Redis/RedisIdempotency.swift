@@ -7,6 +7,11 @@ extension RedisStore: IdempotencyStore {
         var records: [PendingRecord] = []
         var claims: [PendingClaim] = []
         var count: Int { records.count + claims.count }
+
+        mutating func absorb(_ other: IdempotencyBatch) {
+            records += other.records
+            claims += other.claims
+        }
     }
 
     struct PendingRecord {
@@ -30,7 +35,8 @@ extension RedisStore: IdempotencyStore {
     }
 
     /// Claims and records made on one event loop in one tick go out together, one call per
-    /// partner: batching costs no latency (the call leaves in the same tick) and saves round trips.
+    /// partner — with the partner's next admission call when one is on its way (the batch then
+    /// costs no call of its own), else alone at the end of the tick.
     public func claim(
         partner: String, key: String, token: String, lease: Duration, on eventLoop: any EventLoop,
         completion: @escaping (Result<IdempotencyClaim, any Error>) -> Void
@@ -49,49 +55,46 @@ extension RedisStore: IdempotencyStore {
         enqueue(partner: partner, on: eventLoop) { $0.records.append(pending) }
     }
 
-    /// Adds to the partner's batch of this tick; the first addition of a tick schedules the send
-    /// (after the tick's I/O, so every request read in it joins). Callers off the client's loops
-    /// send at once.
+    /// Adds to the partner's batch; the first addition of a tick schedules a look at the end of
+    /// the tick (after its I/O, so every request read in it joins): batches whose partner has an
+    /// admission call under way wait to ride with the next one (`admitted(…)` sends them when no
+    /// next one comes); the others go out alone. Callers off the client's loops send at once.
     private func enqueue(partner: String, on eventLoop: any EventLoop, _ add: (inout IdempotencyBatch) -> Void) {
         guard let loop = loops[ObjectIdentifier(eventLoop)], eventLoop.inEventLoop else {
             var single = IdempotencyBatch()
             add(&single)
             return send(single, on: eventLoop)
         }
-        let sendScheduled = !loop.idempotencyBatches.isEmpty
         add(&loop.idempotencyBatches[partner, default: IdempotencyBatch()])
         if loop.idempotencyBatches[partner]!.count >= Self.batchLimit {
             send(loop.idempotencyBatches.removeValue(forKey: partner)!, on: eventLoop)
         }
-        guard !sendScheduled else { return }
+        guard !loop.idempotencyLookScheduled else { return }
+        loop.idempotencyLookScheduled = true
         eventLoop.execute {
+            loop.idempotencyLookScheduled = false
             let batches = loop.idempotencyBatches
             loop.idempotencyBatches.removeAll(keepingCapacity: true)
-            for batch in batches.values { self.send(batch, on: eventLoop) }
+            for (partner, batch) in batches {
+                if self.admissionCallIsUnderWay(partner, loop: loop) {
+                    loop.idempotencyBatches[partner, default: IdempotencyBatch()].absorb(batch)
+                } else {
+                    self.send(batch, on: eventLoop)
+                }
+            }
         }
     }
 
-    private func send(_ batch: IdempotencyBatch, on eventLoop: any EventLoop) {
+    /// Sends a batch in a call of its own.
+    func send(_ batch: IdempotencyBatch, on eventLoop: any EventLoop) {
         guard batch.count > 0 else { return }
         var keys: [String] = []
-        keys.reserveCapacity(batch.count)
-        var arguments = [clock.map { String($0()) } ?? "", String(batch.records.count)]
-        arguments.reserveCapacity(2 + 3 * batch.records.count + 2 * batch.claims.count)
-        for record in batch.records {
-            keys.append(record.key)
-            arguments += [record.token, record.record, record.retention]
-        }
-        for claim in batch.claims {
-            keys.append(claim.key)
-            arguments += [claim.token, claim.lease]
-        }
+        var arguments: [String] = []
+        append(batch, keys: &keys, arguments: &arguments)
         client.evaluate(IdempotencyScripts.batch, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
             switch result {
-            case .success(.array(let replies)) where replies.count == batch.count:
-                for (record, reply) in zip(batch.records, replies) { record.completion(.success(reply == .integer(1))) }
-                for (claim, reply) in zip(batch.claims, replies.dropFirst(batch.records.count)) {
-                    claim.completion(Result { try Self.claim(from: reply) })
-                }
+            case .success(.array(let replies)):
+                Self.complete(batch, replies[...])
             case .success(let reply):
                 Self.fail(batch, RedisError.protocolViolation("unexpected idempotency reply \(reply)"))
             case .failure(let error):
@@ -100,7 +103,33 @@ extension RedisStore: IdempotencyStore {
         }
     }
 
-    private static func fail(_ batch: IdempotencyBatch, _ error: any Error) {
+    /// Appends a batch's keys and arguments (as `IdempotencyScripts` lays them out).
+    func append(_ batch: IdempotencyBatch, keys: inout [String], arguments: inout [String]) {
+        keys.reserveCapacity(keys.count + batch.count)
+        arguments.reserveCapacity(arguments.count + 2 + 3 * batch.records.count + 2 * batch.claims.count)
+        arguments += [clock.map { String($0()) } ?? "", String(batch.records.count)]
+        for record in batch.records {
+            keys.append(record.key)
+            arguments += [record.token, record.record, record.retention]
+        }
+        for claim in batch.claims {
+            keys.append(claim.key)
+            arguments += [claim.token, claim.lease]
+        }
+    }
+
+    /// Hands each record and claim of `batch` its reply.
+    static func complete(_ batch: IdempotencyBatch, _ replies: ArraySlice<RedisReply>) {
+        guard replies.count == batch.count else {
+            return fail(batch, RedisError.protocolViolation("expected \(batch.count) idempotency replies, got \(replies.count)"))
+        }
+        for (record, reply) in zip(batch.records, replies) { record.completion(.success(reply == .integer(1))) }
+        for (claim, reply) in zip(batch.claims, replies.dropFirst(batch.records.count)) {
+            claim.completion(Result { try Self.claim(from: reply) })
+        }
+    }
+
+    static func fail(_ batch: IdempotencyBatch, _ error: any Error) {
         for record in batch.records { record.completion(.failure(error)) }
         for claim in batch.claims { claim.completion(.failure(error)) }
     }

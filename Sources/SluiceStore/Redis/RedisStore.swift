@@ -30,6 +30,8 @@ public final class RedisStore: AdmissionStore {
         var keys: [String: [String]] = [:]
         /// Idempotency claims and records of the current tick, by partner.
         var idempotencyBatches: [String: IdempotencyBatch] = [:]
+        /// A look at the batches is scheduled for the end of this tick.
+        var idempotencyLookScheduled = false
     }
 
     /// Most requests per call (Lua's `unpack` limit and reply size stay small).
@@ -49,7 +51,7 @@ public final class RedisStore: AdmissionStore {
         url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, onCommand: (@Sendable () -> Void)? = nil
     ) throws -> RedisClient {
         try RedisClient(
-            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew, IdempotencyScripts.batch, IdempotencyScripts.release], group: group,
+            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew, IdempotencyScripts.batch, IdempotencyScripts.admitAndBatch, IdempotencyScripts.release], group: group,
             onCommand: onCommand
         )
     }
@@ -132,8 +134,37 @@ public final class RedisStore: AdmissionStore {
             return [keys.state, keys.leases]
         }()
         let requests = batch
-        client.evaluate(AdmissionScripts.admit, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
-            switch result.flatMap({ reply in Result { try Self.decisions(from: reply, count: requests.count) } }) {
+        // The partner's pending idempotency records and claims ride along.
+        let riding = loop.idempotencyBatches.removeValue(forKey: partner)
+        let call: EventLoopFuture<RedisReply>
+        if let riding {
+            var allKeys = keys
+            var allArguments = arguments
+            append(riding, keys: &allKeys, arguments: &allArguments)
+            allArguments.append(String(arguments.count))
+            call = client.evaluate(IdempotencyScripts.admitAndBatch, keys: allKeys, arguments: allArguments, on: eventLoop)
+        } else {
+            call = client.evaluate(AdmissionScripts.admit, keys: keys, arguments: arguments, on: eventLoop)
+        }
+        call.whenComplete { result in
+            let admission: Result<RedisReply, any Error>
+            if let riding {
+                switch result {
+                case .success(.array(let replies)) where !replies.isEmpty:
+                    admission = .success(replies[0])
+                    Self.complete(riding, replies.dropFirst())
+                case .success(let reply):
+                    let error = RedisError.protocolViolation("unexpected admission reply \(reply)")
+                    admission = .failure(error)
+                    Self.fail(riding, error)
+                case .failure(let error):
+                    admission = .failure(error)
+                    Self.fail(riding, error)
+                }
+            } else {
+                admission = result
+            }
+            switch admission.flatMap({ reply in Result { try Self.decisions(from: reply, count: requests.count) } }) {
             case .success(let decisions):
                 for (request, decision) in zip(requests, decisions) { request.completion(.success(decision)) }
             case .failure(let error):
@@ -146,9 +177,19 @@ public final class RedisStore: AdmissionStore {
                 self.call(partner, leading: next, loop: loop, leaseDuration: leaseDuration, on: eventLoop)
             } else {
                 loop.queues[partner]?.callsInProgress -= 1
-                if loop.queues[partner]?.callsInProgress == 0 { loop.queues[partner] = nil }
+                if loop.queues[partner]?.callsInProgress == 0 {
+                    loop.queues[partner] = nil
+                    // No admission call left to ride with: pending records and claims go alone.
+                    if let waiting = loop.idempotencyBatches.removeValue(forKey: partner) { self.send(waiting, on: eventLoop) }
+                }
             }
         }
+    }
+
+    /// Whether an admission call of `partner` is under way on this loop (so a next one, or the
+    /// end of the last one, comes soon).
+    func admissionCallIsUnderWay(_ partner: String, loop: LoopState) -> Bool {
+        (loop.queues[partner]?.callsInProgress ?? 0) > 0
     }
 
     public func release(partner: String, lease: String, on eventLoop: any EventLoop) {
