@@ -85,6 +85,7 @@ struct PartnerPathTests {
         let upstream = try await RawUpstream.start(.slowReader(pauseAfter: 1 << 20))
         try await GatewayHarness.with({ policies in
             policies.upstreams["main"] = "url: http://127.0.0.1:\(upstream.port)"
+            policies.setTimeouts(header: "10s", idle: "1s")
             policies.files["gateway.yaml"] = policies.files["gateway.yaml"]!.replacingOccurrences(of: "max_request_body: 1MiB", with: "max_request_body: 1GiB")
         }) { gateway in
             let client = try await SlowClient.connect(port: gateway.addresses.http!)

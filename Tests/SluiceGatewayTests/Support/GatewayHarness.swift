@@ -84,6 +84,9 @@ struct GatewayHarness {
         configuration.httpVersion = version
         configuration.decompression = .disabled
         configuration.redirectConfiguration = .disallow
+        // Well below the test policies' idle_timeout (10 s): the client never reuses a connection
+        // the gateway is closing for idleness (a reset that a busy machine made likely at 1 s).
+        configuration.connectionPool.idleTimeout = .seconds(5)
         return configuration
     }
 

@@ -37,8 +37,8 @@ struct TestPolicies {
                 limits:
                   max_request_body: 1MiB
                   max_header_bytes: 4KiB
-                  client_header_timeout: 1s
-                  idle_timeout: 1s
+                  client_header_timeout: 10s
+                  idle_timeout: 10s
                 admin:
                   tokens:
                     - { name: ops, sha256: "\(SHA256Digest.of(TestKeys.operatorToken).hex)", role: operator }
@@ -110,8 +110,8 @@ struct TestPolicies {
     /// Sets client_header_timeout and idle_timeout.
     mutating func setTimeouts(header: String, idle: String) {
         files["gateway.yaml"] = files["gateway.yaml"]!
-            .replacingOccurrences(of: "client_header_timeout: 1s", with: "client_header_timeout: \(header)")
-            .replacingOccurrences(of: "idle_timeout: 1s", with: "idle_timeout: \(idle)")
+            .replacingOccurrences(of: "client_header_timeout: 10s", with: "client_header_timeout: \(header)")
+            .replacingOccurrences(of: "idle_timeout: 10s", with: "idle_timeout: \(idle)")
     }
 
     /// Adds routes (YAML flow mappings, one per line) to routes.yaml.
