@@ -203,18 +203,27 @@ struct IdempotencyTests {
         }
     }
 
-    /// A claim left by a crashed gateway answers 409 until its lease ends; then the key runs.
+    /// A claim left by a crashed gateway answers 409 while its lease runs; once its lease has
+    /// run out the key runs again. (Claims carry their expiry, so the crashed gateway's claim is
+    /// made with a clock of its own: first current, then one whose lease ended a minute ago —
+    /// no test waits for a real lease.)
     @Test func crashedClaimExpires() async throws {
         let url = try await RedisServer.sharedURL()
         let recorder = RecordingUpstream()
         try await withRecordingUpstream(recorder, { $0.useRedis(url, timeout: "2s") }) { gateway in
             let key = "crashed-\(UUID().uuidString)"
             let client = try RedisClient(url: try RedisURL.parse(url).get(), tlsCA: nil, timeout: .seconds(2), group: .singletonMultiThreadedEventLoopGroup)
-            let crashed = RedisStore(client: client)
-            #expect(try await crashed.claim(partner: "acme", key: key, token: "crashed-gateway", lease: .milliseconds(800)) == .claimed)
-            await client.shutdown()
+            let crashedClock = ManualClock(.present)
+            let crashed = RedisStore(client: client, clock: crashedClock.epochClock)
+            #expect(try await crashed.claim(partner: "acme", key: key, token: "crashed-gateway", lease: .seconds(60)) == .claimed)
             #expect(try await post(gateway, "/v2/orders", key: key).status == 409)
-            try await eventually("the crashed claim expires") { try await post(gateway, "/v2/orders", key: key).status == 200 }
+            #expect(recorder.startedCount == 0)
+
+            _ = try await client.send(["DEL", crashed.idempotencyKey("acme", key)])
+            crashedClock.advance(-120_000)
+            #expect(try await crashed.claim(partner: "acme", key: key, token: "crashed-gateway", lease: .seconds(60)) == .claimed)
+            await client.shutdown()
+            #expect(try await post(gateway, "/v2/orders", key: key).status == 200)
             #expect(recorder.startedCount == 1)
         }
     }
