@@ -1,6 +1,5 @@
 public import NIOCore
 public import SluiceCore
-import Synchronization
 
 /// The embedded store's idempotency keys: entries in shards with a lock each, expired lazily
 /// when touched and swept now and then, so keys used once do not pile up.
@@ -24,14 +23,10 @@ final class IdempotencyTable: Sendable {
     /// Writes to a shard between two sweeps of its expired entries.
     private static let sweepEvery = 4_096
 
-    private final class Locked: Sendable {
-        let shard = Mutex(Shard())
-    }
-
-    private let shards = (0..<16).map { _ in Locked() }
+    private let shards = Sharded { Shard() }
 
     func claim(_ id: String, token: String, leaseMilliseconds: Int64, now: Int64) -> IdempotencyClaim {
-        locked(id).shard.withLock { shard in
+        shards.withLock(id) { shard in
             switch shard.entries[id] {
             case .record(let record, let expires) where expires > now:
                 return .completed(record)
@@ -45,7 +40,7 @@ final class IdempotencyTable: Sendable {
     }
 
     func record(_ record: IdempotencyRecord, _ id: String, token: String, retentionMilliseconds: Int64, now: Int64) -> Bool {
-        locked(id).shard.withLock { shard in
+        shards.withLock(id) { shard in
             guard case .claim(token, _) = shard.entries[id] else { return false }
             Self.write(.record(record, expires: now + retentionMilliseconds), id, into: &shard, now: now)
             return true
@@ -53,7 +48,7 @@ final class IdempotencyTable: Sendable {
     }
 
     func release(_ id: String, token: String) -> Bool {
-        locked(id).shard.withLock { shard in
+        shards.withLock(id) { shard in
             guard case .claim(token, _) = shard.entries[id] else { return false }
             shard.entries[id] = nil
             return true
@@ -67,12 +62,6 @@ final class IdempotencyTable: Sendable {
             shard.writesSinceSweep = 0
             shard.entries = shard.entries.filter { $0.value.expires > now }
         }
-    }
-
-    private func locked(_ id: String) -> Locked {
-        var hasher = Hasher()
-        hasher.combine(id)
-        return shards[Int(UInt(bitPattern: hasher.finalize()) % UInt(shards.count))]
     }
 }
 

@@ -2,7 +2,6 @@ import Foundation
 public import NIOCore
 import NIOPosix
 public import SluiceCore
-import Synchronization
 
 /// The embedded store (`store.redis: null`): state lives in this process, so it serves one
 /// instance. Partners are spread over shards, each with its own lock, so two partners rarely
@@ -13,11 +12,7 @@ public final class MemoryStore: AdmissionStore {
         var ledger = PartnerLedger()
     }
 
-    private final class Shard: Sendable {
-        let ledgers = Mutex<[String: LedgerBox]>([:])
-    }
-
-    private let shards = (0..<16).map { _ in Shard() }
+    private let ledgers = Sharded<[String: LedgerBox]> { [:] }
     let idempotency = IdempotencyTable()
     private let clock: EpochClock
     public let defaultEventLoop: any EventLoop
@@ -38,7 +33,7 @@ public final class MemoryStore: AdmissionStore {
     /// Decides at once.
     public func decide(partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration) -> AdmissionDecision {
         let now = clock()
-        return shard(partner).ledgers.withLock { ledgers in
+        return ledgers.withLock(partner) { ledgers in
             let box: LedgerBox
             if let existing = ledgers[partner] {
                 box = existing
@@ -58,20 +53,14 @@ public final class MemoryStore: AdmissionStore {
     }
 
     public func release(partner: String, lease: String, on eventLoop: any EventLoop) {
-        shard(partner).ledgers.withLock { $0[partner]?.ledger.release(lease) }
+        ledgers.withLock(partner) { $0[partner]?.ledger.release(lease) }
     }
 
     public func flushReleases() async {}
 
     public func renew(partner: String, leases: [String], leaseDuration: Duration) async throws {
         let now = clock()
-        shard(partner).ledgers.withLock { $0[partner]?.ledger.renew(leases, leaseMilliseconds: leaseDuration.milliseconds, now: now) }
-    }
-
-    private func shard(_ partner: String) -> Shard {
-        var hasher = Hasher()
-        hasher.combine(partner)
-        return shards[Int(UInt(bitPattern: hasher.finalize()) % UInt(shards.count))]
+        ledgers.withLock(partner) { $0[partner]?.ledger.renew(leases, leaseMilliseconds: leaseDuration.milliseconds, now: now) }
     }
 }
 

@@ -13,12 +13,12 @@ public struct RequestFingerprint: Sendable, Equatable {
     }
 
     /// The digest of `METHOD SP path-and-query`.
-    public static func target(method: String, pathAndQuery: some StringProtocol) -> SHA256Digest {
-        var hasher = SHA256()
-        hasher.update(data: Array(method.utf8))
-        hasher.update(data: [0x20])
-        hasher.update(data: Array(pathAndQuery.utf8))
-        return SHA256Digest(hasher.finalize())
+    public static func target(method: String, pathAndQuery: String) -> SHA256Digest {
+        var hasher = BodyHasher()
+        hasher.update(method)
+        hasher.update(" ")
+        hasher.update(pathAndQuery)
+        return hasher.finalize()
     }
 }
 
@@ -30,6 +30,12 @@ public struct BodyHasher: Sendable {
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
         hasher.update(bufferPointer: bytes)
+    }
+
+    /// Hashes the text's UTF-8 bytes.
+    mutating func update(_ text: String) {
+        var text = text
+        text.withUTF8 { update(UnsafeRawBufferPointer($0)) }
     }
 
     public func finalize() -> SHA256Digest {
@@ -86,17 +92,12 @@ public struct IdempotencyRecord: Sendable, Equatable {
     /// The response headers that are not replayed: framing, hop-by-hop, and those every response
     /// gets anew (request id, date, rate-limit state, version headers).
     public static func isReplayed(header name: String) -> Bool {
-        let length = name.utf8.count
-        return !notReplayed.contains { $0.utf8.count == length && $0.utf8.elementsEqual(name.utf8.lazy.map(lowercased)) }
+        HeaderRewriter.keepsResponseHeader(name, nominated: []) && !setPerResponse.contains { HeaderName.equals(name, $0) }
     }
 
-    private static func lowercased(_ byte: UInt8) -> UInt8 {
-        byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
-    }
-
-    private static let notReplayed: [String] = [
-        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length",
-        "date", "x-request-id", "ratelimit", "ratelimit-policy", "retry-after", "deprecation", "sunset", "idempotent-replayed",
+    /// Headers every response gets anew (hop-by-hop ones and `X-Request-Id` are `HeaderRewriter`'s).
+    private static let setPerResponse: [StaticString] = [
+        "content-length", "date", "ratelimit", "ratelimit-policy", "retry-after", "deprecation", "sunset", "idempotent-replayed",
     ]
 
     // MARK: - Encoding

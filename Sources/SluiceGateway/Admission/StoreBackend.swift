@@ -55,9 +55,8 @@ final class StoreBackend: Sendable {
     }
 
     let settings: Settings
-    let store: any AdmissionStore
-    /// The same store's idempotency keys.
-    let idempotency: any IdempotencyStore
+    /// Admission decisions and idempotency keys.
+    let store: any AdmissionStore & IdempotencyStore
     /// The store when it is the embedded one: it decides synchronously.
     let embedded: MemoryStore?
     let redis: RedisClient?
@@ -78,15 +77,12 @@ final class StoreBackend: Sendable {
                 url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group, onCommand: { calls.increment() }
             )
             redis = client
-            let shared = RedisStore(client: client)
-            store = shared
-            idempotency = shared
+            store = RedisStore(client: client)
             embedded = nil
         } else {
             redis = nil
             let memory = MemoryStore(clock: clock)
             store = memory
-            idempotency = memory
             embedded = memory
         }
     }
@@ -99,7 +95,7 @@ final class StoreBackend: Sendable {
 
     /// Extends every lease still held, in both stores.
     func renewLeases(for duration: Duration) async {
-        for (store, registry) in [(store, leases), (local as any AdmissionStore, localLeases)] {
+        for (store, registry) in [(store as any AdmissionStore, leases), (local, localLeases)] {
             for (partner, held) in await registry.byPartner() {
                 try? await store.renew(partner: partner, leases: held, leaseDuration: duration)
             }

@@ -353,14 +353,11 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             return answer(request, problem, headers)
         }
         guard let context, !request.responseStarted else { return }
-        var headers = ResponseShaping.replay(record, request.record, date: runtime.dates.current)
-        if request.closeAfterResponse && !isHTTP2 { headers.add(name: "Connection", value: "close") }
+        let headers = ResponseShaping.replay(record, request.record, date: runtime.dates.current)
         request.record.status = record.status
         request.record.bytesOut = record.body.count
-        request.responseStarted = true
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: record.status), headers: headers))), promise: nil)
-        if !record.body.isEmpty { context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: record.body)))), promise: nil) }
-        endResponse(request, context: context)
+        let body = record.body.isEmpty ? nil : context.channel.allocator.buffer(bytes: record.body)
+        respond(request, HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: record.status), headers: headers), body: body, context: context)
     }
 
     private func mismatch(_ request: Request) {
@@ -560,9 +557,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             request.record.bytesOut = buffer?.readableBytes ?? 0
             if let buffer { request.idempotency?.responseBodyArrived(buffer) }
             request.call = nil
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-            if let buffer { context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
-            endResponse(request, context: context)
+            respond(request, head, body: buffer, context: context)
         case .streaming:
             context.writeAndFlush(wrapOutboundOut(.head(head)), promise: nil)
         }
@@ -631,11 +626,19 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             request.body = .discarding
             updateReads()
         }
-        var (headers, body) = ResponseShaping.problem(problem, request.record, extra: extra, date: runtime.dates.current, allocator: context.channel.allocator)
-        if request.closeAfterResponse && !isHTTP2 { headers.add(name: "Connection", value: "close") }
+        let (headers, body) = ResponseShaping.problem(problem, request.record, extra: extra, date: runtime.dates.current, allocator: context.channel.allocator)
+        respond(request, HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: problem.status), headers: headers), body: body, context: context)
+    }
+
+    /// Writes a whole response at once — head, body (none for HEAD), end: the gateway's own
+    /// answers, small forwarded ones and replays; says `Connection: close` when the HTTP/1.1
+    /// connection ends after it.
+    private func respond(_ request: Request, _ head: HTTPResponseHead, body: ByteBuffer?, context: ChannelHandlerContext) {
+        var head = head
+        if request.closeAfterResponse && !isHTTP2 { head.headers.replaceOrAdd(name: "Connection", value: "close") }
         request.responseStarted = true
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: problem.status), headers: headers))), promise: nil)
-        if request.head.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if let body, request.head.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         endResponse(request, context: context)
     }
 

@@ -25,7 +25,7 @@ struct SnapshotFactory: Sendable {
             logger: logger
         )
         let idempotency = IdempotencyControl(
-            store: backend.idempotency, retention: policy.gateway.idempotency.retention, metrics: metrics, logger: logger
+            store: backend.store, retention: policy.gateway.idempotency.retention, metrics: metrics, logger: logger
         )
         return GatewaySnapshot(
             rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: try pool.runtimes(for: policy), admission: admission,
