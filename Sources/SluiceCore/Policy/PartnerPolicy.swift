@@ -9,8 +9,8 @@ public struct PartnerPolicy: Sendable, Equatable {
 
     public struct Webhook: Sendable, Equatable {
         public var url: URL
-        /// The decoded bytes of the `whsec_…` secret.
-        public var secret: [UInt8]
+        /// The `whsec_…` signing secret.
+        public var secret: WebhookSecret
         /// Allow loopback, private, link-local and metadata addresses (on-premise receivers).
         public var allowPrivateAddresses: Bool
     }
@@ -111,16 +111,16 @@ extension PartnerPolicy {
                 url = components?.url
             }
         }
-        var secretBytes: [UInt8]?
+        var parsedSecret: WebhookSecret?
         if let secret, let secretValue {
-            if secret.hasPrefix("whsec_"), let data = Data(base64Encoded: String(secret.dropFirst(6))), (24...64).contains(data.count) {
-                secretBytes = Array(data)
+            if let valid = try? WebhookSecret(secret) {
+                parsedSecret = valid
             } else {
                 secretValue.report("\(context) secret must be 'whsec_' followed by base64 of 24 to 64 bytes (Standard Webhooks)")
             }
         }
-        guard let url, let secretBytes else { return nil }
-        return Webhook(url: url, secret: secretBytes, allowPrivateAddresses: allowPrivate)
+        guard let url, let parsedSecret else { return nil }
+        return Webhook(url: url, secret: parsedSecret, allowPrivateAddresses: allowPrivate)
     }
 }
 

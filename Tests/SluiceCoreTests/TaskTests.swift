@@ -1,0 +1,205 @@
+import Foundation
+import SluiceCore
+import Testing
+
+/// A generator that always answers the same value: jitter becomes predictable.
+private struct FixedRandom: RandomNumberGenerator {
+    var value: UInt64
+    mutating func next() -> UInt64 { value }
+}
+
+struct WebhookSignatureTests {
+    private let secret = try! WebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+
+    /// The Standard Webhooks reference vector signs to the published value.
+    @Test func signsTheReferenceVector() {
+        let signature = WebhookSignature.sign(
+            id: "msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp: 1_614_265_330, body: Array(#"{"test": 2432232314}"#.utf8), secret: secret
+        )
+        #expect(signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+    }
+
+    /// Verification accepts the reference signature among others and refuses a changed body, id or stale timestamp.
+    @Test func verifiesLikeAReceiver() {
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+        let body = Array(#"{"test": 2432232314}"#.utf8)
+        let header = "v1,bm9wZQ== v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        #expect(WebhookSignature.verify(signatures: header, id: id, timestamp: 1_614_265_330, body: body, secret: secret, now: 1_614_265_330))
+        #expect(!WebhookSignature.verify(signatures: header, id: id, timestamp: 1_614_265_330, body: body + [0x20], secret: secret, now: 1_614_265_330))
+        #expect(!WebhookSignature.verify(signatures: header, id: id + "x", timestamp: 1_614_265_330, body: body, secret: secret, now: 1_614_265_330))
+        #expect(!WebhookSignature.verify(signatures: header, id: id, timestamp: 1_614_265_330, body: body, secret: secret, now: 1_614_265_330 + 301))
+    }
+
+    /// Secrets without the prefix, with broken base64, or of a hostile length are refused with a reason.
+    @Test func refusesMalformedSecrets() {
+        #expect(throws: WebhookSecret.Problem.missingPrefix) { try WebhookSecret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") }
+        #expect(throws: WebhookSecret.Problem.notBase64) { try WebhookSecret("whsec_not base64!") }
+        #expect(throws: WebhookSecret.Problem.tooShort(bytes: 3)) { try WebhookSecret("whsec_YWJj") }
+        let huge = "whsec_" + Data(repeating: 7, count: 4096).base64EncodedString()
+        #expect(throws: WebhookSecret.Problem.tooLong(bytes: 4096)) { try WebhookSecret(huge) }
+        #expect("\(secret)" == "whsec_…")
+    }
+}
+
+struct WebhookDeliveryTests {
+    private let schedule: [Duration] = [.seconds(5), .seconds(300), .seconds(1800)]
+
+    /// Failures wait the schedule's delays stretched by at most a fifth, then the delivery is dead with its last error.
+    @Test func retriesOnTheScheduleThenGoesDead() {
+        var delivery = WebhookDelivery(schedule: schedule)
+        var none = FixedRandom(value: 0)
+        var most = FixedRandom(value: .max)
+        let actions = [
+            delivery.attempted(.failed(reason: "500", retryAfter: nil), using: &none),
+            delivery.attempted(.failed(reason: "timeout", retryAfter: nil), using: &most),
+            delivery.attempted(.failed(reason: "502", retryAfter: nil), using: &none),
+            delivery.attempted(.failed(reason: "503", retryAfter: nil), using: &none),
+        ]
+        #expect(actions[0] == .retry(after: .seconds(5)))
+        guard case .retry(let stretched) = actions[1] else {
+            Issue.record("expected a retry, got \(actions[1])")
+            return
+        }
+        #expect(stretched > .seconds(300) && stretched < .seconds(360))
+        #expect(actions[2...] == [.retry(after: .seconds(1800)), .deadLetter(lastError: "503")])
+        #expect(delivery.attempts == 4)
+        #expect(delivery.lastError == "503")
+    }
+
+    /// A later Retry-After is honoured, capped at the schedule's longest delay; an earlier one is not.
+    @Test func honoursALaterRetryAfter() {
+        var random = FixedRandom(value: 0)
+        var delivery = WebhookDelivery(schedule: schedule)
+        let actions = [
+            delivery.attempted(.failed(reason: "429", retryAfter: .seconds(60)), using: &random),
+            delivery.attempted(.failed(reason: "429", retryAfter: .seconds(1)), using: &random),
+            delivery.attempted(.failed(reason: "429", retryAfter: .seconds(86_400 * 365)), using: &random),
+        ]
+        #expect(actions == [.retry(after: .seconds(60)), .retry(after: .seconds(300)), .retry(after: .seconds(1800))])
+    }
+
+    /// 2xx ends it, 410 disables the endpoint, a refused address goes straight to the dead letters; a redrive starts over.
+    @Test func endsOnSuccessGoneOrRefusal() {
+        var random = FixedRandom(value: 0)
+        var delivered = WebhookDelivery(schedule: schedule)
+        var gone = WebhookDelivery(schedule: schedule)
+        var refused = WebhookDelivery(schedule: schedule)
+        let actions = [
+            delivered.attempted(.delivered, using: &random),
+            gone.attempted(.gone, using: &random),
+            refused.attempted(.refused(reason: "loopback"), using: &random),
+        ]
+        #expect(actions == [.done, .disableEndpoint, .deadLetter(lastError: "loopback")])
+        refused.redrive()
+        #expect(refused.attempts == 0 && refused.lastError == nil)
+        let afterRedrive = refused.attempted(.failed(reason: "500", retryAfter: nil), using: &random)
+        #expect(afterRedrive == .retry(after: .seconds(5)))
+    }
+}
+
+struct TaskLifecycleTests {
+    /// A task runs queued → running → succeeded with versions 1, 2, 3 and the accepting request's id on each entry.
+    @Test func runsToSuccessWithAHistory() {
+        var task = TaskLifecycle(acceptedAt: 1_000, instance: "a", requestID: "req-1")
+        #expect(task.status == .queued && task.version == 1)
+        let started = task.start(at: 1_500, instance: "b")
+        let finished = task.finish(succeeded: true, at: 9_000, instance: "b")
+        #expect(started == .run && finished)
+        #expect(task.history.map(\.status) == [.queued, .running, .succeeded])
+        #expect(task.history.map(\.version) == [1, 2, 3])
+        #expect(task.history.allSatisfy { $0.requestID == "req-1" })
+        #expect(task.createdAt == 1_000 && task.updatedAt == 9_000 && task.attempts == 1)
+    }
+
+    /// A takeover starts a second run; the dead runner's late result is ignored, the new runner's counts.
+    @Test func ignoresTheLateResultOfATakenOverRun() {
+        var task = TaskLifecycle(acceptedAt: 0, instance: "a", requestID: "r")
+        _ = task.start(at: 10, instance: "a")
+        let takeover = task.start(at: 40_000, instance: "b")
+        let late = task.finish(succeeded: false, at: 41_000, instance: "a")
+        let current = task.finish(succeeded: true, at: 42_000, instance: "b")
+        #expect(takeover == .run && !late && current)
+        #expect(task.attempts == 2)
+        #expect(task.status == .succeeded)
+        #expect(task.history[2].note == "taken over from a")
+    }
+
+    /// Only a queued task is cancelled; a cancelled one is skipped by workers; running or finished ones conflict.
+    @Test func cancelsOnlyQueuedTasks() {
+        var queued = TaskLifecycle(acceptedAt: 0, instance: "a", requestID: "r")
+        let cancelled = queued.cancel(at: 5, instance: "a")
+        let skipped = queued.start(at: 6, instance: "b")
+        #expect(cancelled == .cancelled && skipped == .skip)
+        #expect(queued.status == .cancelled && queued.version == 2)
+        var running = TaskLifecycle(acceptedAt: 0, instance: "a", requestID: "r")
+        _ = running.start(at: 1, instance: "a")
+        let whileRunning = running.cancel(at: 2, instance: "a")
+        _ = running.finish(succeeded: false, at: 3, instance: "a")
+        let whenFinished = running.cancel(at: 4, instance: "a")
+        #expect(whileRunning == .conflict(.running) && whenFinished == .conflict(.failed))
+        #expect(running.version == 3)
+    }
+
+    /// A task handed back at shutdown is queued again and run by another instance; times never go backwards.
+    @Test func handsBackAndKeepsTimeMonotonic() {
+        var task = TaskLifecycle(acceptedAt: 100, instance: "a", requestID: "r")
+        _ = task.start(at: 200, instance: "a")
+        let byStranger = task.handBack(at: 300, instance: "b")
+        let byRunner = task.handBack(at: 300, instance: "a")
+        #expect(!byStranger && byRunner)
+        #expect(task.status == .queued)
+        let rerun = task.start(at: 250, instance: "b")  // b's clock is behind
+        #expect(rerun == .run)
+        #expect(task.history.map(\.at) == [100, 200, 300, 300])
+    }
+}
+
+struct ReceiverAddressRuleTests {
+    private func refusal(_ literal: String) -> ReceiverAddressRule.Refusal? {
+        guard let bytes = ReceiverAddressRule.bytes(of: literal) else {
+            Issue.record("\(literal) did not parse")
+            return .reserved
+        }
+        return ReceiverAddressRule.refusal(address: bytes)
+    }
+
+    /// Public unicast addresses are allowed.
+    @Test func allowsPublicAddresses() {
+        for literal in ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "2a00:1450:4001:82b::200e", "64:ff9b::808:808", "2002:808:808::1"] {
+            #expect(refusal(literal) == nil, "\(literal)")
+        }
+    }
+
+    /// Loopback, private, link-local (metadata), CGNAT, unique-local, multicast, unspecified and reserved addresses are refused.
+    @Test func refusesNonPublicAddresses() {
+        let cases: [(String, ReceiverAddressRule.Refusal)] = [
+            ("127.0.0.1", .loopback), ("127.8.9.10", .loopback), ("::1", .loopback), ("10.1.2.3", .privateNetwork),
+            ("172.16.0.1", .privateNetwork), ("172.31.255.255", .privateNetwork), ("192.168.1.1", .privateNetwork),
+            ("169.254.169.254", .linkLocal), ("fe80::1", .linkLocal), ("100.64.0.1", .sharedAddressSpace),
+            ("100.127.255.254", .sharedAddressSpace), ("fc00::1", .uniqueLocal), ("fd12:3456::1", .uniqueLocal),
+            ("224.0.0.1", .multicast), ("ff02::1", .multicast), ("0.0.0.0", .unspecified), ("::", .unspecified),
+            ("240.0.0.1", .reserved), ("255.255.255.255", .broadcast), ("192.0.2.1", .documentation), ("2001:db8::1", .documentation),
+            ("198.18.0.1", .benchmarking), ("fec0::1", .siteLocal), ("2001::1", .reserved), ("100::1", .reserved),
+        ]
+        for (literal, expected) in cases { #expect(refusal(literal) == expected, "\(literal)") }
+    }
+
+    /// IPv4 addresses hidden in IPv6 forms (mapped, compatible, NAT64, 6to4) are judged by the IPv4 address.
+    @Test func seesThroughEmbeddedIPv4() {
+        #expect(refusal("::ffff:127.0.0.1") == .loopback)
+        #expect(refusal("::ffff:a9fe:a9fe") == .linkLocal)
+        #expect(refusal("::10.0.0.1") == .privateNetwork)
+        #expect(refusal("64:ff9b::7f00:1") == .loopback)
+        #expect(refusal("64:ff9b:1::a00:1") == .privateNetwork)
+        #expect(refusal("2002:a9fe:a9fe::1") == .linkLocal)
+        #expect(refusal("2002:c0a8:101::") == .privateNetwork)
+    }
+
+    /// Malformed literals do not parse (so they are resolved as names, never trusted as addresses).
+    @Test func refusesToParseMalformedLiterals() {
+        for literal in ["1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1..2.3", "::1::2", "1:2:3:4:5:6:7:8:9", "12345::1", "g::1", ":::", "", "１.2.3.4"] {
+            #expect(ReceiverAddressRule.bytes(of: literal) == nil, "\(literal)")
+        }
+        #expect(ReceiverAddressRule.refusal(address: [1, 2, 3]) == .reserved)
+    }
+}
