@@ -41,10 +41,14 @@ struct IdempotencyRecordTests {
         )
     }
 
-    /// A record survives encoding byte for byte, binary bodies included.
+    /// A record survives encoding byte for byte, binary bodies of every padding length included.
     @Test func encodingRoundTrips() {
         let record = sample(body: Array(0...255) + Array("{\"id\":7}".utf8))
         #expect(IdempotencyRecord(encoded: Array(record.encoded().utf8)) == record)
+        for length in 0..<6 {
+            let short = sample(body: Array(repeating: 0xFF, count: length))
+            #expect(IdempotencyRecord(encoded: Array(short.encoded().utf8)) == short, "body of \(length) bytes")
+        }
     }
 
     /// The target digest tells method, path and query apart.

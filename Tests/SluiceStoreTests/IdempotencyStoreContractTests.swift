@@ -72,6 +72,26 @@ struct IdempotencyStoreContractTests {
         }
     }
 
+    /// A record with a token that holds nothing changes nothing: not a key that was never claimed,
+    /// not another request's record, not another request's claim (which keeps its lease).
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func staleRecordChangesNothing(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            #expect(try await store.record(record(), partner: "acme", key: "never", token: "a", retention: retention) == false)
+            #expect(try await store.claim(partner: "acme", key: "never", token: "b", lease: lease) == .claimed)
+            let finished = record(status: 200)
+            #expect(try await store.claim(partner: "acme", key: "done", token: "a", lease: lease) == .claimed)
+            #expect(try await store.record(finished, partner: "acme", key: "done", token: "a", retention: retention))
+            #expect(try await store.record(record(status: 201), partner: "acme", key: "done", token: "stale", retention: retention) == false)
+            #expect(try await store.claim(partner: "acme", key: "done", token: "c", lease: lease) == .completed(finished))
+            #expect(try await store.claim(partner: "acme", key: "held", token: "a", lease: lease) == .claimed)
+            clock.advance(20_000)
+            #expect(try await store.record(record(), partner: "acme", key: "held", token: "stale", retention: retention) == false)
+            #expect(try await store.claim(partner: "acme", key: "held", token: "d", lease: lease) == .inProgress(retryAfterMilliseconds: 40_000))
+        }
+    }
+
     /// A claim whose gateway crashed expires by its lease: the key is taken over, and the late
     /// first request can no longer record over the new claim.
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)

@@ -51,9 +51,13 @@ extension SHA256Digest {
 
     /// Appends the 32 bytes, most significant first.
     func append(to bytes: inout [UInt8]) {
-        for word in [words.0, words.1, words.2, words.3] {
+        func append(_ word: UInt64) {
             for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
         }
+        append(words.0)
+        append(words.1)
+        append(words.2)
+        append(words.3)
     }
 }
 
@@ -112,11 +116,11 @@ public struct IdempotencyRecord: Sendable, Equatable {
         bytes.append(bodyKept ? 1 : 0)
         Self.append(UInt32(headers.count), to: &bytes)
         for header in headers {
-            Self.append(Array(header.name.utf8), to: &bytes)
-            Self.append(Array(header.value.utf8), to: &bytes)
+            Self.append(header.name.utf8, to: &bytes)
+            Self.append(header.value.utf8, to: &bytes)
         }
         Self.append(body, to: &bytes)
-        return "SIR1" + Data(bytes).base64EncodedString()
+        return Self.base64(bytes, prefix: "SIR1")
     }
 
     /// Decodes `encoded()`; nil for anything else.
@@ -143,12 +147,42 @@ public struct IdempotencyRecord: Sendable, Equatable {
     }
 
     private static func append(_ value: UInt32, to bytes: inout [UInt8]) {
-        bytes += [UInt8(value >> 24), UInt8(value >> 16 & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value & 0xFF)]
+        bytes.append(UInt8(truncatingIfNeeded: value >> 24))
+        bytes.append(UInt8(truncatingIfNeeded: value >> 16))
+        bytes.append(UInt8(truncatingIfNeeded: value >> 8))
+        bytes.append(UInt8(truncatingIfNeeded: value))
     }
 
-    private static func append(_ chunk: [UInt8], to bytes: inout [UInt8]) {
+    private static func append(_ chunk: some Collection<UInt8>, to bytes: inout [UInt8]) {
         append(UInt32(chunk.count), to: &bytes)
-        bytes += chunk
+        bytes.append(contentsOf: chunk)
+    }
+
+    private static let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    /// `prefix` and the padded base64 of `bytes`, written straight into one string (a record is
+    /// encoded for every keyed request: no intermediate `Data` or string copies).
+    private static func base64(_ bytes: [UInt8], prefix: StaticString) -> String {
+        let length = prefix.utf8CodeUnitCount + (bytes.count + 2) / 3 * 4
+        return String(unsafeUninitializedCapacity: length) { output in
+            var at = 0
+            for byte in UnsafeBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount) {
+                output[at] = byte
+                at += 1
+            }
+            var index = 0
+            while index < bytes.count {
+                let remaining = bytes.count - index
+                let chunk = UInt32(bytes[index]) << 16 | (remaining > 1 ? UInt32(bytes[index + 1]) << 8 : 0) | (remaining > 2 ? UInt32(bytes[index + 2]) : 0)
+                output[at] = base64Alphabet[Int(chunk >> 18 & 63)]
+                output[at + 1] = base64Alphabet[Int(chunk >> 12 & 63)]
+                output[at + 2] = remaining > 1 ? base64Alphabet[Int(chunk >> 6 & 63)] : UInt8(ascii: "=")
+                output[at + 3] = remaining > 2 ? base64Alphabet[Int(chunk & 63)] : UInt8(ascii: "=")
+                at += 4
+                index += 3
+            }
+            return at
+        }
     }
 
     private struct Reader {

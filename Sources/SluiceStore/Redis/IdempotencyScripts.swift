@@ -5,7 +5,7 @@
 /// record after its retention; a claim also carries its expiry in the script's clock, so a
 /// manual test clock can expire it too.
 enum IdempotencyScripts {
-    /// Whether a key holds the claim of `token`.
+    /// Whether a key holds the claim of `token` (a release checks it before deleting).
     private static let owns = """
         local function owns(key, token)
           local value = redis.call('GET', key)
@@ -35,10 +35,19 @@ enum IdempotencyScripts {
         for i = 1, records do
           local key = KEYS[ko + i]
           local token, record, retention = ARGV[ao + 3 * i], ARGV[ao + 3 * i + 1], ARGV[ao + 3 * i + 2]
-          if owns(key, token) then
-            redis.call('SET', key, 'R' .. record, 'PX', retention)
+          -- One command in the common case: the record replaces the key's value, and the old
+          -- value says whether it was this token's claim. If not (the lease ran out and another
+          -- request holds or recorded the key), the old value is put back.
+          local old = redis.call('SET', key, 'R' .. record, 'XX', 'PX', retention, 'GET')
+          if old and string.sub(old, 1, 1) == 'C' and string.sub(old, string.find(old, ':', 2, true) + 1) == token then
             results[#results + 1] = 1
           else
+            if old and string.sub(old, 1, 1) == 'C' then
+              local left = tonumber(string.sub(old, 2, string.find(old, ':', 2, true) - 1)) - now
+              if left > 0 then redis.call('SET', key, old, 'PX', left) else redis.call('DEL', key) end
+            elseif old then
+              redis.call('SET', key, old, 'PX', retention)
+            end
             results[#results + 1] = 0
           end
         end
@@ -73,7 +82,6 @@ enum IdempotencyScripts {
     static let batch = RedisScript(
         """
         local ao, ko, results = 0, 0, {}
-        \(owns)
         \(steps)
         return results
         """
@@ -91,7 +99,6 @@ enum IdempotencyScripts {
         end
         local results = { decide() }
         local ao, ko = argc, 2
-        \(owns)
         \(steps)
         return results
         """
