@@ -43,27 +43,16 @@ public protocol IdempotencyStore: Sendable {
 extension IdempotencyStore {
     /// `claim(…, on:, completion:)` on the store's default event loop.
     public func claim(partner: String, key: String, token: String, lease: Duration) async throws -> IdempotencyClaim {
-        try await onDefaultLoop { claim(partner: partner, key: key, token: token, lease: lease, on: $0, completion: $1) }
+        try await defaultEventLoop.run { claim(partner: partner, key: key, token: token, lease: lease, on: $0, completion: $1) }
     }
 
     /// `record(…, on:, completion:)` on the store's default event loop.
     public func record(_ record: IdempotencyRecord, partner: String, key: String, token: String, retention: Duration) async throws -> Bool {
-        try await onDefaultLoop { self.record(record, partner: partner, key: key, token: token, retention: retention, on: $0, completion: $1) }
+        try await defaultEventLoop.run { self.record(record, partner: partner, key: key, token: token, retention: retention, on: $0, completion: $1) }
     }
 
     /// `releaseClaim(…, on:, completion:)` on the store's default event loop.
     public func releaseClaim(partner: String, key: String, token: String) async throws -> Bool {
-        try await onDefaultLoop { releaseClaim(partner: partner, key: key, token: token, on: $0, completion: $1) }
-    }
-
-    private func onDefaultLoop<Value: Sendable>(
-        _ operation: @escaping @Sendable (any EventLoop, @escaping (Result<Value, any Error>) -> Void) -> Void
-    ) async throws -> Value {
-        let eventLoop = defaultEventLoop
-        return try await eventLoop.flatSubmit {
-            let promise = eventLoop.makePromise(of: Value.self)
-            operation(eventLoop) { promise.completeWith($0) }
-            return promise.futureResult
-        }.get()
+        try await defaultEventLoop.run { releaseClaim(partner: partner, key: key, token: token, on: $0, completion: $1) }
     }
 }

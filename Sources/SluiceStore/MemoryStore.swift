@@ -14,6 +14,7 @@ public final class MemoryStore: AdmissionStore {
 
     private let ledgers = Sharded<[String: LedgerBox]> { [:] }
     let idempotency = IdempotencyTable()
+    let tasks: TaskTable
     private let clock: EpochClock
     public let defaultEventLoop: any EventLoop
 
@@ -22,6 +23,7 @@ public final class MemoryStore: AdmissionStore {
     ///   - defaultEventLoop: Where the async forms run (decisions never wait, so any loop does).
     public init(clock: @escaping EpochClock = MemoryStore.wallClock, defaultEventLoop: (any EventLoop)? = nil) {
         self.clock = clock
+        tasks = TaskTable(clock: clock)
         self.defaultEventLoop = defaultEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
     }
 

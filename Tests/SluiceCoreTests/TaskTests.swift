@@ -203,3 +203,39 @@ struct ReceiverAddressRuleTests {
         #expect(ReceiverAddressRule.refusal(address: [1, 2, 3]) == .reserved)
     }
 }
+
+struct TaskRecordTests {
+    /// Random ids parse back, land in a stable shard, and hostile text is not an id.
+    @Test func idsParseAndShardStably() {
+        let id = TaskID.random()
+        #expect(TaskID(id.text) == id)
+        #expect(TaskID("tsk_0123456789abcdefghijklmn")?.shard(of: 16) == TaskID("tsk_0123456789abcdefghijklmn")?.shard(of: 16))
+        let shards = Set((0..<200).map { _ in TaskID.random().shard(of: 16) })
+        #expect(shards.count > 10)
+        for hostile in ["", "tsk_", "tsk_0123456789abcdefghijklm", "tsk_0123456789abcdefghijklmno", "tsk_0123456789ABCDEFGHIJKLMN", "tsk_../../../etc/passwd/xxx",
+            "TSK_0123456789abcdefghijklmn", "tsk_0123456789abcdefghijkl%6e", String(repeating: "a", count: 100_000)]
+        {
+            #expect(TaskID(hostile) == nil, "\(hostile.prefix(40))")
+        }
+    }
+
+    /// A record with a result and binary bodies survives encoding; garbage and broken histories do not decode.
+    @Test func recordsRoundTripAndRefuseGarbage() {
+        var record = TaskRecord(
+            id: TaskID.random(), partner: "acme", version: "v2", route: "price",
+            lifecycle: TaskLifecycle(acceptedAt: 1_000, instance: "gw-a", requestID: "req-1"), traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        )
+        _ = record.lifecycle.start(at: 2_000, instance: "gw-b")
+        _ = record.lifecycle.finish(succeeded: true, at: 3_000, instance: "gw-b")
+        record.result = TaskResult(status: 200, headers: [.init("Content-Type", "application/octet-stream")], body: Data([0, 255, 10, 13]))
+        #expect(TaskRecord(encoded: Array(record.encoded().utf8)) == record)
+        let request = TaskRequest(method: "POST", upstream: "pricing", pathAndQuery: "/price?q=1", headers: [.init("X-A", "1"), .init("X-A", "2")], body: Data([1, 2]))
+        #expect(TaskRequest(encoded: Array(request.encoded().utf8)) == request)
+        #expect(TaskRecord(encoded: Array("not json".utf8)) == nil)
+        let emptyHistory = record.encoded().replacingOccurrences(of: #""history":\[.*\]\},"partner""#, with: #""history":[]},"partner""#, options: .regularExpression)
+        #expect(emptyHistory != record.encoded())
+        #expect(TaskRecord(encoded: Array(emptyHistory.utf8)) == nil)
+        let skippedVersion = record.encoded().replacingOccurrences(of: #""version":2"#, with: #""version":5"#)
+        #expect(TaskRecord(encoded: Array(skippedVersion.utf8)) == nil)
+    }
+}

@@ -108,6 +108,22 @@ public struct TaskLifecycle: Sendable, Equatable, Codable {
         return .cancelled
     }
 
+    private enum CodingKeys: String, CodingKey {
+        case history, attempts, runner
+    }
+
+    /// Decodes a stored lifecycle; a history that is empty or whose versions do not count up
+    /// from 1 is refused (every accessor relies on it).
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        history = try container.decode([TaskTransition].self, forKey: .history)
+        attempts = try container.decode(Int.self, forKey: .attempts)
+        runner = try container.decodeIfPresent(String.self, forKey: .runner)
+        guard !history.isEmpty, history.enumerated().allSatisfy({ $0.element.version == $0.offset + 1 }) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "a task history must count up from version 1"))
+        }
+    }
+
     private mutating func append(_ status: TaskStatus, at now: Int64, instance: String, note: String?) {
         // Monotonic even if an instance's clock is behind the last entry's.
         let at = max(now, updatedAt)

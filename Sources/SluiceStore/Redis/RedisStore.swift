@@ -1,5 +1,6 @@
 public import NIOCore
 public import SluiceCore
+import Synchronization
 
 /// The shared store on Redis: any number of gateways enforce one limit per partner.
 ///
@@ -44,14 +45,17 @@ public final class RedisStore: AdmissionStore {
     let keyPrefix: String
     let clock: EpochClock?
     let loops: [ObjectIdentifier: LoopState]
+    /// Where the next `takeTasks` starts asking shards (rotates, so every shard gets its turn).
+    let nextTakeShard = Atomic<Int>(0)
 
-    /// A client for this store: it loads the admission and idempotency scripts whenever it opens a connection.
+    /// A client for this store: it loads the admission, idempotency and task scripts whenever it opens a connection.
     /// - Parameter onCommand: Called for every command sent to Redis (to count round trips).
     public static func makeClient(
         url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, onCommand: (@Sendable () -> Void)? = nil
     ) throws -> RedisClient {
         try RedisClient(
-            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew, IdempotencyScripts.batch, IdempotencyScripts.admitAndBatch, IdempotencyScripts.release], group: group,
+            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew, IdempotencyScripts.batch, IdempotencyScripts.admitAndBatch, IdempotencyScripts.release]
+                + TaskScripts.all, group: group,
             onCommand: onCommand
         )
     }

@@ -1,0 +1,151 @@
+public import Foundation
+
+/// A task's id: `tsk_` and 24 characters of `[a-z0-9]` (about 124 random bits), so an id cannot
+/// be guessed and any other text is known not to be one before a store is asked.
+public struct TaskID: Sendable, Hashable, Codable, CustomStringConvertible {
+    public let text: String
+
+    /// Parses an id from a path or a command line; nil for anything that is not one.
+    public init?(_ text: some StringProtocol) {
+        guard text.utf8.count == 28, text.hasPrefix("tsk_"),
+            text.utf8.dropFirst(4).allSatisfy({ (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) })
+        else { return nil }
+        self.text = String(text)
+    }
+
+    /// A new random id.
+    public static func random(using generator: inout some RandomNumberGenerator) -> TaskID {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
+        let characters = (0..<24).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &generator)] }
+        return TaskID("tsk_" + String(decoding: characters, as: UTF8.self))!
+    }
+
+    public static func random() -> TaskID {
+        var generator = SystemRandomNumberGenerator()
+        return random(using: &generator)
+    }
+
+    /// The queue shard (0..<`count`) the task lives in: the same for every instance (FNV-1a of
+    /// the id, not Swift's per-process seeded hash).
+    public func shard(of count: Int) -> Int {
+        var hash: UInt32 = 2_166_136_261
+        for byte in text.utf8 {
+            hash ^= UInt32(byte)
+            hash = hash &* 16_777_619
+        }
+        return Int(hash % UInt32(count))
+    }
+
+    public var description: String { text }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let id = TaskID(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a task id: \(text)"))
+        }
+        self = id
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(text)
+    }
+}
+
+/// A header as a task keeps it (order and repeats preserved).
+public struct TaskHeader: Sendable, Equatable, Codable {
+    public var name: String
+    public var value: String
+
+    public init(_ name: String, _ value: String) {
+        self.name = name
+        self.value = value
+    }
+}
+
+/// The upstream call a task makes: what the accepting request would have sent upstream
+/// (method, the upstream and its path with the query, the forwarded headers, the body).
+/// Written once at accept and read by the worker that runs the task.
+public struct TaskRequest: Sendable, Equatable, Codable {
+    public var method: String
+    public var upstream: String
+    public var pathAndQuery: String
+    public var headers: [TaskHeader]
+    public var body: Data
+
+    public init(method: String, upstream: String, pathAndQuery: String, headers: [TaskHeader], body: Data) {
+        self.method = method
+        self.upstream = upstream
+        self.pathAndQuery = pathAndQuery
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// The upstream's final answer to a task.
+public struct TaskResult: Sendable, Equatable, Codable {
+    public var status: Int
+    public var headers: [TaskHeader]
+    public var body: Data
+
+    public init(status: Int, headers: [TaskHeader], body: Data) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// A task as the stores keep it: who owns it, where it is, and its result once it has one.
+/// Its `revision` is its lifecycle's version: a store replaces a task only when the stored
+/// revision is the one the change was made from (compare and set), so two instances never
+/// both apply a transition.
+public struct TaskRecord: Sendable, Equatable, Codable {
+    public var id: TaskID
+    public var partner: String
+    /// The API version of the accepting request (its status URL is under it).
+    public var version: String
+    public var route: String
+    public var lifecycle: TaskLifecycle
+    public var result: TaskResult?
+    /// Why a task failed without a result from the upstream (a timeout, a refused connection).
+    public var failure: String?
+    /// The accepting request's W3C `traceparent`, so task runs and webhooks join its trace.
+    public var traceparent: String?
+
+    public init(id: TaskID, partner: String, version: String, route: String, lifecycle: TaskLifecycle, traceparent: String? = nil) {
+        self.id = id
+        self.partner = partner
+        self.version = version
+        self.route = route
+        self.lifecycle = lifecycle
+        self.traceparent = traceparent
+    }
+
+    public var revision: Int { lifecycle.version }
+
+    /// The record as the stores keep it (JSON; bodies as base64).
+    public func encoded() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: try! encoder.encode(self), as: UTF8.self)
+    }
+
+    /// Decodes `encoded()`; nil for anything else.
+    public init?(encoded text: some Collection<UInt8>) {
+        guard let record = try? JSONDecoder().decode(TaskRecord.self, from: Data(text)) else { return nil }
+        self = record
+    }
+}
+
+extension TaskRequest {
+    /// The request as the stores keep it (JSON; the body as base64).
+    public func encoded() -> String {
+        String(decoding: try! JSONEncoder().encode(self), as: UTF8.self)
+    }
+
+    /// Decodes `encoded()`; nil for anything else.
+    public init?(encoded text: some Collection<UInt8>) {
+        guard let request = try? JSONDecoder().decode(TaskRequest.self, from: Data(text)) else { return nil }
+        self = request
+    }
+}

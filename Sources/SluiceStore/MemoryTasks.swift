@@ -1,0 +1,190 @@
+import Foundation
+public import NIOCore
+public import SluiceCore
+import Synchronization
+
+/// The embedded store's tasks: records, requests and one queue behind one lock (tasks are
+/// accepted by the thousand per second, not the hundred thousand). Not durable: a restart
+/// loses them, which the README says of the embedded store.
+final class TaskTable: Sendable {
+    private struct Stored {
+        var record: TaskRecord
+        var request: TaskRequest?
+        var expires: Int64
+    }
+
+    private struct Held {
+        var task: TaskID
+        var consumer: String
+        /// When it was taken or last renewed.
+        var since: Int64
+    }
+
+    private struct State {
+        var tasks: [TaskID: Stored] = [:]
+        /// Entries not taken yet, oldest first: entry id and task.
+        var queue: [(entry: String, task: TaskID)] = []
+        var queueStart = 0
+        /// Taken entries by entry id, in the order they were taken.
+        var held: [String: Held] = [:]
+        var nextEntry = 1
+        var writesSinceSweep = 0
+    }
+
+    private let state = Mutex(State())
+    private let clock: EpochClock
+
+    init(clock: @escaping EpochClock) {
+        self.clock = clock
+    }
+
+    func accept(_ record: TaskRecord, request: TaskRequest, retentionMilliseconds: Int64) -> Bool {
+        let now = clock()
+        return state.withLock { state in
+            if let existing = state.tasks[record.id], existing.expires > now { return false }
+            state.tasks[record.id] = Stored(record: record, request: request, expires: now + retentionMilliseconds)
+            state.queue.append((entry: String(state.nextEntry), task: record.id))
+            state.nextEntry += 1
+            Self.sweepNowAndThen(&state, now: now)
+            return true
+        }
+    }
+
+    func task(_ id: TaskID) -> TaskRecord? {
+        let now = clock()
+        return state.withLock { state in
+            guard let stored = state.tasks[id], stored.expires > now else { return nil }
+            return stored.record
+        }
+    }
+
+    func replace(_ record: TaskRecord, from revision: Int, retentionMilliseconds: Int64) -> Bool {
+        let now = clock()
+        return state.withLock { state in
+            guard var stored = state.tasks[record.id], stored.expires > now, stored.record.revision == revision else { return false }
+            stored.record = record
+            stored.expires = now + retentionMilliseconds
+            if record.lifecycle.status.isFinished { stored.request = nil }
+            state.tasks[record.id] = stored
+            return true
+        }
+    }
+
+    func request(_ id: TaskID) -> TaskRequest? {
+        let now = clock()
+        return state.withLock { state in
+            guard let stored = state.tasks[id], stored.expires > now else { return nil }
+            return stored.request
+        }
+    }
+
+    func take(consumer: String, limit: Int, leaseMilliseconds: Int64) -> [TaskClaim] {
+        let now = clock()
+        return state.withLock { state in
+            var claims: [TaskClaim] = []
+            let expired = state.held.filter { now - $0.value.since >= leaseMilliseconds }.sorted { Self.order($0.key, $1.key) }
+            for (entry, held) in expired.prefix(limit) {
+                state.held[entry] = Held(task: held.task, consumer: consumer, since: now)
+                claims.append(TaskClaim(task: held.task, entry: entry, takenOver: true))
+            }
+            while claims.count < limit, state.queueStart < state.queue.count {
+                let next = state.queue[state.queueStart]
+                state.queueStart += 1
+                state.held[next.entry] = Held(task: next.task, consumer: consumer, since: now)
+                claims.append(TaskClaim(task: next.task, entry: next.entry, takenOver: false))
+            }
+            if state.queueStart > 1_024, state.queueStart * 2 > state.queue.count {
+                state.queue.removeFirst(state.queueStart)
+                state.queueStart = 0
+            }
+            return claims
+        }
+    }
+
+    func renew(_ claims: [TaskClaim], consumer: String) -> [TaskClaim] {
+        let now = clock()
+        return state.withLock { state in
+            claims.filter { claim in
+                guard state.held[claim.entry]?.consumer == consumer else { return false }
+                state.held[claim.entry]?.since = now
+                return true
+            }
+        }
+    }
+
+    func complete(_ claim: TaskClaim) {
+        _ = state.withLock { $0.held.removeValue(forKey: claim.entry) }
+    }
+
+    func requeue(_ claim: TaskClaim, consumer: String) {
+        state.withLock { state in
+            guard state.held[claim.entry]?.consumer == consumer else { return }
+            state.held[claim.entry] = nil
+            state.queue.append((entry: String(state.nextEntry), task: claim.task))
+            state.nextEntry += 1
+        }
+    }
+
+    func list(status: TaskStatus?, partner: String?, limit: Int) -> [TaskRecord] {
+        let now = clock()
+        return state.withLock { state in
+            state.tasks.values
+                .filter { $0.expires > now && (status == nil || $0.record.lifecycle.status == status) && (partner == nil || $0.record.partner == partner) }
+                .map(\.record)
+                .sorted { ($0.lifecycle.createdAt, $0.id.text) > ($1.lifecycle.createdAt, $1.id.text) }
+                .prefix(limit)
+                .map { $0 }
+        }
+    }
+
+    /// Entry ids are counters: shorter ones are older.
+    private static func order(_ left: String, _ right: String) -> Bool {
+        (left.count, left) < (right.count, right)
+    }
+
+    /// Drops expired tasks every so many accepts, so finished ones do not pile up.
+    private static func sweepNowAndThen(_ state: inout State, now: Int64) {
+        state.writesSinceSweep += 1
+        guard state.writesSinceSweep >= 4_096 else { return }
+        state.writesSinceSweep = 0
+        state.tasks = state.tasks.filter { $0.value.expires > now }
+    }
+}
+
+extension MemoryStore: TaskStore {
+    public func acceptTask(
+        _ record: TaskRecord, request: TaskRequest, retention: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Bool, any Error>) -> Void
+    ) {
+        completion(.success(tasks.accept(record, request: request, retentionMilliseconds: retention.milliseconds)))
+    }
+
+    public func task(_ id: TaskID, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void) {
+        completion(.success(tasks.task(id)))
+    }
+
+    public func replaceTask(
+        _ record: TaskRecord, from revision: Int, retention: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Bool, any Error>) -> Void
+    ) {
+        completion(.success(tasks.replace(record, from: revision, retentionMilliseconds: retention.milliseconds)))
+    }
+
+    public func taskRequest(_ id: TaskID) async throws -> TaskRequest? { tasks.request(id) }
+
+    public func takeTasks(consumer: String, limit: Int, lease: Duration) async throws -> [TaskClaim] {
+        tasks.take(consumer: consumer, limit: limit, leaseMilliseconds: lease.milliseconds)
+    }
+
+    public func renewTasks(_ claims: [TaskClaim], consumer: String) async throws -> [TaskClaim] {
+        tasks.renew(claims, consumer: consumer)
+    }
+
+    public func completeEntry(_ claim: TaskClaim) async throws { tasks.complete(claim) }
+
+    public func requeue(_ claim: TaskClaim, consumer: String) async throws { tasks.requeue(claim, consumer: consumer) }
+
+    public func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord] {
+        tasks.list(status: status, partner: partner, limit: limit)
+    }
+}

@@ -1,0 +1,156 @@
+public import NIOCore
+public import SluiceCore
+
+extension RedisStore: TaskStore {
+    /// Queue shards: a fixed number, so every instance agrees where a task lives; with Redis
+    /// Cluster they spread over the nodes (each shard is one hash slot).
+    public static let taskShards = 16
+    /// The consumer group every instance's workers read through.
+    static let taskGroup = "workers"
+    /// Newest tasks looked at per shard when listing.
+    static let listScanPerShard = 2_000
+
+    func taskShardBase(_ shard: Int) -> String { "\(keyPrefix):{t:\(shard)}" }
+    func taskKey(_ id: TaskID) -> String { "\(taskShardBase(id.shard(of: Self.taskShards))):task:\(id.text)" }
+    func queueKey(_ shard: Int) -> String { "\(taskShardBase(shard)):queue" }
+    func indexKey(_ shard: Int) -> String { "\(taskShardBase(shard)):index" }
+
+    public func acceptTask(
+        _ record: TaskRecord, request: TaskRequest, retention: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Bool, any Error>) -> Void
+    ) {
+        let shard = record.id.shard(of: Self.taskShards)
+        let keys = [taskKey(record.id), queueKey(shard), indexKey(shard)]
+        let arguments = [
+            record.encoded(), request.encoded(), String(retention.milliseconds), record.id.text, String(record.revision), clock.map { String($0()) } ?? "",
+        ]
+        client.evaluate(TaskScripts.accept, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+            completion(result.map { $0 == .integer(1) })
+        }
+    }
+
+    public func task(_ id: TaskID, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void) {
+        client.send(["HGET", taskKey(id), "j"], on: eventLoop).whenComplete { result in
+            completion(result.flatMap { reply in Result { try Self.record(from: reply) } })
+        }
+    }
+
+    public func replaceTask(
+        _ record: TaskRecord, from revision: Int, retention: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Bool, any Error>) -> Void
+    ) {
+        let arguments = [
+            record.encoded(), String(revision), String(record.revision), String(retention.milliseconds), record.lifecycle.status.isFinished ? "1" : "0",
+        ]
+        client.evaluate(TaskScripts.replace, keys: [taskKey(record.id)], arguments: arguments, on: eventLoop).whenComplete { result in
+            completion(result.map { $0 == .integer(1) })
+        }
+    }
+
+    public func taskRequest(_ id: TaskID) async throws -> TaskRequest? {
+        switch try await client.send(["HGET", taskKey(id), "q"]) {
+        case .null:
+            return nil
+        case .string(let bytes):
+            guard let request = TaskRequest(encoded: bytes) else { throw RedisError.protocolViolation("malformed task request of \(id)") }
+            return request
+        case let reply:
+            throw RedisError.protocolViolation("unexpected task request reply \(reply)")
+        }
+    }
+
+    /// Asks the shards one after the other, starting one further than the last call did (so
+    /// every shard gets its turn first), each for what is still missing: never more than
+    /// `limit` entries are taken. An idle poll costs one small call per shard.
+    public func takeTasks(consumer: String, limit: Int, lease: Duration) async throws -> [TaskClaim] {
+        let first = Int(UInt(bitPattern: nextTakeShard.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(Self.taskShards))
+        var claims: [TaskClaim] = []
+        for offset in 0..<Self.taskShards where claims.count < limit {
+            let shard = (first + offset) % Self.taskShards
+            let reply = try await client.evaluate(
+                TaskScripts.take, keys: [queueKey(shard)],
+                arguments: [Self.taskGroup, consumer, String(limit - claims.count), String(lease.milliseconds)], on: defaultEventLoop
+            ).get()
+            claims += try Self.claims(from: reply)
+        }
+        return claims
+    }
+
+    public func renewTasks(_ claims: [TaskClaim], consumer: String) async throws -> [TaskClaim] {
+        let byShard = Dictionary(grouping: claims) { $0.task.shard(of: Self.taskShards) }
+        var held: [TaskClaim] = []
+        for (shard, claims) in byShard {
+            let reply = try await client.evaluate(
+                TaskScripts.renew, keys: [queueKey(shard)], arguments: [Self.taskGroup, consumer] + claims.map(\.entry), on: defaultEventLoop
+            ).get()
+            guard case .array(let ids) = reply else { throw RedisError.protocolViolation("unexpected renew reply \(reply)") }
+            let still = Set(ids.compactMap { if case .string(let bytes) = $0 { String(decoding: bytes, as: UTF8.self) } else { nil } })
+            held += claims.filter { still.contains($0.entry) }
+        }
+        return held
+    }
+
+    public func completeEntry(_ claim: TaskClaim) async throws {
+        let queue = queueKey(claim.task.shard(of: Self.taskShards))
+        _ = try await client.evaluate(TaskScripts.complete, keys: [queue], arguments: [Self.taskGroup, claim.entry], on: defaultEventLoop).get()
+    }
+
+    public func requeue(_ claim: TaskClaim, consumer: String) async throws {
+        let queue = queueKey(claim.task.shard(of: Self.taskShards))
+        _ = try await client.evaluate(
+            TaskScripts.requeue, keys: [queue], arguments: [Self.taskGroup, consumer, claim.entry, claim.task.text], on: defaultEventLoop
+        ).get()
+    }
+
+    public func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord] {
+        let eventLoop = defaultEventLoop
+        let scans = (0..<Self.taskShards).map { shard in
+            client.send(["ZREVRANGE", indexKey(shard), "0", String(Self.listScanPerShard - 1), "WITHSCORES"], on: eventLoop)
+        }
+        var candidates: [(at: Double, id: TaskID)] = []
+        for scan in scans {
+            guard case .array(let items) = try await scan.get() else { continue }
+            for pair in stride(from: 0, to: items.count - 1, by: 2) {
+                guard case .string(let idBytes) = items[pair], case .string(let scoreBytes) = items[pair + 1],
+                    let id = TaskID(String(decoding: idBytes, as: UTF8.self)), let at = Double(String(decoding: scoreBytes, as: UTF8.self))
+                else { continue }
+                candidates.append((at, id))
+            }
+        }
+        candidates.sort { ($0.at, $0.id.text) > ($1.at, $1.id.text) }
+        var found: [TaskRecord] = []
+        var next = candidates[...]
+        while found.count < limit, !next.isEmpty {
+            let page = next.prefix(100)
+            next = next.dropFirst(page.count)
+            let reads = page.map { client.send(["HGET", taskKey($0.id), "j"], on: eventLoop) }
+            for read in reads {
+                guard let record = try Self.record(from: try await read.get()) else { continue }
+                if (status == nil || record.lifecycle.status == status) && (partner == nil || record.partner == partner) { found.append(record) }
+            }
+        }
+        return Array(found.prefix(limit))
+    }
+
+    static func record(from reply: RedisReply) throws -> TaskRecord? {
+        switch reply {
+        case .null:
+            return nil
+        case .string(let bytes):
+            guard let record = TaskRecord(encoded: bytes) else { throw RedisError.protocolViolation("malformed task record") }
+            return record
+        default:
+            throw RedisError.protocolViolation("unexpected task reply \(reply)")
+        }
+    }
+
+    static func claims(from reply: RedisReply) throws -> [TaskClaim] {
+        guard case .array(let items) = reply, items.count % 3 == 0 else { throw RedisError.protocolViolation("unexpected take reply \(reply)") }
+        return try stride(from: 0, to: items.count, by: 3).map { index in
+            guard case .string(let entry) = items[index], case .string(let task) = items[index + 1], case .integer(let flag) = items[index + 2],
+                let id = TaskID(String(decoding: task, as: UTF8.self))
+            else { throw RedisError.protocolViolation("malformed take reply") }
+            return TaskClaim(task: id, entry: String(decoding: entry, as: UTF8.self), takenOver: flag == 1)
+        }
+    }
+}

@@ -1,0 +1,113 @@
+/// Tasks in Lua, laid out for Redis Cluster: tasks are spread over `RedisStore.taskShards`
+/// shards by id, and every key of a shard carries the shard's hash tag (`PREFIX:{t:N}:…`), so a
+/// task's record and its queue entry live in one slot and each script touches one slot.
+///
+/// Keys of shard N: `…:task:ID` (hash: `r` revision, `j` the record as JSON, `q` the request
+/// as JSON until the task finishes; expires after the retention), `…:queue` (stream of
+/// `task ID` entries read by the consumer group `workers`), `…:index` (sorted set: task id →
+/// accept time ms, for listing; trimmed to the retention).
+enum TaskScripts {
+    /// KEYS: task, queue, index. ARGV: record, request, retention ms, id, revision, now ms ('' =
+    /// Redis TIME). Returns 1, or 0 when the task exists.
+    static let accept = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 6))
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        local retention = tonumber(ARGV[3])
+        redis.call('HSET', KEYS[1], 'r', ARGV[5], 'j', ARGV[1], 'q', ARGV[2])
+        redis.call('PEXPIRE', KEYS[1], retention)
+        redis.call('XADD', KEYS[2], '*', 'task', ARGV[4])
+        redis.call('ZADD', KEYS[3], now, ARGV[4])
+        redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - retention)
+        redis.call('PEXPIRE', KEYS[3], retention)
+        return 1
+        """
+    )
+
+    /// Compare and set. KEYS: task. ARGV: record, expected revision, new revision, retention ms,
+    /// '1' when the task finished (its request is dropped). Returns 1, or 0 when the stored
+    /// revision differs (or the task is gone).
+    static let replace = RedisScript(
+        """
+        if redis.call('HGET', KEYS[1], 'r') ~= ARGV[2] then return 0 end
+        redis.call('HSET', KEYS[1], 'r', ARGV[3], 'j', ARGV[1])
+        if ARGV[5] == '1' then redis.call('HDEL', KEYS[1], 'q') end
+        redis.call('PEXPIRE', KEYS[1], ARGV[4])
+        return 1
+        """
+    )
+
+    /// Takes entries for a consumer. KEYS: queue. ARGV: group, consumer, most entries, lease ms.
+    /// The group is created when missing (first use, or Redis restarted empty: `NOGROUP`).
+    /// Returns entry id, task id and 1 (taken over) or 0 (new), flat.
+    static let take = RedisScript(
+        """
+        redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+        local out = {}
+        local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[4], '0-0', 'COUNT', ARGV[3])
+        for _, entry in ipairs(claimed[2]) do
+          if entry[2] then
+            out[#out + 1] = entry[1]; out[#out + 1] = entry[2][2]; out[#out + 1] = 1
+          end
+        end
+        local left = tonumber(ARGV[3]) - #out / 3
+        if left > 0 then
+          local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[1], '>')
+          if read then
+            for _, entry in ipairs(read[1][2]) do
+              out[#out + 1] = entry[1]; out[#out + 1] = entry[2][2]; out[#out + 1] = 0
+            end
+          end
+        end
+        return out
+        """
+    )
+
+    /// Whether the consumer (ARGV[2]) holds entry `id` of the group (ARGV[1]).
+    private static let holds = """
+        local function holds(id)
+          local pending = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+          return pending[1] ~= nil and pending[1][2] == ARGV[2]
+        end
+        """
+
+    /// Renews held entries (their idle time starts again). KEYS: queue. ARGV: group, consumer,
+    /// entry ids. Returns the ids the consumer still held.
+    static let renew = RedisScript(
+        """
+        \(holds)
+        local held = {}
+        for i = 3, #ARGV do
+          if holds(ARGV[i]) then
+            redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+            held[#held + 1] = ARGV[i]
+          end
+        end
+        return held
+        """
+    )
+
+    /// Removes an entry. KEYS: queue. ARGV: group, entry id.
+    static let complete = RedisScript(
+        """
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('XDEL', KEYS[1], ARGV[2])
+        return 1
+        """
+    )
+
+    /// Puts a held entry's task back at the end of the queue. KEYS: queue. ARGV: group,
+    /// consumer, entry id, task id. Returns 1, or 0 when the consumer no longer held the entry.
+    static let requeue = RedisScript(
+        """
+        \(holds)
+        if not holds(ARGV[3]) then return 0 end
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+        redis.call('XDEL', KEYS[1], ARGV[3])
+        redis.call('XADD', KEYS[1], '*', 'task', ARGV[4])
+        return 1
+        """
+    )
+
+    static let all = [accept, replace, take, renew, complete, requeue]
+}

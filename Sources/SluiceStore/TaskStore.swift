@@ -1,0 +1,97 @@
+public import NIOCore
+public import SluiceCore
+
+/// A queue entry a worker holds: the task to run and the entry that stands for it in the queue.
+public struct TaskClaim: Sendable, Hashable {
+    public let task: TaskID
+    /// The store's id of the queue entry (a stream entry id in Redis).
+    public let entry: String
+    /// The entry was held by a worker whose lease ran out (it died, or stalled past the lease).
+    public let takenOver: Bool
+
+    public init(task: TaskID, entry: String, takenOver: Bool) {
+        self.task = task
+        self.entry = entry
+        self.takenOver = takenOver
+    }
+}
+
+/// Durable async tasks (SPEC §3): task records, the requests they run, and a queue that every
+/// gateway instance's workers take from. A taken entry is leased to its worker; a worker renews
+/// its leases while it runs, and an entry not renewed for a lease is taken over by another worker
+/// (its task record says whether there is anything left to do). Records change only by compare
+/// and set on their revision (`replaceTask`), so transitions never race. Every key expires
+/// after the task retention.
+///
+/// The partner-facing operations (accept, read, replace) take an event loop and complete there,
+/// exactly once, like the admission and idempotency stores; the workers' operations are async.
+public protocol TaskStore: Sendable {
+    /// Stores a new task and its request and enqueues it, in one atomic step (nothing is half
+    /// written). Completes with false, changing nothing, when a task with that id exists.
+    func acceptTask(
+        _ record: TaskRecord, request: TaskRequest, retention: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Bool, any Error>) -> Void
+    )
+
+    /// The task with this id, nil when there is none (or it expired).
+    func task(_ id: TaskID, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void)
+
+    /// Replaces a task with `record` when the stored one is still at `revision`; completes with
+    /// false (changing nothing) otherwise. A finished task's request is dropped with it.
+    func replaceTask(
+        _ record: TaskRecord, from revision: Int, retention: Duration, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Bool, any Error>) -> Void
+    )
+
+    /// The request a task runs; nil once the task finished (or expired).
+    func taskRequest(_ id: TaskID) async throws -> TaskRequest?
+
+    /// Takes up to `limit` queue entries for `consumer`: first entries whose holder has not
+    /// renewed them for `lease` (every worker passes `tasks.lease`), then new ones.
+    func takeTasks(consumer: String, limit: Int, lease: Duration) async throws -> [TaskClaim]
+
+    /// Renews the entries `consumer` still holds (their lease starts again); returns those (a
+    /// claim missing from the answer was taken over by another worker, which now owns the run).
+    func renewTasks(_ claims: [TaskClaim], consumer: String) async throws -> [TaskClaim]
+
+    /// Removes a held entry from the queue (its task finished, was cancelled or is gone).
+    func completeEntry(_ claim: TaskClaim) async throws
+
+    /// Puts an entry `consumer` holds back at the end of the queue (the instance is shutting
+    /// down); nothing happens when it no longer holds it.
+    func requeue(_ claim: TaskClaim, consumer: String) async throws
+
+    /// The newest tasks first, at most `limit`, optionally only those with `status` or of `partner`.
+    func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord]
+
+    /// The loop the async forms use.
+    var defaultEventLoop: any EventLoop { get }
+}
+
+extension TaskStore {
+    /// `acceptTask(…, on:, completion:)` on the store's default event loop.
+    public func acceptTask(_ record: TaskRecord, request: TaskRequest, retention: Duration) async throws -> Bool {
+        try await defaultEventLoop.run { acceptTask(record, request: request, retention: retention, on: $0, completion: $1) }
+    }
+
+    /// `task(…, on:, completion:)` on the store's default event loop.
+    public func task(_ id: TaskID) async throws -> TaskRecord? {
+        try await defaultEventLoop.run { task(id, on: $0, completion: $1) }
+    }
+
+    /// `replaceTask(…, on:, completion:)` on the store's default event loop.
+    public func replaceTask(_ record: TaskRecord, from revision: Int, retention: Duration) async throws -> Bool {
+        try await defaultEventLoop.run { replaceTask(record, from: revision, retention: retention, on: $0, completion: $1) }
+    }
+}
+
+extension EventLoop {
+    /// Runs a completion-style store operation on this loop and awaits its result.
+    func run<Value: Sendable>(_ operation: @escaping @Sendable (any EventLoop, @escaping (Result<Value, any Error>) -> Void) -> Void) async throws -> Value {
+        try await flatSubmit {
+            let promise = self.makePromise(of: Value.self)
+            operation(self) { promise.completeWith($0) }
+            return promise.futureResult
+        }.get()
+    }
+}

@@ -1,0 +1,219 @@
+import Foundation
+import NIOCore
+import SluiceCore
+@testable import SluiceStore
+import Testing
+import TestSupport
+
+/// Every store keeps the same task contract; each test runs against the embedded store and real
+/// Redis (the clock-dependent ones with the manual clock in the past, present and future).
+struct TaskStoreContractTests {
+    private let retention: Duration = .seconds(7 * 86_400)
+
+    private func newTask(_ clock: ManualClock, partner: String = "acme", request id: String = "req-1") -> (TaskRecord, TaskRequest) {
+        let record = TaskRecord(
+            id: TaskID.random(), partner: partner, version: "v2", route: "price",
+            lifecycle: TaskLifecycle(acceptedAt: clock.now, instance: "gw-a", requestID: id), traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        )
+        let request = TaskRequest(
+            method: "POST", upstream: "pricing", pathAndQuery: "/price?model=a%20b", headers: [.init("Content-Type", "application/json")],
+            body: Data([0, 1, 2, 255] + Array("{\"part\":\"A-1\"}".utf8))
+        )
+        return (record, request)
+    }
+
+    /// An accepted task can be read, its request fetched, and it is taken from the queue once; an id is accepted only once.
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func acceptedTaskIsReadAndTakenOnce(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let (record, request) = newTask(clock)
+            #expect(try await store.acceptTask(record, request: request, retention: retention))
+            #expect(try await store.acceptTask(record, request: request, retention: retention) == false)
+            #expect(try await store.task(record.id) == record)
+            #expect(try await store.taskRequest(record.id) == request)
+            let claims = try await store.takeTasks(consumer: "w1", limit: 16, lease: .seconds(30))
+            #expect(claims.map(\.task) == [record.id])
+            #expect(claims.first?.takenOver == false)
+            #expect(try await store.takeTasks(consumer: "w2", limit: 16, lease: .seconds(30)).isEmpty)
+            #expect(try await store.task(TaskID.random()) == nil)
+        }
+    }
+
+    /// Replacing is compare and set on the revision; a finished task's request is dropped.
+    @Test(arguments: StoreKind.allCases)
+    func replaceIsCompareAndSet(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let (queued, request) = newTask(clock)
+            #expect(try await store.acceptTask(queued, request: request, retention: retention))
+            var running = queued
+            _ = running.lifecycle.start(at: clock.now, instance: "gw-b")
+            var other = queued
+            _ = other.lifecycle.cancel(at: clock.now, instance: "gw-c")
+            #expect(try await store.replaceTask(running, from: queued.revision, retention: retention))
+            #expect(try await store.replaceTask(other, from: queued.revision, retention: retention) == false)
+            #expect(try await store.task(queued.id) == running)
+            #expect(try await store.taskRequest(queued.id) == request)
+            var finished = running
+            _ = finished.lifecycle.finish(succeeded: true, at: clock.now + 5, instance: "gw-b")
+            finished.result = TaskResult(status: 200, headers: [.init("Content-Type", "application/json")], body: Data("{\"price\":12.5}".utf8))
+            #expect(try await store.replaceTask(finished, from: running.revision, retention: retention))
+            #expect(try await store.task(queued.id) == finished)
+            #expect(try await store.taskRequest(queued.id) == nil)
+            #expect(try await store.replaceTask(finished, from: 1, retention: retention) == false)
+        }
+    }
+
+    /// Consumers taking at once never get the same task twice, and together get every task.
+    @Test(arguments: StoreKind.allCases)
+    func concurrentConsumersShareTheQueue(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            var accepted: Set<TaskID> = []
+            for _ in 0..<40 {
+                let (record, request) = newTask(clock)
+                #expect(try await store.acceptTask(record, request: request, retention: retention))
+                accepted.insert(record.id)
+            }
+            let taken = try await withThrowingTaskGroup(of: [TaskID].self) { group in
+                for consumer in 0..<4 {
+                    group.addTask {
+                        var mine: [TaskID] = []
+                        while true {
+                            let claims = try await store.takeTasks(consumer: "w\(consumer)", limit: 3, lease: .seconds(30))
+                            mine += claims.map(\.task)
+                            if claims.isEmpty, try await store.takeTasks(consumer: "w\(consumer)", limit: 16, lease: .seconds(30)).isEmpty { return mine }
+                        }
+                    }
+                }
+                return try await group.reduce(into: []) { $0 += $1 }
+            }
+            #expect(taken.count == 40)
+            #expect(Set(taken) == accepted)
+        }
+    }
+
+    /// An entry renewed within the lease stays with its holder; one not renewed for a lease is
+    /// taken over, and its old holder can then neither renew nor requeue it.
+    @Test(arguments: StoreKind.allCases)
+    func expiredLeaseIsTakenOver(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let (record, request) = newTask(clock)
+            #expect(try await store.acceptTask(record, request: request, retention: retention))
+            let held = try await store.takeTasks(consumer: "dying", limit: 1, lease: .seconds(30))
+            try #require(held.map(\.task) == [record.id])
+            #expect(try await store.renewTasks(held, consumer: "dying") == held)
+            #expect(try await store.takeTasks(consumer: "other", limit: 1, lease: .seconds(30)).isEmpty)
+            // The holder stops renewing. A short lease stands for the time passing: the embedded
+            // store measures it by the manual clock, Redis by its own (the entry's idle time).
+            let lease: Duration = .milliseconds(300)
+            clock.advance(lease.milliseconds)
+            var takeover: [TaskClaim] = []
+            try await eventually("the other consumer takes the task over") {
+                takeover = try await store.takeTasks(consumer: "other", limit: 1, lease: lease)
+                return !takeover.isEmpty
+            }
+            try #require(takeover.map(\.task) == [record.id])
+            #expect(takeover.first?.takenOver == true)
+            #expect(try await store.renewTasks(held, consumer: "dying").isEmpty)
+            try await store.requeue(held[0], consumer: "dying")
+            #expect(try await store.renewTasks(takeover, consumer: "other") == takeover)
+            try await store.completeEntry(takeover[0])
+            #expect(try await store.takeTasks(consumer: "third", limit: 16, lease: .seconds(30)).isEmpty)
+        }
+    }
+
+    /// A requeued entry goes back to the queue for the next consumer; a completed one is gone for good.
+    @Test(arguments: StoreKind.allCases)
+    func requeuedTaskIsTakenAgain(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let (record, request) = newTask(clock)
+            #expect(try await store.acceptTask(record, request: request, retention: retention))
+            let first = try await store.takeTasks(consumer: "leaving", limit: 1, lease: .seconds(30))
+            try #require(first.count == 1)
+            try await store.requeue(first[0], consumer: "leaving")
+            let second = try await store.takeTasks(consumer: "staying", limit: 1, lease: .seconds(30))
+            try #require(second.map(\.task) == [record.id])
+            #expect(second.first?.takenOver == false)
+            try await store.completeEntry(second[0])
+            clock.advance(60_000)
+            #expect(try await store.takeTasks(consumer: "late", limit: 16, lease: .seconds(30)).isEmpty)
+        }
+    }
+
+    /// Listing gives the newest tasks first, filtered by status and partner, at most the limit.
+    @Test(arguments: StoreKind.allCases)
+    func listsNewestFirstWithFilters(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            var acme: [TaskRecord] = []
+            for index in 0..<4 {
+                let (record, request) = newTask(clock, partner: index == 2 ? "globex" : "acme")
+                #expect(try await store.acceptTask(record, request: request, retention: retention))
+                if index != 2 { acme.append(record) }
+                clock.advance(1_000)
+            }
+            var cancelled = acme[2]
+            _ = cancelled.lifecycle.cancel(at: clock.now, instance: "gw-a")
+            #expect(try await store.replaceTask(cancelled, from: acme[2].revision, retention: retention))
+            #expect(try await store.listTasks(status: nil, partner: "acme", limit: 10).map(\.id) == [cancelled.id, acme[1].id, acme[0].id])
+            #expect(try await store.listTasks(status: .queued, partner: "acme", limit: 1).map(\.id) == [acme[1].id])
+            #expect(try await store.listTasks(status: .cancelled, partner: nil, limit: 10) == [cancelled])
+            #expect(try await store.listTasks(status: .running, partner: nil, limit: 10).isEmpty)
+        }
+    }
+}
+
+/// The Redis layout of tasks: shard hash tags, TTLs, and a queue that survives losing its group.
+struct TaskRedisLayoutTests {
+    private func store() async throws -> (RedisStore, RedisClient) {
+        let client = try await makeRedisClient()
+        return (RedisStore(client: client, keyPrefix: "tasks-\(UInt32.random(in: 0...UInt32.max))"), client)
+    }
+
+    private func sample() -> (TaskRecord, TaskRequest) {
+        let record = TaskRecord(
+            id: TaskID.random(), partner: "acme", version: "v2", route: "price",
+            lifecycle: TaskLifecycle(acceptedAt: 1_000, instance: "gw", requestID: "r")
+        )
+        return (record, TaskRequest(method: "POST", upstream: "pricing", pathAndQuery: "/price", headers: [], body: Data()))
+    }
+
+    /// A task's key sits in its shard's hash slot with the queue, and expires after the retention.
+    @Test func taskKeyHasTheShardTagAndATTL() async throws {
+        let (store, client) = try await store()
+        let (record, request) = sample()
+        let shard = record.id.shard(of: RedisStore.taskShards)
+        #expect(store.taskKey(record.id).hasPrefix("\(store.keyPrefix):{t:\(shard)}:"))
+        #expect(store.queueKey(shard).hasPrefix("\(store.keyPrefix):{t:\(shard)}:"))
+        #expect(try await store.acceptTask(record, request: request, retention: .seconds(3_600)))
+        guard case .integer(let ttl) = try await client.send(["PTTL", store.taskKey(record.id)]) else { throw RedisError.protocolViolation("PTTL") }
+        #expect((3_599_000...3_600_000).contains(ttl))
+        await client.shutdown()
+    }
+
+    /// When the queue and its group vanish (Redis restarted empty), the next take recreates them and new tasks flow.
+    @Test func queueRecoversFromALostGroup() async throws {
+        let (store, client) = try await store()
+        let (first, request) = sample()
+        #expect(try await store.acceptTask(first, request: request, retention: .seconds(60)))
+        #expect(try await store.takeTasks(consumer: "w", limit: 16, lease: .seconds(30)).map(\.task) == [first.id])
+        for shard in 0..<RedisStore.taskShards { _ = try await client.send(["DEL", store.queueKey(shard)]) }
+        let (second, _) = sample()
+        #expect(try await store.acceptTask(second, request: request, retention: .seconds(60)))
+        #expect(try await store.takeTasks(consumer: "w", limit: 16, lease: .seconds(30)).map(\.task) == [second.id])
+        await client.shutdown()
+    }
+
+    /// A corrupted record in Redis is reported as a protocol problem, not decoded into nonsense.
+    @Test func corruptedRecordIsAnError() async throws {
+        let (store, client) = try await store()
+        let (record, _) = sample()
+        _ = try await client.send(["HSET", store.taskKey(record.id), "j", "{\"id\":\"not-a-task\"}"])
+        await #expect(throws: RedisError.self) { try await store.task(record.id) }
+        await client.shutdown()
+    }
+}
