@@ -3,7 +3,7 @@ public import NIOCore
 public import SluiceCore
 import Synchronization
 
-/// The embedded store's tasks: records, requests and one queue behind one lock (tasks are
+/// The embedded store's tasks: records, requests, one queue and the webhook messages behind one lock (tasks are
 /// accepted by the thousand per second, not the hundred thousand). Not durable: a restart
 /// loses them, which the README says of the embedded store.
 final class TaskTable: Sendable {
@@ -20,8 +20,16 @@ final class TaskTable: Sendable {
         var since: Int64
     }
 
+    private struct Message {
+        var message: WebhookMessage
+        /// When it is due; nil while dead.
+        var due: Int64?
+        var expires: Int64
+    }
+
     private struct State {
         var tasks: [TaskID: Stored] = [:]
+        var messages: [String: Message] = [:]
         /// Entries not taken yet, oldest first: entry id and task.
         var queue: [(entry: String, task: TaskID)] = []
         var queueStart = 0
@@ -58,7 +66,7 @@ final class TaskTable: Sendable {
         }
     }
 
-    func replace(_ record: TaskRecord, from revision: Int, retentionMilliseconds: Int64) -> Bool {
+    func replace(_ record: TaskRecord, from revision: Int, retentionMilliseconds: Int64, notify: WebhookMessage?) -> Bool {
         let now = clock()
         return state.withLock { state in
             guard var stored = state.tasks[record.id], stored.expires > now, stored.record.revision == revision else { return false }
@@ -66,6 +74,60 @@ final class TaskTable: Sendable {
             stored.expires = now + retentionMilliseconds
             if record.lifecycle.status.isFinished { stored.request = nil }
             state.tasks[record.id] = stored
+            if let notify { state.messages[notify.id] = Message(message: notify, due: now, expires: now + retentionMilliseconds) }
+            return true
+        }
+    }
+
+    func takeDueMessages(limit: Int, leaseMilliseconds: Int64) -> [WebhookMessage] {
+        let now = clock()
+        return state.withLock { state in
+            let due = state.messages.filter { $0.value.expires > now && ($0.value.due ?? .max) <= now }
+                .sorted { ($0.value.due!, $0.key) < ($1.value.due!, $1.key) }
+                .prefix(limit)
+            for (id, _) in due { state.messages[id]?.due = now + leaseMilliseconds }
+            return due.map(\.value.message)
+        }
+    }
+
+    func reschedule(_ message: WebhookMessage, afterMilliseconds delay: Int64, retentionMilliseconds: Int64) {
+        let now = clock()
+        state.withLock { $0.messages[message.id] = Message(message: message, due: now + delay, expires: now + retentionMilliseconds) }
+    }
+
+    func delivered(_ message: WebhookMessage) {
+        _ = state.withLock { $0.messages.removeValue(forKey: message.id) }
+    }
+
+    func bury(_ message: WebhookMessage, retentionMilliseconds: Int64) {
+        let now = clock()
+        var dead = message
+        dead.deadAt = now
+        state.withLock { $0.messages[message.id] = Message(message: dead, due: nil, expires: now + retentionMilliseconds) }
+    }
+
+    func deadMessages(partner: String?, limit: Int) -> [WebhookMessage] {
+        let now = clock()
+        return state.withLock { state in
+            state.messages.values
+                .filter { $0.due == nil && $0.expires > now && (partner == nil || $0.message.partner == partner) }
+                .map(\.message)
+                .sorted { ($0.deadAt ?? 0, $0.id) > ($1.deadAt ?? 0, $1.id) }
+                .prefix(limit)
+                .map { $0 }
+        }
+    }
+
+    func redrive(id: String, retentionMilliseconds: Int64) -> Bool {
+        let now = clock()
+        return state.withLock { state in
+            guard var entry = state.messages[id], entry.due == nil, entry.expires > now else { return false }
+            entry.message.attempts = 0
+            entry.message.lastError = nil
+            entry.message.deadAt = nil
+            entry.due = now
+            entry.expires = now + retentionMilliseconds
+            state.messages[id] = entry
             return true
         }
     }
@@ -148,6 +210,7 @@ final class TaskTable: Sendable {
         guard state.writesSinceSweep >= 4_096 else { return }
         state.writesSinceSweep = 0
         state.tasks = state.tasks.filter { $0.value.expires > now }
+        state.messages = state.messages.filter { $0.value.expires > now }
     }
 }
 
@@ -164,10 +227,10 @@ extension MemoryStore: TaskStore {
     }
 
     public func replaceTask(
-        _ record: TaskRecord, from revision: Int, retention: Duration, on eventLoop: any EventLoop,
+        _ record: TaskRecord, from revision: Int, retention: Duration, notify: WebhookMessage?, on eventLoop: any EventLoop,
         completion: @escaping (Result<Bool, any Error>) -> Void
     ) {
-        completion(.success(tasks.replace(record, from: revision, retentionMilliseconds: retention.milliseconds)))
+        completion(.success(tasks.replace(record, from: revision, retentionMilliseconds: retention.milliseconds, notify: notify)))
     }
 
     public func taskRequest(_ id: TaskID) async throws -> TaskRequest? { tasks.request(id) }
@@ -186,5 +249,29 @@ extension MemoryStore: TaskStore {
 
     public func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord] {
         tasks.list(status: status, partner: partner, limit: limit)
+    }
+}
+
+extension MemoryStore: WebhookStore {
+    public func takeDueWebhooks(limit: Int, lease: Duration) async throws -> [WebhookMessage] {
+        tasks.takeDueMessages(limit: limit, leaseMilliseconds: lease.milliseconds)
+    }
+
+    public func rescheduleWebhook(_ message: WebhookMessage, after delay: Duration, retention: Duration) async throws {
+        tasks.reschedule(message, afterMilliseconds: delay.milliseconds, retentionMilliseconds: retention.milliseconds)
+    }
+
+    public func webhookDelivered(_ message: WebhookMessage) async throws { tasks.delivered(message) }
+
+    public func buryWebhook(_ message: WebhookMessage, retention: Duration) async throws {
+        tasks.bury(message, retentionMilliseconds: retention.milliseconds)
+    }
+
+    public func deadWebhooks(partner: String?, limit: Int) async throws -> [WebhookMessage] {
+        tasks.deadMessages(partner: partner, limit: limit)
+    }
+
+    public func redriveWebhook(id: String, retention: Duration) async throws -> Bool {
+        tasks.redrive(id: id, retentionMilliseconds: retention.milliseconds)
     }
 }

@@ -37,9 +37,10 @@ public protocol TaskStore: Sendable {
     func task(_ id: TaskID, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void)
 
     /// Replaces a task with `record` when the stored one is still at `revision`; completes with
-    /// false (changing nothing) otherwise. A finished task's request is dropped with it.
+    /// false (changing nothing) otherwise. A finished task's request is dropped with it, and
+    /// `notify` (its webhook event) is scheduled in the same step, due at once.
     func replaceTask(
-        _ record: TaskRecord, from revision: Int, retention: Duration, on eventLoop: any EventLoop,
+        _ record: TaskRecord, from revision: Int, retention: Duration, notify: WebhookMessage?, on eventLoop: any EventLoop,
         completion: @escaping (Result<Bool, any Error>) -> Void
     )
 
@@ -80,9 +81,33 @@ extension TaskStore {
     }
 
     /// `replaceTask(…, on:, completion:)` on the store's default event loop.
-    public func replaceTask(_ record: TaskRecord, from revision: Int, retention: Duration) async throws -> Bool {
-        try await defaultEventLoop.run { replaceTask(record, from: revision, retention: retention, on: $0, completion: $1) }
+    public func replaceTask(_ record: TaskRecord, from revision: Int, retention: Duration, notify: WebhookMessage? = nil) async throws -> Bool {
+        try await defaultEventLoop.run { replaceTask(record, from: revision, retention: retention, notify: notify, on: $0, completion: $1) }
     }
+}
+
+/// Webhook messages waiting to be sent, and the dead-letter queue (SPEC §3 Webhooks). A message
+/// is scheduled with its task's last transition (`TaskStore.replaceTask(…notify:)`); senders in
+/// every instance take the due ones, each held for a lease while one sender tries it, so a
+/// message is sent by one instance at a time and a sender that dies only delays it.
+public protocol WebhookStore: Sendable {
+    /// Messages due now, at most `limit`, each held (not due for anyone else) for `lease`.
+    func takeDueWebhooks(limit: Int, lease: Duration) async throws -> [WebhookMessage]
+
+    /// Stores the message as it is now (attempts, last error) and makes it due after `delay`.
+    func rescheduleWebhook(_ message: WebhookMessage, after delay: Duration, retention: Duration) async throws
+
+    /// Drops a delivered message.
+    func webhookDelivered(_ message: WebhookMessage) async throws
+
+    /// Moves a message to the dead-letter queue (with its last error), kept for `retention`.
+    func buryWebhook(_ message: WebhookMessage, retention: Duration) async throws
+
+    /// Dead messages, newest first, optionally of one partner.
+    func deadWebhooks(partner: String?, limit: Int) async throws -> [WebhookMessage]
+
+    /// Makes a dead message due now with its attempts starting over; false when no dead message has that id.
+    func redriveWebhook(id: String, retention: Duration) async throws -> Bool
 }
 
 extension EventLoop {

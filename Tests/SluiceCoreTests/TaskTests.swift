@@ -239,3 +239,61 @@ struct TaskRecordTests {
         #expect(TaskRecord(encoded: Array(skippedVersion.utf8)) == nil)
     }
 }
+
+struct TaskDocumentTests {
+    private func finished(contentType: String, body: Data) -> TaskRecord {
+        var record = TaskRecord(
+            id: TaskID("tsk_0123456789abcdefghijklmn")!, partner: "acme", version: "v2", route: "price",
+            lifecycle: TaskLifecycle(acceptedAt: 1_764_633_600_000, instance: "gw-a", requestID: "req-1")
+        )
+        _ = record.lifecycle.start(at: 1_764_633_601_000, instance: "gw-b")
+        _ = record.lifecycle.finish(succeeded: true, at: 1_764_633_602_500, instance: "gw-b")
+        record.result = TaskResult(status: 200, headers: [.init("Content-Type", contentType), .init("X-A", "1"), .init("x-a", "2")], body: body)
+        return record
+    }
+
+    private func object(_ data: Data) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
+    /// The 202 body names the task, its status URL under the version, and when it was created.
+    @Test func acceptedBodyHasTheSpecFields() throws {
+        let record = TaskRecord(
+            id: TaskID("tsk_0123456789abcdefghijklmn")!, partner: "acme", version: "v2", route: "price",
+            lifecycle: TaskLifecycle(acceptedAt: 1_764_633_600_000, instance: "gw-a", requestID: "req-1")
+        )
+        let body = try object(TaskDocument.accepted(record))
+        #expect(body["task_id"] as? String == "tsk_0123456789abcdefghijklmn")
+        #expect(body["status"] as? String == "queued")
+        #expect(body["status_url"] as? String == "/v2/tasks/tsk_0123456789abcdefghijklmn")
+        #expect(body["created_at"] as? String == "2025-12-02T00:00:00.000Z")
+    }
+
+    /// A JSON result is embedded as JSON, anything else as base64; repeated headers are joined; the history is listed.
+    @Test func statusEmbedsJSONOrBase64() throws {
+        let json = try object(TaskDocument.status(finished(contentType: "application/json; charset=utf-8", body: Data(#"{"price":12.5}"#.utf8))))
+        let result = try #require(json["result"] as? [String: Any])
+        #expect((result["body"] as? [String: Any])?["price"] as? Double == 12.5)
+        #expect((result["headers"] as? [String: String])?["x-a"] == "1, 2")
+        #expect(json["updated_at"] as? String == "2025-12-02T00:00:02.500Z")
+        #expect((json["history"] as? [[String: Any]])?.map { $0["status"] as? String } == ["queued", "running", "succeeded"])
+        #expect(json["attempts"] as? Int == 1)
+        let binary = try object(TaskDocument.status(finished(contentType: "application/pdf", body: Data([0, 1, 2]))))
+        #expect((binary["result"] as? [String: Any])?["body_base64"] as? String == "AAEC")
+        let broken = try object(TaskDocument.status(finished(contentType: "application/json", body: Data("{not json".utf8))))
+        #expect((broken["result"] as? [String: Any])?["body_base64"] as? String == Data("{not json".utf8).base64EncodedString())
+    }
+
+    /// A webhook event has the type of the final status, a timestamp and the status document as data; its id is stable.
+    @Test func eventCarriesTheStatus() throws {
+        let record = finished(contentType: "application/json", body: Data("{}".utf8))
+        let message = WebhookMessage(finished: record, at: 1_764_633_603_000)
+        #expect(message.id == "msg_0123456789abcdefghijklmn")
+        #expect(message.type == "task.succeeded")
+        let event = try object(message.payload)
+        #expect(event["type"] as? String == "task.succeeded")
+        #expect(event["timestamp"] as? String == "2025-12-02T00:00:03.000Z")
+        #expect((event["data"] as? [String: Any])?["task_id"] as? String == "tsk_0123456789abcdefghijklmn")
+        #expect(WebhookMessage(encoded: Array(message.encoded().utf8)) == message)
+    }
+}

@@ -217,3 +217,86 @@ struct TaskRedisLayoutTests {
         await client.shutdown()
     }
 }
+
+/// Webhook messages behave the same on both stores: scheduled with their task's last
+/// transition, taken by one sender at a time, rescheduled, delivered, buried and redriven.
+struct WebhookStoreContractTests {
+    private let retention: Duration = .seconds(7 * 86_400)
+
+    /// A task finished with a webhook message, for the tests below.
+    private func finishedTask(_ store: any StoreUnderTest, _ clock: ManualClock, partner: String = "acme") async throws -> WebhookMessage {
+        var record = TaskRecord(
+            id: TaskID.random(), partner: partner, version: "v2", route: "price", lifecycle: TaskLifecycle(acceptedAt: clock.now, instance: "a", requestID: "r")
+        )
+        let request = TaskRequest(method: "POST", upstream: "pricing", pathAndQuery: "/price", headers: [], body: Data())
+        #expect(try await store.acceptTask(record, request: request, retention: retention))
+        let queued = record.revision
+        _ = record.lifecycle.cancel(at: clock.now, instance: "a")
+        let message = WebhookMessage(finished: record, at: clock.now)
+        #expect(try await store.replaceTask(record, from: queued, retention: retention, notify: message))
+        return message
+    }
+
+    /// The message scheduled with the task's transition is due at once, for one sender; after its lease it is due again.
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func scheduledWithTheTransitionAndHeldForOneSender(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let message = try await finishedTask(store, clock)
+            #expect(message.type == "task.cancelled")
+            #expect(try await store.takeDueWebhooks(limit: 10, lease: .seconds(30)) == [message])
+            #expect(try await store.takeDueWebhooks(limit: 10, lease: .seconds(30)).isEmpty)
+            clock.advance(30_000)
+            #expect(try await store.takeDueWebhooks(limit: 10, lease: .seconds(30)) == [message])
+        }
+    }
+
+    /// A rescheduled message keeps its new state and is due only after the delay; a delivered one never again.
+    @Test(arguments: StoreKind.allCases)
+    func rescheduledThenDelivered(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            var message = try await finishedTask(store, clock)
+            _ = try await store.takeDueWebhooks(limit: 10, lease: .seconds(30))
+            message.attempts = 1
+            message.lastError = "HTTP 500"
+            try await store.rescheduleWebhook(message, after: .seconds(5), retention: retention)
+            clock.advance(4_999)
+            #expect(try await store.takeDueWebhooks(limit: 10, lease: .seconds(30)).isEmpty)
+            clock.advance(1)
+            #expect(try await store.takeDueWebhooks(limit: 10, lease: .seconds(30)) == [message])
+            try await store.webhookDelivered(message)
+            clock.advance(3_600_000)
+            #expect(try await store.takeDueWebhooks(limit: 10, lease: .seconds(30)).isEmpty)
+        }
+    }
+
+    /// A buried message is listed as dead (by partner) and never due; a redrive makes it due with a fresh schedule, once.
+    @Test(arguments: StoreKind.allCases)
+    func buriedThenRedriven(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            var message = try await finishedTask(store, clock)
+            let other = try await finishedTask(store, clock, partner: "globex")
+            _ = try await store.takeDueWebhooks(limit: 10, lease: .seconds(30))
+            message.attempts = 10
+            message.lastError = "HTTP 503"
+            try await store.buryWebhook(message, retention: retention)
+            clock.advance(86_400_000)
+            let due = try await store.takeDueWebhooks(limit: 10, lease: .seconds(30))
+            #expect(due.map(\.id) == [other.id])
+            let dead = try await store.deadWebhooks(partner: "acme", limit: 10)
+            #expect(dead.map(\.id) == [message.id])
+            #expect(dead.first?.lastError == "HTTP 503" && dead.first?.deadAt != nil)
+            #expect(try await store.deadWebhooks(partner: "globex", limit: 10).isEmpty)
+            #expect(try await store.redriveWebhook(id: message.id, retention: retention))
+            #expect(try await store.redriveWebhook(id: message.id, retention: retention) == false)
+            #expect(try await store.redriveWebhook(id: "msg_doesnotexist0000000000000", retention: retention) == false)
+            #expect(try await store.redriveWebhook(id: "../../etc", retention: retention) == false)
+            let redriven = try await store.takeDueWebhooks(limit: 10, lease: .seconds(30))
+            #expect(redriven.map(\.id) == [message.id])
+            #expect(redriven.first?.attempts == 0 && redriven.first?.lastError == nil && redriven.first?.deadAt == nil)
+            #expect(try await store.deadWebhooks(partner: nil, limit: 10).isEmpty)
+        }
+    }
+}

@@ -1,7 +1,8 @@
+import Foundation
 public import NIOCore
 public import SluiceCore
 
-extension RedisStore: TaskStore {
+extension RedisStore: TaskStore, WebhookStore {
     /// Queue shards: a fixed number, so every instance agrees where a task lives; with Redis
     /// Cluster they spread over the nodes (each shard is one hash slot).
     public static let taskShards = 16
@@ -14,6 +15,13 @@ extension RedisStore: TaskStore {
     func taskKey(_ id: TaskID) -> String { "\(taskShardBase(id.shard(of: Self.taskShards))):task:\(id.text)" }
     func queueKey(_ shard: Int) -> String { "\(taskShardBase(shard)):queue" }
     func indexKey(_ shard: Int) -> String { "\(taskShardBase(shard)):index" }
+    func messageKey(_ id: String) -> String? {
+        guard let task = TaskID("tsk_" + id.dropFirst(4)), id.hasPrefix("msg_") else { return nil }
+        return "\(taskShardBase(task.shard(of: Self.taskShards))):webhook:\(id)"
+    }
+    func dueKey(_ shard: Int) -> String { "\(taskShardBase(shard)):webhooks:due" }
+    func deadKey(_ shard: Int) -> String { "\(taskShardBase(shard)):webhooks:dead" }
+    private var now: String { clock.map { String($0()) } ?? "" }
 
     public func acceptTask(
         _ record: TaskRecord, request: TaskRequest, retention: Duration, on eventLoop: any EventLoop,
@@ -36,13 +44,17 @@ extension RedisStore: TaskStore {
     }
 
     public func replaceTask(
-        _ record: TaskRecord, from revision: Int, retention: Duration, on eventLoop: any EventLoop,
+        _ record: TaskRecord, from revision: Int, retention: Duration, notify: WebhookMessage?, on eventLoop: any EventLoop,
         completion: @escaping (Result<Bool, any Error>) -> Void
     ) {
+        let shard = record.id.shard(of: Self.taskShards)
+        let messageID = "msg_" + record.id.text.dropFirst(4)
+        let keys = [taskKey(record.id), messageKey(messageID)!, dueKey(shard)]
         let arguments = [
             record.encoded(), String(revision), String(record.revision), String(retention.milliseconds), record.lifecycle.status.isFinished ? "1" : "0",
+            notify?.encoded() ?? "", messageID, now,
         ]
-        client.evaluate(TaskScripts.replace, keys: [taskKey(record.id)], arguments: arguments, on: eventLoop).whenComplete { result in
+        client.evaluate(TaskScripts.replace, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
             completion(result.map { $0 == .integer(1) })
         }
     }
@@ -84,7 +96,7 @@ extension RedisStore: TaskStore {
                 TaskScripts.renew, keys: [queueKey(shard)], arguments: [Self.taskGroup, consumer] + claims.map(\.entry), on: defaultEventLoop
             ).get()
             guard case .array(let ids) = reply else { throw RedisError.protocolViolation("unexpected renew reply \(reply)") }
-            let still = Set(ids.compactMap { if case .string(let bytes) = $0 { String(decoding: bytes, as: UTF8.self) } else { nil } })
+            let still = Set(Self.strings(.array(ids)))
             held += claims.filter { still.contains($0.entry) }
         }
         return held
@@ -130,6 +142,86 @@ extension RedisStore: TaskStore {
             }
         }
         return Array(found.prefix(limit))
+    }
+
+    // MARK: - Webhook messages
+
+    public func takeDueWebhooks(limit: Int, lease: Duration) async throws -> [WebhookMessage] {
+        var messages: [WebhookMessage] = []
+        for shard in 0..<Self.taskShards where messages.count < limit {
+            let reply = try await client.evaluate(
+                TaskScripts.takeDue, keys: [dueKey(shard)], arguments: [String(limit - messages.count), String(lease.milliseconds), now], on: defaultEventLoop
+            ).get()
+            for id in Self.strings(reply) {
+                guard let key = messageKey(id) else { continue }
+                switch try await client.send(["GET", key]) {
+                case .string(let bytes):
+                    guard let message = WebhookMessage(encoded: bytes) else { throw RedisError.protocolViolation("malformed webhook message \(id)") }
+                    messages.append(message)
+                default:
+                    // Expired with its task: nothing left to send.
+                    _ = try await client.send(["ZREM", dueKey(shard), id])
+                }
+            }
+        }
+        return messages
+    }
+
+    public func rescheduleWebhook(_ message: WebhookMessage, after delay: Duration, retention: Duration) async throws {
+        try await schedule(message, delay: String(delay.milliseconds), retention: retention)
+    }
+
+    public func webhookDelivered(_ message: WebhookMessage) async throws {
+        guard let key = messageKey(message.id) else { return }
+        _ = try await client.send(["DEL", key])
+        _ = try await client.send(["ZREM", dueKey(message.task.shard(of: Self.taskShards)), message.id])
+    }
+
+    public func buryWebhook(_ message: WebhookMessage, retention: Duration) async throws {
+        var dead = message
+        dead.deadAt = clock?() ?? Int64((Date().timeIntervalSince1970 * 1_000).rounded(.down))
+        try await schedule(dead, delay: "", retention: retention)
+    }
+
+    private func schedule(_ message: WebhookMessage, delay: String, retention: Duration) async throws {
+        guard let key = messageKey(message.id) else { throw RedisError.protocolViolation("not a webhook message id: \(message.id)") }
+        let shard = message.task.shard(of: Self.taskShards)
+        _ = try await client.evaluate(
+            TaskScripts.schedule, keys: [key, dueKey(shard), deadKey(shard)],
+            arguments: [message.encoded(), delay, String(retention.milliseconds), message.id, now], on: defaultEventLoop
+        ).get()
+    }
+
+    public func deadWebhooks(partner: String?, limit: Int) async throws -> [WebhookMessage] {
+        var dead: [WebhookMessage] = []
+        for shard in 0..<Self.taskShards {
+            for id in Self.strings(try await client.send(["ZREVRANGE", deadKey(shard), "0", String(Self.listScanPerShard - 1)])) {
+                guard let key = messageKey(id), case .string(let bytes) = try await client.send(["GET", key]),
+                    let message = WebhookMessage(encoded: bytes)
+                else { continue }
+                if partner == nil || message.partner == partner { dead.append(message) }
+            }
+        }
+        return Array(dead.sorted { ($0.deadAt ?? 0, $0.id) > ($1.deadAt ?? 0, $1.id) }.prefix(limit))
+    }
+
+    public func redriveWebhook(id: String, retention: Duration) async throws -> Bool {
+        guard let key = messageKey(id), case .string(let bytes) = try await client.send(["GET", key]), var message = WebhookMessage(encoded: bytes)
+        else { return false }
+        message.attempts = 0
+        message.lastError = nil
+        message.deadAt = nil
+        let shard = message.task.shard(of: Self.taskShards)
+        let reply = try await client.evaluate(
+            TaskScripts.redrive, keys: [key, dueKey(shard), deadKey(shard)], arguments: [message.encoded(), String(retention.milliseconds), id, now],
+            on: defaultEventLoop
+        ).get()
+        return reply == .integer(1)
+    }
+
+    static func strings(_ reply: RedisReply) -> [String] {
+        guard case .array(let items) = reply else { return [] }
+        return items.compactMap { if case .string(let bytes) = $0 { String(decoding: bytes, as: UTF8.self) } else { nil } }
     }
 
     static func record(from reply: RedisReply) throws -> TaskRecord? {

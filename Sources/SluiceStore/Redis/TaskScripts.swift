@@ -5,7 +5,9 @@
 /// Keys of shard N: `…:task:ID` (hash: `r` revision, `j` the record as JSON, `q` the request
 /// as JSON until the task finishes; expires after the retention), `…:queue` (stream of
 /// `task ID` entries read by the consumer group `workers`), `…:index` (sorted set: task id →
-/// accept time ms, for listing; trimmed to the retention).
+/// accept time ms, for listing; trimmed to the retention), `…:webhook:MSG` (a webhook message as
+/// JSON), `…:webhooks:due` (sorted set: message id → due ms), `…:webhooks:dead` (sorted set:
+/// message id → when it died).
 enum TaskScripts {
     /// KEYS: task, queue, index. ARGV: record, request, retention ms, id, revision, now ms ('' =
     /// Redis TIME). Returns 1, or 0 when the task exists.
@@ -24,15 +26,21 @@ enum TaskScripts {
         """
     )
 
-    /// Compare and set. KEYS: task. ARGV: record, expected revision, new revision, retention ms,
-    /// '1' when the task finished (its request is dropped). Returns 1, or 0 when the stored
-    /// revision differs (or the task is gone).
+    /// Compare and set. KEYS: task, webhook message, webhooks due. ARGV: record, expected
+    /// revision, new revision, retention ms, '1' when the task finished (its request is
+    /// dropped), the webhook message to schedule now ('' = none), its id, now ms ('' = Redis
+    /// TIME). Returns 1, or 0 when the stored revision differs (or the task is gone).
     static let replace = RedisScript(
         """
+        \(AdmissionScripts.now(argument: 8))
         if redis.call('HGET', KEYS[1], 'r') ~= ARGV[2] then return 0 end
         redis.call('HSET', KEYS[1], 'r', ARGV[3], 'j', ARGV[1])
         if ARGV[5] == '1' then redis.call('HDEL', KEYS[1], 'q') end
         redis.call('PEXPIRE', KEYS[1], ARGV[4])
+        if ARGV[6] ~= '' then
+          redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[4])
+          redis.call('ZADD', KEYS[3], now, ARGV[7])
+        end
         return 1
         """
     )
@@ -109,5 +117,47 @@ enum TaskScripts {
         """
     )
 
-    static let all = [accept, replace, take, renew, complete, requeue]
+    /// Holds the due webhook messages of a shard for a sender. KEYS: webhooks due. ARGV: most
+    /// messages, lease ms, now ms ('' = Redis TIME). Returns their ids; each is due again only
+    /// after the lease.
+    static let takeDue = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 3))
+        local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
+        for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id) end
+        return ids
+        """
+    )
+
+    /// Stores a message and makes it due after a delay, or buries it. KEYS: message, due, dead.
+    /// ARGV: message, delay ms ('' = bury it), retention ms, id, now ms ('' = Redis TIME).
+    static let schedule = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 5))
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+        if ARGV[2] ~= '' then
+          redis.call('ZREM', KEYS[3], ARGV[4])
+          redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
+        else
+          redis.call('ZREM', KEYS[2], ARGV[4])
+          redis.call('ZADD', KEYS[3], now, ARGV[4])
+          redis.call('PEXPIRE', KEYS[3], ARGV[3])
+        end
+        return 1
+        """
+    )
+
+    /// Redrives a dead message. KEYS: message, due, dead. ARGV: the message with its attempts
+    /// reset, retention ms, id, now ms ('' = Redis TIME). Returns 0 when it was not dead.
+    static let redrive = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 4))
+        if redis.call('ZREM', KEYS[3], ARGV[3]) == 0 then return 0 end
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        redis.call('ZADD', KEYS[2], now, ARGV[3])
+        return 1
+        """
+    )
+
+    static let all = [accept, replace, take, renew, complete, requeue, takeDue, schedule, redrive]
 }
