@@ -15,6 +15,8 @@ public enum ProblemType: String, Sendable, CaseIterable {
     /// Sluice extension: the key's request finished, but its response body was too large to keep.
     case idempotentResponseNotReplayable = "idempotent-response-not-replayable"
     case payloadTooLarge = "payload-too-large"
+    /// Sluice extension: only a queued task can be cancelled (409).
+    case taskNotCancellable = "task-not-cancellable"
     case upstreamTimeout = "upstream-timeout"
     case upstreamUnavailable = "upstream-unavailable"
     case badGateway = "bad-gateway"
@@ -33,7 +35,7 @@ public enum ProblemType: String, Sendable, CaseIterable {
         case .unknownVersion, .notFound: 404
         case .methodNotAllowed: 405
         case .rateLimited, .quotaExceeded, .concurrencyLimited: 429
-        case .idempotencyKeyInUse, .idempotentResponseNotReplayable: 409
+        case .idempotencyKeyInUse, .idempotentResponseNotReplayable, .taskNotCancellable: 409
         case .idempotencyKeyReused: 422
         case .invalidIdempotencyKey, .missingIdempotencyKey, .invalidRequest: 400
         case .payloadTooLarge: 413
@@ -60,6 +62,7 @@ public enum ProblemType: String, Sendable, CaseIterable {
         case .missingIdempotencyKey: "Missing idempotency key"
         case .idempotentResponseNotReplayable: "Response not replayable"
         case .payloadTooLarge: "Payload too large"
+        case .taskNotCancellable: "Task not cancellable"
         case .upstreamTimeout: "Upstream timed out"
         case .upstreamUnavailable: "Upstream unavailable"
         case .badGateway: "Bad gateway"

@@ -58,7 +58,12 @@ public final class Gateway: Sendable {
         let metrics = GatewayMetrics()
         let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration, clock: options.storeClock, metrics: metrics)
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock)
-        let factory = SnapshotFactory(pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration)
+        let instance = InstanceName.make()
+        let wakeUp = WorkerWakeUp()
+        let factory = SnapshotFactory(
+            pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration, instance: instance,
+            wakeWorkers: { wakeUp.wake() }, clock: options.storeClock
+        )
         let accessLog = AccessLog(output: options.logOutput, logger: logger, group: eventLoopGroup)
         let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger, accessLog: accessLog)
         self.pool = pool
@@ -86,6 +91,12 @@ public final class Gateway: Sendable {
             )
         }
         services.append(PolicyWatcher(reloader: reloader, interval: options.watchInterval))
+        services.append(
+            TaskWorkers(
+                runtime: runtime, instance: instance, wakeUp: wakeUp, clock: options.storeClock, drainTimeout: options.shutdownTimeout / 2,
+                group: eventLoopGroup
+            )
+        )
         for (name, address, useTLS) in [("https", listen.https, true), ("http", listen.http, false)] {
             guard let address else { continue }
             services.append(PartnerListener(name: name, address: address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, onBound: record))

@@ -64,7 +64,7 @@ struct ProblemTests {
             "idempotency-key-in-use": 409, "idempotency-key-reused": 422, "invalid-idempotency-key": 400,
             "missing-idempotency-key": 400, "payload-too-large": 413, "upstream-timeout": 504,
             "upstream-unavailable": 503, "bad-gateway": 502, "invalid-request": 400, "internal-error": 500, "forbidden": 403,
-            "idempotent-response-not-replayable": 409,
+            "idempotent-response-not-replayable": 409, "task-not-cancellable": 409,
         ]
         #expect(Dictionary(uniqueKeysWithValues: ProblemType.allCases.map { ($0.rawValue, $0.defaultStatus) }) == expected)
     }

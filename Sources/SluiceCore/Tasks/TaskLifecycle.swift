@@ -85,10 +85,11 @@ public struct TaskLifecycle: Sendable, Equatable, Codable {
         return true
     }
 
-    /// A running task handed back to the queue by its instance (shutdown): another worker runs it.
-    public mutating func handBack(at now: Int64, instance: String) -> Bool {
+    /// A running task handed back to the queue by its instance (shutdown, or an upstream that
+    /// cannot take calls now): another run follows.
+    public mutating func handBack(at now: Int64, instance: String, note: String = "handed back at shutdown") -> Bool {
         guard status == .running, runner == instance else { return false }
-        append(.queued, at: now, instance: instance, note: "handed back at shutdown")
+        append(.queued, at: now, instance: instance, note: note)
         runner = nil
         return true
     }

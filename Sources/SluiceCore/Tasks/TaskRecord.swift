@@ -72,13 +72,16 @@ public struct TaskRequest: Sendable, Equatable, Codable {
     public var pathAndQuery: String
     public var headers: [TaskHeader]
     public var body: Data
+    /// The route's `request_timeout` when the task was accepted (minutes are fine).
+    public var timeoutMilliseconds: Int64
 
-    public init(method: String, upstream: String, pathAndQuery: String, headers: [TaskHeader], body: Data) {
+    public init(method: String, upstream: String, pathAndQuery: String, headers: [TaskHeader], body: Data, timeoutMilliseconds: Int64 = 30_000) {
         self.method = method
         self.upstream = upstream
         self.pathAndQuery = pathAndQuery
         self.headers = headers
         self.body = body
+        self.timeoutMilliseconds = timeoutMilliseconds
     }
 }
 

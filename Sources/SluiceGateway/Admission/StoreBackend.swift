@@ -44,6 +44,9 @@ final class LeaseRegistry: Sendable {
     }
 }
 
+/// Everything the gateway keeps in its store.
+typealias SharedStore = AdmissionStore & IdempotencyStore & TaskStore & WebhookStore
+
 /// The store a policy names (embedded or Redis), the per-instance fallback used while Redis is
 /// unreachable, and the breaker between them. It outlives reloads that keep the store
 /// settings, so counters and connections survive a policy edit.
@@ -55,8 +58,8 @@ final class StoreBackend: Sendable {
     }
 
     let settings: Settings
-    /// Admission decisions and idempotency keys.
-    let store: any AdmissionStore & IdempotencyStore
+    /// Admission decisions, idempotency keys, tasks and webhook messages.
+    let store: any SharedStore
     /// The store when it is the embedded one: it decides synchronously.
     let embedded: MemoryStore?
     let redis: RedisClient?

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -50,6 +51,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         case discarding
         /// Read and dropped: its digest decides between a replay and a 422 when it ends.
         case hashing
+        /// Read whole (up to `max_request_body`), then stored with the task it becomes.
+        case accepting
     }
 
     /// One request from head to finish.
@@ -220,7 +223,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             switch request.body {
             case .holding: hold = true
             case .streaming: hold = !request.bodyWanted || request.unwrittenBodyBytes >= Self.bodyHighWatermark
-            case .none, .collecting, .discarding, .hashing: hold = false
+            case .none, .collecting, .discarding, .hashing, .accepting: hold = false
             }
         } else {
             hold = false
@@ -256,6 +259,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         switch screening {
         case .reject(let problem, let headers):
             answer(request, problem, headers)
+        case .task(let endpoint):
+            answerTaskEndpoint(request, endpoint)
         case .forward(let plan):
             request.plan = plan
             if let key = plan.idempotencyKey {
@@ -388,7 +393,23 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     // MARK: - Stage 5: dispatch
 
+    /// What the upstream learns about the request besides its own headers (forwarding headers, trace).
+    private func forwardingContext(_ request: Request, _ plan: ForwardPlan) -> ForwardingContext {
+        ForwardingContext(
+            clientAddress: connection.clientAddress,
+            scheme: connection.scheme,
+            host: request.head.headers.first(name: "host"),
+            partnerID: plan.partner.id,
+            version: plan.version.version.name,
+            requestID: request.record.requestID,
+            traceparent: RequestIdentity.traceparent(
+                incoming: request.head.headers.first(name: "traceparent"), requestID: request.record.requestID, generator: runtime.identifiers
+            )
+        )
+    }
+
     private func dispatch(_ request: Request) {
+        if request.plan?.async != nil { return acceptAsTask(request) }
         guard let plan = request.plan, let upstream = request.snapshot.upstreams[plan.route.upstream.name] else {
             runtime.logger.error("no client for upstream", metadata: ["request_id": .string(request.record.requestID)])
             return answer(request, Problem(.internalError, detail: "The gateway could not handle this request."))
@@ -397,18 +418,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: upstream.client.path(for: plan.target))
         upstreamHead.headers.reserveCapacity(head.headers.count + 8)
         upstreamHead.headers.add(name: "Host", value: upstream.client.authority)
-        let context = ForwardingContext(
-            clientAddress: connection.clientAddress,
-            scheme: connection.scheme,
-            host: head.headers.first(name: "host"),
-            partnerID: plan.partner.id,
-            version: plan.version.version.name,
-            requestID: request.record.requestID,
-            traceparent: RequestIdentity.traceparent(
-                incoming: head.headers.first(name: "traceparent"), requestID: request.record.requestID, generator: runtime.identifiers
-            )
-        )
-        HeaderRewriter.forwardRequest(head.headers, context) { upstreamHead.headers.add(name: $0, value: $1) }
+        HeaderRewriter.forwardRequest(head.headers, forwardingContext(request, plan)) { upstreamHead.headers.add(name: $0, value: $1) }
         let retryable = upstream.policy.retries.attempts > 0
             && RetryRules.mayRetry(method: head.method.rawValue, hasIdempotencyKey: head.headers.contains(name: "idempotency-key"))
 
@@ -461,6 +471,106 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: request.head.version, status: .continue))), promise: nil)
     }
 
+    // MARK: - Stage 5b: async tasks
+
+    /// Reads the whole body (bounded by `max_request_body`), then stores the task.
+    private func acceptAsTask(_ request: Request) {
+        guard let context else { return }
+        continueIfExpected(request)
+        request.body = .accepting
+        var collected = context.channel.allocator.buffer(capacity: 0)
+        for chunk in request.pending { collected.writeImmutableBuffer(chunk) }
+        request.pending.removeAll()
+        request.collected = collected
+        if request.requestEnded || request.plan?.bodyLength == RequestBodyLength.none { storeTask(request) } else { updateReads() }
+    }
+
+    /// Stores the request as a task (its forwarded headers, with `Idempotency-Key: <task id>` for
+    /// the upstream) and answers 202 with where to poll.
+    private func storeTask(_ request: Request) {
+        guard let plan = request.plan, let async = plan.async, request.body == .accepting else { return }
+        request.body = .none
+        let tasks = request.snapshot.tasks
+        let id = TaskID.random()
+        let forwarding = forwardingContext(request, plan)
+        var headers: [TaskHeader] = []
+        HeaderRewriter.forwardRequest(request.head.headers, forwarding) { name, value in
+            guard name.lowercased() != "idempotency-key" else { return }
+            headers.append(TaskHeader(name, value))
+        }
+        headers.append(TaskHeader("Idempotency-Key", id.text))
+        let body = request.collected.map { Data($0.readableBytesView) } ?? Data()
+        request.collected = nil
+        let taskRequest = TaskRequest(
+            method: request.head.method.rawValue, upstream: plan.route.upstream.name, pathAndQuery: plan.target, headers: headers, body: body,
+            timeoutMilliseconds: plan.route.requestTimeout.components.seconds * 1_000 + plan.route.requestTimeout.components.attoseconds / 1_000_000_000_000_000
+        )
+        let record = TaskRecord(
+            id: id, partner: plan.partner.id, version: plan.version.version.name, route: plan.route.id,
+            lifecycle: TaskLifecycle(acceptedAt: tasks.clock(), instance: tasks.instance, requestID: request.record.requestID),
+            traceparent: forwarding.traceparent
+        )
+        tasks.accept(record, request: taskRequest, on: eventLoop) { [self] result in
+            guard self.request === request, !request.finished else { return }
+            switch result {
+            case .success:
+                var extra = [
+                    ("Location", TaskDocument.statusPath(record)), ("Retry-After", String(TaskControl.pollHint(routeTimeout: plan.route.requestTimeout))),
+                ]
+                if async == .requested { extra.append(("Preference-Applied", "respond-async")) }
+                respondDocument(request, status: .accepted, TaskDocument.accepted(record), extra)
+            case .failure(let error):
+                runtime.logger.warning(
+                    "could not store a task", metadata: ["request_id": .string(request.record.requestID), "error": .string("\(error)")]
+                )
+                answer(
+                    request, Problem(.upstreamUnavailable, detail: "The gateway cannot accept tasks right now; try again shortly."),
+                    [("Retry-After", "1")]
+                )
+            }
+        }
+    }
+
+    /// `GET` (status) and `DELETE` (cancel) of `/{version}/tasks/{id}`: the owner's task, else 404.
+    private func answerTaskEndpoint(_ request: Request, _ endpoint: TaskEndpointRequest) {
+        let tasks = request.snapshot.tasks
+        let notFound = Problem(.notFound, detail: "There is no task '\(endpoint.id.text)'.")
+        let unavailable = Problem(.upstreamUnavailable, detail: "The gateway cannot read tasks right now; try again shortly.")
+        switch endpoint.action {
+        case .status:
+            tasks.status(endpoint.id, partner: endpoint.partner.id, on: eventLoop) { [self] result in
+                guard self.request === request, !request.finished else { return }
+                switch result {
+                case .success(.found(let record)):
+                    let hint = record.lifecycle.status.isFinished ? [] : [("Retry-After", String(TaskControl.pollHint(for: record, request.snapshot)))]
+                    respondDocument(request, status: .ok, TaskDocument.status(record), hint)
+                case .success(.notFound):
+                    answer(request, notFound)
+                case .failure:
+                    answer(request, unavailable, [("Retry-After", "1")])
+                }
+            }
+        case .cancel:
+            let notify = endpoint.partner.policy.webhook != nil
+            tasks.cancel(endpoint.id, partner: endpoint.partner.id, notify: notify, requestID: request.record.requestID, on: eventLoop) { [self] result in
+                guard self.request === request, !request.finished else { return }
+                switch result {
+                case .success(.cancelled(let record)):
+                    respondDocument(request, status: .ok, TaskDocument.status(record), [])
+                case .success(.conflict(let record)):
+                    answer(
+                        request,
+                        Problem(.taskNotCancellable, detail: "Only a queued task can be cancelled; this one is \(record.lifecycle.status.rawValue).")
+                    )
+                case .success(.notFound):
+                    answer(request, notFound)
+                case .failure:
+                    answer(request, unavailable, [("Retry-After", "1")])
+                }
+            }
+        }
+    }
+
     // MARK: - The request body
 
     private func bodyArrived(_ chunk: ByteBuffer, _ request: Request) {
@@ -475,7 +585,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             break
         case .holding:
             request.pending.append(chunk)
-        case .collecting:
+        case .collecting, .accepting:
             request.collected?.writeImmutableBuffer(chunk)
         case .streaming:
             if request.bodyWanted { sendUpstream(chunk, request) } else { request.pending.append(chunk) }
@@ -498,6 +608,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             if request.responseEnded { requestCompleted(request) }
         case .hashing:
             compare(request)
+        case .accepting:
+            storeTask(request)
         }
     }
 
@@ -614,6 +726,33 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard let context, !request.responseStarted else { return }
         request.record.status = problem.status
         request.record.problem = problem.type.rawValue
+        stopReadingBody(request)
+        let (headers, body) = ResponseShaping.problem(problem, request.record, extra: extra, date: runtime.dates.current, allocator: context.channel.allocator)
+        respond(request, HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: problem.status), headers: headers), body: body, context: context)
+    }
+
+    /// A JSON document from the gateway itself (task answers), kept for a replay when the request has an `Idempotency-Key`.
+    private func respondDocument(_ request: Request, status: HTTPResponseStatus, _ document: Data, _ extra: [(String, String)]) {
+        guard let context, !request.responseStarted else { return }
+        stopReadingBody(request)
+        let body = context.channel.allocator.buffer(bytes: document)
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "Date", value: runtime.dates.current)
+        for (name, value) in extra { headers.add(name: name, value: value) }
+        request.record.addResponseHeaders(to: &headers)
+        request.record.status = Int(status.code)
+        request.record.bytesOut = body.readableBytes
+        request.idempotency?.responseStarted(status: request.record.status, headers: headers)
+        request.idempotency?.responseBodyArrived(body)
+        respond(request, HTTPResponseHead(version: responseVersion(request), status: status, headers: headers), body: body, context: context)
+    }
+
+    /// The gateway answers before the request body ended: a small body is drained, a large or
+    /// unbounded one costs less as a new connection.
+    private func stopReadingBody(_ request: Request) {
         if !request.requestEnded {
             // Drain a small body; a large or unbounded one costs less as a new connection.
             let drainable: Bool = if case .known(let length) = RequestScreening.declaredBodyLength(request.head) {
@@ -626,8 +765,6 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             request.body = .discarding
             updateReads()
         }
-        let (headers, body) = ResponseShaping.problem(problem, request.record, extra: extra, date: runtime.dates.current, allocator: context.channel.allocator)
-        respond(request, HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: problem.status), headers: headers), body: body, context: context)
     }
 
     /// Writes a whole response at once — head, body (none for HEAD), end: the gateway's own

@@ -1,3 +1,4 @@
+import Foundation
 import NIOHTTP1
 import SluiceCore
 
@@ -30,14 +31,40 @@ struct ForwardPlan {
     let bodyLength: RequestBodyLength
     /// The `Idempotency-Key` of a POST or PATCH route's request, when it sent one.
     let idempotencyKey: String?
+    /// Set when the request becomes a task (202) instead of being forwarded.
+    let async: AsyncAcceptance?
+}
+
+/// Why a request becomes a task.
+enum AsyncAcceptance: Equatable {
+    /// The route is `async: always`.
+    case always
+    /// The route is `async: on-request` and the partner sent `Prefer: respond-async`
+    /// (answered with `Preference-Applied: respond-async`).
+    case requested
+}
+
+/// A partner's request about one of its tasks (`/{version}/tasks/{id}`).
+struct TaskEndpointRequest {
+    enum Action {
+        case status
+        case cancel
+    }
+
+    let partner: Partner
+    let version: VersionRules
+    let action: Action
+    let id: TaskID
 }
 
 /// What stages 1 and 2 decided.
 enum Screening {
     /// Answer with this problem (and these extra headers); nothing goes upstream.
     case reject(Problem, headers: [(String, String)])
-    /// Admission next, then forwarding.
+    /// Admission next, then forwarding (or a task).
     case forward(ForwardPlan)
+    /// A status read or cancel of a task: answered from the store.
+    case task(TaskEndpointRequest)
 }
 
 /// Stages 1 and 2 of the request path (DESIGN "Request path"), synchronous and on plain values:
@@ -95,6 +122,20 @@ enum RequestScreening {
             routePath = rest
         }
 
+        if let rest = taskPath(routePath) {
+            record.route = "tasks"
+            let action: TaskEndpointRequest.Action
+            switch head.method {
+            case .GET: action = .status
+            case .DELETE: action = .cancel
+            default: return .reject(Problem(.methodNotAllowed, detail: "\(head.method.rawValue) is not allowed on a task."), headers: [("Allow", "GET, DELETE")])
+            }
+            guard let id = TaskID(rest) else {
+                return .reject(Problem(.notFound, detail: "There is no task '\(rest.prefix(64))'."), headers: [])
+            }
+            return .task(TaskEndpointRequest(partner: partner, version: versionRules, action: action, id: id))
+        }
+
         let route: Route
         let parameters: RouteParameters
         switch versionRules.routes.match(method: head.method.rawValue, path: routePath) {
@@ -132,12 +173,37 @@ enum RequestScreening {
                 idempotencyKey = key
             }
         }
-        // Admission (rate limits, quotas, concurrency) comes next; then the idempotency claim
-        // and async tasks, then forwarding.
+        let async: AsyncAcceptance? =
+            switch route.policy.async {
+            case .always: .always
+            case .onRequest where prefersRespondAsync(head.headers): .requested
+            case .onRequest, .never: nil
+            }
+        // Admission (rate limits, quotas, concurrency) comes next; then the idempotency claim,
+        // then the task or the forwarding.
         let target = route.upstreamPath.render(parameters) + record.query
         return .forward(
-            ForwardPlan(partner: partner, version: versionRules, route: route, target: target, bodyLength: bodyLength, idempotencyKey: idempotencyKey)
+            ForwardPlan(
+                partner: partner, version: versionRules, route: route, target: target, bodyLength: bodyLength, idempotencyKey: idempotencyKey,
+                async: async
+            )
         )
+    }
+
+    /// The id part of `/tasks/ID` (the task endpoints under every version); nil for other paths.
+    static func taskPath(_ path: Substring) -> Substring? {
+        guard path.hasPrefix("/tasks/") else { return nil }
+        return path.dropFirst("/tasks/".count)
+    }
+
+    /// Whether `Prefer` holds the `respond-async` preference (RFC 7240; names are case-insensitive).
+    static func prefersRespondAsync(_ headers: HTTPHeaders) -> Bool {
+        headers["prefer"].contains { value in
+            value.split(separator: ",").contains { preference in
+                let name = preference.split(separator: ";").first?.split(separator: "=").first ?? ""
+                return name.trimmingCharacters(in: .whitespaces).lowercased() == "respond-async"
+            }
+        }
     }
 
     /// The partner of the API key, or of the client certificate when no key was sent.

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOSSL
 import SluiceCore
+import SluiceStore
 
 /// Builds snapshots from policy sets, reusing upstream clients and store backends whose
 /// settings did not change.
@@ -11,6 +12,12 @@ struct SnapshotFactory: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
     let leaseDuration: Duration
+    /// This instance's name in task histories.
+    let instance: String
+    /// Wakes this instance's task workers.
+    let wakeWorkers: @Sendable () -> Void
+    /// The clock task histories use (the store's).
+    let clock: EpochClock
 
     /// Builds a snapshot; TLS material or a store that cannot be set up is a policy problem.
     func make(_ policy: PolicySet) throws(PolicyErrors) -> GatewaySnapshot {
@@ -27,9 +34,12 @@ struct SnapshotFactory: Sendable {
         let idempotency = IdempotencyControl(
             store: backend.store, retention: policy.gateway.idempotency.retention, metrics: metrics, logger: logger
         )
+        let tasks = TaskControl(
+            store: backend.store, retention: policy.gateway.tasks.retention, instance: instance, wakeWorkers: wakeWorkers, clock: clock, logger: logger
+        )
         return GatewaySnapshot(
             rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: try pool.runtimes(for: policy), admission: admission,
-            idempotency: idempotency
+            idempotency: idempotency, tasks: tasks
         )
     }
 }
@@ -43,18 +53,20 @@ final class GatewaySnapshot: Sendable {
     let upstreams: [String: UpstreamRuntime]
     let admission: AdmissionControl
     let idempotency: IdempotencyControl
+    let tasks: TaskControl
 
     var policy: PolicySet { rules.policy }
 
     fileprivate init(
         rules: GatewayRules, tlsContext: NIOSSLContext?, upstreams: [String: UpstreamRuntime], admission: AdmissionControl,
-        idempotency: IdempotencyControl
+        idempotency: IdempotencyControl, tasks: TaskControl
     ) {
         self.rules = rules
         self.tlsContext = tlsContext
         self.upstreams = upstreams
         self.admission = admission
         self.idempotency = idempotency
+        self.tasks = tasks
     }
 
     /// What TLS 1.2 offers (SPEC §3): ECDHE key exchange with AEAD ciphers only — no CBC

@@ -1,0 +1,128 @@
+import Foundation
+import Logging
+import NIOCore
+import SluiceCore
+import SluiceStore
+
+/// Async tasks on the request path for one policy snapshot (SPEC §3 Async tasks): accepts a
+/// request as a task, answers status reads and cancels, owner only. Each is one store step (a
+/// cancel may retry its compare and set when a worker moved the task meanwhile), answered on
+/// the request's loop.
+struct TaskControl: Sendable {
+    let store: any SharedStore
+    /// How long tasks and their results are kept (`tasks.retention`).
+    let retention: Duration
+    /// This instance's name in task histories.
+    let instance: String
+    /// Wakes this instance's workers (a task was just accepted here).
+    let wakeWorkers: @Sendable () -> Void
+    let clock: EpochClock
+    let logger: Logger
+
+    /// What a status read or a cancel found.
+    enum Lookup {
+        case found(TaskRecord)
+        /// No such task, or another partner's: both are 404, so ids cannot be probed.
+        case notFound
+    }
+
+    enum CancelOutcome {
+        case cancelled(TaskRecord)
+        case conflict(TaskRecord)
+        case notFound
+    }
+
+    /// Stores the task and its request and enqueues it.
+    func accept(_ record: TaskRecord, request: TaskRequest, on eventLoop: any EventLoop, completion: @escaping (Result<Void, any Error>) -> Void) {
+        store.acceptTask(record, request: request, retention: retention, on: eventLoop) { result in
+            switch result {
+            case .success(true):
+                wakeWorkers()
+                completion(.success(()))
+            case .success(false):
+                completion(.failure(TaskControlError.duplicateID))
+            case .failure(let error):
+                completion(.failure(error))
+            }
+        }
+    }
+
+    func status(_ id: TaskID, partner: String, on eventLoop: any EventLoop, completion: @escaping (Result<Lookup, any Error>) -> Void) {
+        store.task(id, on: eventLoop) { result in
+            completion(result.map { record in record.flatMap { $0.partner == partner ? .found($0) : nil } ?? .notFound })
+        }
+    }
+
+    /// Cancels a queued task of `partner` (and schedules its `task.cancelled` webhook with the
+    /// transition when the partner has a webhook).
+    func cancel(
+        _ id: TaskID, partner: String, notify: Bool, requestID: String, on eventLoop: any EventLoop,
+        completion: @escaping (Result<CancelOutcome, any Error>) -> Void
+    ) {
+        cancel(id, partner: partner, notify: notify, attemptsLeft: 3, on: eventLoop, completion: completion)
+    }
+
+    private func cancel(
+        _ id: TaskID, partner: String, notify: Bool, attemptsLeft: Int, on eventLoop: any EventLoop,
+        completion: @escaping (Result<CancelOutcome, any Error>) -> Void
+    ) {
+        store.task(id, on: eventLoop) { result in
+            switch result {
+            case .failure(let error):
+                completion(.failure(error))
+            case .success(let found):
+                guard let found, found.partner == partner else { return completion(.success(.notFound)) }
+                var changed = found
+                let now = clock()
+                guard case .cancelled = changed.lifecycle.cancel(at: now, instance: instance) else {
+                    return completion(.success(.conflict(found)))
+                }
+                let message = notify ? WebhookMessage(finished: changed, at: now) : nil
+                store.replaceTask(changed, from: found.revision, retention: retention, notify: message, on: eventLoop) { replaced in
+                    switch replaced {
+                    case .success(true):
+                        completion(.success(.cancelled(changed)))
+                    case .success(false) where attemptsLeft > 1:
+                        // A worker moved the task meanwhile: look again.
+                        cancel(id, partner: partner, notify: notify, attemptsLeft: attemptsLeft - 1, on: eventLoop, completion: completion)
+                    case .success(false):
+                        completion(.failure(TaskControlError.contended))
+                    case .failure(let error):
+                        completion(.failure(error))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `Retry-After` seconds for polling a task that is not finished: a twentieth of the
+    /// route's timeout, between 1 and 30 s (a 30-minute price calculation is polled every 30 s).
+    static func pollHint(routeTimeout: Duration) -> Int {
+        max(1, min(30, Int(routeTimeout.components.seconds / 20)))
+    }
+
+    /// The polling hint for a task of the route `record.route` (as the policies now say).
+    static func pollHint(for record: TaskRecord, _ snapshot: GatewaySnapshot) -> Int {
+        let policy = snapshot.policy
+        guard let route = policy.routes.routes.first(where: { $0.id == record.route }),
+            let upstream = policy.upstreams[route.upstream]
+        else { return 5 }
+        return pollHint(routeTimeout: route.requestTimeout ?? upstream.requestTimeout)
+    }
+}
+
+enum TaskControlError: Error {
+    /// A random task id collided with a stored one (practically never).
+    case duplicateID
+    /// The task kept changing under a cancel.
+    case contended
+}
+
+/// The name of this gateway instance in task histories and as the queue consumer:
+/// host name, process id and a random suffix (a restarted process is a new consumer).
+enum InstanceName {
+    static func make() -> String {
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "gateway"
+        return "\(host)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt16.random(in: 0...UInt16.max))"
+    }
+}

@@ -1,0 +1,194 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SluiceCore
+import SluiceStore
+import Synchronization
+
+/// This instance's task workers (SPEC §3 Async tasks): at most `tasks.workers` tasks run at once
+/// (and each upstream's bulkhead applies, as to partner requests). They take queued tasks from
+/// the store, renew their leases while the calls run, and record each result with the task's
+/// last transition and its webhook event. A task whose worker died is taken over after
+/// `tasks.lease`; a lost lease cancels the local run. On shutdown no new task is taken, running
+/// ones may finish until the drain deadline, and the rest are handed back to the queue.
+final class TaskWorkers: Service, Sendable {
+    private let runtime: GatewayRuntime
+    let instance: String
+    private let clock: EpochClock
+    private let drainTimeout: Duration
+    private let eventLoops: any EventLoopGroup
+    private let wakeUp: WorkerWakeUp
+    private let running = Mutex<[TaskClaim: TaskExchange?]>([:])
+
+    /// How often an instance looks at the queue right after it found work; each empty look
+    /// doubles the wait up to `idlePollInterval` (an accept on this instance wakes it at once).
+    static let pollInterval: Duration = .milliseconds(250)
+    static let idlePollInterval: Duration = .seconds(1)
+    /// After an upstream refused a task's call (breaker open, bulkhead full), the task waits this long.
+    static let unavailableDelay: Duration = .seconds(1)
+
+    init(
+        runtime: GatewayRuntime, instance: String, wakeUp: WorkerWakeUp, clock: @escaping EpochClock, drainTimeout: Duration, group: any EventLoopGroup
+    ) {
+        self.runtime = runtime
+        self.wakeUp = wakeUp
+        self.instance = instance
+        self.clock = clock
+        self.drainTimeout = drainTimeout
+        self.eventLoops = group
+    }
+
+    func run() async throws {
+        await withDiscardingTaskGroup { group in
+            var lastRenewal = ContinuousClock.now
+            var wait = Self.pollInterval
+            while !Task.isShuttingDownGracefully {
+                let snapshot = runtime.snapshots.load()
+                let settings = snapshot.policy.gateway.tasks
+                let store = snapshot.tasks.store
+                let free = settings.workers - running.withLock { $0.count }
+                // Policies without async routes make no tasks: the queue is left alone.
+                if free > 0, snapshot.policy.routes.routes.contains(where: { $0.async != .never }),
+                    let claims = try? await store.takeTasks(consumer: instance, limit: free, lease: settings.lease)
+                {
+                    for claim in claims {
+                        running.withLock { $0[claim] = .some(nil) }
+                        group.addTask { await self.work(claim, store: store, snapshot: snapshot) }
+                    }
+                    wait = claims.isEmpty ? min(wait * 2, Self.idlePollInterval) : Self.pollInterval
+                }
+                if ContinuousClock.now - lastRenewal >= settings.lease / 3 {
+                    lastRenewal = .now
+                    await renew(store: store)
+                }
+                if await idle(for: wait) { wait = Self.pollInterval }
+            }
+            await drain(group: &group)
+        }
+    }
+
+    /// Waits for `duration`, a wake-up (then returns true), or shutdown.
+    private func idle(for duration: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + duration
+        while ContinuousClock.now < deadline {
+            if wakeUp.flag.exchange(false, ordering: .relaxed) { return true }
+            guard await pauseUnlessShuttingDown(for: .milliseconds(20)) else { return false }
+        }
+        return false
+    }
+
+    /// Renews the leases of every running task; a run whose lease was taken over is cancelled.
+    private func renew(store: any SharedStore) async {
+        let held = running.withLock { Array($0.keys) }
+        guard !held.isEmpty, let kept = try? await store.renewTasks(held, consumer: instance) else { return }
+        let lost = Set(held).subtracting(kept)
+        for claim in lost {
+            runtime.logger.warning("task lease lost; another instance runs it now", metadata: ["task": .string(claim.task.text)])
+            running.withLock { $0[claim] ?? nil }?.cancel()
+        }
+    }
+
+    /// Lets running tasks finish until the drain deadline, then cancels the rest and hands them back.
+    private func drain(group: inout DiscardingTaskGroup) async {
+        let deadline = ContinuousClock.now + drainTimeout
+        let store = runtime.snapshots.load().tasks.store
+        while running.withLock({ !$0.isEmpty }), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+            // Keep the leases of tasks that are still finishing.
+            if running.withLock({ !$0.isEmpty }) { await renew(store: store) }
+        }
+        for exchange in running.withLock({ $0.values.compactMap { $0 } }) { exchange.cancel() }
+    }
+
+    /// Runs one taken entry to its end: a task that is gone, finished or cancelled is only
+    /// removed from the queue; otherwise it is marked running, called, and its result recorded.
+    private func work(_ claim: TaskClaim, store: any SharedStore, snapshot: GatewaySnapshot) async {
+        defer { running.withLock { _ = $0.removeValue(forKey: claim) } }
+        let retention = snapshot.policy.gateway.tasks.retention
+        let logger = runtime.logger
+        do {
+            guard let found = try await store.task(claim.task) else { return try await store.completeEntry(claim) }
+            var started = found
+            guard case .run = started.lifecycle.start(at: clock(), instance: instance) else { return try await store.completeEntry(claim) }
+            guard try await store.replaceTask(started, from: found.revision, retention: retention) else {
+                return  // moved meanwhile (a cancel, another worker): that change decides
+            }
+            guard let request = try await store.taskRequest(claim.task) else {
+                return try await finish(started, result: nil, failure: "the task's request is no longer stored", claim: claim, store: store)
+            }
+            guard let upstream = runtime.snapshots.load().upstreams[request.upstream] else {
+                return try await finish(started, result: nil, failure: "upstream '\(request.upstream)' is no longer configured", claim: claim, store: store)
+            }
+            let exchange = TaskExchange.start(request, upstream: upstream, on: eventLoops.next(), logger: logger)
+            running.withLock { $0[claim] = exchange }
+            switch await exchange.outcome {
+            case .response(let result):
+                try await finish(started, result: result, failure: result.status >= 500 ? "the upstream answered \(result.status)" : nil, claim: claim, store: store)
+            case .failed(.unavailable):
+                // An open breaker or a full bulkhead delays a task; it does not fail it.
+                var queued = started
+                guard queued.lifecycle.handBack(at: clock(), instance: instance, note: "upstream unavailable; queued again") else { return }
+                if try await store.replaceTask(queued, from: started.revision, retention: retention) {
+                    try? await Task.sleep(for: Self.unavailableDelay)
+                    try await store.requeue(claim, consumer: instance)
+                }
+            case .failed(let failure):
+                try await finish(started, result: nil, failure: Self.describe(failure), claim: claim, store: store)
+            case .broken(let reason):
+                try await finish(started, result: nil, failure: reason, claim: claim, store: store)
+            case .cancelled:
+                try await handBack(started, claim: claim, store: store, retention: retention)
+            }
+        } catch {
+            logger.warning(
+                "task store unavailable; the task is retried when its lease ends",
+                metadata: ["task": .string(claim.task.text), "error": .string("\(error)")]
+            )
+        }
+    }
+
+    /// Records the end of a run (with its webhook event when the partner has a webhook) and
+    /// removes the entry from the queue. A run that no longer counts (taken over) records nothing.
+    private func finish(_ started: TaskRecord, result: TaskResult?, failure: String?, claim: TaskClaim, store: any SharedStore) async throws {
+        let snapshot = runtime.snapshots.load()
+        var finished = started
+        let now = clock()
+        guard finished.lifecycle.finish(succeeded: failure == nil, at: now, instance: instance, note: failure) else { return }
+        finished.result = result
+        finished.failure = failure
+        let notify = snapshot.rules.partners[finished.partner]?.policy.webhook != nil ? WebhookMessage(finished: finished, at: now) : nil
+        if try await store.replaceTask(finished, from: started.revision, retention: snapshot.policy.gateway.tasks.retention, notify: notify) {
+            try await store.completeEntry(claim)
+            runtime.logger.info(
+                "task \(finished.lifecycle.status.rawValue)",
+                metadata: ["task": .string(finished.id.text), "request_id": .string(finished.lifecycle.requestID), "partner": .string(finished.partner)]
+            )
+        }
+    }
+
+    /// A run cut short here (shutdown, lost lease): queued again for another worker, unless another one already owns it.
+    private func handBack(_ started: TaskRecord, claim: TaskClaim, store: any SharedStore, retention: Duration) async throws {
+        var queued = started
+        guard queued.lifecycle.handBack(at: clock(), instance: instance),
+            try await store.replaceTask(queued, from: started.revision, retention: retention)
+        else { return }
+        try await store.requeue(claim, consumer: instance)
+    }
+
+    static func describe(_ failure: UpstreamFailure) -> String {
+        switch failure {
+        case .timeout: "the upstream did not answer within the route's timeout"
+        case .unreachable: "the upstream could not be reached or closed the connection"
+        case .unavailable: "the upstream was unavailable"
+        }
+    }
+}
+
+/// Set when a task was accepted on this instance, so its workers look at the queue at once.
+final class WorkerWakeUp: Sendable {
+    let flag = Atomic<Bool>(false)
+
+    func wake() { flag.store(true, ordering: .relaxed) }
+}
