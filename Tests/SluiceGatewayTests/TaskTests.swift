@@ -12,8 +12,7 @@ struct TaskTests {
     private static func addRoutes(_ policies: inout TestPolicies) {
         policies.addRoutes(
             "{ id: price, versions: [v2], method: POST, path: /price-calculations, upstream: main, upstream_path: /price, async: always, request_timeout: 30m }",
-            "{ id: quote, versions: [v2], method: POST, path: /quotes, upstream: main, upstream_path: /price, async: on-request }",
-            "{ id: slow-task, versions: [v2], method: POST, path: /slow-tasks, upstream: main, upstream_path: /slow, async: always }"
+            "{ id: quote, versions: [v2], method: POST, path: /quotes, upstream: main, upstream_path: /price, async: on-request }"
         )
     }
 
@@ -101,25 +100,30 @@ struct TaskTests {
         }
     }
 
-    /// With one worker busy, a queued task is cancelled (and never runs); cancelling a running or finished task is 409.
+    /// With the one worker held at the upstream, a queued task is cancelled and never reaches
+    /// the upstream; cancelling the running task, or a finished one, is 409.
     @Test func queuedTaskIsCancelledRunningOneConflicts() async throws {
-        try await GatewayHarness.with({ policies in
+        let recorder = RecordingUpstream()
+        recorder.hold()
+        try await withRecordingUpstream(recorder, as: "held", { policies in
             Self.addRoutes(&policies)
+            policies.addRoutes("{ id: held-task, versions: [v2], method: POST, path: /held-tasks, upstream: held, async: always }")
             policies.files["gateway.yaml"]! += "tasks: { workers: 1 }\n"
         }) { (gateway: GatewayHarness) async throws in
-            let busy = try #require(try await accept(gateway, "/v2/slow-tasks?ms=1500").json()["task_id"] as? String)
-            try await eventually("the first task runs") {
-                try await gateway.partner(.GET, "/v2/tasks/\(busy)").json()["status"] as? String == "running"
-            }
-            let waiting = try #require(try await accept(gateway, "/v2/slow-tasks?ms=1").json()["task_id"] as? String)
+            let busy = try #require(try await accept(gateway, "/v2/held-tasks").json()["task_id"] as? String)
+            try await eventually("the first task is at the upstream") { recorder.heldCount == 1 }
+            #expect(try await gateway.partner(.GET, "/v2/tasks/\(busy)").json()["status"] as? String == "running")
+            let waiting = try #require(try await accept(gateway, "/v2/held-tasks").json()["task_id"] as? String)
             let cancelled = try await gateway.partner(.DELETE, "/v2/tasks/\(waiting)")
             #expect(cancelled.status == 200)
             #expect(try cancelled.json()["status"] as? String == "cancelled")
             try expectProblem(try await gateway.partner(.DELETE, "/v2/tasks/\(busy)"), 409, "task-not-cancellable", path: "/v2/tasks/\(busy)")
+            recorder.release()
             #expect(try await finished(gateway, "/v2/tasks/\(busy)")["status"] as? String == "succeeded")
             let final = try await gateway.partner(.GET, "/v2/tasks/\(waiting)").json()
             #expect((final["history"] as? [[String: Any]])?.map { $0["status"] as? String } == ["queued", "cancelled"])
             #expect(final["result"] == nil)
+            #expect(recorder.startedCount == 1)
             try expectProblem(try await gateway.partner(.DELETE, "/v2/tasks/\(waiting)"), 409, "task-not-cancellable", path: "/v2/tasks/\(waiting)")
         }
     }
