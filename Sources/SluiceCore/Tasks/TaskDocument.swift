@@ -83,7 +83,7 @@ public enum TaskDocument {
 
 /// A webhook event on its way to a partner: the signed body stays the same across attempts
 /// (only the timestamp and signature change), its id is stable (`webhook-id`).
-public struct WebhookMessage: Sendable, Equatable, Codable {
+public struct WebhookMessage: Sendable, Equatable, StoredAsJSON {
     /// `msg_` and the task id's random part: one event per task, so the id is stable.
     public var id: String
     public var task: TaskID
@@ -109,14 +109,5 @@ public struct WebhookMessage: Sendable, Equatable, Codable {
         attempts = 0
         createdAt = now
         traceparent = record.traceparent
-    }
-
-    public func encoded() -> String {
-        String(decoding: try! JSONEncoder().encode(self), as: UTF8.self)
-    }
-
-    public init?(encoded text: some Collection<UInt8>) {
-        guard let message = try? JSONDecoder().decode(WebhookMessage.self, from: Data(text)) else { return nil }
-        self = message
     }
 }

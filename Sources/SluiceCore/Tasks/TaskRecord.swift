@@ -125,8 +125,13 @@ public struct TaskRecord: Sendable, Equatable, Codable {
     }
 
     public var revision: Int { lifecycle.version }
+}
 
-    /// The record as the stores keep it (JSON; bodies as base64).
+/// A value the stores keep as JSON text (bodies as base64): tasks, their requests, webhook messages.
+public protocol StoredAsJSON: Codable {}
+
+extension StoredAsJSON {
+    /// The value as the stores keep it.
     public func encoded() -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
@@ -135,20 +140,10 @@ public struct TaskRecord: Sendable, Equatable, Codable {
 
     /// Decodes `encoded()`; nil for anything else.
     public init?(encoded text: some Collection<UInt8>) {
-        guard let record = try? JSONDecoder().decode(TaskRecord.self, from: Data(text)) else { return nil }
-        self = record
+        guard let value = try? JSONDecoder().decode(Self.self, from: Data(text)) else { return nil }
+        self = value
     }
 }
 
-extension TaskRequest {
-    /// The request as the stores keep it (JSON; the body as base64).
-    public func encoded() -> String {
-        String(decoding: try! JSONEncoder().encode(self), as: UTF8.self)
-    }
-
-    /// Decodes `encoded()`; nil for anything else.
-    public init?(encoded text: some Collection<UInt8>) {
-        guard let request = try? JSONDecoder().decode(TaskRequest.self, from: Data(text)) else { return nil }
-        self = request
-    }
-}
+extension TaskRecord: StoredAsJSON {}
+extension TaskRequest: StoredAsJSON {}

@@ -552,7 +552,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
         case .cancel:
             let notify = endpoint.partner.policy.webhook != nil
-            tasks.cancel(endpoint.id, partner: endpoint.partner.id, notify: notify, requestID: request.record.requestID, on: eventLoop) { [self] result in
+            tasks.cancel(endpoint.id, partner: endpoint.partner.id, notify: notify, on: eventLoop) { [self] result in
                 guard self.request === request, !request.finished else { return }
                 switch result {
                 case .success(.cancelled(let record)):

@@ -1,5 +1,4 @@
 import Foundation
-import Logging
 import NIOCore
 import SluiceCore
 import SluiceStore
@@ -17,7 +16,6 @@ struct TaskControl: Sendable {
     /// Wakes this instance's workers (a task was just accepted here).
     let wakeWorkers: @Sendable () -> Void
     let clock: EpochClock
-    let logger: Logger
 
     /// What a status read or a cancel found.
     enum Lookup {
@@ -56,7 +54,7 @@ struct TaskControl: Sendable {
     /// Cancels a queued task of `partner` (and schedules its `task.cancelled` webhook with the
     /// transition when the partner has a webhook).
     func cancel(
-        _ id: TaskID, partner: String, notify: Bool, requestID: String, on eventLoop: any EventLoop,
+        _ id: TaskID, partner: String, notify: Bool, on eventLoop: any EventLoop,
         completion: @escaping (Result<CancelOutcome, any Error>) -> Void
     ) {
         cancel(id, partner: partner, notify: notify, attemptsLeft: 3, on: eventLoop, completion: completion)

@@ -65,7 +65,7 @@ final class TaskWorkers: Service, Sendable {
                 }
                 if await idle(for: wait) { wait = Self.pollInterval }
             }
-            await drain(group: &group)
+            await drain()
         }
     }
 
@@ -91,7 +91,7 @@ final class TaskWorkers: Service, Sendable {
     }
 
     /// Lets running tasks finish until the drain deadline, then cancels the rest and hands them back.
-    private func drain(group: inout DiscardingTaskGroup) async {
+    private func drain() async {
         let deadline = ContinuousClock.now + drainTimeout
         let store = runtime.snapshots.load().tasks.store
         while running.withLock({ !$0.isEmpty }), ContinuousClock.now < deadline {
