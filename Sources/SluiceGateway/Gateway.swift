@@ -97,6 +97,13 @@ public final class Gateway: Sendable {
                 group: eventLoopGroup
             )
         )
+        let webhookClient: WebhookClient
+        do {
+            webhookClient = try WebhookClient(group: eventLoopGroup)
+        } catch {
+            throw PolicyErrors([PolicyProblem(SourceLocation(file: policiesDirectory, line: 1, column: 1), "webhooks: cannot set up the TLS client: \(error)")])
+        }
+        services.append(WebhookSender(runtime: runtime, client: webhookClient, clock: options.storeClock))
         for (name, address, useTLS) in [("https", listen.https, true), ("http", listen.http, false)] {
             guard let address else { continue }
             services.append(PartnerListener(name: name, address: address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, onBound: record))

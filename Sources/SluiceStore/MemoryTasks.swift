@@ -118,6 +118,11 @@ final class TaskTable: Sendable {
         }
     }
 
+    func deadMessageCount() -> Int {
+        let now = clock()
+        return state.withLock { state in state.messages.values.count { $0.due == nil && $0.expires > now } }
+    }
+
     func redrive(id: String, retentionMilliseconds: Int64) -> Bool {
         let now = clock()
         return state.withLock { state in
@@ -273,5 +278,9 @@ extension MemoryStore: WebhookStore {
 
     public func redriveWebhook(id: String, retention: Duration) async throws -> Bool {
         tasks.redrive(id: id, retentionMilliseconds: retention.milliseconds)
+    }
+
+    public func deadWebhookCount(retention: Duration) async throws -> Int {
+        tasks.deadMessageCount()
     }
 }

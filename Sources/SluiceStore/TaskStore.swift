@@ -108,6 +108,9 @@ public protocol WebhookStore: Sendable {
 
     /// Makes a dead message due now with its attempts starting over; false when no dead message has that id.
     func redriveWebhook(id: String, retention: Duration) async throws -> Bool
+
+    /// How many messages are dead now (those buried longer than `retention` ago are gone).
+    func deadWebhookCount(retention: Duration) async throws -> Int
 }
 
 extension EventLoop {

@@ -27,6 +27,40 @@ public enum TaskDocument {
         json(["type": eventType(record), "timestamp": timestamp(now), "data": statusObject(record)])
     }
 
+    /// What ops see of a task (`sluice tasks show`): the status document plus partner, version and route.
+    public static func operatorView(_ record: TaskRecord) -> Data {
+        json(operatorObject(record))
+    }
+
+    /// `{"tasks":[…]}`: tasks as ops see them, without results (`GET /admin/tasks`, `sluice tasks list`).
+    public static func list(_ records: [TaskRecord]) -> Data {
+        json(["tasks": records.map { record -> [String: Any] in
+            var object = operatorObject(record)
+            object["history"] = nil
+            object["result"] = nil
+            return object
+        }])
+    }
+
+    /// `{"webhooks":[…]}`: the dead-letter queue (`GET /admin/webhooks/dead`, `sluice webhooks dead`).
+    public static func deadLetters(_ messages: [WebhookMessage]) -> Data {
+        json(["webhooks": messages.map { message -> [String: Any] in
+            [
+                "webhook_id": message.id, "task_id": message.task.text, "partner": message.partner, "type": message.type,
+                "attempts": message.attempts, "last_error": message.lastError ?? NSNull(), "created_at": timestamp(message.createdAt),
+                "dead_at": message.deadAt.map(timestamp) ?? NSNull(),
+            ]
+        }])
+    }
+
+    private static func operatorObject(_ record: TaskRecord) -> [String: Any] {
+        var object = statusObject(record)
+        object["partner"] = record.partner
+        object["version"] = record.version
+        object["route"] = record.route
+        return object
+    }
+
     /// `task.` and the final status.
     public static func eventType(_ record: TaskRecord) -> String {
         "task.\(record.lifecycle.status.rawValue)"

@@ -46,7 +46,68 @@ struct AdminAPI {
                 return problemResponse(problem, request)
             }
         }
+        router.get("/admin/tasks") { request, _ in
+            if let denied = authorize(request, needs: .viewer) { return denied }
+            let query = request.uri.queryParameters
+            var status: TaskStatus?
+            if let text = query.get("status") {
+                guard let parsed = TaskStatus(rawValue: text) else {
+                    let statuses = TaskStatus.allCases.map(\.rawValue).joined(separator: ", ")
+                    return problemResponse(Problem(.invalidRequest, detail: "status must be one of \(statuses)."), request)
+                }
+                status = parsed
+            }
+            return try await answer(request) { operations, partner, limit in
+                try await operations.list(status: status, partner: partner, limit: limit)
+            }
+        }
+        router.get("/admin/webhooks/dead") { request, _ in
+            if let denied = authorize(request, needs: .viewer) { return denied }
+            return try await answer(request) { operations, partner, limit in try await operations.deadWebhooks(partner: partner, limit: limit) }
+        }
+        router.post("/admin/webhooks/dead/:id/redrive") { request, context in
+            if let denied = authorize(request, needs: .operator) { return denied }
+            let id = context.parameters.get("id") ?? ""
+            do {
+                guard try await taskOperations().redrive(id) else {
+                    return problemResponse(Problem(.notFound, detail: "No dead webhook message has the id '\(id)'."), request)
+                }
+            } catch {
+                return problemResponse(Self.storeUnavailable(error), request)
+            }
+            return json(.accepted, JSONValue.object([("webhook_id", .string(id)), ("status", .string("scheduled"))]).rendered)
+        }
         return router
+    }
+
+    private func taskOperations() -> TaskOperations {
+        let snapshot = runtime.snapshots.load()
+        return TaskOperations(store: snapshot.tasks.store, retention: snapshot.policy.gateway.tasks.retention)
+    }
+
+    /// A listing: checks `partner` and `limit` (1–1000, default 100), then answers the JSON `list` makes.
+    private func answer(
+        _ request: Request, _ list: (TaskOperations, _ partner: String?, _ limit: Int) async throws -> Data
+    ) async throws -> Response {
+        let query = request.uri.queryParameters
+        let partner = query.get("partner")
+        if let partner, !APIKeyFactory.isValidPartnerID(partner) {
+            return problemResponse(Problem(.invalidRequest, detail: "partner must be a partner id (1-64 of a-z, A-Z, 0-9, '-', '_')."), request)
+        }
+        let limitText = query.get("limit") ?? "100"
+        guard let limit = Int(limitText), (1...TaskOperations.maximumListLimit).contains(limit) else {
+            return problemResponse(Problem(.invalidRequest, detail: "limit must be a number from 1 to \(TaskOperations.maximumListLimit)."), request)
+        }
+        do {
+            let body = try await list(taskOperations(), partner, limit)
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: body)))
+        } catch {
+            return problemResponse(Self.storeUnavailable(error), request)
+        }
+    }
+
+    private static func storeUnavailable(_ error: any Error) -> Problem {
+        Problem(.upstreamUnavailable, detail: "The store did not answer: \(error)", title: "Store unavailable")
     }
 
     /// nil when the bearer token's role is at least `needs`; else the 401 or 403 answer.

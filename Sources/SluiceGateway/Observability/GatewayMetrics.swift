@@ -29,6 +29,10 @@ final class GatewayMetrics: Sendable {
     private static var idempotencyDescriptor: MetricNameDescriptor {
         descriptor("idempotency", "total", "Keyed requests by outcome: new, replayed, in_use, mismatch, released.")
     }
+    private static var webhookDeliveriesDescriptor: MetricNameDescriptor {
+        descriptor("webhook_deliveries", "total", "Webhook attempts by result: delivered, failed, gone (410), refused (address or endpoint), held.")
+    }
+    private static var webhooksDeadDescriptor: MetricNameDescriptor { descriptor("webhooks", "dead", "Webhook messages in the dead-letter queue.") }
     private static var retriesDescriptor: MetricNameDescriptor { descriptor("upstream_retries", "total", "Retried upstream calls.") }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
@@ -44,6 +48,9 @@ final class GatewayMetrics: Sendable {
     let storeCalls: Counter
     /// `sluice_idempotency_total` by result.
     private let idempotencyResults: [IdempotencyResult: Counter]
+    /// `sluice_webhook_deliveries_total` by result.
+    private let webhookResults: [WebhookAttemptResult: Counter]
+    private let deadWebhooks: Gauge
 
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -51,6 +58,10 @@ final class GatewayMetrics: Sendable {
         idempotencyResults = IdempotencyResult.allCases.reduce(into: [:]) {
             $0[$1] = registry.makeCounter(descriptor: Self.idempotencyDescriptor, labels: [("result", $1.rawValue)])
         }
+        webhookResults = WebhookAttemptResult.allCases.reduce(into: [:]) {
+            $0[$1] = registry.makeCounter(descriptor: Self.webhookDeliveriesDescriptor, labels: [("result", $1.rawValue)])
+        }
+        deadWebhooks = registry.makeGauge(descriptor: Self.webhooksDeadDescriptor)
         for result in ["ok", "error"] { _ = registry.makeCounter(descriptor: Self.reloadDescriptor, labels: [("result", result)]) }
         _ = registry.makeCounter(descriptor: Self.storeErrorsDescriptor)
         registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: 0.0)
@@ -75,6 +86,15 @@ final class GatewayMetrics: Sendable {
 
     func idempotency(_ result: IdempotencyResult) {
         idempotencyResults[result]?.increment()
+    }
+
+    func webhookAttempted(_ result: WebhookAttemptResult) {
+        webhookResults[result]?.increment()
+    }
+
+    /// Sets `sluice_webhooks_dead`.
+    func webhooksDead(_ count: Int) {
+        deadWebhooks.set(to: Double(count))
     }
 
     func upstreamRetried(upstream: String) {
@@ -130,4 +150,17 @@ enum IdempotencyResult: String, CaseIterable, Sendable {
     case mismatch
     /// The claim was given up (5xx, timeout, client gone), so a retry runs again.
     case released
+}
+
+/// How a webhook attempt went (`sluice_webhook_deliveries_total{result}`).
+enum WebhookAttemptResult: String, CaseIterable, Sendable {
+    case delivered
+    /// An error or a non-2xx answer other than 410 (retried, or dead after the last attempt).
+    case failed
+    /// 410: the partner's endpoint is disabled until the policies change.
+    case gone
+    /// Not sent: the address is not allowed, or the partner has no endpoint (dead at once).
+    case refused
+    /// Not sent: the endpoint is disabled; the message waits.
+    case held
 }

@@ -219,6 +219,17 @@ extension RedisStore: TaskStore, WebhookStore {
         return reply == .integer(1)
     }
 
+    public func deadWebhookCount(retention: Duration) async throws -> Int {
+        var count = 0
+        for shard in 0..<Self.taskShards {
+            let reply = try await client.evaluate(
+                TaskScripts.countDead, keys: [deadKey(shard)], arguments: [String(retention.milliseconds), now], on: defaultEventLoop
+            ).get()
+            if case .integer(let shardCount) = reply { count += Int(shardCount) }
+        }
+        return count
+    }
+
     static func strings(_ reply: RedisReply) -> [String] {
         guard case .array(let items) = reply else { return [] }
         return items.compactMap { if case .string(let bytes) = $0 { String(decoding: bytes, as: UTF8.self) } else { nil } }

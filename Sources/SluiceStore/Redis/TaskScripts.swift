@@ -159,5 +159,15 @@ enum TaskScripts {
         """
     )
 
-    static let all = [accept, replace, take, renew, complete, requeue, takeDue, schedule, redrive]
+    /// Counts a shard's dead messages after dropping those buried longer than the retention ago
+    /// (their messages expired). KEYS: dead. ARGV: retention ms, now ms ('' = Redis TIME).
+    static let countDead = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 2))
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+        return redis.call('ZCARD', KEYS[1])
+        """
+    )
+
+    static let all = [accept, replace, take, renew, complete, requeue, takeDue, schedule, redrive, countDead]
 }

@@ -107,6 +107,19 @@ struct TestPolicies {
             """
     }
 
+    /// Gives `partner` a webhook endpoint signed with the Standard Webhooks test secret, and
+    /// makes retries quick (`webhooks.schedule`).
+    mutating func addWebhook(partner: String = "acme", url: String, allowPrivateAddresses: Bool = true, schedule: String = "[50ms, 50ms]") {
+        files["partners/\(partner).yaml"]! += """
+            webhook:
+              url: \(url)
+              secret: \(WebhookReceiver.secret)
+              allow_private_addresses: \(allowPrivateAddresses)
+
+            """
+        files["gateway.yaml"]! += "webhooks:\n  timeout: 5s\n  schedule: \(schedule)\n"
+    }
+
     /// Sets client_header_timeout and idle_timeout.
     mutating func setTimeouts(header: String, idle: String) {
         files["gateway.yaml"] = files["gateway.yaml"]!
