@@ -31,6 +31,9 @@ public final class Gateway: Sendable {
         /// What circuit breakers and retry budgets read as now (tests inject a manual one;
         /// timeouts always run on the event loops' real timers).
         public var resilienceClock: UptimeClock = { .now }
+        /// How often the gauges read from the store (`sluice_tasks`, `sluice_task_queue_oldest_seconds`,
+        /// `sluice_webhooks_dead`) are refreshed.
+        public var storeGaugeInterval: Duration = .seconds(15)
 
         public init() {}
     }
@@ -94,7 +97,7 @@ public final class Gateway: Sendable {
         services.append(
             TaskWorkers(
                 runtime: runtime, instance: instance, wakeUp: wakeUp, clock: options.storeClock, drainTimeout: options.shutdownTimeout / 2,
-                group: eventLoopGroup
+                censusInterval: options.storeGaugeInterval, group: eventLoopGroup
             )
         )
         let webhookClient: WebhookClient
@@ -103,7 +106,7 @@ public final class Gateway: Sendable {
         } catch {
             throw PolicyErrors([PolicyProblem(SourceLocation(file: policiesDirectory, line: 1, column: 1), "webhooks: cannot set up the TLS client: \(error)")])
         }
-        services.append(WebhookSender(runtime: runtime, client: webhookClient, clock: options.storeClock))
+        services.append(WebhookSender(runtime: runtime, client: webhookClient, clock: options.storeClock, deadCountInterval: options.storeGaugeInterval))
         for (name, address, useTLS) in [("https", listen.https, true), ("http", listen.http, false)] {
             guard let address else { continue }
             services.append(PartnerListener(name: name, address: address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, onBound: record))

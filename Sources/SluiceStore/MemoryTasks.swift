@@ -204,6 +204,20 @@ final class TaskTable: Sendable {
         }
     }
 
+    func census() -> TaskCensus {
+        let now = clock()
+        return state.withLock { state in
+            var counts: [TaskStatus: Int] = [:]
+            var oldestQueuedAt: Int64?
+            for stored in state.tasks.values where stored.expires > now {
+                let lifecycle = stored.record.lifecycle
+                counts[lifecycle.status, default: 0] += 1
+                if lifecycle.status == .queued { oldestQueuedAt = min(oldestQueuedAt ?? lifecycle.updatedAt, lifecycle.updatedAt) }
+            }
+            return TaskCensus(counts: counts, oldestQueuedAt: oldestQueuedAt)
+        }
+    }
+
     /// Entry ids are counters: shorter ones are older.
     private static func order(_ left: String, _ right: String) -> Bool {
         (left.count, left) < (right.count, right)
@@ -255,6 +269,8 @@ extension MemoryStore: TaskStore {
     public func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord] {
         tasks.list(status: status, partner: partner, limit: limit)
     }
+
+    public func taskCensus(retention: Duration) async throws -> TaskCensus { tasks.census() }
 }
 
 extension MemoryStore: WebhookStore {

@@ -16,6 +16,19 @@ public struct TaskClaim: Sendable, Hashable {
     }
 }
 
+/// The tasks in a store by status (`sluice_tasks{status}`, `sluice_task_queue_oldest_seconds`).
+public struct TaskCensus: Sendable, Equatable {
+    /// Tasks per status; every status is present.
+    public var counts: [TaskStatus: Int]
+    /// When the queued task that has waited longest entered the queue (epoch ms); nil when none is queued.
+    public var oldestQueuedAt: Int64?
+
+    public init(counts: [TaskStatus: Int] = [:], oldestQueuedAt: Int64? = nil) {
+        self.counts = TaskStatus.allCases.reduce(into: [:]) { $0[$1] = counts[$1] ?? 0 }
+        self.oldestQueuedAt = oldestQueuedAt
+    }
+}
+
 /// Durable async tasks (SPEC §3): task records, the requests they run, and a queue that every
 /// gateway instance's workers take from. A taken entry is leased to its worker; a worker renews
 /// its leases while it runs, and an entry not renewed for a lease is taken over by another worker
@@ -64,6 +77,10 @@ public protocol TaskStore: Sendable {
 
     /// The newest tasks first, at most `limit`, optionally only those with `status` or of `partner`.
     func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord]
+
+    /// How many stored tasks are in each status, and since when the longest-waiting queued one
+    /// waits (tasks whose last change is older than `retention` have expired and are not counted).
+    func taskCensus(retention: Duration) async throws -> TaskCensus
 
     /// The loop the async forms use.
     var defaultEventLoop: any EventLoop { get }

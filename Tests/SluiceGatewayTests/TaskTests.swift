@@ -101,7 +101,8 @@ struct TaskTests {
     }
 
     /// With the one worker held at the upstream, a queued task is cancelled and never reaches
-    /// the upstream; cancelling the running task, or a finished one, is 409.
+    /// the upstream; cancelling the running task, or a finished one, is 409. The task gauges
+    /// and the phase durations follow.
     @Test func queuedTaskIsCancelledRunningOneConflicts() async throws {
         let recorder = RecordingUpstream()
         recorder.hold()
@@ -114,6 +115,12 @@ struct TaskTests {
             try await eventually("the first task is at the upstream") { recorder.heldCount == 1 }
             #expect(try await gateway.partner(.GET, "/v2/tasks/\(busy)").json()["status"] as? String == "running")
             let waiting = try #require(try await accept(gateway, "/v2/held-tasks").json()["task_id"] as? String)
+            try await eventually("the gauges show one task running and one waiting") {
+                let running = try await gateway.metric(#"sluice_tasks{status="running"}"#)
+                let queued = try await gateway.metric(#"sluice_tasks{status="queued"}"#)
+                let oldest = try await gateway.metric("sluice_task_queue_oldest_seconds") ?? 0
+                return running == 1 && queued == 1 && oldest > 0
+            }
             let cancelled = try await gateway.partner(.DELETE, "/v2/tasks/\(waiting)")
             #expect(cancelled.status == 200)
             #expect(try cancelled.json()["status"] as? String == "cancelled")
@@ -124,6 +131,15 @@ struct TaskTests {
             #expect((final["history"] as? [[String: Any]])?.map { $0["status"] as? String } == ["queued", "cancelled"])
             #expect(final["result"] == nil)
             #expect(recorder.startedCount == 1)
+            try await eventually("the gauges show the finished tasks") {
+                let succeeded = try await gateway.metric(#"sluice_tasks{status="succeeded"}"#)
+                let cancelled = try await gateway.metric(#"sluice_tasks{status="cancelled"}"#)
+                let queued = try await gateway.metric(#"sluice_tasks{status="queued"}"#)
+                let oldest = try await gateway.metric("sluice_task_queue_oldest_seconds")
+                return succeeded == 1 && cancelled == 1 && queued == 0 && oldest == 0
+            }
+            #expect(try await gateway.metric(#"sluice_task_duration_seconds_count{route="held-task",phase="queued"}"#) == 1)
+            #expect(try await gateway.metric(#"sluice_task_duration_seconds_count{route="held-task",phase="running"}"#) == 1)
             try expectProblem(try await gateway.partner(.DELETE, "/v2/tasks/\(waiting)"), 409, "task-not-cancellable", path: "/v2/tasks/\(waiting)")
         }
     }

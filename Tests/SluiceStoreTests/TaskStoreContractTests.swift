@@ -165,6 +165,49 @@ struct TaskStoreContractTests {
             #expect(try await store.listTasks(status: .running, partner: nil, limit: 10).isEmpty)
         }
     }
+
+    /// The census counts tasks per status as they move, names the longest-waiting queued task's
+    /// queue time (a hand-back queues a task anew), and forgets tasks past the retention.
+    @Test(arguments: StoreKind.allCases)
+    func censusCountsTasksByStatus(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            #expect(try await store.taskCensus(retention: retention) == TaskCensus())
+            var tasks: [TaskRecord] = []
+            for _ in 0..<4 {
+                let (record, request) = newTask(clock)
+                #expect(try await store.acceptTask(record, request: request, retention: retention))
+                tasks.append(record)
+                clock.advance(1_000)
+            }
+            let firstAccepted = tasks[0].lifecycle.createdAt
+            var running = tasks[0]
+            _ = running.lifecycle.start(at: clock.now, instance: "gw-b")
+            #expect(try await store.replaceTask(running, from: tasks[0].revision, retention: retention))
+            var succeeded = tasks[1]
+            _ = succeeded.lifecycle.start(at: clock.now, instance: "gw-b")
+            _ = succeeded.lifecycle.finish(succeeded: true, at: clock.now, instance: "gw-b")
+            #expect(try await store.replaceTask(succeeded, from: tasks[1].revision, retention: retention))
+            var cancelled = tasks[2]
+            _ = cancelled.lifecycle.cancel(at: clock.now, instance: "gw-a")
+            #expect(try await store.replaceTask(cancelled, from: tasks[2].revision, retention: retention))
+            let census = try await store.taskCensus(retention: retention)
+            #expect(census.counts == [.queued: 1, .running: 1, .succeeded: 1, .failed: 0, .cancelled: 1])
+            #expect(census.oldestQueuedAt == tasks[3].lifecycle.createdAt)
+            #expect(census.oldestQueuedAt != firstAccepted)
+
+            clock.advance(1_000)
+            var handedBack = running
+            _ = handedBack.lifecycle.handBack(at: clock.now, instance: "gw-b")
+            #expect(try await store.replaceTask(handedBack, from: running.revision, retention: retention))
+            let after = try await store.taskCensus(retention: retention)
+            #expect(after.counts[.queued] == 2 && after.counts[.running] == 0)
+            #expect(after.oldestQueuedAt == tasks[3].lifecycle.createdAt)
+
+            clock.advance(retention.milliseconds + 1)
+            #expect(try await store.taskCensus(retention: retention) == TaskCensus())
+        }
+    }
 }
 
 /// The Redis layout of tasks: shard hash tags, TTLs, and a queue that survives losing its group.

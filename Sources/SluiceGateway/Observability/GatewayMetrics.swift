@@ -1,5 +1,6 @@
 import Prometheus
 import SluiceCore
+import SluiceStore
 import Synchronization
 
 /// The gateway's Prometheus metrics (SPEC §5), on a registry of its own so that several
@@ -33,6 +34,13 @@ final class GatewayMetrics: Sendable {
         descriptor("webhook_deliveries", "total", "Webhook attempts by result: delivered, failed, gone (410), refused (address or endpoint), held.")
     }
     private static var webhooksDeadDescriptor: MetricNameDescriptor { descriptor("webhooks", "dead", "Webhook messages in the dead-letter queue.") }
+    private static var tasksDescriptor: MetricNameDescriptor { descriptor("tasks", "", "Stored tasks by status, as the store counts them (all instances).") }
+    private static var taskDurationDescriptor: MetricNameDescriptor {
+        descriptor("task_duration", "seconds", "Time tasks spent queued (until a worker took them) and running (until their result), by route and phase.")
+    }
+    private static var queueOldestDescriptor: MetricNameDescriptor {
+        descriptor("task_queue_oldest", "seconds", "How long the longest-waiting queued task has waited (0 when none waits).")
+    }
     private static var retriesDescriptor: MetricNameDescriptor { descriptor("upstream_retries", "total", "Retried upstream calls.") }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
@@ -44,6 +52,12 @@ final class GatewayMetrics: Sendable {
         .seconds(60), .seconds(300),
     ]
 
+    /// Tasks run for minutes: their phases get buckets up to an hour.
+    private static let taskBuckets: [Duration] = [
+        .milliseconds(10), .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5), .seconds(15), .seconds(30), .seconds(60),
+        .seconds(120), .seconds(300), .seconds(600), .seconds(1_200), .seconds(1_800), .seconds(3_600),
+    ]
+
     /// Commands sent to Redis; several requests' decisions share one.
     let storeCalls: Counter
     /// `sluice_idempotency_total` by result.
@@ -51,6 +65,8 @@ final class GatewayMetrics: Sendable {
     /// `sluice_webhook_deliveries_total` by result.
     private let webhookResults: [WebhookAttemptResult: Counter]
     private let deadWebhooks: Gauge
+    private let tasksByStatus: [TaskStatus: Gauge]
+    private let queueOldest: Gauge
 
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -62,6 +78,10 @@ final class GatewayMetrics: Sendable {
             $0[$1] = registry.makeCounter(descriptor: Self.webhookDeliveriesDescriptor, labels: [("result", $1.rawValue)])
         }
         deadWebhooks = registry.makeGauge(descriptor: Self.webhooksDeadDescriptor)
+        tasksByStatus = TaskStatus.allCases.reduce(into: [:]) {
+            $0[$1] = registry.makeGauge(descriptor: Self.tasksDescriptor, labels: [("status", $1.rawValue)])
+        }
+        queueOldest = registry.makeGauge(descriptor: Self.queueOldestDescriptor)
         for result in ["ok", "error"] { _ = registry.makeCounter(descriptor: Self.reloadDescriptor, labels: [("result", result)]) }
         _ = registry.makeCounter(descriptor: Self.storeErrorsDescriptor)
         registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: 0.0)
@@ -95,6 +115,19 @@ final class GatewayMetrics: Sendable {
     /// Sets `sluice_webhooks_dead`.
     func webhooksDead(_ count: Int) {
         deadWebhooks.set(to: Double(count))
+    }
+
+    /// Sets `sluice_tasks{status}` and `sluice_task_queue_oldest_seconds` from the store's census.
+    func taskCensus(_ census: TaskCensus, now: Int64) {
+        for (status, count) in census.counts { tasksByStatus[status]?.set(to: Double(count)) }
+        queueOldest.set(to: census.oldestQueuedAt.map { Double(max(0, now - $0)) / 1_000 } ?? 0)
+    }
+
+    /// Observes how long a task spent in a phase (`sluice_task_duration_seconds{route,phase}`).
+    func taskPhaseEnded(route: String, phase: TaskPhase, milliseconds: Int64) {
+        registry.makeDurationHistogram(
+            descriptor: Self.taskDurationDescriptor, labels: [("route", route), ("phase", phase.rawValue)], buckets: Self.taskBuckets
+        ).record(.milliseconds(max(0, milliseconds)))
     }
 
     func upstreamRetried(upstream: String) {
@@ -150,6 +183,12 @@ enum IdempotencyResult: String, CaseIterable, Sendable {
     case mismatch
     /// The claim was given up (5xx, timeout, client gone), so a retry runs again.
     case released
+}
+
+/// The long states of a task whose durations are observed (`sluice_task_duration_seconds{phase}`).
+enum TaskPhase: String, Sendable {
+    case queued
+    case running
 }
 
 /// How a webhook attempt went (`sluice_webhook_deliveries_total{result}`).

@@ -18,6 +18,8 @@ final class TaskWorkers: Service, Sendable {
     let instance: String
     private let clock: EpochClock
     private let drainTimeout: Duration
+    /// How often `sluice_tasks` and `sluice_task_queue_oldest_seconds` are read from the store.
+    private let censusInterval: Duration
     private let eventLoops: any EventLoopGroup
     private let wakeUp: WorkerWakeUp
     private let running = Mutex<[TaskClaim: TaskExchange?]>([:])
@@ -30,8 +32,10 @@ final class TaskWorkers: Service, Sendable {
     static let unavailableDelay: Duration = .seconds(1)
 
     init(
-        runtime: GatewayRuntime, instance: String, wakeUp: WorkerWakeUp, clock: @escaping EpochClock, drainTimeout: Duration, group: any EventLoopGroup
+        runtime: GatewayRuntime, instance: String, wakeUp: WorkerWakeUp, clock: @escaping EpochClock, drainTimeout: Duration,
+        censusInterval: Duration, group: any EventLoopGroup
     ) {
+        self.censusInterval = censusInterval
         self.runtime = runtime
         self.wakeUp = wakeUp
         self.instance = instance
@@ -43,6 +47,7 @@ final class TaskWorkers: Service, Sendable {
     func run() async throws {
         await withDiscardingTaskGroup { group in
             var lastRenewal = ContinuousClock.now
+            var lastCensus: ContinuousClock.Instant?
             var wait = Self.pollInterval
             while !Task.isShuttingDownGracefully {
                 let snapshot = runtime.snapshots.load()
@@ -50,7 +55,14 @@ final class TaskWorkers: Service, Sendable {
                 let store = snapshot.tasks.store
                 let free = settings.workers - running.withLock { $0.count }
                 // Policies without async routes make no tasks: the queue is left alone.
-                if free > 0, snapshot.policy.routes.routes.contains(where: { $0.async != .never }),
+                let hasAsyncRoutes = snapshot.policy.routes.routes.contains(where: { $0.async != .never })
+                if hasAsyncRoutes, lastCensus.map({ ContinuousClock.now - $0 >= censusInterval }) ?? true {
+                    lastCensus = .now
+                    if let census = try? await store.taskCensus(retention: settings.retention) {
+                        runtime.metrics.taskCensus(census, now: clock())
+                    }
+                }
+                if free > 0, hasAsyncRoutes,
                     let claims = try? await store.takeTasks(consumer: instance, limit: free, lease: settings.lease)
                 {
                     for claim in claims {
@@ -115,6 +127,9 @@ final class TaskWorkers: Service, Sendable {
             guard try await store.replaceTask(started, from: found.revision, retention: retention) else {
                 return  // moved meanwhile (a cancel, another worker): that change decides
             }
+            if found.lifecycle.status == .queued {
+                runtime.metrics.taskPhaseEnded(route: found.route, phase: .queued, milliseconds: started.lifecycle.updatedAt - found.lifecycle.updatedAt)
+            }
             guard let request = try await store.taskRequest(claim.task) else {
                 return try await finish(started, result: nil, failure: "the task's request is no longer stored", claim: claim, store: store)
             }
@@ -160,6 +175,7 @@ final class TaskWorkers: Service, Sendable {
         finished.failure = failure
         let notify = snapshot.rules.partners[finished.partner]?.policy.webhook != nil ? WebhookMessage(finished: finished, at: now) : nil
         if try await store.replaceTask(finished, from: started.revision, retention: snapshot.policy.gateway.tasks.retention, notify: notify) {
+            runtime.metrics.taskPhaseEnded(route: finished.route, phase: .running, milliseconds: now - started.lifecycle.updatedAt)
             try await store.completeEntry(claim)
             runtime.logger.info(
                 "task \(finished.lifecycle.status.rawValue)",

@@ -30,10 +30,11 @@ final class WebhookSender: Service, Sendable {
     /// When a held message (its endpoint disabled by a 410) is looked at again: the schedule's first delay.
     private static func heldDelay(_ schedule: [Duration]) -> Duration { schedule.first ?? .seconds(5) }
     /// How often `sluice_webhooks_dead` is refreshed from the store.
-    static let deadCountInterval: Duration = .seconds(15)
+    private let deadCountInterval: Duration
 
-    init(runtime: GatewayRuntime, client: WebhookClient, clock: @escaping EpochClock) {
+    init(runtime: GatewayRuntime, client: WebhookClient, clock: @escaping EpochClock, deadCountInterval: Duration) {
         self.runtime = runtime
+        self.deadCountInterval = deadCountInterval
         self.client = client
         self.clock = clock
     }
@@ -59,7 +60,7 @@ final class WebhookSender: Service, Sendable {
                         }
                     }
                     wait = due.isEmpty ? min(wait * 2, Self.idlePollInterval) : Self.pollInterval
-                    let countDue = lastDeadCount.map { ContinuousClock.now - $0 >= Self.deadCountInterval } ?? true
+                    let countDue = lastDeadCount.map { ContinuousClock.now - $0 >= deadCountInterval } ?? true
                     if buried.exchange(false, ordering: .relaxed) || countDue {
                         lastDeadCount = .now
                         if let count = try? await store.deadWebhookCount(retention: snapshot.policy.gateway.tasks.retention) {

@@ -19,6 +19,8 @@ extension RedisStore: TaskStore, WebhookStore {
         guard let task = TaskID("tsk_" + id.dropFirst(4)), id.hasPrefix("msg_") else { return nil }
         return "\(taskShardBase(task.shard(of: Self.taskShards))):webhook:\(id)"
     }
+    /// The sorted sets of a shard's tasks by status, in `TaskStatus.allCases` order (queued first).
+    func statusKeys(_ shard: Int) -> [String] { TaskStatus.allCases.map { "\(taskShardBase(shard)):status:\($0.rawValue)" } }
     func dueKey(_ shard: Int) -> String { "\(taskShardBase(shard)):webhooks:due" }
     func deadKey(_ shard: Int) -> String { "\(taskShardBase(shard)):webhooks:dead" }
     private var now: String { clock.map { String($0()) } ?? "" }
@@ -28,7 +30,7 @@ extension RedisStore: TaskStore, WebhookStore {
         completion: @escaping (Result<Bool, any Error>) -> Void
     ) {
         let shard = record.id.shard(of: Self.taskShards)
-        let keys = [taskKey(record.id), queueKey(shard), indexKey(shard)]
+        let keys = [taskKey(record.id), queueKey(shard), indexKey(shard), statusKeys(shard)[0]]
         let arguments = [
             record.encoded(), request.encoded(), String(retention.milliseconds), record.id.text, String(record.revision), clock.map { String($0()) } ?? "",
         ]
@@ -49,10 +51,11 @@ extension RedisStore: TaskStore, WebhookStore {
     ) {
         let shard = record.id.shard(of: Self.taskShards)
         let messageID = "msg_" + record.id.text.dropFirst(4)
-        let keys = [taskKey(record.id), messageKey(messageID)!, dueKey(shard)]
+        let keys = [taskKey(record.id), messageKey(messageID)!, dueKey(shard)] + statusKeys(shard)
+        let position = TaskStatus.allCases.firstIndex(of: record.lifecycle.status)! + 1
         let arguments = [
             record.encoded(), String(revision), String(record.revision), String(retention.milliseconds), record.lifecycle.status.isFinished ? "1" : "0",
-            notify?.encoded() ?? "", messageID, now,
+            notify?.encoded() ?? "", messageID, now, record.id.text, String(position),
         ]
         client.evaluate(TaskScripts.replace, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
             completion(result.map { $0 == .integer(1) })
@@ -228,6 +231,27 @@ extension RedisStore: TaskStore, WebhookStore {
             if case .integer(let shardCount) = reply { count += Int(shardCount) }
         }
         return count
+    }
+
+    public func taskCensus(retention: Duration) async throws -> TaskCensus {
+        let statuses = TaskStatus.allCases
+        var counts: [TaskStatus: Int] = [:]
+        var oldestQueuedAt: Int64?
+        for shard in 0..<Self.taskShards {
+            let reply = try await client.evaluate(
+                TaskScripts.census, keys: statusKeys(shard), arguments: [String(retention.milliseconds), now], on: defaultEventLoop
+            ).get()
+            guard case .array(let items) = reply, items.count == statuses.count + 1 else {
+                throw RedisError.protocolViolation("unexpected census reply \(reply)")
+            }
+            let numbers = try items.map { item in
+                guard case .integer(let number) = item else { throw RedisError.protocolViolation("unexpected census reply \(reply)") }
+                return number
+            }
+            for (status, count) in zip(statuses, numbers) { counts[status, default: 0] += Int(count) }
+            if numbers[statuses.count] >= 0 { oldestQueuedAt = min(oldestQueuedAt ?? numbers[statuses.count], numbers[statuses.count]) }
+        }
+        return TaskCensus(counts: counts, oldestQueuedAt: oldestQueuedAt)
     }
 
     static func strings(_ reply: RedisReply) -> [String] {

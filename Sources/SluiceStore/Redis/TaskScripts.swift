@@ -7,10 +7,11 @@
 /// `task ID` entries read by the consumer group `workers`), `…:index` (sorted set: task id →
 /// accept time ms, for listing; trimmed to the retention), `…:webhook:MSG` (a webhook message as
 /// JSON), `…:webhooks:due` (sorted set: message id → due ms), `…:webhooks:dead` (sorted set:
-/// message id → when it died).
+/// message id → when it died), `…:status:S` for each status S (sorted set: task id → when it
+/// entered S; counted and trimmed to the retention for `sluice_tasks`).
 enum TaskScripts {
-    /// KEYS: task, queue, index. ARGV: record, request, retention ms, id, revision, now ms ('' =
-    /// Redis TIME). Returns 1, or 0 when the task exists.
+    /// KEYS: task, queue, index, status:queued. ARGV: record, request, retention ms, id,
+    /// revision, now ms ('' = Redis TIME). Returns 1, or 0 when the task exists.
     static let accept = RedisScript(
         """
         \(AdmissionScripts.now(argument: 6))
@@ -22,14 +23,18 @@ enum TaskScripts {
         redis.call('ZADD', KEYS[3], now, ARGV[4])
         redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - retention)
         redis.call('PEXPIRE', KEYS[3], retention)
+        redis.call('ZADD', KEYS[4], now, ARGV[4])
+        redis.call('PEXPIRE', KEYS[4], retention)
         return 1
         """
     )
 
-    /// Compare and set. KEYS: task, webhook message, webhooks due. ARGV: record, expected
-    /// revision, new revision, retention ms, '1' when the task finished (its request is
-    /// dropped), the webhook message to schedule now ('' = none), its id, now ms ('' = Redis
-    /// TIME). Returns 1, or 0 when the stored revision differs (or the task is gone).
+    /// Compare and set. KEYS: task, webhook message, webhooks due, then the status sets in
+    /// `TaskStatus.allCases` order. ARGV: record, expected revision, new revision, retention ms,
+    /// '1' when the task finished (its request is dropped), the webhook message to schedule now
+    /// ('' = none), its id, now ms ('' = Redis TIME), the task id, the new status's position
+    /// (1-based) among the status sets. Returns 1, or 0 when the stored revision differs (or
+    /// the task is gone).
     static let replace = RedisScript(
         """
         \(AdmissionScripts.now(argument: 8))
@@ -41,6 +46,10 @@ enum TaskScripts {
           redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[4])
           redis.call('ZADD', KEYS[3], now, ARGV[7])
         end
+        for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[9]) end
+        local status = KEYS[3 + tonumber(ARGV[10])]
+        redis.call('ZADD', status, now, ARGV[9])
+        redis.call('PEXPIRE', status, ARGV[4])
         return 1
         """
     )
@@ -169,5 +178,23 @@ enum TaskScripts {
         """
     )
 
-    static let all = [accept, replace, take, renew, complete, requeue, takeDue, schedule, redrive, countDead]
+    /// Counts a shard's tasks by status after dropping entries older than the retention (their
+    /// tasks expired). KEYS: the status sets, queued first. ARGV: retention ms, now ms ('' =
+    /// Redis TIME). Returns the counts in KEYS order, then when the oldest queued task entered
+    /// the queue (ms; -1 when none).
+    static let census = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 2))
+        local out = {}
+        for i = 1, #KEYS do
+          redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[1]))
+          out[i] = redis.call('ZCARD', KEYS[i])
+        end
+        local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+        out[#KEYS + 1] = oldest[2] and math.floor(tonumber(oldest[2])) or -1
+        return out
+        """
+    )
+
+    static let all = [accept, replace, take, renew, complete, requeue, takeDue, schedule, redrive, countDead, census]
 }

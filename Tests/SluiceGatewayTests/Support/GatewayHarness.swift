@@ -48,6 +48,7 @@ struct GatewayHarness {
             var options = Gateway.Options()
             options.handleSignals = false
             options.watchInterval = .milliseconds(100)
+            options.storeGaugeInterval = .milliseconds(100)
             options.logOutput = output
             if let clock {
                 options.storeClock = clock.epochClock
