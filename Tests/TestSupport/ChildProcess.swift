@@ -1,14 +1,24 @@
 public import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// A child process started with `posix_spawn` and a clean signal mask (so SIGTERM and SIGHUP
-/// reach it), output captured in files. Waiting polls, so no thread blocks.
+/// reach it), output captured in files, and no other file descriptor of this process. Waiting
+/// polls, so no thread blocks.
 public final class ChildProcess: @unchecked Sendable {
     public let pid: pid_t
     public let stdoutPath: String
     public let stderrPath: String
+    /// The exit code once the process has been reaped.
+    private let reapedCode = Mutex<Int32?>(nil)
+
+    /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+), which the Glibc module does not export.
+    private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    private static let addCloseFrom: AddCloseFrom? = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np").map {
+        unsafeBitCast($0, to: AddCloseFrom.self)
+    }
 
     public init(executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-process-\(UUID().uuidString)")
@@ -22,6 +32,10 @@ public final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        // Nothing else is inherited: a socket of this process kept open in the child (NIO's
+        // accepted sockets are not close-on-exec) would outlive its close here, and a test would
+        // wait for a connection end that never comes.
+        guard let closeFrom = Self.addCloseFrom, closeFrom(&actions, 3) == 0 else { throw SpawnFailed(code: ENOSYS, path: executable) }
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -48,18 +62,25 @@ public final class ChildProcess: @unchecked Sendable {
         self.pid = pid
     }
 
+    /// Sends `signal`, unless the process has exited and been reaped (its pid may belong to another by now).
     public func signal(_ signal: Int32) {
-        kill(pid, signal)
+        reapedCode.withLock { code in
+            if code == nil { kill(pid, signal) }
+        }
     }
 
     /// Waits for the process to exit and returns its exit code (128 + signal when killed).
     public func exitCode(timeout: Duration = .seconds(30)) async throws -> Int32 {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid {
-                return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+            let code = reapedCode.withLock { code -> Int32? in
+                var status: Int32 = 0
+                if code == nil, waitpid(pid, &status, WNOHANG) == pid {
+                    code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+                }
+                return code
             }
+            if let code { return code }
             try await Task.sleep(for: .milliseconds(20))
         }
         kill(pid, SIGKILL)
