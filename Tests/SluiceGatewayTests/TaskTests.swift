@@ -9,26 +9,11 @@ import Testing
 /// `Prefer: respond-async`, owner-only reads, cancel, idempotent accept, two instances on Redis.
 @Suite(.serialized)
 struct TaskTests {
-    private static func addRoutes(_ policies: inout TestPolicies) {
+    static func addRoutes(_ policies: inout TestPolicies) {
         policies.addRoutes(
             "{ id: price, versions: [v2], method: POST, path: /price-calculations, upstream: main, upstream_path: /price, async: always, request_timeout: 30m }",
             "{ id: quote, versions: [v2], method: POST, path: /quotes, upstream: main, upstream_path: /price, async: on-request }"
         )
-    }
-
-    private func accept(_ gateway: GatewayHarness, _ path: String, key: String = TestKeys.acme, headers: [(String, String)] = []) async throws -> TestResponse {
-        try await gateway.partner(.POST, path, key: key, headers: headers, body: .bytes(ByteBuffer(string: "{\"part\":\"A-1\",\"model\":\"bracket.step\"}")))
-    }
-
-    /// Polls the status URL until the task is finished.
-    private func finished(_ gateway: GatewayHarness, _ location: String) async throws -> [String: Any] {
-        var document: [String: Any] = [:]
-        try await eventually("the task finishes") {
-            let status = try await gateway.partner(.GET, location)
-            document = try status.json()
-            return ["succeeded", "failed", "cancelled"].contains(document["status"] as? String ?? "")
-        }
-        return document
     }
 
     /// An `async: always` route answers 202 at once with where to poll; a worker runs the task
@@ -36,12 +21,12 @@ struct TaskTests {
     /// status document then has the result and the history — on the embedded store and on Redis.
     @Test(arguments: [false, true])
     func acceptedTaskRunsAndIsPolled(onRedis: Bool) async throws {
-        let url = onRedis ? try await RedisServer.sharedURL() : nil
+        let url = onRedis ? try await TaskDatabase.url() : nil
         try await GatewayHarness.with({ policies in
             Self.addRoutes(&policies)
             if let url { policies.useRedis(url, timeout: "2s") }
         }) { (gateway: GatewayHarness) async throws in
-            let accepted = try await accept(gateway, "/v2/price-calculations?ms=20", headers: [("X-Request-Id", "order-4711")])
+            let accepted = try await gateway.acceptTask("/v2/price-calculations?ms=20", headers: [("X-Request-Id", "order-4711")])
             #expect(accepted.status == 202)
             let body = try accepted.json()
             let id = try #require(body["task_id"] as? String)
@@ -54,7 +39,7 @@ struct TaskTests {
             #expect(accepted.header("Content-Type") == "application/json")
             #expect(accepted.header("RateLimit") != nil)
 
-            let document = try await finished(gateway, "/v2/tasks/\(id)")
+            let document = try await gateway.finishedTask("/v2/tasks/\(id)")
             #expect(document["status"] as? String == "succeeded")
             #expect(document["attempts"] as? Int == 1)
             let history = try #require(document["history"] as? [[String: Any]])
@@ -71,21 +56,21 @@ struct TaskTests {
     /// An `on-request` route is synchronous unless the partner prefers `respond-async`; then 202 with `Preference-Applied`.
     @Test func onRequestRouteHonoursPrefer() async throws {
         try await GatewayHarness.with(Self.addRoutes) { gateway in
-            let sync = try await accept(gateway, "/v2/quotes?ms=1")
+            let sync = try await gateway.acceptTask("/v2/quotes?ms=1")
             #expect(sync.status == 200)
             #expect(try sync.json()["currency"] as? String == "EUR")
-            let async = try await accept(gateway, "/v2/quotes?ms=1", headers: [("Prefer", "wait=10, Respond-Async")])
+            let async = try await gateway.acceptTask("/v2/quotes?ms=1", headers: [("Prefer", "wait=10, Respond-Async")])
             #expect(async.status == 202)
             #expect(async.header("Preference-Applied") == "respond-async")
             let id = try #require(try async.json()["task_id"] as? String)
-            #expect(try await finished(gateway, "/v2/tasks/\(id)")["status"] as? String == "succeeded")
+            #expect(try await gateway.finishedTask("/v2/tasks/\(id)")["status"] as? String == "succeeded")
         }
     }
 
     /// Only the owner sees its task: another partner, an unknown id and a malformed one get 404; other methods 405; no key 401.
     @Test func tasksAreOwnerOnly() async throws {
         try await GatewayHarness.with(Self.addRoutes) { gateway in
-            let id = try #require(try await accept(gateway, "/v2/price-calculations?ms=1").json()["task_id"] as? String)
+            let id = try #require(try await gateway.acceptTask("/v2/price-calculations?ms=1").json()["task_id"] as? String)
             try expectProblem(try await gateway.partner(.GET, "/v2/tasks/\(id)", key: TestKeys.globex), 404, "not-found", path: "/v2/tasks/\(id)")
             try expectProblem(try await gateway.partner(.DELETE, "/v2/tasks/\(id)", key: TestKeys.globex), 404, "not-found", path: "/v2/tasks/\(id)")
             let unknown = TaskID.random().text
@@ -111,10 +96,10 @@ struct TaskTests {
             policies.addRoutes("{ id: held-task, versions: [v2], method: POST, path: /held-tasks, upstream: held, async: always }")
             policies.files["gateway.yaml"]! += "tasks: { workers: 1 }\n"
         }) { (gateway: GatewayHarness) async throws in
-            let busy = try #require(try await accept(gateway, "/v2/held-tasks").json()["task_id"] as? String)
+            let busy = try #require(try await gateway.acceptTask("/v2/held-tasks").json()["task_id"] as? String)
             try await eventually("the first task is at the upstream") { recorder.heldCount == 1 }
             #expect(try await gateway.partner(.GET, "/v2/tasks/\(busy)").json()["status"] as? String == "running")
-            let waiting = try #require(try await accept(gateway, "/v2/held-tasks").json()["task_id"] as? String)
+            let waiting = try #require(try await gateway.acceptTask("/v2/held-tasks").json()["task_id"] as? String)
             try await eventually("the gauges show one task running and one waiting") {
                 let running = try await gateway.metric(#"sluice_tasks{status="running"}"#)
                 let queued = try await gateway.metric(#"sluice_tasks{status="queued"}"#)
@@ -126,7 +111,7 @@ struct TaskTests {
             #expect(try cancelled.json()["status"] as? String == "cancelled")
             try expectProblem(try await gateway.partner(.DELETE, "/v2/tasks/\(busy)"), 409, "task-not-cancellable", path: "/v2/tasks/\(busy)")
             recorder.release()
-            #expect(try await finished(gateway, "/v2/tasks/\(busy)")["status"] as? String == "succeeded")
+            #expect(try await gateway.finishedTask("/v2/tasks/\(busy)")["status"] as? String == "succeeded")
             let final = try await gateway.partner(.GET, "/v2/tasks/\(waiting)").json()
             #expect((final["history"] as? [[String: Any]])?.map { $0["status"] as? String } == ["queued", "cancelled"])
             #expect(final["result"] == nil)
@@ -147,8 +132,8 @@ struct TaskTests {
     /// The same Idempotency-Key returns the same task (the 202 is replayed); no second task is made.
     @Test func sameKeyReturnsTheSameTask() async throws {
         try await GatewayHarness.with(Self.addRoutes) { gateway in
-            let first = try await accept(gateway, "/v2/price-calculations?ms=1", headers: [("Idempotency-Key", "quote-88")])
-            let second = try await accept(gateway, "/v2/price-calculations?ms=1", headers: [("Idempotency-Key", "quote-88")])
+            let first = try await gateway.acceptTask("/v2/price-calculations?ms=1", headers: [("Idempotency-Key", "quote-88")])
+            let second = try await gateway.acceptTask("/v2/price-calculations?ms=1", headers: [("Idempotency-Key", "quote-88")])
             #expect(first.status == 202 && second.status == 202)
             #expect(second.header("Idempotent-Replayed") == "true")
             #expect(try second.json()["task_id"] as? String == (try first.json()["task_id"] as? String))
@@ -158,15 +143,15 @@ struct TaskTests {
 
     /// Two instances on Redis: a task accepted by one is read (and cancelled or finished) through the other.
     @Test func otherInstanceSeesTheTask() async throws {
-        let url = try await RedisServer.sharedURL()
+        let url = try await TaskDatabase.url()
         let configure: (inout TestPolicies) -> Void = { policies in
             Self.addRoutes(&policies)
             policies.useRedis(url, timeout: "2s")
         }
         try await GatewayHarness.with(configure) { first in
             try await GatewayHarness.with(configure) { second in
-                let id = try #require(try await accept(first, "/v2/price-calculations?ms=5").json()["task_id"] as? String)
-                #expect(try await finished(second, "/v2/tasks/\(id)")["status"] as? String == "succeeded")
+                let id = try #require(try await first.acceptTask("/v2/price-calculations?ms=5").json()["task_id"] as? String)
+                #expect(try await second.finishedTask("/v2/tasks/\(id)")["status"] as? String == "succeeded")
             }
         }
     }

@@ -34,7 +34,7 @@ struct WebhookTests {
     /// on the embedded store and on Redis.
     @Test(arguments: [false, true])
     func failedAttemptsAreRetriedWithTheSameID(onRedis: Bool) async throws {
-        let url = onRedis ? try await RedisServer.sharedURL() : nil
+        let url = onRedis ? try await TaskDatabase.url() : nil
         try await withWebhookReceiver { receiver, port in
             receiver.answer([500, 503])
             try await GatewayHarness.with({ policies in
@@ -67,7 +67,7 @@ struct WebhookTests {
     /// 404, `sluice webhooks redrive ID` sends it again and it is delivered. `sluice tasks show`
     /// and `list` read the same store.
     @Test func deadLetterIsListedAndRedriven() async throws {
-        let url = try await RedisServer.sharedURL()
+        let url = try await TaskDatabase.url()
         try await withWebhookReceiver { receiver, port in
             receiver.answer([], then: 500)
             try await GatewayHarness.with({ policies in

@@ -25,11 +25,14 @@ struct GatewayHarness {
     var admin: String { "http://127.0.0.1:\(addresses.admin!)" }
 
     /// Runs `body` against a fresh gateway; `configure` may change the policy files first.
-    /// - Parameter clock: The clock of the embedded store, the circuit breakers and the retry
-    ///   budgets (default: the real clocks).
+    /// - Parameters:
+    ///   - clock: The clock of the embedded store, the circuit breakers and the retry budgets
+    ///     (default: the real clocks).
+    ///   - shutdownTimeout: The drain limit when `body` is done (running tasks get half of it).
     static func with(
         _ configure: (inout TestPolicies) -> Void = { _ in },
         clock: ManualClock? = nil,
+        shutdownTimeout: Duration = .seconds(30),
         _ body: (GatewayHarness) async throws -> Void
     ) async throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-test-\(UUID().uuidString)")
@@ -49,6 +52,7 @@ struct GatewayHarness {
             options.handleSignals = false
             options.watchInterval = .milliseconds(100)
             options.storeGaugeInterval = .milliseconds(100)
+            options.shutdownTimeout = shutdownTimeout
             options.logOutput = output
             if let clock {
                 options.storeClock = clock.epochClock

@@ -1,0 +1,162 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import TestSupport
+import Testing
+
+/// Async tasks when things go wrong (SPEC §4.3, issue 12 point 7): Redis down or restarted
+/// empty, an instance killed with -9 while it runs tasks, and a graceful shutdown that hands
+/// running tasks back — every task still finishes, every webhook is still delivered.
+@Suite(.serialized)
+struct TaskTroubleTests {
+    /// The async routes on `redis`, 4 workers with a 1 s lease, and a webhook to `receiverPort`.
+    private static func configure(redis: String, receiverPort: Int? = nil) -> (inout TestPolicies) -> Void {
+        { policies in
+            TaskTests.addRoutes(&policies)
+            policies.useRedis(redis, timeout: "1s")
+            policies.files["gateway.yaml"]! += "tasks: { workers: 4, lease: 1s }\n"
+            if let receiverPort { policies.addWebhook(url: "http://127.0.0.1:\(receiverPort)/hook") }
+        }
+    }
+
+    private static func messageID(of task: String) -> String { "msg_" + task.dropFirst(4) }
+
+    private static func statuses(_ document: [String: Any]) -> [String?] {
+        (document["history"] as? [[String: Any]] ?? []).map { $0["status"] as? String }
+    }
+
+    /// While Redis is down, accepting and reading tasks answer 503 with `Retry-After: 1`; when it
+    /// comes back empty (its queue and consumer group gone: `NOGROUP`), the workers recreate
+    /// them and new tasks run, without a gateway restart.
+    @Test func redisOutageAnswers503AndAnEmptyRestartRecovers() async throws {
+        let redis = try await RedisServer.start()
+        try await GatewayHarness.with(Self.configure(redis: redis.url)) { gateway in
+            let before = try #require(try await gateway.acceptTask("/v2/price-calculations?ms=1").json()["task_id"] as? String)
+            #expect(try await gateway.finishedTask("/v2/tasks/\(before)")["status"] as? String == "succeeded")
+
+            try await redis.stop()
+            let refusedAccept = try await gateway.acceptTask("/v2/price-calculations?ms=1")
+            let refusedRead = try await gateway.partner(.GET, "/v2/tasks/\(before)")
+            for answer in [refusedAccept, refusedRead] {
+                #expect(answer.status == 503 && answer.header("Retry-After") == "1")
+                #expect(try answer.json()["type"] as? String == "urn:sluice:problem:upstream-unavailable")
+            }
+
+            try await redis.restart()
+            var after = ""
+            try await eventually("tasks are accepted again") {
+                let answer = try await gateway.acceptTask("/v2/price-calculations?ms=1")
+                after = try answer.json()["task_id"] as? String ?? ""
+                return answer.status == 202
+            }
+            #expect(try await gateway.finishedTask("/v2/tasks/\(after)")["status"] as? String == "succeeded")
+            #expect(try await gateway.partner(.GET, "/v2/tasks/\(before)").status == 404, "Redis restarted empty")
+        }
+        try await redis.stop()
+    }
+
+    /// An instance holding running tasks is killed with -9 while a second instance runs: the
+    /// second takes each task over after the lease, runs it, and every webhook is delivered.
+    @Test func killedInstanceTasksAreFinishedByTheOther() async throws {
+        let database = try await TaskDatabase.url()
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-kill-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: root) }
+        // The doomed instance's upstream never answers, so its tasks are running when it dies.
+        let stuck = RecordingUpstream()
+        stuck.hold()
+        var logger = Logger(label: "stuck")
+        logger.logLevel = .critical
+        try await withWebhookReceiver { receiver, receiverPort in
+            try await withListeningService({ stuck.server(logger: logger, onListening: $0) }) { stuckPort in
+                var policies = TestPolicies(
+                    directory: root.appendingPathComponent("policies"), upstreamPort: stuckPort, pki: try TestPKI(directory: root.appendingPathComponent("pki"))
+                )
+                Self.configure(redis: database, receiverPort: receiverPort)(&policies)
+                let (httpPort, adminPort) = (try freePort(), try freePort())
+                policies.files["gateway.yaml"] = policies.files["gateway.yaml"]!
+                    .replacingOccurrences(of: "https: 127.0.0.1:0", with: "https: null")
+                    .replacingOccurrences(of: "http: 127.0.0.1:0", with: "http: 127.0.0.1:\(httpPort)")
+                    .replacingOccurrences(of: "admin: 127.0.0.1:0", with: "admin: 127.0.0.1:\(adminPort)")
+                try policies.write()
+                let doomed = try SluiceProcess.start(["serve", "--policies", policies.directory.path])
+                let client = HTTPClient(eventLoopGroupProvider: .singleton)
+                defer { doomed.signal(SIGKILL) }
+                do {
+                    try await eventually("the doomed instance is ready") {
+                        let ready = try? await client.execute(HTTPClientRequest(url: "http://127.0.0.1:\(adminPort)/readyz"), timeout: .seconds(2))
+                        return ready?.status == .ok
+                    }
+                    var tasks: [String] = []
+                    for _ in 0..<3 {
+                        var request = HTTPClientRequest(url: "http://127.0.0.1:\(httpPort)/v2/price-calculations?ms=1")
+                        request.method = .POST
+                        request.headers.add(name: "X-API-Key", value: TestKeys.acme)
+                        request.body = .bytes(ByteBuffer(string: #"{"part":"A-1"}"#))
+                        let response = try await client.execute(request, timeout: .seconds(5))
+                        #expect(response.status == .accepted)
+                        let body = try JSONSerialization.jsonObject(with: Data(buffer: try await response.body.collect(upTo: 4_096))) as? [String: Any]
+                        tasks.append(try #require(body?["task_id"] as? String))
+                    }
+                    try await eventually("the doomed instance runs all three") { stuck.heldCount == 3 }
+
+                    try await GatewayHarness.with(Self.configure(redis: database, receiverPort: receiverPort)) { survivor in
+                        doomed.signal(SIGKILL)
+                        #expect(try await doomed.exitCode() != 0)
+                        for task in tasks {
+                            let document = try await survivor.finishedTask("/v2/tasks/\(task)")
+                            #expect(document["status"] as? String == "succeeded")
+                            #expect(Self.statuses(document) == ["queued", "running", "running", "succeeded"])
+                            let takeover = (document["history"] as? [[String: Any]])?[2]["note"] as? String ?? ""
+                            #expect(takeover.hasPrefix("taken over from"), "\(takeover)")
+                        }
+                        try await eventually("every webhook is delivered") {
+                            Set(receiver.deliveries.map(\.id)).isSuperset(of: tasks.map(Self.messageID(of:)))
+                        }
+                        #expect(receiver.deliveries.allSatisfy { $0.verified })
+                    }
+                } catch {
+                    stuck.release()
+                    try? await client.shutdown()
+                    throw error
+                }
+                // Its held calls end only when answered, even with their client gone.
+                stuck.release()
+                try await client.shutdown()
+            }
+        }
+    }
+
+    /// A graceful shutdown lets running tasks run until half the drain time, then hands them
+    /// back to the queue; the next instance runs them to the end.
+    @Test func gracefulShutdownHandsRunningTasksBack() async throws {
+        let database = try await TaskDatabase.url()
+        let stuck = RecordingUpstream()
+        stuck.hold()
+        var logger = Logger(label: "stuck")
+        logger.logLevel = .critical
+        var tasks: [String] = []
+        try await withListeningService({ stuck.server(logger: logger, onListening: $0) }) { stuckPort in
+            let configure = Self.configure(redis: database)
+            try await GatewayHarness.with({ policies in
+                configure(&policies)
+                policies.upstreams["main"] = "url: http://127.0.0.1:\(stuckPort)\n"
+            }, shutdownTimeout: .milliseconds(600)) { first in
+                for _ in 0..<2 {
+                    tasks.append(try #require(try await first.acceptTask("/v2/price-calculations?ms=1").json()["task_id"] as? String))
+                }
+                try await eventually("both tasks run") { stuck.heldCount == 2 }
+            }
+            // The held calls end only when answered, even with the gateway gone.
+            stuck.release()
+        }
+        try await GatewayHarness.with(Self.configure(redis: database)) { next in
+            for task in tasks {
+                let document = try await next.finishedTask("/v2/tasks/\(task)")
+                #expect(Self.statuses(document) == ["queued", "running", "queued", "running", "succeeded"])
+                #expect((document["history"] as? [[String: Any]])?[2]["note"] as? String == "handed back at shutdown")
+            }
+        }
+        #expect(stuck.startedCount == 2)
+    }
+}
