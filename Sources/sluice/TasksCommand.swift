@@ -35,26 +35,19 @@ struct Tasks: AsyncParsableCommand {
         @Option(help: "Only tasks with this status: queued, running, succeeded, failed or cancelled.")
         var status: String?
 
-        @Option(help: "Only tasks of this partner.")
-        var partner: String?
-
-        @Option(help: "At most this many tasks (1-1000).")
-        var limit = 100
-
-        @Flag(help: "Print the JSON document instead of a table.")
-        var json = false
+        @OptionGroup var listing: ListingOptions
 
         func validate() throws {
             if let status, TaskStatus(rawValue: status) == nil {
                 throw ValidationError("--status must be one of \(TaskStatus.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-            try validateListing(partner: partner, limit: limit)
         }
 
         func run() async throws {
             let status = status.flatMap(TaskStatus.init(rawValue:))
+            let (partner, limit) = (listing.partner, listing.limit)
             let document = try await withTaskOperations(options) { try await $0.list(status: status, partner: partner, limit: limit) }
-            printListing(document, key: "tasks", json: json, columns: ["task_id", "partner", "route", "status", "attempts", "created_at", "updated_at"])
+            printListing(document, key: "tasks", json: listing.json, columns: ["task_id", "partner", "route", "status", "attempts", "created_at", "updated_at"])
         }
     }
 }
@@ -70,22 +63,12 @@ struct Webhooks: AsyncParsableCommand {
 
         @OptionGroup var options: PolicyOptions
 
-        @Option(help: "Only messages of this partner.")
-        var partner: String?
-
-        @Option(help: "At most this many messages (1-1000).")
-        var limit = 100
-
-        @Flag(help: "Print the JSON document instead of a table.")
-        var json = false
-
-        func validate() throws {
-            try validateListing(partner: partner, limit: limit)
-        }
+        @OptionGroup var listing: ListingOptions
 
         func run() async throws {
+            let (partner, limit) = (listing.partner, listing.limit)
             let document = try await withTaskOperations(options) { try await $0.deadWebhooks(partner: partner, limit: limit) }
-            printListing(document, key: "webhooks", json: json, columns: ["webhook_id", "task_id", "partner", "type", "attempts", "dead_at", "last_error"])
+            printListing(document, key: "webhooks", json: listing.json, columns: ["webhook_id", "task_id", "partner", "type", "attempts", "dead_at", "last_error"])
         }
     }
 
@@ -121,6 +104,22 @@ struct Webhooks: AsyncParsableCommand {
                 print("\(count) dead message(s) scheduled")
             }
         }
+    }
+}
+
+/// The filters and output form shared by the listing commands.
+struct ListingOptions: ParsableArguments {
+    @Option(help: "Only entries of this partner.")
+    var partner: String?
+
+    @Option(help: "At most this many entries (1-1000).")
+    var limit = 100
+
+    @Flag(help: "Print the JSON document instead of a table.")
+    var json = false
+
+    func validate() throws {
+        try validateListing(partner: partner, limit: limit)
     }
 }
 

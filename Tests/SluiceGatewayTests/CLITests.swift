@@ -96,11 +96,7 @@ struct CLITests {
         try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { upstreamPort in
             let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
             var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: upstreamPort, pki: pki)
-            let (httpPort, adminPort) = (try freePort(), try freePort())
-            policies.files["gateway.yaml"] = policies.files["gateway.yaml"]!
-                .replacingOccurrences(of: "https: 127.0.0.1:0", with: "https: null")
-                .replacingOccurrences(of: "http: 127.0.0.1:0", with: "http: 127.0.0.1:\(httpPort)")
-                .replacingOccurrences(of: "admin: 127.0.0.1:0", with: "admin: 127.0.0.1:\(adminPort)")
+            let (httpPort, adminPort) = try policies.listenOnFixedPorts()
             try policies.write()
             let process = try SluiceProcess.start(["serve", "--policies", policies.directory.path])
             let client = HTTPClient(eventLoopGroupProvider: .singleton)

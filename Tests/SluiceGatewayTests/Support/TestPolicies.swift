@@ -120,6 +120,17 @@ struct TestPolicies {
         files["gateway.yaml"]! += "webhooks:\n  timeout: 5s\n  schedule: \(schedule)\n"
     }
 
+    /// For a gateway run as a process, whose ports the test must know beforehand: plain HTTP
+    /// and admin on free loopback ports, no HTTPS listener.
+    mutating func listenOnFixedPorts() throws -> (http: Int, admin: Int) {
+        let (http, admin) = (try freePort(), try freePort())
+        files["gateway.yaml"] = files["gateway.yaml"]!
+            .replacingOccurrences(of: "https: 127.0.0.1:0", with: "https: null")
+            .replacingOccurrences(of: "http: 127.0.0.1:0", with: "http: 127.0.0.1:\(http)")
+            .replacingOccurrences(of: "admin: 127.0.0.1:0", with: "admin: 127.0.0.1:\(admin)")
+        return (http, admin)
+    }
+
     /// Sets client_header_timeout and idle_timeout.
     mutating func setTimeouts(header: String, idle: String) {
         files["gateway.yaml"] = files["gateway.yaml"]!
