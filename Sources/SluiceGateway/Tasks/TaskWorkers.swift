@@ -23,6 +23,8 @@ final class TaskWorkers: Service, Sendable {
     private let eventLoops: any EventLoopGroup
     private let wakeUp: WorkerWakeUp
     private let running = Mutex<[TaskClaim: TaskExchange?]>([:])
+    /// The last look at the queue filled every free slot.
+    private let backlog = Atomic<Bool>(false)
 
     /// How often an instance looks at the queue right after it found work; each empty look
     /// doubles the wait up to `idlePollInterval` (an accept on this instance wakes it at once).
@@ -65,9 +67,14 @@ final class TaskWorkers: Service, Sendable {
                 if free > 0, hasAsyncRoutes,
                     let claims = try? await store.takeTasks(consumer: instance, limit: free, lease: settings.lease)
                 {
+                    // A full take suggests more are waiting: each finished run then looks again at once.
+                    backlog.store(claims.count == free, ordering: .relaxed)
                     for claim in claims {
                         running.withLock { $0[claim] = .some(nil) }
-                        group.addTask { await self.work(claim, store: store, snapshot: snapshot) }
+                        group.addTask {
+                            await self.work(claim, store: store, snapshot: snapshot)
+                            if self.backlog.load(ordering: .relaxed) { self.wakeUp.wake() }
+                        }
                     }
                     wait = claims.isEmpty ? min(wait * 2, Self.idlePollInterval) : Self.pollInterval
                 }
@@ -75,20 +82,10 @@ final class TaskWorkers: Service, Sendable {
                     lastRenewal = .now
                     await renew(store: store)
                 }
-                if await idle(for: wait) { wait = Self.pollInterval }
+                if await wakeUp.pause(for: wait) { wait = Self.pollInterval }
             }
             await drain()
         }
-    }
-
-    /// Waits for `duration`, a wake-up (then returns true), or shutdown.
-    private func idle(for duration: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + duration
-        while ContinuousClock.now < deadline {
-            if wakeUp.flag.exchange(false, ordering: .relaxed) { return true }
-            guard await pauseUnlessShuttingDown(for: .milliseconds(20)) else { return false }
-        }
-        return false
     }
 
     /// Renews the leases of every running task; a run whose lease was taken over is cancelled.
@@ -202,9 +199,20 @@ final class TaskWorkers: Service, Sendable {
     }
 }
 
-/// Set when a task was accepted on this instance, so its workers look at the queue at once.
+/// Cuts a polling loop's wait short: set when there is work to look at (a task accepted on this
+/// instance; a slot freed while the last look found more than there were slots).
 final class WorkerWakeUp: Sendable {
-    let flag = Atomic<Bool>(false)
+    private let flag = Atomic<Bool>(false)
 
     func wake() { flag.store(true, ordering: .relaxed) }
+
+    /// Waits for `duration`, a wake-up (then returns true), or shutdown.
+    func pause(for duration: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + duration
+        while ContinuousClock.now < deadline {
+            if flag.exchange(false, ordering: .relaxed) { return true }
+            guard await pauseUnlessShuttingDown(for: .milliseconds(20)) else { return false }
+        }
+        return false
+    }
 }

@@ -18,6 +18,9 @@ final class WebhookSender: Service, Sendable {
     private let inFlight = Atomic<Int>(0)
     /// Set when this instance buried a message, so `sluice_webhooks_dead` is refreshed at once.
     private let buried = Atomic<Bool>(false)
+    /// The last look filled every free slot: each finished attempt then looks again at once.
+    private let backlog = Atomic<Bool>(false)
+    private let wakeUp = WorkerWakeUp()
     /// Partners whose endpoint answered 410, with the policy version it answered under.
     private let disabled = Mutex<[String: String]>([:])
 
@@ -52,11 +55,13 @@ final class WebhookSender: Service, Sendable {
                 if free > 0, snapshot.policy.partners.contains(where: { $0.webhook != nil }) {
                     // The lease outlasts an attempt, so nobody else sends it meanwhile.
                     let due = (try? await store.takeDueWebhooks(limit: free, lease: settings.timeout * 2 + .seconds(5))) ?? []
+                    backlog.store(due.count == free, ordering: .relaxed)
                     for message in due {
                         inFlight.add(1, ordering: .relaxed)
                         group.addTask {
                             await self.attempt(message, store: store)
                             self.inFlight.subtract(1, ordering: .relaxed)
+                            if self.backlog.load(ordering: .relaxed) { self.wakeUp.wake() }
                         }
                     }
                     wait = due.isEmpty ? min(wait * 2, Self.idlePollInterval) : Self.pollInterval
@@ -68,7 +73,7 @@ final class WebhookSender: Service, Sendable {
                         }
                     }
                 }
-                guard await pauseUnlessShuttingDown(for: wait) else { break }
+                if await wakeUp.pause(for: wait) { wait = Self.pollInterval }
             }
         }
     }
