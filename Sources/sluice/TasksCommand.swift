@@ -89,7 +89,7 @@ struct Webhooks: AsyncParsableCommand {
         func validate() throws {
             guard (id != nil) != all else { throw ValidationError("give a webhook id or --all, not both") }
             if partner != nil && !all { throw ValidationError("--partner goes with --all") }
-            try validateListing(partner: partner, limit: 1)
+            if let problem = TaskOperations.listingProblem(partner: partner, limit: 1) { throw ValidationError("--" + problem) }
         }
 
         func run() async throws {
@@ -119,16 +119,7 @@ struct ListingOptions: ParsableArguments {
     var json = false
 
     func validate() throws {
-        try validateListing(partner: partner, limit: limit)
-    }
-}
-
-private func validateListing(partner: String?, limit: Int) throws {
-    if let partner, !APIKeyFactory.isValidPartnerID(partner) {
-        throw ValidationError("partner id '\(partner)' must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_'")
-    }
-    guard (1...TaskOperations.maximumListLimit).contains(limit) else {
-        throw ValidationError("--limit must be between 1 and \(TaskOperations.maximumListLimit)")
+        if let problem = TaskOperations.listingProblem(partner: partner, limit: limit) { throw ValidationError("--" + problem) }
     }
 }
 

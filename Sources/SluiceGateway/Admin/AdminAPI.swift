@@ -91,16 +91,12 @@ struct AdminAPI {
     ) async throws -> Response {
         let query = request.uri.queryParameters
         let partner = query.get("partner")
-        if let partner, !APIKeyFactory.isValidPartnerID(partner) {
-            return problemResponse(Problem(.invalidRequest, detail: "partner must be a partner id (1-64 of a-z, A-Z, 0-9, '-', '_')."), request)
-        }
-        let limitText = query.get("limit") ?? "100"
-        guard let limit = Int(limitText), (1...TaskOperations.maximumListLimit).contains(limit) else {
-            return problemResponse(Problem(.invalidRequest, detail: "limit must be a number from 1 to \(TaskOperations.maximumListLimit)."), request)
+        let limit = Int(query.get("limit") ?? "100")
+        if let problem = TaskOperations.listingProblem(partner: partner, limit: limit) {
+            return problemResponse(Problem(.invalidRequest, detail: problem + "."), request)
         }
         do {
-            let body = try await list(taskOperations(), partner, limit)
-            return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: body)))
+            return json(.ok, ByteBuffer(bytes: try await list(taskOperations(), partner, limit!)))
         } catch {
             return problemResponse(Self.storeUnavailable(error), request)
         }
@@ -160,7 +156,11 @@ struct AdminAPI {
 }
 
 private func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
-    Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
+    json(status, ByteBuffer(string: body))
+}
+
+private func json(_ status: HTTPResponse.Status, _ body: ByteBuffer) -> Response {
+    Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: body))
 }
 
 extension HTTPField.Name {

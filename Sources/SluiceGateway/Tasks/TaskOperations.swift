@@ -25,6 +25,15 @@ public struct TaskOperations: Sendable {
     /// Most entries a listing returns.
     public static let maximumListLimit = 1_000
 
+    /// What is wrong with a listing's filters (admin query or CLI flags), or nil.
+    public static func listingProblem(partner: String?, limit: Int?) -> String? {
+        if let partner, !APIKeyFactory.isValidPartnerID(partner) {
+            return "partner must be a partner id (1-64 characters of a-z, A-Z, 0-9, '-' and '_')"
+        }
+        guard let limit, (1...maximumListLimit).contains(limit) else { return "limit must be a number from 1 to \(maximumListLimit)" }
+        return nil
+    }
+
     init(store: any TaskStore & WebhookStore, retention: Duration, close: @escaping @Sendable () async -> Void = {}) {
         self.store = store
         self.retention = retention

@@ -52,10 +52,13 @@ extension RedisStore: TaskStore, WebhookStore {
         let shard = record.id.shard(of: Self.taskShards)
         let messageID = "msg_" + record.id.text.dropFirst(4)
         let keys = [taskKey(record.id), messageKey(messageID)!, dueKey(shard)] + statusKeys(shard)
-        let position = TaskStatus.allCases.firstIndex(of: record.lifecycle.status)! + 1
+        // The history is append-only and its versions count up, so the stored record's status is
+        // the entry at `revision` (if the stored one differs, the script changes nothing).
+        let stored = record.lifecycle.history[min(max(revision, 1), record.lifecycle.history.count) - 1].status
+        func position(_ status: TaskStatus) -> String { String(TaskStatus.allCases.firstIndex(of: status)! + 1) }
         let arguments = [
             record.encoded(), String(revision), String(record.revision), String(retention.milliseconds), record.lifecycle.status.isFinished ? "1" : "0",
-            notify?.encoded() ?? "", messageID, now, record.id.text, String(position),
+            notify?.encoded() ?? "", messageID, now, record.id.text, position(record.lifecycle.status), position(stored),
         ]
         client.evaluate(TaskScripts.replace, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
             completion(result.map { $0 == .integer(1) })

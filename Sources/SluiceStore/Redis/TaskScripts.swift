@@ -32,9 +32,9 @@ enum TaskScripts {
     /// Compare and set. KEYS: task, webhook message, webhooks due, then the status sets in
     /// `TaskStatus.allCases` order. ARGV: record, expected revision, new revision, retention ms,
     /// '1' when the task finished (its request is dropped), the webhook message to schedule now
-    /// ('' = none), its id, now ms ('' = Redis TIME), the task id, the new status's position
-    /// (1-based) among the status sets. Returns 1, or 0 when the stored revision differs (or
-    /// the task is gone).
+    /// ('' = none), its id, now ms ('' = Redis TIME), the task id, the new and the stored
+    /// status's positions (1-based) among the status sets. Returns 1, or 0 when the stored
+    /// revision differs (or the task is gone).
     static let replace = RedisScript(
         """
         \(AdmissionScripts.now(argument: 8))
@@ -46,7 +46,7 @@ enum TaskScripts {
           redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[4])
           redis.call('ZADD', KEYS[3], now, ARGV[7])
         end
-        for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[9]) end
+        redis.call('ZREM', KEYS[3 + tonumber(ARGV[11])], ARGV[9])
         local status = KEYS[3 + tonumber(ARGV[10])]
         redis.call('ZADD', status, now, ARGV[9])
         redis.call('PEXPIRE', status, ARGV[4])
