@@ -34,6 +34,8 @@ public final class Gateway: Sendable {
         /// How often the gauges read from the store (`sluice_tasks`, `sluice_task_queue_oldest_seconds`,
         /// `sluice_webhooks_dead`) are refreshed.
         public var storeGaugeInterval: Duration = .seconds(15)
+        /// How often usage counts are written to the store.
+        public var usageFlushInterval: Duration = .seconds(1)
 
         public init() {}
     }
@@ -68,7 +70,8 @@ public final class Gateway: Sendable {
             wakeWorkers: { wakeUp.wake() }, clock: options.storeClock
         )
         let accessLog = AccessLog(output: options.logOutput, logger: logger, group: eventLoopGroup)
-        let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger, accessLog: accessLog)
+        let usage = UsageCounter(group: eventLoopGroup, clock: options.storeClock)
+        let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger, accessLog: accessLog, usage: usage)
         self.pool = pool
         self.runtime = runtime
         let reloader = PolicyReloader(directory: policiesDirectory, environment: environment, runtime: runtime, factory: factory)
@@ -80,6 +83,7 @@ public final class Gateway: Sendable {
         if let output = options.logOutput { services.append(LogFlusher(output: output, accessLog: accessLog)) }
         services.append(pool)
         services.append(stores)
+        services.append(UsageFlusher(counter: usage, runtime: runtime, interval: options.usageFlushInterval))
         let record: @Sendable (String, any Channel) -> Void = { name, channel in bound.record(name, port: channel.localAddress?.port) }
         if let admin = listen.admin {
             let api = AdminAPI(runtime: runtime, reload: { reloader.reload(reason: "admin API") })

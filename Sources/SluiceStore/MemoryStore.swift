@@ -15,6 +15,7 @@ public final class MemoryStore: AdmissionStore {
     private let ledgers = Sharded<[String: LedgerBox]> { [:] }
     let idempotency = IdempotencyTable()
     let tasks: TaskTable
+    let usageTable: UsageTable
     private let clock: EpochClock
     public let defaultEventLoop: any EventLoop
 
@@ -24,6 +25,7 @@ public final class MemoryStore: AdmissionStore {
     public init(clock: @escaping EpochClock = MemoryStore.wallClock, defaultEventLoop: (any EventLoop)? = nil) {
         self.clock = clock
         tasks = TaskTable(clock: clock)
+        usageTable = UsageTable(clock: clock)
         self.defaultEventLoop = defaultEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
     }
 

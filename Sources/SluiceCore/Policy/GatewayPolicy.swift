@@ -62,6 +62,11 @@ public struct GatewayPolicy: Sendable, Equatable {
         public var retention: Duration = .seconds(86_400)
     }
 
+    public struct Usage: Sendable, Equatable {
+        /// How long per-day usage counts are kept for reports.
+        public var retention: Duration = .seconds(400 * 86_400)
+    }
+
     public struct Webhooks: Sendable, Equatable {
         public var timeout: Duration = .seconds(15)
         /// Delays before each retry; after the last one the delivery is dead.
@@ -90,6 +95,7 @@ public struct GatewayPolicy: Sendable, Equatable {
     public var tasks: Tasks
     public var idempotency: Idempotency
     public var webhooks: Webhooks
+    public var usage: Usage
     public var adminTokens: [AdminToken]
 }
 
@@ -106,6 +112,7 @@ extension GatewayPolicy {
         let tasks = map.optional("tasks").map(readTasks) ?? Tasks()
         let idempotency = map.optional("idempotency").map(readIdempotency) ?? Idempotency()
         let webhooks = map.optional("webhooks").map(readWebhooks) ?? Webhooks()
+        let usage = map.optional("usage").map(readUsage) ?? Usage()
         let tokens = map.optional("admin").map(readAdmin) ?? []
         map.finish()
 
@@ -118,7 +125,7 @@ extension GatewayPolicy {
         }
         return GatewayPolicy(
             listen: listen, tls: tls, store: store, limits: limits, tasks: tasks, idempotency: idempotency, webhooks: webhooks,
-            adminTokens: tokens
+            usage: usage, adminTokens: tokens
         )
     }
 
@@ -220,6 +227,20 @@ extension GatewayPolicy {
         }
         map.finish()
         return idempotency
+    }
+
+    private static func readUsage(_ value: YAMLValue) -> Usage {
+        var usage = Usage()
+        guard let map = value.mapping("usage") else { return usage }
+        if let item = map.optional("retention"), let retention = item.duration("usage.retention") {
+            if retention < .seconds(86_400) {
+                item.report("usage.retention must be at least 1d (usage is counted per day)")
+            } else {
+                usage.retention = retention
+            }
+        }
+        map.finish()
+        return usage
     }
 
     private static func readWebhooks(_ value: YAMLValue) -> Webhooks {

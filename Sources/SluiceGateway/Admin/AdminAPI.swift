@@ -77,6 +77,25 @@ struct AdminAPI {
             }
             return json(.accepted, JSONValue.object([("webhook_id", .string(id)), ("status", .string("scheduled"))]).rendered)
         }
+        router.get("/admin/usage") { request, _ in
+            if let denied = authorize(request, needs: .viewer) { return denied }
+            let parameters = request.uri.queryParameters
+            let query: UsageQuery
+            do throws(UsageQueryError) {
+                query = try UsageQuery(from: parameters.get("from"), to: parameters.get("to"), partner: parameters.get("partner"))
+            } catch {
+                return problemResponse(Problem(.invalidRequest, detail: error.description + "."), request)
+            }
+            let snapshot = runtime.snapshots.load()
+            let reports = UsageReports(store: snapshot.store, partners: Set(snapshot.policy.partners.map(\.id)))
+            do {
+                return json(.ok, try await reports.report(query).json())
+            } catch let error as UsageQueryError {
+                return problemResponse(Problem(.notFound, detail: error.description + "."), request)
+            } catch {
+                return problemResponse(Self.storeUnavailable(error), request)
+            }
+        }
         return router
     }
 

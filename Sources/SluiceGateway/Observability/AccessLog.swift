@@ -131,3 +131,10 @@ extension Duration {
         Double(components.seconds) * 1_000 + Double(components.attoseconds / 1_000_000_000_000) / 1_000
     }
 }
+
+extension Duration {
+    /// Whole microseconds, for usage latency buckets.
+    var microseconds: Int64 {
+        components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000
+    }
+}

@@ -514,6 +514,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             guard self.request === request, !request.finished else { return }
             switch result {
             case .success:
+                request.record.taskAccepted = true
                 var extra = [
                     ("Location", TaskDocument.statusPath(record)), ("Retry-After", String(TaskControl.pollHint(routeTimeout: plan.route.requestTimeout))),
                 ]

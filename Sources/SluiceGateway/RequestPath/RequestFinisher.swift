@@ -2,13 +2,14 @@ import Logging
 import NIOCore
 import SluiceCore
 
-/// Stage 7 of the request path, once per request: metrics and the access log line.
+/// Stage 7 of the request path, once per request: metrics, usage counts and the access log line.
 enum RequestFinisher {
     /// Call on `eventLoop`, the loop that served the request.
     static func finished(_ record: RequestRecord, runtime: GatewayRuntime, on eventLoop: any EventLoop) {
         let status = record.reportedStatus
         let duration = Duration.nanoseconds((NIODeadline.now() - record.started).nanoseconds)
         runtime.metrics.requestFinished(partner: record.partner, version: record.version, route: record.route, status: status, duration: duration)
+        runtime.usage.count(record, status: status, duration: duration, on: eventLoop)
         runtime.accessLog.record(record, status: status, duration: duration, on: eventLoop)
     }
 

@@ -23,6 +23,8 @@ struct RequestRecord {
     var bytesIn = 0
     var bytesOut = 0
     var clientGone = false
+    /// The request was accepted as a task (202).
+    var taskAccepted = false
     /// What the request's `Idempotency-Key` led to, for the access log.
     var idempotency: IdempotencyResult?
     /// What every response to this request carries besides `X-Request-Id`: the version's
@@ -61,6 +63,22 @@ struct RequestRecord {
 
     /// The status the metrics and the log report: 499 when the client went away unanswered.
     var reportedStatus: Int { clientGone && status == 0 ? 499 : status }
+
+    /// The request as usage counting sees it (`duration` from head to end of response).
+    func usageEvent(status: Int, duration: Duration) -> UsageEvent {
+        var event = UsageEvent(status: status, bytesIn: bytesIn, bytesOut: bytesOut, microseconds: duration.microseconds)
+        event.replayed = idempotency == .replayed
+        event.taskAccepted = taskAccepted
+        if status == 429 {
+            switch problem {
+            case ProblemType.rateLimited.rawValue: event.refusal = .rateLimited
+            case ProblemType.quotaExceeded.rawValue: event.refusal = .quotaRejected
+            case ProblemType.concurrencyLimited.rawValue: event.refusal = .concurrencyLimited
+            default: break
+            }
+        }
+        return event
+    }
 
     /// Adds the RateLimit headers (and Retry-After for refusals) to every response.
     mutating func adopt(_ admission: Admission) {

@@ -12,6 +12,7 @@ final class GatewayRuntime: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
     let accessLog: AccessLog
+    let usage: UsageCounter
     /// What the last failed reload said (cleared by a successful one).
     let policyStatus = Mutex(PolicyStatus())
     private let draining = Atomic<Bool>(false)
@@ -21,11 +22,12 @@ final class GatewayRuntime: Sendable {
         var lastErrorAt: Date?
     }
 
-    init(snapshot: GatewaySnapshot, metrics: GatewayMetrics, logger: Logger, accessLog: AccessLog) {
+    init(snapshot: GatewaySnapshot, metrics: GatewayMetrics, logger: Logger, accessLog: AccessLog, usage: UsageCounter) {
         self.snapshots = SnapshotHolder(snapshot)
         self.metrics = metrics
         self.logger = logger
         self.accessLog = accessLog
+        self.usage = usage
     }
 
     /// Set when shutdown begins: `/readyz` answers 503 from then on.

@@ -56,6 +56,8 @@ final class GatewaySnapshot: Sendable {
     let tasks: TaskControl
 
     var policy: PolicySet { rules.policy }
+    /// The store the policies name (shared by admission, idempotency, tasks and usage).
+    var store: any SharedStore { tasks.store }
 
     fileprivate init(
         rules: GatewayRules, tlsContext: NIOSSLContext?, upstreams: [String: UpstreamRuntime], admission: AdmissionControl,

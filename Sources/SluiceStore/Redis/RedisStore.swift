@@ -55,7 +55,7 @@ public final class RedisStore: AdmissionStore {
     ) throws -> RedisClient {
         try RedisClient(
             url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew, IdempotencyScripts.batch, IdempotencyScripts.admitAndBatch, IdempotencyScripts.release]
-                + TaskScripts.all, group: group,
+                + TaskScripts.all + [UsageScripts.add], group: group,
             onCommand: onCommand
         )
     }

@@ -1,0 +1,121 @@
+/// What usage is counted by: partner, UTC day, API version and route (`-` when unknown, e.g. a
+/// request for a path no route matches).
+public struct UsageKey: Hashable, Sendable {
+    public let day: UsageDay
+    public let partner: String
+    public let version: String
+    public let route: String
+
+    public init(day: UsageDay, partner: String, version: String, route: String) {
+        self.day = day
+        self.partner = partner
+        self.version = version
+        self.route = route
+    }
+
+    /// The label used for an unknown version or route.
+    public static let unknown = "-"
+}
+
+/// A finished request, as usage counting sees it.
+public struct UsageEvent: Sendable {
+    public enum Refusal: Sendable { case rateLimited, quotaRejected, concurrencyLimited }
+
+    public var status: Int
+    public var refusal: Refusal?
+    public var replayed = false
+    public var taskAccepted = false
+    public var bytesIn: Int
+    public var bytesOut: Int
+    public var microseconds: Int64
+
+    public init(status: Int, bytesIn: Int, bytesOut: Int, microseconds: Int64) {
+        self.status = status
+        self.bytesIn = bytesIn
+        self.bytesOut = bytesOut
+        self.microseconds = microseconds
+    }
+}
+
+/// The counts of one partner, day, version and route (SPEC §6). Limited requests are also
+/// counted in `4xx` (they are 429s).
+public struct UsageCounts: Sendable, Equatable {
+    public var requests: Int64 = 0
+    public var status2xx: Int64 = 0
+    public var status4xx: Int64 = 0
+    public var status5xx: Int64 = 0
+    public var rateLimited: Int64 = 0
+    public var quotaRejected: Int64 = 0
+    public var concurrencyLimited: Int64 = 0
+    public var replayed: Int64 = 0
+    public var tasks: Int64 = 0
+    public var bytesIn: Int64 = 0
+    public var bytesOut: Int64 = 0
+    public var latency = LatencyHistogram()
+
+    public init() {}
+
+    public mutating func count(_ event: UsageEvent) {
+        requests += 1
+        switch event.status {
+        case 200..<300: status2xx += 1
+        case 400..<500: status4xx += 1
+        case 500..<600: status5xx += 1
+        default: break
+        }
+        switch event.refusal {
+        case .rateLimited: rateLimited += 1
+        case .quotaRejected: quotaRejected += 1
+        case .concurrencyLimited: concurrencyLimited += 1
+        case nil: break
+        }
+        if event.replayed { replayed += 1 }
+        if event.taskAccepted { tasks += 1 }
+        bytesIn += Int64(event.bytesIn)
+        bytesOut += Int64(event.bytesOut)
+        latency.record(microseconds: event.microseconds)
+    }
+
+    /// Requests refused by a limit (rate, quota or concurrency).
+    public var limited: Int64 { rateLimited + quotaRejected + concurrencyLimited }
+
+    public mutating func merge(_ other: UsageCounts) {
+        for (_, keyPath) in Self.counters { self[keyPath: keyPath] += other[keyPath: keyPath] }
+        latency.merge(other.latency)
+    }
+
+    /// The counters by their stored (and CSV) names (key paths are immutable values).
+    nonisolated(unsafe) public static let counters: [(String, WritableKeyPath<UsageCounts, Int64>)] = [
+        ("requests", \.requests), ("2xx", \.status2xx), ("4xx", \.status4xx), ("5xx", \.status5xx),
+        ("rate_limited", \.rateLimited), ("quota_rejected", \.quotaRejected), ("concurrency_limited", \.concurrencyLimited),
+        ("replayed", \.replayed), ("tasks", \.tasks), ("bytes_in", \.bytesIn), ("bytes_out", \.bytesOut),
+    ]
+
+    /// Every non-zero count as (stored name, value): the counters, and `h<bucket>` per latency bucket.
+    public var storedFields: [(String, Int64)] {
+        var fields = Self.counters.compactMap { name, keyPath in self[keyPath: keyPath] == 0 ? nil : (name, self[keyPath: keyPath]) }
+        for (index, count) in latency.counts.sorted(by: { $0.key < $1.key }) { fields.append(("h\(index)", count)) }
+        return fields
+    }
+
+    /// Adds a stored field read back from the store; unknown names are ignored.
+    public mutating func add(storedField name: Substring, value: Int64) {
+        if name.first == "h", let index = Int(name.dropFirst()) {
+            latency.add(bucket: index, count: value)
+        } else if let keyPath = Self.countersByName[String(name)] {
+            self[keyPath: keyPath] += value
+        }
+    }
+
+    nonisolated(unsafe) private static let countersByName = Dictionary(uniqueKeysWithValues: counters.map { ($0.0, $0.1) })
+}
+
+/// Counts by key: what one flush writes, what a report reads.
+public typealias UsageBatch = [UsageKey: UsageCounts]
+
+extension Dictionary where Key == UsageKey, Value == UsageCounts {
+    /// Adds every count of `other`.
+    public mutating func merge(usage other: UsageBatch) {
+        for (key, counts) in other { self[key, default: UsageCounts()].merge(counts) }
+    }
+}
