@@ -124,6 +124,7 @@ struct UsageReportTests {
         #expect(html.components(separatedBy: "<svg").count == 2)
         #expect(html.contains("<title>2026-03-02: 3 requests, 1 2xx, 1 limited (429), 1 5xx</title>"))
         #expect(html.contains("<b>4</b><span>requests</span>"))
+        #expect(UsageReport.grouped(1_234_567) == "1\u{202F}234\u{202F}567" && UsageReport.grouped(999) == "999")
         #expect(html.contains("<td class=\"l\">2026-03-01</td><td class=\"l\">v2</td><td class=\"l\">quote</td>"))
         #expect(UsageReport(from: day, to: day, usage: [:]).html(generatedAt: "x").contains("No requests in this period."))
     }

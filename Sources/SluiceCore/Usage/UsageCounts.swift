@@ -91,23 +91,28 @@ public struct UsageCounts: Sendable, Equatable {
         ("replayed", \.replayed), ("tasks", \.tasks), ("bytes_in", \.bytesIn), ("bytes_out", \.bytesOut),
     ]
 
-    /// Every non-zero count as (stored name, value): the counters, and `h<bucket>` per latency bucket.
-    public var storedFields: [(String, Int64)] {
-        var fields = Self.counters.compactMap { name, keyPath in self[keyPath: keyPath] == 0 ? nil : (name, self[keyPath: keyPath]) }
-        for (index, count) in latency.counts.sorted(by: { $0.key < $1.key }) { fields.append(("h\(index)", count)) }
-        return fields
+    /// The counts as the store keeps them: the counters in `counters` order, then
+    /// `bucket:count` per latency bucket hit, space-separated.
+    public var storedText: String {
+        var text = Self.counters.map { String(self[keyPath: $0.1]) }.joined(separator: " ")
+        for (index, count) in latency.counts.sorted(by: { $0.key < $1.key }) { text += " \(index):\(count)" }
+        return text
     }
 
-    /// Adds a stored field read back from the store; unknown names are ignored.
-    public mutating func add(storedField name: Substring, value: Int64) {
-        if name.first == "h", let index = Int(name.dropFirst()) {
-            latency.add(bucket: index, count: value)
-        } else if let keyPath = Self.countersByName[String(name)] {
-            self[keyPath: keyPath] += value
+    /// Reads `storedText`; nil when it is not in that form.
+    public init?(storedText text: String) {
+        let tokens = text.split(separator: " ")
+        guard tokens.count >= Self.counters.count else { return nil }
+        for (token, (_, keyPath)) in zip(tokens, Self.counters) {
+            guard let value = Int64(token) else { return nil }
+            self[keyPath: keyPath] = value
+        }
+        for token in tokens.dropFirst(Self.counters.count) {
+            guard let colon = token.firstIndex(of: ":"), let index = Int(token[..<colon]), let count = Int64(token[token.index(after: colon)...])
+            else { return nil }
+            latency.add(bucket: index, count: count)
         }
     }
-
-    nonisolated(unsafe) private static let countersByName = Dictionary(uniqueKeysWithValues: counters.map { ($0.0, $0.1) })
 }
 
 /// Counts by key: what one flush writes, what a report reads.

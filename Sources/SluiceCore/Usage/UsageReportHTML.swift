@@ -23,7 +23,8 @@ extension UsageReport {
             .summary{display:flex;flex-wrap:wrap;gap:8px;margin:8px 0 12px}
             .tile{border:1px solid #ddd;border-radius:6px;padding:6px 12px;min-width:100px}
             .tile b{display:block;font-size:18px} .tile span{color:#666;font-size:12px}
-            table{border-collapse:collapse;font-size:12px;margin-top:8px} th,td{border:1px solid #ddd;padding:3px 6px;text-align:right}
+            .rows{overflow-x:auto;max-width:100%} table{border-collapse:collapse;font-size:12px;margin-top:8px}
+            th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
             th{background:#f4f4f4} td.l,th.l{text-align:left} tr:nth-child(even) td{background:#fafafa}
             .legend{font-size:12px;margin:4px 0} .legend i{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}
             svg text{font-size:11px;fill:#444}
@@ -44,11 +45,11 @@ extension UsageReport {
         for row in rows { total.merge(row.counts) }
         let errorShare = total.requests == 0 ? 0 : Double(total.status4xx + total.status5xx) / Double(total.requests) * 100
         let tiles: [(String, String)] = [
-            (String(total.requests), "requests"), (String(total.status2xx), "2xx"), (String(total.status4xx), "4xx"),
-            (String(total.status5xx), "5xx"), (String(total.limited), "limited (429)"),
+            (Self.grouped(total.requests), "requests"), (Self.grouped(total.status2xx), "2xx"), (Self.grouped(total.status4xx), "4xx"),
+            (Self.grouped(total.status5xx), "5xx"), (Self.grouped(total.limited), "limited (429)"),
             (Self.percent(errorShare), "error share (4xx+5xx)"),
             (total.latency.quantile(0.95).map { Self.milliseconds($0) + " ms" } ?? "–", "p95 latency"),
-            (String(total.replayed), "replayed"), (String(total.tasks), "tasks"),
+            (Self.grouped(total.replayed), "replayed"), (Self.grouped(total.tasks), "tasks"),
             (Self.bytes(total.bytesIn), "bytes in"), (Self.bytes(total.bytesOut), "bytes out"),
         ]
         var out = "<section>\n<h2>\(Self.escaped(partner))</h2>\n<div class=\"summary\">"
@@ -73,7 +74,7 @@ extension UsageReport {
             let value = scale * Int64(step) / 4
             let y = top + plotHeight - plotHeight * Double(step) / 4
             svg += "<line x1=\"\(f(left))\" y1=\"\(f(y))\" x2=\"\(f(width - 10))\" y2=\"\(f(y))\" stroke=\"#e0e0e0\"/>"
-            svg += "<text x=\"\(f(left - 6))\" y=\"\(f(y + 4))\" text-anchor=\"end\">\(value)</text>\n"
+            svg += "<text x=\"\(f(left - 6))\" y=\"\(f(y + 4))\" text-anchor=\"end\">\(Self.grouped(value))</text>\n"
         }
         let labelEvery = max(1, Int((Double(days.count) / 10).rounded(.up)))
         for (position, day) in days.enumerated() {
@@ -104,18 +105,18 @@ extension UsageReport {
     private func table(rows: [Row]) -> String {
         let headers = ["date", "version", "route", "requests", "2xx", "4xx", "5xx", "rate limited", "quota", "concurrency", "replayed", "tasks",
             "bytes in", "bytes out", "p50 ms", "p95 ms", "p99 ms"]
-        var out = "<table><thead><tr>"
+        var out = "<div class=\"rows\"><table><thead><tr>"
         for (index, header) in headers.enumerated() { out += index < 3 ? "<th class=\"l\">\(header)</th>" : "<th>\(header)</th>" }
         out += "</tr></thead><tbody>\n"
         for row in rows {
             let c = row.counts
             let cells = [c.requests, c.status2xx, c.status4xx, c.status5xx, c.rateLimited, c.quotaRejected, c.concurrencyLimited, c.replayed, c.tasks,
-                c.bytesIn, c.bytesOut].map(String.init) + Self.quantiles.map { c.latency.quantile($0).map(Self.milliseconds) ?? "–" }
+                c.bytesIn, c.bytesOut].map(Self.grouped) + Self.quantiles.map { c.latency.quantile($0).map(Self.milliseconds) ?? "–" }
             out += "<tr><td class=\"l\">\(row.key.day.text)</td><td class=\"l\">\(Self.escaped(row.key.version))</td><td class=\"l\">\(Self.escaped(row.key.route))</td>"
             for cell in cells { out += "<td>\(cell)</td>" }
             out += "</tr>\n"
         }
-        return out + "</tbody></table>\n"
+        return out + "</tbody></table></div>\n"
     }
 
     private func f(_ value: Double) -> String { Self.milliseconds(value) }
@@ -127,6 +128,17 @@ extension UsageReport {
             for factor: Int64 in [1, 2, 5] where factor * power >= value { return factor * power }
             power *= 10
         }
+    }
+
+    /// Digits in groups of three with thin spaces (12 345 678), for reading at a glance.
+    static func grouped(_ value: Int64) -> String {
+        let digits = Array(String(value.magnitude))
+        var out = value < 0 ? "-" : ""
+        for (index, digit) in digits.enumerated() {
+            if index > 0, (digits.count - index) % 3 == 0 { out += "\u{202F}" }
+            out.append(digit)
+        }
+        return out
     }
 
     static func percent(_ value: Double) -> String { milliseconds(value) + " %" }

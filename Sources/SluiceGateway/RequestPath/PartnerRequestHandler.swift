@@ -729,6 +729,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.record.problem = problem.type.rawValue
         stopReadingBody(request)
         let (headers, body) = ResponseShaping.problem(problem, request.record, extra: extra, date: runtime.dates.current, allocator: context.channel.allocator)
+        request.record.bytesOut = body.readableBytes
         respond(request, HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: problem.status), headers: headers), body: body, context: context)
     }
 

@@ -1,5 +1,4 @@
 public import Foundation
-import NIOPosix
 public import SluiceCore
 import SluiceStore
 
@@ -43,11 +42,8 @@ public struct TaskOperations: Sendable {
     /// Connects to the Redis store the policies in `directory` name (the CLI's way in).
     /// - Throws: `PolicyErrors` for invalid policies, `OpenError.embeddedStore` without Redis.
     public static func open(policiesDirectory directory: String, environment: [String: String]) throws -> TaskOperations {
-        let policy = try PolicyLoader.load(directory: directory, environment: environment)
-        let settings = policy.gateway.store
-        guard let url = settings.redis else { throw OpenError.embeddedStore }
-        let client = try RedisStore.makeClient(url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: MultiThreadedEventLoopGroup.singleton)
-        return TaskOperations(store: RedisStore(client: client), retention: policy.gateway.tasks.retention, close: { await client.shutdown() })
+        guard let (policy, store, client) = try OpsStore.open(policiesDirectory: directory, environment: environment) else { throw OpenError.embeddedStore }
+        return TaskOperations(store: store, retention: policy.gateway.tasks.retention, close: { await client.shutdown() })
     }
 
     /// Closes the store connection `open` made.

@@ -1,4 +1,3 @@
-import NIOPosix
 public import SluiceCore
 import SluiceStore
 
@@ -28,11 +27,8 @@ public struct UsageReports: Sendable {
     /// Connects to the Redis store the policies in `directory` name (the CLI's way in).
     /// - Throws: `PolicyErrors` for invalid policies, `OpenError.embeddedStore` without Redis.
     public static func open(policiesDirectory directory: String, environment: [String: String]) throws -> UsageReports {
-        let policy = try PolicyLoader.load(directory: directory, environment: environment)
-        let settings = policy.gateway.store
-        guard let url = settings.redis else { throw OpenError.embeddedStore }
-        let client = try RedisStore.makeClient(url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: MultiThreadedEventLoopGroup.singleton)
-        return UsageReports(store: RedisStore(client: client), partners: Set(policy.partners.map(\.id)), close: { await client.shutdown() })
+        guard let (policy, store, client) = try OpsStore.open(policiesDirectory: directory, environment: environment) else { throw OpenError.embeddedStore }
+        return UsageReports(store: store, partners: Set(policy.partners.map(\.id)), close: { await client.shutdown() })
     }
 
     /// Closes the store connection `open` made.

@@ -29,10 +29,12 @@ struct GatewayHarness {
     ///   - clock: The clock of the embedded store, the circuit breakers and the retry budgets
     ///     (default: the real clocks).
     ///   - shutdownTimeout: The drain limit when `body` is done (running tasks get half of it).
+    ///   - usageFlushInterval: How often usage counts go to the store.
     static func with(
         _ configure: (inout TestPolicies) -> Void = { _ in },
         clock: ManualClock? = nil,
         shutdownTimeout: Duration = .seconds(30),
+        usageFlushInterval: Duration = .milliseconds(100),
         _ body: (GatewayHarness) async throws -> Void
     ) async throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-test-\(UUID().uuidString)")
@@ -53,6 +55,7 @@ struct GatewayHarness {
             options.watchInterval = .milliseconds(100)
             options.storeGaugeInterval = .milliseconds(100)
             options.shutdownTimeout = shutdownTimeout
+            options.usageFlushInterval = usageFlushInterval
             options.logOutput = output
             if let clock {
                 options.storeClock = clock.epochClock
