@@ -36,6 +36,8 @@ public final class Gateway: Sendable {
         public var storeGaugeInterval: Duration = .seconds(15)
         /// How often usage counts are written to the store.
         public var usageFlushInterval: Duration = .seconds(1)
+        /// How often ended spans are exported (with `tracing.otlp_endpoint`).
+        public var traceExportInterval: Duration = .seconds(1)
 
         public init() {}
     }
@@ -71,7 +73,18 @@ public final class Gateway: Sendable {
         )
         let accessLog = AccessLog(output: options.logOutput, logger: logger, group: eventLoopGroup)
         let usage = UsageCounter(group: eventLoopGroup, clock: options.storeClock)
-        let runtime = GatewayRuntime(snapshot: try factory.make(policy), metrics: metrics, logger: logger, accessLog: accessLog, usage: usage)
+        let tracing: GatewayTracing
+        let traceExport: (any Service)?
+        do {
+            (tracing, traceExport) = try GatewayTracing.make(
+                policy.gateway.tracing, exportInterval: options.traceExportInterval, logger: logger, metrics: metrics
+            )
+        } catch {
+            throw PolicyErrors([PolicyProblem(SourceLocation(file: "gateway.yaml", line: 1, column: 1), "tracing: cannot set up the OTLP exporter: \(error)")])
+        }
+        let runtime = GatewayRuntime(
+            snapshot: try factory.make(policy), metrics: metrics, logger: logger, accessLog: accessLog, usage: usage, tracing: tracing
+        )
         self.pool = pool
         self.runtime = runtime
         let reloader = PolicyReloader(directory: policiesDirectory, environment: environment, runtime: runtime, factory: factory)
@@ -81,6 +94,8 @@ public final class Gateway: Sendable {
 
         var services: [any Service] = []
         if let output = options.logOutput { services.append(LogFlusher(output: output, accessLog: accessLog)) }
+        // Stopped after everything that ends spans.
+        if let traceExport { services.append(traceExport) }
         services.append(pool)
         services.append(stores)
         services.append(UsageFlusher(counter: usage, runtime: runtime, interval: options.usageFlushInterval))

@@ -16,6 +16,12 @@ struct PolicyErrorTests {
             "policies/gateway.yaml:23:14: idempotency.retention must be at least 1s",
             "policies/gateway.yaml:24:3: unknown key 'retain' in idempotency",
         ]),
+        ("bad-usage-and-tracing", [
+            "policies/gateway.yaml:32:14: usage.retention must be at least 1d (usage is counted per day)",
+            "policies/gateway.yaml:34:18: tracing.otlp_endpoint must be an http:// or https:// URL with a host, got 'ftp://collector:4318'",
+            "policies/gateway.yaml:35:18: tracing.otlp_protocol must be one of http/protobuf, http/json, got 'grpc'",
+            "policies/gateway.yaml:36:17: tracing.service_name must be 1-128 printable characters",
+        ]),
         ("bad-size", ["policies/gateway.yaml:14:21: expected a size like 512KiB or 10MiB for limits.max_request_body, got '10MB'"]),
         ("bad-percentage", [
             "policies/upstreams.yaml:13:21: expected a percentage from 0% to 100% like 50% for upstream 'pricing' circuit_breaker failure_rate, got '0.5'"

@@ -15,8 +15,19 @@ struct SensitiveDataMaskTests {
         ("body larger than 10485760 bytes", "body larger than 10485760 bytes"),
         ("mobile 01711234567", "mobile ***67"),
         ("ids 12a3456789 and 1234567a", "ids 12a3456789 and 1234567a"),
+        ("secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw is invalid", "secret whsec_*** is invalid"),
+        ("key sk_test_acme+/=0000001 x", "key sk_*** x"),
     ])
     func masksSensitiveData(_ example: (input: String, expected: String)) {
         #expect(SensitiveDataMask.mask(example.input) == example.expected)
+    }
+
+    /// Paths are decoded before the rules apply, so escapes cannot hide personal data.
+    @Test func encodedPathsAreMaskedToo() {
+        #expect(SensitiveDataMask.maskPath("/v2/users/jane.doe%40acme.example/orders") == "/v2/users/j***@acme.example/orders")
+        #expect(SensitiveDataMask.maskPath("/v2/callers/%2B49%20171%201234567") == "/v2/callers/***67")
+        #expect(SensitiveDataMask.maskPath("/v2/orders/%ZZ%40") == "/v2/orders/%ZZ%40")
+        #expect(SensitiveDataMask.maskPath("/v2/orders/%FF") == "/v2/orders/%FF")
+        #expect(SensitiveDataMask.maskPath("/v2/orders/42") == "/v2/orders/42")
     }
 }

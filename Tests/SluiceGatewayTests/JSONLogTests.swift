@@ -58,3 +58,37 @@ struct AccessLogLineTests {
         #expect(object["partner"] as? String == "acme" && object["route"] as? String == "get-order" && object["version"] == nil)
     }
 }
+
+/// A real gateway's log: every line one JSON object, access lines with the SPEC fields, event
+/// lines for reloads, and no key, token or personal data in clear.
+struct GatewayLogTests {
+    @Test func everyLineIsJSONAndMasked() async throws {
+        try await GatewayHarness.with { gateway in
+            #expect(try await gateway.partner(.GET, "/v2/orders/jane.doe%40acme.example").status == 200)
+            #expect(try await gateway.partner(.GET, "/v2/orders/1", key: "sk_live_not_a_real_key_123").status == 401)
+            #expect(try await gateway.send(.POST, gateway.admin + "/admin/policies/reload", key: TestKeys.operatorToken).status == 200)
+            gateway.gateway.flushLogs()
+            let text = try String(contentsOf: gateway.logFile, encoding: .utf8)
+            let lines = text.split(separator: "\n")
+            let objects = try lines.map { try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any], "\($0)") }
+            #expect(objects.count == lines.count)
+            let access = objects.filter { $0["message"] as? String == "request" }
+            #expect(access.count == 2)
+            for line in access {
+                for key in ["timestamp", "level", "message", "request_id", "trace_id", "method", "path", "status", "duration_ms", "bytes_in", "bytes_out"] {
+                    #expect(line[key] != nil, "\(key) missing in \(line)")
+                }
+            }
+            let served = try #require(access.first { $0["status"] as? Int == 200 })
+            #expect(served["path"] as? String == "/v2/orders/j***@acme.example")
+            #expect(served["partner"] as? String == "acme" && served["version"] as? String == "v2" && served["route"] as? String == "get-order")
+            #expect((served["upstream_ms"] as? Double).map { $0 >= 0 } == true && (served["bytes_out"] as? Int ?? 0) > 0)
+            let refused = try #require(access.first { $0["status"] as? Int == 401 })
+            #expect(refused["problem"] as? String == "unauthorized" && refused["partner"] == nil)
+            #expect(objects.contains { $0["message"] as? String == "policies reloaded" })
+            for secret in [TestKeys.acme, "sk_live_not_a_real_key_123", TestKeys.operatorToken, "jane.doe"] {
+                #expect(!text.contains(secret), "\(secret) is in the log")
+            }
+        }
+    }
+}

@@ -39,6 +39,12 @@ public final class IdentifierGenerator: Sendable {
     }
 }
 
+/// A W3C trace: its 32-hex-digit id and its 2-hex-digit flags.
+public struct TraceIdentity: Sendable, Equatable {
+    public let traceID: String
+    public let flags: String
+}
+
 /// Request identity rules (SPEC §3).
 public enum RequestIdentity {
     /// An incoming `X-Request-Id` is kept when it is 1–128 characters of `[A-Za-z0-9._-]`.
@@ -53,11 +59,23 @@ public enum RequestIdentity {
     /// The `traceparent` to send upstream: the incoming trace continued with a new span id,
     /// or a new trace whose id is the request id.
     public static func traceparent(incoming: String?, requestID: String, generator: IdentifierGenerator) -> String {
+        let trace = trace(incoming: incoming, requestID: requestID, generator: generator)
+        return traceparent(trace, spanID: generator.next64())
+    }
+
+    /// The trace a request belongs to: the incoming `traceparent`'s trace id and flags, or a new
+    /// sampled trace whose id is the request id (when that is 32 lower-case hex digits) or random.
+    public static func trace(incoming: String?, requestID: String, generator: IdentifierGenerator) -> TraceIdentity {
         if let incoming, let traceID = traceID(of: incoming) {
-            return traceparent(traceID: traceID.utf8, spanID: generator.next64(), flags: incoming.utf8.suffix(2))
+            return TraceIdentity(traceID: String(traceID), flags: String(incoming.utf8.suffix(2))!)
         }
         let traceID = requestID.utf8.count == 32 && requestID.utf8.allSatisfy(isLowerHex) ? requestID : generator.requestID()
-        return traceparent(traceID: traceID.utf8, spanID: generator.next64(), flags: "01".utf8)
+        return TraceIdentity(traceID: traceID, flags: "01")
+    }
+
+    /// `00-TRACEID-SPANID-FLAGS` for a span of `trace`.
+    public static func traceparent(_ trace: TraceIdentity, spanID: UInt64) -> String {
+        traceparent(traceID: trace.traceID.utf8, spanID: spanID, flags: trace.flags.utf8)
     }
 
     /// `00-TRACEID-SPANID-FLAGS`, written into one string.
@@ -81,7 +99,7 @@ public enum RequestIdentity {
     }
 
     /// The trace id of a valid version-00 `traceparent` (`00-TRACEID-SPANID-FLAGS`), else nil.
-    static func traceID(of header: String) -> Substring? {
+    public static func traceID(of header: String) -> Substring? {
         let utf8 = Array(header.utf8)
         guard utf8.count == 55, utf8[0] == UInt8(ascii: "0"), utf8[1] == UInt8(ascii: "0"),
             utf8[2] == UInt8(ascii: "-"), utf8[35] == UInt8(ascii: "-"), utf8[52] == UInt8(ascii: "-")

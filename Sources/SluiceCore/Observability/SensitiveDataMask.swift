@@ -1,5 +1,6 @@
-/// Masks personal data and secrets in log text: e-mail addresses (`j***@example.com`), phone
-/// numbers (all but the last two digits), API keys (`sk_…`) and bearer tokens.
+/// The one rule set for personal data and secrets in logs: e-mail addresses (`j***@example.com`),
+/// phone numbers (all but the last two digits), API keys (`sk_…`), webhook signing secrets
+/// (`whsec_…`) and bearer tokens.
 public enum SensitiveDataMask {
     /// Returns `text` unchanged (without copying) when there is nothing to mask.
     public static func mask(_ text: String) -> String {
@@ -14,8 +15,9 @@ public enum SensitiveDataMask {
                 output.append(contentsOf: Array("***".utf8))
                 output.append(contentsOf: bytes[at..<end])
                 index = end
-            } else if let end = keyEnd(bytes, at: index) {
-                output.append(contentsOf: Array("sk_***".utf8))
+            } else if let (prefix, end) = keyEnd(bytes, at: index) {
+                output.append(contentsOf: prefix)
+                output.append(contentsOf: Array("***".utf8))
                 index = end
             } else if let end = bearerEnd(bytes, at: index) {
                 output.append(contentsOf: Array("Bearer ***".utf8))
@@ -63,16 +65,28 @@ public enum SensitiveDataMask {
         return index
     }
 
-    /// `sk_` followed by at least 8 key characters.
-    private static func keyEnd(_ bytes: [UInt8], at start: Int) -> Int? {
-        guard startsWord(bytes, start), start + 3 < bytes.count, bytes[start] == UInt8(ascii: "s"), bytes[start + 1] == UInt8(ascii: "k"),
-            bytes[start + 2] == UInt8(ascii: "_")
-        else { return nil }
-        var index = start + 3
-        while index < bytes.count, isAlphanumeric(bytes[index]) || bytes[index] == UInt8(ascii: "_") || bytes[index] == UInt8(ascii: "-") {
-            index += 1
+    /// `sk_` or `whsec_` followed by at least 8 key characters; returns the prefix and the end.
+    private static func keyEnd(_ bytes: [UInt8], at start: Int) -> ([UInt8], Int)? {
+        guard startsWord(bytes, start) else { return nil }
+        for prefix in secretPrefixes where bytes.count > start + prefix.count && Array(bytes[start..<start + prefix.count]) == prefix {
+            var index = start + prefix.count
+            while index < bytes.count, isAlphanumeric(bytes[index]) || bytes[index] == UInt8(ascii: "_") || bytes[index] == UInt8(ascii: "-")
+                || bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "/") || bytes[index] == UInt8(ascii: "=")
+            {
+                index += 1
+            }
+            return index - start - prefix.count >= 8 ? (prefix, index) : nil
         }
-        return index - start - 3 >= 8 ? index : nil
+        return nil
+    }
+
+    private static let secretPrefixes = [Array("sk_".utf8), Array("whsec_".utf8)]
+
+    /// A request path as logs show it: percent-decoded when it decodes to UTF-8 (so an encoded
+    /// `%40` or `%2B` cannot hide an address or number from the rules), then masked.
+    public static func maskPath(_ path: some StringProtocol) -> String {
+        guard path.utf8.contains(UInt8(ascii: "%")) else { return mask(String(path)) }
+        return mask(String(path).removingPercentEncodingIfValid ?? String(path))
     }
 
     /// `Bearer TOKEN`.
@@ -142,5 +156,32 @@ public enum SensitiveDataMask {
     private static func isEmailLocal(_ byte: UInt8) -> Bool {
         isAlphanumeric(byte) || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
             || byte == UInt8(ascii: "+") || byte == UInt8(ascii: "%")
+    }
+}
+
+extension String {
+    /// The string with `%XX` escapes decoded; nil when an escape is malformed or the result is not UTF-8.
+    fileprivate var removingPercentEncodingIfValid: String? {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(utf8.count)
+        var iterator = utf8.makeIterator()
+        while let byte = iterator.next() {
+            guard byte == UInt8(ascii: "%") else {
+                bytes.append(byte)
+                continue
+            }
+            guard let high = iterator.next().flatMap(Self.hexValue), let low = iterator.next().flatMap(Self.hexValue) else { return nil }
+            bytes.append(high << 4 | low)
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
     }
 }

@@ -67,6 +67,20 @@ public struct GatewayPolicy: Sendable, Equatable {
         public var retention: Duration = .seconds(400 * 86_400)
     }
 
+    /// Trace export (Sluice extension). Without an endpoint the W3C context still propagates.
+    public struct Tracing: Sendable, Equatable {
+        public enum OTLPProtocol: String, Sendable, CaseIterable {
+            case protobuf = "http/protobuf"
+            case json = "http/json"
+        }
+
+        /// The OTLP/HTTP traces URL spans are exported to (a URL without a path gets `/v1/traces`); nil = no export.
+        public var otlpEndpoint: String?
+        public var otlpProtocol = OTLPProtocol.protobuf
+        /// `service.name` of the exported spans.
+        public var serviceName = "sluice"
+    }
+
     public struct Webhooks: Sendable, Equatable {
         public var timeout: Duration = .seconds(15)
         /// Delays before each retry; after the last one the delivery is dead.
@@ -96,6 +110,7 @@ public struct GatewayPolicy: Sendable, Equatable {
     public var idempotency: Idempotency
     public var webhooks: Webhooks
     public var usage: Usage
+    public var tracing: Tracing
     public var adminTokens: [AdminToken]
 }
 
@@ -113,6 +128,7 @@ extension GatewayPolicy {
         let idempotency = map.optional("idempotency").map(readIdempotency) ?? Idempotency()
         let webhooks = map.optional("webhooks").map(readWebhooks) ?? Webhooks()
         let usage = map.optional("usage").map(readUsage) ?? Usage()
+        let tracing = map.optional("tracing").map(readTracing) ?? Tracing()
         let tokens = map.optional("admin").map(readAdmin) ?? []
         map.finish()
 
@@ -125,7 +141,7 @@ extension GatewayPolicy {
         }
         return GatewayPolicy(
             listen: listen, tls: tls, store: store, limits: limits, tasks: tasks, idempotency: idempotency, webhooks: webhooks,
-            usage: usage, adminTokens: tokens
+            usage: usage, tracing: tracing, adminTokens: tokens
         )
     }
 
@@ -241,6 +257,28 @@ extension GatewayPolicy {
         }
         map.finish()
         return usage
+    }
+
+    private static func readTracing(_ value: YAMLValue) -> Tracing {
+        var tracing = Tracing()
+        guard let map = value.mapping("tracing") else { return tracing }
+        if let item = map.optional("otlp_endpoint"), let text = item.string("tracing.otlp_endpoint") {
+            if let endpoint = PolicyValueParser.otlpTracesEndpoint(text) {
+                tracing.otlpEndpoint = endpoint
+            } else {
+                item.report("tracing.otlp_endpoint must be an http:// or https:// URL with a host, got '\(text)'")
+            }
+        }
+        if let proto = map.optional("otlp_protocol")?.oneOf(Tracing.OTLPProtocol.self, "tracing.otlp_protocol") { tracing.otlpProtocol = proto }
+        if let item = map.optional("service_name"), let name = item.string("tracing.service_name") {
+            if name.isEmpty || name.utf8.count > 128 || name.unicodeScalars.contains(where: { $0.value < 0x20 }) {
+                item.report("tracing.service_name must be 1-128 printable characters")
+            } else {
+                tracing.serviceName = name
+            }
+        }
+        map.finish()
+        return tracing
     }
 
     private static func readWebhooks(_ value: YAMLValue) -> Webhooks {

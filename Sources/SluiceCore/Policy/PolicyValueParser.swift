@@ -74,6 +74,18 @@ public enum PolicyValueParser {
         else { return nil }
         return Double(text)
     }
+
+    /// An OTLP/HTTP traces URL: `http(s)://host[:port][/path]`; without a path (or with `/`) the
+    /// standard `/v1/traces` is appended. Nil when it is not such a URL.
+    static func otlpTracesEndpoint(_ text: String) -> String? {
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
+            let host = components.host, !host.isEmpty, components.user == nil, components.password == nil, components.fragment == nil, components.query == nil
+        else { return nil }
+        if components.path.isEmpty || components.path == "/" {
+            return (text.hasSuffix("/") ? String(text.dropLast()) : text) + "/v1/traces"
+        }
+        return text
+    }
 }
 
 /// A host and port to listen on.

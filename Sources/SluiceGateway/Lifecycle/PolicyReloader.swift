@@ -31,6 +31,9 @@ struct PolicyReloader: Sendable {
             if previous.policy.gateway.listen != policy.gateway.listen {
                 runtime.logger.warning("listen addresses changed; they take effect when the gateway restarts")
             }
+            if previous.policy.gateway.tracing != policy.gateway.tracing {
+                runtime.logger.warning("tracing settings changed; they take effect when the gateway restarts")
+            }
             return .loaded
         } catch {
             runtime.policyStatus.withLock { $0 = .init(lastError: error.problems.map(\.description), lastErrorAt: Date()) }

@@ -83,16 +83,28 @@ final class AccessLog: Sendable {
         if let idempotency = record.idempotency { field("idempotency", idempotency.rawValue, into: &line) }
         field("method", record.method, into: &line)
         if let partner = record.partner { field("partner", partner, into: &line) }
-        field("path", String(record.path), into: &line)
+        pathField(record.path, into: &line)
         if let problem = record.problem { field("problem", problem, into: &line) }
         line += ",\"request_id\":"
         JSONValue.appendQuoted(record.requestID, to: &line)
         if let route = record.route { field("route", route, into: &line) }
         line += ",\"status\":"
         line += String(status)
+        line += ",\"trace_id\":\""
+        line += record.trace.traceID
+        line += "\""
         if let upstream = record.upstream { field("upstream", upstream, into: &line) }
+        if let upstreamDuration = record.upstreamDuration {
+            line += ",\"upstream_ms\":"
+            line += String(upstreamDuration.milliseconds)
+        }
         if let version = record.version { field("version", version, into: &line) }
         line += "}\n"
+    }
+
+    private static func pathField(_ path: Substring, into line: inout String) {
+        line += ",\"path\":"
+        JSONValue.appendQuoted(SensitiveDataMask.maskPath(path), to: &line)
     }
 
     private static func field(_ key: StaticString, _ value: String, into line: inout String) {
@@ -106,8 +118,9 @@ final class AccessLog: Sendable {
     private static func metadata(_ record: RequestRecord, status: Int, duration: Duration) -> Logger.Metadata {
         var metadata: Logger.Metadata = [
             "request_id": .string(record.requestID),
+            "trace_id": .string(record.trace.traceID),
             "method": .string(record.method),
-            "path": .string(String(record.path)),
+            "path": .string(SensitiveDataMask.maskPath(record.path)),
             "status": .stringConvertible(status),
             "duration_ms": .stringConvertible(duration.milliseconds),
             "bytes_in": .stringConvertible(record.bytesIn),
@@ -117,6 +130,7 @@ final class AccessLog: Sendable {
         if let version = record.version { metadata["version"] = .string(version) }
         if let route = record.route { metadata["route"] = .string(route) }
         if let upstream = record.upstream { metadata["upstream"] = .string(upstream) }
+        if let upstreamDuration = record.upstreamDuration { metadata["upstream_ms"] = .stringConvertible(upstreamDuration.milliseconds) }
         if let problem = record.problem { metadata["problem"] = .string(problem) }
         if let error = record.upstreamError { metadata["error"] = .string(error) }
         if record.clientGone { metadata["client_gone"] = .stringConvertible(true) }

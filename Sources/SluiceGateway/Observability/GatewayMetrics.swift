@@ -41,6 +41,9 @@ final class GatewayMetrics: Sendable {
     private static var queueOldestDescriptor: MetricNameDescriptor {
         descriptor("task_queue_oldest", "seconds", "How long the longest-waiting queued task has waited (0 when none waits).")
     }
+    private static var spansDroppedDescriptor: MetricNameDescriptor {
+        descriptor("trace_spans_dropped", "total", "Spans not exported because the export queue was full.")
+    }
     private static var retriesDescriptor: MetricNameDescriptor { descriptor("upstream_retries", "total", "Retried upstream calls.") }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
@@ -84,6 +87,7 @@ final class GatewayMetrics: Sendable {
         queueOldest = registry.makeGauge(descriptor: Self.queueOldestDescriptor)
         for result in ["ok", "error"] { _ = registry.makeCounter(descriptor: Self.reloadDescriptor, labels: [("result", result)]) }
         _ = registry.makeCounter(descriptor: Self.storeErrorsDescriptor)
+        _ = registry.makeCounter(descriptor: Self.spansDroppedDescriptor)
         registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: 0.0)
     }
 
@@ -128,6 +132,10 @@ final class GatewayMetrics: Sendable {
         registry.makeDurationHistogram(
             descriptor: Self.taskDurationDescriptor, labels: [("route", route), ("phase", phase.rawValue)], buckets: Self.taskBuckets
         ).record(.milliseconds(max(0, milliseconds)))
+    }
+
+    func spansDropped(_ count: Int) {
+        registry.makeCounter(descriptor: Self.spansDroppedDescriptor).increment(by: Int64(count))
     }
 
     func upstreamRetried(upstream: String) {

@@ -89,7 +89,7 @@ public struct JSONLogHandler: LogHandler {
     private let output: LogOutput
 
     /// Values of these keys are identifiers or numbers, never personal data.
-    private static let unmaskedKeys: Set<String> = ["request_id", "trace_id", "status", "duration_ms", "bytes_in", "bytes_out"]
+    private static let unmaskedKeys: Set<String> = ["request_id", "trace_id", "status", "duration_ms", "upstream_ms", "bytes_in", "bytes_out"]
 
     public init(label: String, output: LogOutput = .standardOutput) {
         self.output = output

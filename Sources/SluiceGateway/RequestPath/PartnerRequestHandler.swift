@@ -80,9 +80,12 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         /// Close the HTTP/1.1 connection (or reset the HTTP/2 stream) once the response is out.
         var closeAfterResponse = false
         var finished = false
+        /// Its spans, when traces are exported.
+        var tracing: RequestTracing
 
-        init(record: RequestRecord, snapshot: GatewaySnapshot, head: PartnerRequestHead) {
+        init(record: RequestRecord, snapshot: GatewaySnapshot, head: PartnerRequestHead, tracing: RequestTracing) {
             self.record = record
+            self.tracing = tracing
             self.snapshot = snapshot
             self.head = head
         }
@@ -250,10 +253,11 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         let head = PartnerRequestHead(method: nioHead.method, target: nioHead.uri, headers: nioHead.headers, version: nioHead.version)
         let snapshot = runtime.snapshots.load()
         var record = RequestRecord(head, identifiers: runtime.identifiers, started: .now())
+        let tracing = RequestTracing(head, record: &record, tracing: runtime.tracing, identifiers: runtime.identifiers)
         let screening = RequestScreening.screen(head, &record, snapshot, scheme: connection.scheme, keys: connection.keys) { [connection] in
             connection.certificateSubject
         }
-        let request = Request(record: record, snapshot: snapshot, head: head)
+        let request = Request(record: record, snapshot: snapshot, head: head, tracing: tracing)
         request.closeAfterResponse = quiescing || (!isHTTP2 && !nioHead.isKeepAlive)
         self.request = request
         switch screening {
@@ -394,7 +398,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     // MARK: - Stage 5: dispatch
 
     /// What the upstream learns about the request besides its own headers (forwarding headers, trace).
-    private func forwardingContext(_ request: Request, _ plan: ForwardPlan) -> ForwardingContext {
+    private func forwardingContext(_ request: Request, _ plan: ForwardPlan, traceparent: String) -> ForwardingContext {
         ForwardingContext(
             clientAddress: connection.clientAddress,
             scheme: connection.scheme,
@@ -402,9 +406,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             partnerID: plan.partner.id,
             version: plan.version.version.name,
             requestID: request.record.requestID,
-            traceparent: RequestIdentity.traceparent(
-                incoming: request.head.headers.first(name: "traceparent"), requestID: request.record.requestID, generator: runtime.identifiers
-            )
+            traceparent: traceparent
         )
     }
 
@@ -418,7 +420,10 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: upstream.client.path(for: plan.target))
         upstreamHead.headers.reserveCapacity(head.headers.count + 8)
         upstreamHead.headers.add(name: "Host", value: upstream.client.authority)
-        HeaderRewriter.forwardRequest(head.headers, forwardingContext(request, plan)) { upstreamHead.headers.add(name: $0, value: $1) }
+        let traceparent = request.tracing.startUpstream(
+            upstream.name, record: request.record, tracing: runtime.tracing, identifiers: runtime.identifiers
+        )
+        HeaderRewriter.forwardRequest(head.headers, forwardingContext(request, plan, traceparent: traceparent)) { upstreamHead.headers.add(name: $0, value: $1) }
         let retryable = upstream.policy.retries.attempts > 0
             && RetryRules.mayRetry(method: head.method.rawValue, hasIdempotencyKey: head.headers.contains(name: "idempotency-key"))
 
@@ -462,6 +467,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             eventLoop: eventLoop, logger: runtime.logger, delegate: self
         )
         request.call = call
+        request.record.upstreamStarted = .now()
         call.start()
     }
 
@@ -492,7 +498,10 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.body = .none
         let tasks = request.snapshot.tasks
         let id = TaskID.random()
-        let forwarding = forwardingContext(request, plan)
+        // The task's runs join the accepting request's trace (as children of its span when tracing).
+        let traceparent = request.tracing.serverTraceparent(runtime.tracing)
+            ?? RequestIdentity.traceparent(request.record.trace, spanID: runtime.identifiers.next64())
+        let forwarding = forwardingContext(request, plan, traceparent: traceparent)
         var headers: [TaskHeader] = []
         HeaderRewriter.forwardRequest(request.head.headers, forwarding) { name, value in
             guard name.lowercased() != "idempotency-key" else { return }
@@ -662,6 +671,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         if request.closeAfterResponse && !isHTTP2 { headers.replaceOrAdd(name: "Connection", value: "close") }
         let head = HTTPResponseHead(version: responseVersion(request), status: upstreamHead.status, headers: headers)
         request.record.status = Int(upstreamHead.status.code)
+        if let started = request.record.upstreamStarted { request.record.upstreamDuration = .nanoseconds((NIODeadline.now() - started).nanoseconds) }
+        request.tracing.upstreamEnded(status: request.record.status)
         request.responseStarted = true
         request.idempotency?.responseStarted(status: request.record.status, headers: headers)
         switch body {
@@ -695,6 +706,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.call = nil
         let (problem, headers) = ResponseShaping.problem(for: failure)
         request.record.upstreamError = "\(failure)"
+        request.tracing.upstreamEnded(status: nil, failure: "\(failure)")
         answer(request, problem, headers)
     }
 
@@ -865,6 +877,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         if bodyHeldForWatchdog { tellWatchdog(bodyHeld: false) }
         if let admission = request.admission { request.snapshot.admission.finish(admission) }
         concludeIdempotency(request)
+        request.tracing.finish(request.record, status: request.record.reportedStatus)
         RequestFinisher.finished(request.record, runtime: runtime, on: eventLoop)
     }
 }

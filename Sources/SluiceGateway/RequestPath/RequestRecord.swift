@@ -13,6 +13,8 @@ struct RequestRecord {
     /// `?…` or empty.
     let query: Substring
     let started: NIODeadline
+    /// The W3C trace the request belongs to (continued from the partner's `traceparent`, or new).
+    var trace: TraceIdentity
     var partner: String?
     var version: String?
     var route: String?
@@ -20,6 +22,9 @@ struct RequestRecord {
     var status = 0
     var problem: String?
     var upstreamError: String?
+    /// When the upstream call started, and how long until the upstream's response head.
+    var upstreamStarted: NIODeadline?
+    var upstreamDuration: Duration?
     var bytesIn = 0
     var bytesOut = 0
     var clientGone = false
@@ -46,6 +51,7 @@ struct RequestRecord {
             query = ""
         }
         self.started = started
+        trace = RequestIdentity.trace(incoming: head.headers.first(name: "traceparent"), requestID: requestID, generator: identifiers)
     }
 
     /// How many headers `addResponseHeaders` adds at most.

@@ -13,6 +13,7 @@ final class GatewayRuntime: Sendable {
     let logger: Logger
     let accessLog: AccessLog
     let usage: UsageCounter
+    let tracing: GatewayTracing
     /// What the last failed reload said (cleared by a successful one).
     let policyStatus = Mutex(PolicyStatus())
     private let draining = Atomic<Bool>(false)
@@ -22,12 +23,13 @@ final class GatewayRuntime: Sendable {
         var lastErrorAt: Date?
     }
 
-    init(snapshot: GatewaySnapshot, metrics: GatewayMetrics, logger: Logger, accessLog: AccessLog, usage: UsageCounter) {
+    init(snapshot: GatewaySnapshot, metrics: GatewayMetrics, logger: Logger, accessLog: AccessLog, usage: UsageCounter, tracing: GatewayTracing) {
         self.snapshots = SnapshotHolder(snapshot)
         self.metrics = metrics
         self.logger = logger
         self.accessLog = accessLog
         self.usage = usage
+        self.tracing = tracing
     }
 
     /// Set when shutdown begins: `/readyz` answers 503 from then on.

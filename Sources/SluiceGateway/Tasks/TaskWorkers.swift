@@ -133,9 +133,23 @@ final class TaskWorkers: Service, Sendable {
             guard let upstream = runtime.snapshots.load().upstreams[request.upstream] else {
                 return try await finish(started, result: nil, failure: "upstream '\(request.upstream)' is no longer configured", claim: claim, store: store)
             }
-            let exchange = TaskExchange.start(request, upstream: upstream, on: eventLoops.next(), logger: logger)
+            runtime.logger.info("task running", metadata: Self.metadata(started))
+            let span = runtime.tracing.start("task \(started.route)", kind: .consumer, traceparent: started.traceparent)
+            span?.attributes["sluice.task_id"] = started.id.text
+            span?.attributes["sluice.partner"] = started.partner
+            span?.attributes["http.route"] = started.route
+            let exchange = TaskExchange.start(
+                request, upstream: upstream, traceparent: span.flatMap(runtime.tracing.traceparent(of:)), on: eventLoops.next(), logger: logger
+            )
             running.withLock { $0[claim] = exchange }
-            switch await exchange.outcome {
+            let outcome = await exchange.outcome
+            switch outcome {
+            case .response(let result): span?.end(status: result.status)
+            case .failed(let failure): span?.end(status: nil, failure: Self.describe(failure))
+            case .broken(let reason): span?.end(status: nil, failure: reason)
+            case .cancelled: span?.end(status: nil, failure: "cancelled at this instance (lease lost or shutdown)")
+            }
+            switch outcome {
             case .response(let result):
                 try await finish(started, result: result, failure: result.status >= 500 ? "the upstream answered \(result.status)" : nil, claim: claim, store: store)
             case .failed(.unavailable):
@@ -174,10 +188,7 @@ final class TaskWorkers: Service, Sendable {
         if try await store.replaceTask(finished, from: started.revision, retention: snapshot.policy.gateway.tasks.retention, notify: notify) {
             runtime.metrics.taskPhaseEnded(route: finished.route, phase: .running, milliseconds: now - started.lifecycle.updatedAt)
             try await store.completeEntry(claim)
-            runtime.logger.info(
-                "task \(finished.lifecycle.status.rawValue)",
-                metadata: ["task": .string(finished.id.text), "request_id": .string(finished.lifecycle.requestID), "partner": .string(finished.partner)]
-            )
+            runtime.logger.info("task \(finished.lifecycle.status.rawValue)", metadata: Self.metadata(finished))
         }
     }
 
@@ -188,6 +199,15 @@ final class TaskWorkers: Service, Sendable {
             try await store.replaceTask(queued, from: started.revision, retention: retention)
         else { return }
         try await store.requeue(claim, consumer: instance)
+    }
+
+    /// What task event lines carry.
+    static func metadata(_ task: TaskRecord) -> Logger.Metadata {
+        var metadata: Logger.Metadata = [
+            "task": .string(task.id.text), "request_id": .string(task.lifecycle.requestID), "partner": .string(task.partner), "route": .string(task.route),
+        ]
+        if let traceparent = task.traceparent, let trace = RequestIdentity.traceID(of: traceparent) { metadata["trace_id"] = .string(String(trace)) }
+        return metadata
     }
 
     static func describe(_ failure: UpstreamFailure) -> String {

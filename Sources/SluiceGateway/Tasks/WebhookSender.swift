@@ -100,7 +100,19 @@ final class WebhookSender: Service, Sendable {
                 runtime.metrics.webhookAttempted(.held)
                 return try await store.rescheduleWebhook(message, after: Self.heldDelay(schedule), retention: retention)
             }
-            let outcome = await client.send(signedAttempt(message, endpoint: endpoint, timeout: snapshot.policy.gateway.webhooks.timeout))
+            let span = runtime.tracing.start("webhook \(message.type)", kind: .producer, traceparent: message.traceparent)
+            span?.attributes["sluice.webhook_id"] = message.id
+            span?.attributes["sluice.partner"] = message.partner
+            let traceparent = span.flatMap(runtime.tracing.traceparent(of:)) ?? message.traceparent
+            let outcome = await client.send(
+                signedAttempt(message, endpoint: endpoint, timeout: snapshot.policy.gateway.webhooks.timeout, traceparent: traceparent)
+            )
+            switch outcome {
+            case .delivered: span?.end(status: nil)
+            case .gone: span?.end(status: 410, failure: "the endpoint answered 410")
+            case .failed(let reason, _): span?.end(status: nil, failure: reason)
+            case .refused(let reason): span?.end(status: nil, failure: reason)
+            }
             var delivery = WebhookDelivery(schedule: schedule, attempts: message.attempts, lastError: message.lastError)
             var random = SystemRandomNumberGenerator()
             let action = delivery.attempted(outcome, using: &random)
@@ -136,14 +148,16 @@ final class WebhookSender: Service, Sendable {
     }
 
     /// The attempt's request, signed now: a fresh timestamp and signature, the same `webhook-id`.
-    private func signedAttempt(_ message: WebhookMessage, endpoint: PartnerPolicy.Webhook, timeout: Duration) -> WebhookClient.Attempt {
+    private func signedAttempt(
+        _ message: WebhookMessage, endpoint: PartnerPolicy.Webhook, timeout: Duration, traceparent: String?
+    ) -> WebhookClient.Attempt {
         let timestamp = clock() / 1_000
         var headers = [
             ("webhook-id", message.id),
             ("webhook-timestamp", String(timestamp)),
             ("webhook-signature", WebhookSignature.sign(id: message.id, timestamp: timestamp, body: message.payload, secret: endpoint.secret)),
         ]
-        if let traceparent = message.traceparent { headers.append(("traceparent", traceparent)) }
+        if let traceparent { headers.append(("traceparent", traceparent)) }
         return WebhookClient.Attempt(
             url: endpoint.url, allowPrivateAddresses: endpoint.allowPrivateAddresses, headers: headers, body: message.payload, timeout: timeout
         )
