@@ -79,6 +79,8 @@ let package = Package(
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "OTel", package: "swift-otel"),
             ],
+            // The OpenAPI document (a link to the one at the top of the repository), compiled in.
+            resources: [.embedInCode("Admin/openapi.yaml")],
             swiftSettings: sharedSettings
         ),
         .target(
@@ -158,6 +160,7 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: sharedSettings
         ),

@@ -29,6 +29,12 @@ struct AdminAPI {
                 body: ResponseBody(byteBuffer: ByteBuffer(string: runtime.metrics.render()))
             )
         }
+        router.get("/openapi.yaml") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "application/yaml"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_yaml))
+            )
+        }
         router.get("/admin/policies") { request, _ in
             if let denied = authorize(request, needs: .viewer) { return denied }
             return json(.ok, policyStatus())
