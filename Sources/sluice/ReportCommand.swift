@@ -39,15 +39,8 @@ struct Report: AsyncParsableCommand {
             printError("sluice report: --" + error.description)
             throw ExitCode(1)
         }
-        let reports: UsageReports
-        do {
-            reports = try UsageReports.open(policiesDirectory: options.policies, environment: ProcessInfo.processInfo.environment)
-        } catch let errors as PolicyErrors {
-            for problem in errors.problems { printError(problem.description) }
-            throw ExitCode(1)
-        } catch {
-            printError("sluice report: \(error)")
-            throw ExitCode(1)
+        let reports = try openOrExit {
+            try UsageReports.open(policiesDirectory: options.policies, environment: ProcessInfo.processInfo.environment)
         }
         let report: UsageReport
         do {

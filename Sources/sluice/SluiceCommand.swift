@@ -44,3 +44,17 @@ struct PolicyOptions: ParsableArguments {
 func printError(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
+
+/// Runs `open` (it loads the policies and connects to their store); invalid policies, or a store
+/// the command cannot use, exit 1 with the problems on standard error.
+func openOrExit<T>(_ open: () throws -> T) throws -> T {
+    do {
+        return try open()
+    } catch let errors as PolicyErrors {
+        for problem in errors.problems { printError(problem.description) }
+        throw ExitCode(1)
+    } catch {
+        printError("sluice: \(error)")
+        throw ExitCode(1)
+    }
+}

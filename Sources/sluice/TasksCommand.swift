@@ -126,15 +126,8 @@ struct ListingOptions: ParsableArguments {
 /// Opens the store the policies name, runs `body`, and closes it. Invalid policies or the
 /// embedded store exit 1; a store that does not answer exits 2.
 private func withTaskOperations<T>(_ options: PolicyOptions, _ body: (TaskOperations) async throws -> T) async throws -> T {
-    let operations: TaskOperations
-    do {
-        operations = try TaskOperations.open(policiesDirectory: options.policies, environment: ProcessInfo.processInfo.environment)
-    } catch let errors as PolicyErrors {
-        for problem in errors.problems { printError(problem.description) }
-        throw ExitCode(1)
-    } catch {
-        printError("sluice: \(error)")
-        throw ExitCode(1)
+    let operations = try openOrExit {
+        try TaskOperations.open(policiesDirectory: options.policies, environment: ProcessInfo.processInfo.environment)
     }
     do {
         let result = try await body(operations)

@@ -7,8 +7,7 @@ public struct UsageDay: Hashable, Comparable, Sendable, CustomStringConvertible 
 
     /// The UTC day of an instant given in milliseconds since the epoch.
     public init(epochMilliseconds: Int64) {
-        let day: Int64 = 86_400_000
-        number = Int(epochMilliseconds >= 0 ? epochMilliseconds / day : (epochMilliseconds - day + 1) / day)
+        number = Int(QuotaWindowCalendar.floorDivide(epochMilliseconds, QuotaWindowCalendar.dayMilliseconds))
     }
 
     /// Parses a strict `YYYY-MM-DD` (a real calendar date, years 1970–9999).
@@ -27,7 +26,7 @@ public struct UsageDay: Hashable, Comparable, Sendable, CustomStringConvertible 
         guard let year = digits(0..<4), let month = digits(5..<7), let day = digits(8..<10), year >= 1970,
             (1...12).contains(month), (1...Self.daysIn(month: month, year: year)).contains(day)
         else { return nil }
-        number = Self.daysFromCivil(year: year, month: month, day: day)
+        number = Int(QuotaWindowCalendar.days(fromCivil: Int64(year), Int64(month), Int64(day)))
     }
 
     /// `YYYY-MM-DD`.
@@ -49,27 +48,10 @@ public struct UsageDay: Hashable, Comparable, Sendable, CustomStringConvertible 
 
     public static func < (lhs: UsageDay, rhs: UsageDay) -> Bool { lhs.number < rhs.number }
 
-    /// (year, month, day) — Howard Hinnant's `civil_from_days`.
+    /// (year, month, day).
     var civil: (Int, Int, Int) {
-        let z = number + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        return (yoe + era * 400 + (month <= 2 ? 1 : 0), month, day)
-    }
-
-    /// Howard Hinnant's `days_from_civil`.
-    static func daysFromCivil(year: Int, month: Int, day: Int) -> Int {
-        let y = month <= 2 ? year - 1 : year
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yoe = y - era * 400
-        let doy = (153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        return era * 146_097 + doe - 719_468
+        let (year, month, day) = QuotaWindowCalendar.civil(fromDays: Int64(number))
+        return (Int(year), Int(month), Int(day))
     }
 
     static func daysIn(month: Int, year: Int) -> Int {
