@@ -21,6 +21,7 @@ struct PolicyErrorTests {
             "policies/gateway.yaml:34:18: tracing.otlp_endpoint must be an http:// or https:// URL with a host, got 'ftp://collector:4318'",
             "policies/gateway.yaml:35:18: tracing.otlp_protocol must be one of http/protobuf, http/json, got 'grpc'",
             "policies/gateway.yaml:36:17: tracing.service_name must be 1-128 printable characters",
+            "policies/gateway.yaml:37:17: tracing.sample_ratio must be a number from 0 to 1, got '2'",
         ]),
         ("bad-size", ["policies/gateway.yaml:14:21: expected a size like 512KiB or 10MiB for limits.max_request_body, got '10MB'"]),
         ("bad-percentage", [

@@ -39,12 +39,15 @@ struct TracingTests {
           try await withWebhookReceiver { hooks, hookPort in
             try await GatewayHarness.with({ policies in
                 policies.addWebhook(url: "http://127.0.0.1:\(hookPort)/hooks")
-                policies.files["gateway.yaml"]! += "tracing:\n  otlp_endpoint: http://127.0.0.1:\(port)\n  otlp_protocol: http/json\n  service_name: sluice-test\n"
+                policies.files["gateway.yaml"]! += "tracing:\n  otlp_endpoint: http://127.0.0.1:\(port)\n  otlp_protocol: http/json\n  service_name: sluice-test\n  sample_ratio: 1\n"
                 policies.addRoutes("{ id: price, versions: [v2], method: POST, path: /price-calculations, upstream: main, upstream_path: /api/echo, async: always }")
             }) { gateway in
                 let response = try await gateway.partner(.GET, "/v2/orders/7", headers: [("traceparent", Self.incoming)])
                 let upstream = try #require(try (response.json()["headers"] as? [String: String])?["traceparent"])
                 let upstreamSpanID = String(upstream.dropFirst(36).prefix(16))
+                // The gateway samples, not the partner: a trace the partner did not sample is recorded too.
+                let unsampled = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+                #expect(try await gateway.partner(.GET, "/v2/orders/8", headers: [("traceparent", unsampled)]).status == 200)
                 let accepted = try await gateway.acceptTask("/v2/price-calculations")
                 let task = try await gateway.finishedTask(try #require(accepted.header("Location")))
                 let taskUpstream = try #require(((task["result"] as? [String: Any])?["body"] as? [String: Any])?["headers"] as? [String: String])?["traceparent"]
@@ -52,11 +55,12 @@ struct TracingTests {
                 var spans: [OTLPReceiver.ReceivedSpan] = []
                 try await eventually("the spans are exported") {
                     spans = receiver.spans
-                    return spans.contains { $0.name == "GET get-order" } && spans.contains { $0.name.hasPrefix("task ") }
+                    return spans.filter { $0.name == "GET get-order" }.count == 2 && spans.contains { $0.name.hasPrefix("task ") }
                         && spans.contains { $0.name.hasPrefix("webhook ") }
                 }
                 #expect(receiver.requestPaths == ["/v1/traces"])
-                let server = try #require(spans.first { $0.name == "GET get-order" })
+                #expect(spans.contains { $0.name == "GET get-order" && $0.traceID == "5bf92f3577b34da6a3ce929d0e0e4736" })
+                let server = try #require(spans.first { $0.name == "GET get-order" && $0.traceID == "4bf92f3577b34da6a3ce929d0e0e4736" })
                 #expect(server.traceID == "4bf92f3577b34da6a3ce929d0e0e4736" && server.parentSpanID == "00f067aa0ba902b7")
                 #expect(server.kind == 2 && server.service == "sluice-test")
                 #expect(server.attributes["sluice.partner"] == "acme" && server.attributes["http.route"] == "get-order")
@@ -81,6 +85,25 @@ struct TracingTests {
                 for secret in [TestKeys.acme, WebhookReceiver.secret, TestKeys.operatorToken] { #expect(!log.contains(secret)) }
             }
           }
+        }
+    }
+
+    /// `tracing.sample_ratio: 0`: partner requests record no spans (their trace still propagates);
+    /// task runs are recorded all the same.
+    @Test func unsampledRequestsRecordNothing() async throws {
+        try await withOTLPReceiver { receiver, port in
+            try await GatewayHarness.with({ policies in
+                policies.files["gateway.yaml"]! += "tracing:\n  otlp_endpoint: http://127.0.0.1:\(port)/v1/traces\n  otlp_protocol: http/json\n  sample_ratio: 0\n"
+                policies.addRoutes("{ id: price, versions: [v2], method: POST, path: /price-calculations, upstream: main, upstream_path: /api/echo, async: always }")
+            }) { gateway in
+                let response = try await gateway.partner(.GET, "/v2/orders/7", headers: [("traceparent", Self.incoming)])
+                let upstream = try #require(try (response.json()["headers"] as? [String: String])?["traceparent"])
+                #expect(upstream.hasPrefix("00-4bf92f3577b34da6a3ce929d0e0e4736-"))
+                let accepted = try await gateway.acceptTask("/v2/price-calculations")
+                _ = try await gateway.finishedTask(try #require(accepted.header("Location")))
+                try await eventually("the task run is exported") { receiver.spans.contains { $0.name == "task price" } }
+                #expect(receiver.spans.allSatisfy { $0.name == "task price" }, "\(receiver.spans.map(\.name))")
+            }
         }
     }
 }

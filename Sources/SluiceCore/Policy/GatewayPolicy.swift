@@ -79,6 +79,9 @@ public struct GatewayPolicy: Sendable, Equatable {
         public var otlpProtocol = OTLPProtocol.protobuf
         /// `service.name` of the exported spans.
         public var serviceName = "sluice"
+        /// Share of partner requests whose spans are recorded and exported (by trace id, so
+        /// every instance decides alike). Task runs and webhook deliveries are always recorded.
+        public var sampleRatio = 0.01
     }
 
     public struct Webhooks: Sendable, Equatable {
@@ -270,6 +273,13 @@ extension GatewayPolicy {
             }
         }
         if let proto = map.optional("otlp_protocol")?.oneOf(Tracing.OTLPProtocol.self, "tracing.otlp_protocol") { tracing.otlpProtocol = proto }
+        if let item = map.optional("sample_ratio"), let text = item.string("tracing.sample_ratio") {
+            if let ratio = Double(text), ratio >= 0, ratio <= 1 {
+                tracing.sampleRatio = ratio
+            } else {
+                item.report("tracing.sample_ratio must be a number from 0 to 1, got '\(text)'")
+            }
+        }
         if let item = map.optional("service_name"), let name = item.string("tracing.service_name") {
             if name.isEmpty || name.utf8.count > 128 || name.unicodeScalars.contains(where: { $0.value < 0x20 }) {
                 item.report("tracing.service_name must be 1-128 printable characters")

@@ -8,18 +8,36 @@ import Tracing
 /// OTLP/HTTP (swift-otel) when gateway.yaml names `tracing.otlp_endpoint`. Without one there is
 /// no tracer: the W3C context still propagates (`RequestIdentity`), nothing is recorded.
 ///
+/// Partner requests are sampled here, before swift-otel sees them: `tracing.sample_ratio` of
+/// traces by trace id (the partner's sampled flag is not trusted at the edge — a partner could
+/// otherwise make every request cost a recorded span). An unsampled request touches no tracing
+/// code at all; its trace still propagates. Recording and exporting a request's two spans costs
+/// about as much CPU as the request itself (loadtest/RESULTS.md), hence the low default.
+///
 /// Spans end into swift-otel's batch processor: a bounded queue (`maxQueueSize`) exported in
 /// batches by a service off the request path; spans that find the queue full are dropped and
 /// counted in `sluice_trace_spans_dropped_total`.
 final class GatewayTracing: Sendable {
     private let tracer: (any Tracer)?
+    /// Traces whose id's low 64 bits are below this are sampled.
+    private let sampleBelow: UInt64
 
     /// No tracer: spans are not recorded.
-    static let off = GatewayTracing(tracer: nil)
+    static let off = GatewayTracing(tracer: nil, sampleRatio: 0)
 
-    private init(tracer: (any Tracer)?) { self.tracer = tracer }
+    private init(tracer: (any Tracer)?, sampleRatio: Double) {
+        self.tracer = tracer
+        sampleBelow = sampleRatio >= 1 ? .max : UInt64(min(sampleRatio * 0x1p64, 0x1.fffffffffffffp63))
+    }
 
     var isOn: Bool { tracer != nil }
+
+    /// Whether a partner request of `trace` is recorded.
+    func samples(_ trace: TraceIdentity) -> Bool {
+        guard tracer != nil, sampleBelow > 0 else { return false }
+        guard sampleBelow < .max else { return true }
+        return UInt64(trace.traceID.suffix(16), radix: 16).map { $0 < sampleBelow } ?? false
+    }
 
     /// The tracer for `settings` and the service that exports its spans (nil without an endpoint).
     static func make(
@@ -31,12 +49,13 @@ final class GatewayTracing: Sendable {
         configuration.logs.enabled = false
         configuration.metrics.enabled = false
         configuration.propagators = [.traceContext]
+        configuration.traces.sampler = .alwaysOn  // sampled before spans are started (`samples`)
         configuration.traces.otlpExporter.endpoint = endpoint
         configuration.traces.otlpExporter.protocol = settings.otlpProtocol == .json ? .httpJSON : .httpProtobuf
         configuration.traces.batchSpanProcessor.scheduleDelay = exportInterval
         configuration.diagnosticLogger = .custom(Logger(label: "sluice.otel") { _ in SpanDropCounter(base: logger, metrics: metrics) })
         let (tracer, service) = try OTel.makeTracingBackend(configuration: configuration)
-        return (GatewayTracing(tracer: tracer), service)
+        return (GatewayTracing(tracer: tracer, sampleRatio: settings.sampleRatio), service)
     }
 
     /// Starts a span continuing the W3C context in `traceparent`/`tracestate` (a new trace when

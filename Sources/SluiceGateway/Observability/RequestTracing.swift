@@ -1,16 +1,16 @@
 import SluiceCore
 import Tracing
 
-/// The spans of one partner request (with `tracing.otlp_endpoint`): a server span continuing the
+/// The spans of one sampled partner request (with `tracing.otlp_endpoint`): a server span continuing the
 /// partner's W3C context and, for a forwarded request, a client span for the upstream call,
 /// whose id is the one the upstream receives in `traceparent`.
 struct RequestTracing {
     private(set) var server: (any Span)?
     private var upstream: (any Span)?
 
-    /// Starts the server span; the record then carries its trace.
+    /// Starts the server span when the request's trace is sampled; the record then carries its trace.
     init(_ head: PartnerRequestHead, record: inout RequestRecord, tracing: GatewayTracing, identifiers: IdentifierGenerator) {
-        guard tracing.isOn else { return }
+        guard tracing.samples(record.trace) else { return }
         server = tracing.start(
             head.method.rawValue, kind: .server, traceparent: head.headers.first(name: "traceparent"), tracestate: head.headers.first(name: "tracestate")
         )
