@@ -126,6 +126,11 @@ struct TaskTests {
             #expect(try await gateway.metric(#"sluice_task_duration_seconds_count{route="held-task",phase="queued"}"#) == 1)
             #expect(try await gateway.metric(#"sluice_task_duration_seconds_count{route="held-task",phase="running"}"#) == 1)
             try expectProblem(try await gateway.partner(.DELETE, "/v2/tasks/\(waiting)"), 409, "task-not-cancellable", path: "/v2/tasks/\(waiting)")
+            // Event lines for the transitions: running, succeeded, cancelled.
+            let events = try gateway.logLines().filter { ($0["message"] as? String)?.hasPrefix("task ") == true }
+            #expect(events.contains { $0["message"] as? String == "task cancelled" && $0["task"] as? String == waiting && $0["trace_id"] != nil })
+            #expect(events.contains { $0["message"] as? String == "task running" && $0["task"] as? String == busy })
+            #expect(events.contains { $0["message"] as? String == "task succeeded" && $0["task"] as? String == busy && $0["route"] as? String == "held-task" })
         }
     }
 

@@ -566,6 +566,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
                 guard self.request === request, !request.finished else { return }
                 switch result {
                 case .success(.cancelled(let record)):
+                    runtime.logger.info("task cancelled", metadata: TaskWorkers.metadata(record))
                     respondDocument(request, status: .ok, TaskDocument.status(record), [])
                 case .success(.conflict(let record)):
                     answer(

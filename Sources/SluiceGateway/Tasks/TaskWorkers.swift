@@ -157,6 +157,7 @@ final class TaskWorkers: Service, Sendable {
                 var queued = started
                 guard queued.lifecycle.handBack(at: clock(), instance: instance, note: "upstream unavailable; queued again") else { return }
                 if try await store.replaceTask(queued, from: started.revision, retention: retention) {
+                    runtime.logger.info("task queued again (upstream unavailable)", metadata: Self.metadata(queued))
                     try? await Task.sleep(for: Self.unavailableDelay)
                     try await store.requeue(claim, consumer: instance)
                 }
@@ -198,6 +199,7 @@ final class TaskWorkers: Service, Sendable {
         guard queued.lifecycle.handBack(at: clock(), instance: instance),
             try await store.replaceTask(queued, from: started.revision, retention: retention)
         else { return }
+        runtime.logger.info("task queued again (handed back at shutdown)", metadata: Self.metadata(queued))
         try await store.requeue(claim, consumer: instance)
     }
 
