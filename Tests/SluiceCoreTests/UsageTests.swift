@@ -127,6 +127,9 @@ struct UsageReportTests {
         #expect(UsageReport.grouped(1_234_567) == "1\u{202F}234\u{202F}567" && UsageReport.grouped(999) == "999")
         #expect(html.contains("<td class=\"l\">2026-03-01</td><td class=\"l\">v2</td><td class=\"l\">quote</td>"))
         #expect(UsageReport(from: day, to: day, usage: [:]).html(generatedAt: "x").contains("No requests in this period."))
+        // Text from outside the report is escaped, so it cannot add markup or scripts.
+        #expect(UsageReport.escaped("<script>alert('x')</script>&\"") == "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;")
+        #expect(!UsageReport(from: day, to: day, usage: [:]).html(generatedAt: "<script>").contains("<script>"))
     }
 }
 
