@@ -97,13 +97,16 @@ struct RequestIdentityTests {
     /// An incoming traceparent is continued (same trace, new span); a missing or broken one starts a trace.
     @Test func traceparentContinuesOrStarts() {
         let generator = IdentifierGenerator()
+        func traceparentUpstream(incoming: String?, requestID: String) -> String {
+            RequestIdentity.traceparent(RequestIdentity.trace(incoming: incoming, requestID: requestID, generator: generator), spanID: generator.next64())
+        }
         let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        let continued = RequestIdentity.traceparent(incoming: incoming, requestID: "x", generator: generator)
+        let continued = traceparentUpstream(incoming: incoming, requestID: "x")
         #expect(continued.hasPrefix("00-0af7651916cd43dd8448eb211c80319c-") && continued.hasSuffix("-01"))
         #expect(!continued.contains("b7ad6b7169203331"))
         let requestID = generator.requestID()
         for broken in [nil, "garbage", "00-00000000000000000000000000000000-b7ad6b7169203331-01"] {
-            let started = RequestIdentity.traceparent(incoming: broken, requestID: requestID, generator: generator)
+            let started = traceparentUpstream(incoming: broken, requestID: requestID)
             #expect(started.hasPrefix("00-\(requestID)-") && started.utf8.count == 55)
         }
     }

@@ -11,9 +11,10 @@ struct OpenAPITests {
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("openapi.yaml")
 
     @Test func liveResponsesMatchTheDocument() async throws {
+        let clock = ManualClock(.present)  // the usage day stands still: no split across midnight
         try await GatewayHarness.with({ policies in
             policies.addRoutes("{ id: price, versions: [v2], method: POST, path: /price-calculations, upstream: main, upstream_path: /price, async: always }")
-        }) { gateway in
+        }, clock: clock) { gateway in
             let served = try await gateway.send(.GET, gateway.admin + "/openapi.yaml", key: nil)
             #expect(served.status == 200 && served.header("Content-Type") == "application/yaml")
             #expect(served.text == (try String(contentsOf: Self.repositoryDocument, encoding: .utf8)), "the served document is the repository's")
@@ -47,7 +48,7 @@ struct OpenAPITests {
 
             // Admin listener.
             let admin = gateway.admin
-            let today = UsageDay(epochMilliseconds: Int64(Date().timeIntervalSince1970 * 1_000)).text
+            let today = UsageDay(epochMilliseconds: clock.now).text
             let calls: [(String, String, String?)] = [
                 ("GET", "/healthz", nil), ("GET", "/readyz", nil),
                 ("GET", "/admin/policies", TestKeys.viewerToken), ("GET", "/admin/policies", nil),

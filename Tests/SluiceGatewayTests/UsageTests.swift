@@ -19,7 +19,10 @@ struct UsageTests {
         }
     }
 
-    private static var today: String { UsageDay(epochMilliseconds: Int64(Date().timeIntervalSince1970 * 1_000)).text }
+    /// The gateways' usage day comes from this clock (it stands still), so a run across midnight
+    /// cannot split the counts over two days.
+    private let clock = ManualClock(.present)
+    private var today: String { UsageDay(epochMilliseconds: clock.now).text }
 
     private static func post(_ gateway: GatewayHarness, key: String) async throws -> TestResponse {
         try await gateway.partner(.POST, "/v2/orders", headers: [("Idempotency-Key", key)], body: .bytes(ByteBuffer(string: "{\"part\":\"A-1\"}")))
@@ -30,8 +33,8 @@ struct UsageTests {
     /// row for row.
     @Test func reportRowsEqualTrafficOnTwoInstances() async throws {
         let url = try await TaskDatabase.url()
-        try await GatewayHarness.with(Self.configure(url)) { first in
-            try await GatewayHarness.with(Self.configure(url)) { second in
+        try await GatewayHarness.with(Self.configure(url), clock: clock) { first in
+            try await GatewayHarness.with(Self.configure(url), clock: clock) { second in
                 #expect(try await first.partner(.GET, "/v2/orders/1").status == 200)
                 #expect(try await Self.post(first, key: "order-1").status == 200)
                 #expect(try await first.partner(.GET, "/v2/no-such-thing").status == 404)
@@ -44,7 +47,6 @@ struct UsageTests {
                 #expect(try await second.partner(.GET, "/v2/orders/3", client: second.http2).status == 200)
                 try expectProblem(try await second.partner(.GET, "/v2/orders/4"), 429, "rate-limited", path: "/v2/orders/4")
 
-                let today = Self.today
                 let query = "from=\(today)&to=\(today)"
                 var rows: [[String: Any]] = []
                 try await eventually("every request is in the store") {
@@ -87,20 +89,19 @@ struct UsageTests {
     /// Counts not yet flushed when the gateway stops are written at shutdown.
     @Test func lastCountsAreFlushedAtShutdown() async throws {
         let url = try await TaskDatabase.url()
-        try await GatewayHarness.with({ $0.useRedis(url, timeout: "2s") }, usageFlushInterval: .seconds(3_600)) { (gateway: GatewayHarness) async throws in
+        try await GatewayHarness.with({ $0.useRedis(url, timeout: "2s") }, clock: clock, usageFlushInterval: .seconds(3_600)) { (gateway: GatewayHarness) async throws in
             for id in 1...3 { #expect(try await gateway.partner(.GET, "/v2/orders/\(id)").status == 200) }
         }
         let client = try RedisClient(url: try RedisURL.parse(url).get(), timeout: .seconds(2), group: MultiThreadedEventLoopGroup.singleton)
-        let today = UsageDay(Self.today)!
-        let usage = try await RedisStore(client: client).usage(from: today, to: today, partner: "acme")
+        let day = UsageDay(epochMilliseconds: clock.now)
+        let usage = try await RedisStore(client: client).usage(from: day, to: day, partner: "acme")
         await client.shutdown()
-        #expect(usage[UsageKey(day: today, partner: "acme", version: "v2", route: "get-order")]?.requests == 3)
+        #expect(usage[UsageKey(day: day, partner: "acme", version: "v2", route: "get-order")]?.requests == 3)
     }
 
     /// The admin endpoint needs a token and checks its query.
     @Test func adminUsageChecksTokenAndQuery() async throws {
-        try await GatewayHarness.with { gateway in
-            let today = Self.today
+        try await GatewayHarness.with(clock: clock) { gateway in
             #expect(try await gateway.send(.GET, gateway.admin + "/admin/usage?from=\(today)&to=\(today)", key: nil).status == 401)
             let cases: [(String, String)] = [
                 ("to=\(today)", "from is required"),
@@ -128,9 +129,8 @@ struct UsageTests {
     /// `sluice report`'s bad input exits 1 with a clear message; `--out` writes the file; html is one page.
     @Test func reportCommandChecksItsInput() async throws {
         let url = try await TaskDatabase.url()
-        try await GatewayHarness.with({ $0.useRedis(url, timeout: "2s") }) { gateway in
+        try await GatewayHarness.with({ $0.useRedis(url, timeout: "2s") }, clock: clock) { gateway in
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
-            let today = Self.today
             let policies = ["--policies", gateway.policies.directory.path]
             let cases: [([String], String)] = [
                 (["--from", "2026-13-01", "--to", today], "--from must be a UTC date as YYYY-MM-DD, got '2026-13-01'"),
@@ -156,7 +156,7 @@ struct UsageTests {
         }
         // The embedded store lives in the gateway: the CLI says where to look instead.
         try await GatewayHarness.with { gateway in
-            let result = try await SluiceProcess.run(["report", "--from", Self.today, "--to", Self.today, "--policies", gateway.policies.directory.path])
+            let result = try await SluiceProcess.run(["report", "--from", today, "--to", today, "--policies", gateway.policies.directory.path])
             #expect(result.code == 1 && result.stderr.contains("GET /admin/usage"))
         }
     }

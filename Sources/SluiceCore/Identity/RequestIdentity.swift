@@ -56,13 +56,6 @@ public enum RequestIdentity {
         }
     }
 
-    /// The `traceparent` to send upstream: the incoming trace continued with a new span id,
-    /// or a new trace whose id is the request id.
-    public static func traceparent(incoming: String?, requestID: String, generator: IdentifierGenerator) -> String {
-        let trace = trace(incoming: incoming, requestID: requestID, generator: generator)
-        return traceparent(trace, spanID: generator.next64())
-    }
-
     /// The trace a request belongs to: the incoming `traceparent`'s trace id and flags, or a new
     /// sampled trace whose id is the request id (when that is 32 lower-case hex digits) or random.
     public static func trace(incoming: String?, requestID: String, generator: IdentifierGenerator) -> TraceIdentity {

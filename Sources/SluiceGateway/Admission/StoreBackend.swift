@@ -9,35 +9,27 @@ import Synchronization
 /// event loop (a lease is taken and given back on the loop of its request), so recording one
 /// takes no lock; the renewal collects them from every loop.
 final class LeaseRegistry: Sendable {
-    /// One loop's leases (lease id → partner); only touched on that loop.
-    private final class Held: @unchecked Sendable {
-        var partners: [String: String] = [:]
-    }
-
-    private let eventLoops: [any EventLoop]
-    private let held: [ObjectIdentifier: Held]
+    /// Per loop: lease id → partner.
+    private let held: LoopLocal<[String: String]>
 
     init(group: any EventLoopGroup) {
-        eventLoops = Array(group.makeIterator())
-        held = eventLoops.reduce(into: [:]) { $0[ObjectIdentifier($1)] = Held() }
+        held = LoopLocal(group: group) { [:] }
     }
 
     /// Call on `eventLoop`.
     func add(partner: String, lease: String, on eventLoop: any EventLoop) {
-        held[ObjectIdentifier(eventLoop)]?.partners[lease] = partner
+        held.update(on: eventLoop) { $0[lease] = partner }
     }
 
     /// Call on `eventLoop`, the loop that added the lease.
     func remove(lease: String, on eventLoop: any EventLoop) {
-        held[ObjectIdentifier(eventLoop)]?.partners.removeValue(forKey: lease)
+        held.update(on: eventLoop) { $0.removeValue(forKey: lease) }
     }
 
     /// Every lease held now, by partner.
     func byPartner() async -> [String: [String]] {
         var all: [String: [String]] = [:]
-        for eventLoop in eventLoops {
-            guard let loop = held[ObjectIdentifier(eventLoop)] else { continue }
-            let partners = (try? await eventLoop.submit { loop.partners }.get()) ?? [:]
+        for partners in await held.collect({ $0 }) {
             for (lease, partner) in partners { all[partner, default: []].append(lease) }
         }
         return all

@@ -30,8 +30,6 @@ final class GatewayTracing: Sendable {
         sampleBelow = sampleRatio >= 1 ? .max : UInt64(min(sampleRatio * 0x1p64, 0x1.fffffffffffffp63))
     }
 
-    var isOn: Bool { tracer != nil }
-
     /// Whether a partner request of `trace` is recorded.
     func samples(_ trace: TraceIdentity) -> Bool {
         guard tracer != nil, sampleBelow > 0 else { return false }
