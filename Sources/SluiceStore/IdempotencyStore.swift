@@ -56,3 +56,67 @@ extension IdempotencyStore {
         try await defaultEventLoop.run { releaseClaim(partner: partner, key: key, token: token, on: $0, completion: $1) }
     }
 }
+
+/// An idempotency key to claim in the same step as a request's admission.
+public struct IdempotencyClaimRequest: Sendable {
+    public let key: String
+    /// Identifies the request that will hold the claim.
+    public let token: String
+    public let lease: Duration
+
+    public init(key: String, token: String, lease: Duration) {
+        self.key = key
+        self.token = token
+        self.lease = lease
+    }
+}
+
+/// An admission decision and, for an admitted request, the claim of its idempotency key.
+public struct AdmissionWithClaim: Sendable, Equatable {
+    public var decision: AdmissionDecision
+    /// nil when the request was not admitted: a refused request claims nothing.
+    public var claim: IdempotencyClaim?
+
+    public init(decision: AdmissionDecision, claim: IdempotencyClaim?) {
+        self.decision = decision
+        self.claim = claim
+    }
+}
+
+/// A store that decides admission and keeps idempotency keys can do both for one request at
+/// once, so a keyed request needs one store step before it runs, like any other (SPEC §3: rate
+/// limits first — a refused request claims nothing).
+public protocol ClaimingAdmissionStore: AdmissionStore, IdempotencyStore {
+    /// `admit(…)`, and when the request is admitted, `claim(…)` of `claiming`. Call on
+    /// `eventLoop`; `completion` runs there, exactly once. A failure says nothing about either step.
+    func admit(
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, claiming: IdempotencyClaimRequest,
+        on eventLoop: any EventLoop, completion: @escaping (Result<AdmissionWithClaim, any Error>) -> Void
+    )
+}
+
+extension ClaimingAdmissionStore {
+    /// Admission, then the claim: two steps, for a store whose steps cost no round trip.
+    public func admit(
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, claiming: IdempotencyClaimRequest,
+        on eventLoop: any EventLoop, completion: @escaping (Result<AdmissionWithClaim, any Error>) -> Void
+    ) {
+        admit(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop) { result in
+            guard case .success(let decision) = result, decision.verdict == .admitted else {
+                return completion(result.map { AdmissionWithClaim(decision: $0, claim: nil) })
+            }
+            claim(partner: partner, key: claiming.key, token: claiming.token, lease: claiming.lease, on: eventLoop) { claimed in
+                completion(claimed.map { AdmissionWithClaim(decision: decision, claim: $0) })
+            }
+        }
+    }
+
+    /// `admit(…, claiming:, on:, completion:)` on the store's default event loop.
+    public func admit(
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, claiming: IdempotencyClaimRequest
+    ) async throws -> AdmissionWithClaim {
+        try await defaultEventLoop.run {
+            admit(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration, claiming: claiming, on: $0, completion: $1)
+        }
+    }
+}

@@ -90,3 +90,6 @@ extension MemoryStore: IdempotencyStore {
     /// Partner and key in one string (a partner id holds no NUL).
     private static func idempotencyID(_ partner: String, _ key: String) -> String { partner + "\u{0}" + key }
 }
+
+/// Admission and claim as two steps: both are in-process and answer at once.
+extension MemoryStore: ClaimingAdmissionStore {}

@@ -149,6 +149,88 @@ struct IdempotencyStoreContractTests {
         }
     }
 
+    /// Admission that claims in the same step: an admitted request claims its key, a duplicate
+    /// finds it in progress (still paying its tokens), a retry after the record gets the record.
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func admissionClaimsTheKeyOfAnAdmittedRequest(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let l = limits(rate: 0.001, burst: 10)
+            func admit(_ token: String) async throws -> AdmissionWithClaim {
+                try await store.admit(
+                    partner: "acme", limits: l, lease: nil, leaseDuration: lease, claiming: .init(key: "k1", token: token, lease: lease)
+                )
+            }
+            let first = try await admit("a")
+            #expect(first.decision.verdict == .admitted && first.claim == .claimed)
+            clock.advance(15_000)
+            let duplicate = try await admit("b")
+            #expect(duplicate.decision.verdict == .admitted && duplicate.decision.tokensRemaining == 8)
+            #expect(duplicate.claim == .inProgress(retryAfterMilliseconds: 45_000))
+            let finished = record()
+            #expect(try await store.record(finished, partner: "acme", key: "k1", token: "a", retention: retention))
+            #expect(try await admit("c").claim == .completed(finished))
+        }
+    }
+
+    /// A request that admission refuses (rate, quota or concurrency) claims nothing: its key stays free.
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func refusedRequestClaimsNothing(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        try await withStore(kind, clock: ManualClock(epoch)) { (store: any StoreUnderTest) async throws in
+            for (partner, l, lease) in [("rate", limits(rate: 0.001, burst: 1), nil), ("quota", limits(quota: 1), nil), ("slots", limits(concurrency: 1), "l2")] {
+                let first = try await store.admit(
+                    partner: partner, limits: l, lease: lease == nil ? nil : "l1", leaseDuration: self.lease, claiming: .init(key: "k1", token: "a", lease: self.lease)
+                )
+                #expect(first.decision.verdict == .admitted && first.claim == .claimed)
+                let refused = try await store.admit(
+                    partner: partner, limits: l, lease: lease, leaseDuration: self.lease, claiming: .init(key: "k2", token: "b", lease: self.lease)
+                )
+                #expect(refused.decision.verdict != .admitted, "\(partner)")
+                #expect(refused.claim == nil, "\(partner)")
+                #expect(try await store.claim(partner: partner, key: "k2", token: "c", lease: self.lease) == .claimed, "\(partner)")
+            }
+        }
+    }
+
+    /// Keyed and unkeyed requests of one partner at once (Redis decides them in shared calls):
+    /// one claim per key wins, unkeyed and refused requests get no claim, and the concurrency
+    /// limit counts every request once.
+    @Test(arguments: StoreKind.allCases)
+    func concurrentKeyedAndUnkeyedAdmissions(_ kind: StoreKind) async throws {
+        try await withStore(kind, clock: ManualClock(.present)) { (store: any StoreUnderTest) async throws in
+            let l = limits(concurrency: 24)
+            let eventLoop = store.defaultEventLoop
+            let answers = try await eventLoop.flatSubmit {
+                let futures = (0..<30).map { index in
+                    let promise = eventLoop.makePromise(of: AdmissionWithClaim.self)
+                    if index % 3 == 0 {
+                        store.admit(partner: "acme", limits: l, lease: "l\(index)", leaseDuration: lease, on: eventLoop) {
+                            promise.completeWith($0.map { AdmissionWithClaim(decision: $0, claim: nil) })
+                        }
+                    } else {
+                        let claim = IdempotencyClaimRequest(key: index % 3 == 1 ? "same" : "own-\(index)", token: "t\(index)", lease: lease)
+                        store.admit(partner: "acme", limits: l, lease: "l\(index)", leaseDuration: lease, claiming: claim, on: eventLoop) { promise.completeWith($0) }
+                    }
+                    return promise.futureResult
+                }
+                return EventLoopFuture.whenAllSucceed(futures, on: eventLoop)
+            }.get()
+            // Which ones get in can vary (a script reloaded by Redis reorders calls); how many cannot.
+            let admitted = answers.indices.filter { answers[$0].decision.verdict == .admitted }
+            let refused = answers.indices.filter { answers[$0].decision.verdict == .concurrencyLimited }
+            #expect(admitted.count == 24 && refused.count == 6)
+            #expect(refused.allSatisfy { answers[$0].claim == nil })
+            #expect(admitted.filter { $0 % 3 == 0 }.allSatisfy { answers[$0].claim == nil })
+            #expect(admitted.filter { $0 % 3 == 2 }.allSatisfy { answers[$0].claim == .claimed })
+            let same = admitted.filter { $0 % 3 == 1 }.map { answers[$0].claim }
+            #expect(same.filter { $0 == .claimed }.count == 1)
+            #expect(same.filter { if case .inProgress = $0 { true } else { false } }.count == same.count - 1)
+            for index in refused where index % 3 == 2 {
+                #expect(try await store.claim(partner: "acme", key: "own-\(index)", token: "x", lease: lease) == .claimed)
+            }
+        }
+    }
+
     /// Keys are scoped by partner: two partners may use the same key.
     @Test(arguments: StoreKind.allCases)
     func keysAreScopedByPartner(_ kind: StoreKind) async throws {

@@ -33,13 +33,16 @@ struct RedisClientTests {
     }
 
     /// When Redis forgets the script (restart, SCRIPT FLUSH), it is loaded again transparently.
+    /// (On a Redis of its own: a flush would also hit the scripts of tests running beside it.)
     @Test func scriptIsReloadedAfterFlush() async throws {
-        let client = try await makeRedisClient()
-        let store = RedisStore(client: client, keyPrefix: "flush-\(UUID().uuidString.prefix(8))")
+        let redis = try await RedisServer.start()
+        let client = try await makeRedisClient(url: redis.url)
+        let store = RedisStore(client: client, keyPrefix: "flush")
         #expect(try await store.admit(partner: "acme", limits: limits(rate: 1, burst: 5), lease: nil, leaseDuration: .seconds(1)).verdict == .admitted)
         _ = try await client.send(["SCRIPT", "FLUSH"])
         #expect(try await store.admit(partner: "acme", limits: limits(rate: 1, burst: 5), lease: nil, leaseDuration: .seconds(1)).tokensRemaining == 3)
         await client.shutdown()
+        try await redis.stop()
     }
 
     /// A server that accepts but never answers costs a caller the deadline (50 ms), not more.

@@ -10,7 +10,7 @@ enum StoreKind: String, CaseIterable, Sendable {
 }
 
 /// What both stores are: the contract suites run against this.
-typealias StoreUnderTest = AdmissionStore & IdempotencyStore & TaskStore & WebhookStore & UsageStore
+typealias StoreUnderTest = ClaimingAdmissionStore & TaskStore & WebhookStore & UsageStore
 
 /// A fresh store of `kind` reading `clock`; Redis stores use the shared test Redis with a key
 /// prefix of their own, so tests never see each other's keys.

@@ -27,6 +27,9 @@ struct Admission: Sendable {
     var limits: AdmissionLimits?
     var decision: AdmissionDecision?
     var lease: HeldLease?
+    /// The idempotency claim made in the same store step, when the request asked for one and the
+    /// shared store decided (nil otherwise: the request claims on its own).
+    var claim: Result<IdempotencyClaim, any Error>?
 
     static let admittedWithoutLimits = Admission(verdict: .admitted)
 }
@@ -57,6 +60,7 @@ struct AdmissionControl: Sendable {
         fileprivate let route: Route
         fileprivate let limits: AdmissionLimits
         fileprivate let lease: String?
+        fileprivate let claiming: IdempotencyClaimRequest?
         fileprivate let eventLoop: any EventLoop
 
         /// Asks the store; `completion` runs on the event loop with the admission (a fallback's
@@ -67,8 +71,9 @@ struct AdmissionControl: Sendable {
     }
 
     /// Decides on `eventLoop` (call there): the embedded store and the fallbacks answer at once,
-    /// Redis when its reply arrives on this loop's connection.
-    func admit(partner: Partner, route: Route, requestID: String, on eventLoop: any EventLoop) -> Answer {
+    /// Redis when its reply arrives on this loop's connection — and then claims `claiming` in the
+    /// same call when the request is admitted (`Admission.claim`).
+    func admit(partner: Partner, route: Route, requestID: String, claiming: IdempotencyClaimRequest?, on eventLoop: any EventLoop) -> Answer {
         let limits = AdmissionLimits(partner.limits, cost: route.policy.cost)
         guard !limits.isUnlimited else { return .decided(.admittedWithoutLimits) }
         let lease = limits.concurrency == nil ? nil : requestID
@@ -79,30 +84,48 @@ struct AdmissionControl: Sendable {
         guard case .call = backend.breaker.permission() else {
             return .decided(fallback(partner: partner, route: route, lease: lease, on: eventLoop))
         }
-        return .pending(Pending(control: self, partner: partner, route: route, limits: limits, lease: lease, eventLoop: eventLoop))
+        return .pending(Pending(control: self, partner: partner, route: route, limits: limits, lease: lease, claiming: claiming, eventLoop: eventLoop))
     }
 
     private func ask(_ pending: Pending, _ completion: @escaping (Admission) -> Void) {
         let (partner, limits, lease, eventLoop) = (pending.partner, pending.limits, pending.lease, pending.eventLoop)
-        backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop) { result in
-            switch result {
-            case .success(let decision):
-                if backend.breaker.succeeded() {
-                    metrics.storeFallback(active: false)
-                    logger.notice("rate-limit store is reachable again; shared limits apply")
-                }
-                completion(record(decision, limits: limits, partner: partner.id, lease: lease, local: false, on: eventLoop))
-            case .failure(let error):
-                metrics.storeFailed()
-                if backend.breaker.failed() {
-                    metrics.storeFallback(active: true)
-                    logger.warning(
-                        "rate-limit store is unreachable; on_redis_failure applies",
-                        metadata: ["mode": .string(mode.rawValue), "error": .string("\(error)")]
-                    )
-                }
-                completion(fallback(partner: partner, route: pending.route, lease: lease, on: eventLoop))
+        guard let claiming = pending.claiming else {
+            backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop) { result in
+                completion(answered(pending, result.map { AdmissionWithClaim(decision: $0, claim: nil) }))
             }
+            return
+        }
+        backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, claiming: claiming, on: eventLoop) {
+            result in
+            var admission = answered(pending, result)
+            switch result {
+            case .success(let answer): admission.claim = answer.claim.map { .success($0) }
+            case .failure(let error): admission.claim = .failure(error)
+            }
+            completion(admission)
+        }
+    }
+
+    /// The admission the store's answer gives, or the fallback's when the store failed.
+    private func answered(_ pending: Pending, _ result: Result<AdmissionWithClaim, any Error>) -> Admission {
+        let (partner, limits, lease, eventLoop) = (pending.partner, pending.limits, pending.lease, pending.eventLoop)
+        switch result {
+        case .success(let answer):
+            if backend.breaker.succeeded() {
+                metrics.storeFallback(active: false)
+                logger.notice("rate-limit store is reachable again; shared limits apply")
+            }
+            return record(answer.decision, limits: limits, partner: partner.id, lease: lease, local: false, on: eventLoop)
+        case .failure(let error):
+            metrics.storeFailed()
+            if backend.breaker.failed() {
+                metrics.storeFallback(active: true)
+                logger.warning(
+                    "rate-limit store is unreachable; on_redis_failure applies",
+                    metadata: ["mode": .string(mode.rawValue), "error": .string("\(error)")]
+                )
+            }
+            return fallback(partner: partner, route: pending.route, lease: lease, on: eventLoop)
         }
     }
 

@@ -37,7 +37,7 @@ final class LeaseRegistry: Sendable {
 }
 
 /// Everything the gateway keeps in its store.
-typealias SharedStore = AdmissionStore & IdempotencyStore & TaskStore & WebhookStore & UsageStore
+typealias SharedStore = ClaimingAdmissionStore & TaskStore & WebhookStore & UsageStore
 
 /// The store a policy names (embedded or Redis), the per-instance fallback used while Redis is
 /// unreachable, and the breaker between them. It outlives reloads that keep the store

@@ -5,8 +5,9 @@ import SluiceCore
 import SluiceStore
 
 /// Stage 4 of the request path for one policy snapshot (SPEC §3 Idempotency): claims a keyed
-/// request's key in the store after admission, records its final response, or gives the claim
-/// up. Claims, records and releases are one store step each, answered on the request's loop.
+/// request's key in the store after admission (in the admission's own call when the shared store
+/// decides it), records its final response, or gives the claim up. Claims, records and releases
+/// are one store step each, answered on the request's loop.
 struct IdempotencyControl: Sendable {
     let store: any IdempotencyStore
     /// How long a recorded response is replayed (`idempotency.retention`).
@@ -19,12 +20,19 @@ struct IdempotencyControl: Sendable {
     /// The longest `Retry-After` a 409 suggests: the first request may end any moment.
     static let longestRetryHint = 5
 
-    /// Claims `request`'s key for its run. Call on `eventLoop`; `completion` runs there.
+    /// What to claim for `request` on a route with this timeout.
+    static func claimRequest(_ request: IdempotentRequest, routeTimeout: Duration) -> IdempotencyClaimRequest {
+        IdempotencyClaimRequest(key: request.key, token: request.token, lease: routeTimeout + leaseMargin)
+    }
+
+    /// Claims `request`'s key for its run on its own (when admission did not). Call on
+    /// `eventLoop`; `completion` runs there.
     func claim(
-        _ request: IdempotentRequest, partner: String, routeTimeout: Duration, token: String, on eventLoop: any EventLoop,
+        _ request: IdempotentRequest, partner: String, routeTimeout: Duration, on eventLoop: any EventLoop,
         completion: @escaping (Result<IdempotencyClaim, any Error>) -> Void
     ) {
-        store.claim(partner: partner, key: request.key, token: token, lease: routeTimeout + Self.leaseMargin, on: eventLoop) { result in
+        let claim = Self.claimRequest(request, routeTimeout: routeTimeout)
+        store.claim(partner: partner, key: claim.key, token: claim.token, lease: claim.lease, on: eventLoop) { result in
             if case .failure = result { metrics.storeFailed() }
             completion(result)
         }
@@ -34,9 +42,9 @@ struct IdempotencyControl: Sendable {
     /// whole request and response went through, status below 500), else releases the key.
     /// Returns what the access log says.
     func conclude(_ request: IdempotentRequest, partner: String, completed: Bool, requestID: String, on eventLoop: any EventLoop) -> IdempotencyResult? {
-        guard case .claimed(let token) = request.phase else { return nil }
+        guard case .claimed = request.phase else { return nil }
         request.phase = .concluded
-        let key = request.key
+        let (key, token) = (request.key, request.token)
         if completed, let capture = request.capture, capture.status < 500, let body = request.bodyDigest {
             let record = capture.record(RequestFingerprint(target: request.target, body: body))
             store.record(record, partner: partner, key: key, token: token, retention: retention, on: eventLoop) { result in
@@ -81,7 +89,7 @@ final class IdempotentRequest {
         /// Waiting for admission or for the store's answer.
         case unclaimed
         /// This request holds the key.
-        case claimed(token: String)
+        case claimed
         /// A finished request with this key and target: the body's digest decides between replay and 422.
         case comparing(IdempotencyRecord)
         /// Recorded, released, or answered without a claim.
@@ -89,6 +97,8 @@ final class IdempotentRequest {
     }
 
     let key: String
+    /// Identifies this request's claim in the store.
+    let token: String
     let target: SHA256Digest
     var phase = Phase.unclaimed
     private var hasher = BodyHasher()
@@ -97,8 +107,9 @@ final class IdempotentRequest {
     /// The response of a claimed request, as it streams.
     private(set) var capture: ResponseCapture?
 
-    init(key: String, method: String, target: String) {
+    init(key: String, token: String, method: String, target: String) {
         self.key = key
+        self.token = token
         self.target = RequestFingerprint.target(method: method, pathAndQuery: target)
     }
 

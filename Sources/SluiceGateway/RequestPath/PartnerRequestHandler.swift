@@ -14,7 +14,8 @@ import SluiceStore
 ///    route (`RequestScreening`), synchronous;
 /// 3. admission — `AdmissionControl`: the embedded store decides inline, Redis answers with a
 ///    completion on this loop (its own Redis connection);
-/// 4. idempotency — a keyed POST/PATCH claims its key (`IdempotencyControl`, one store step);
+/// 4. idempotency — a keyed POST/PATCH claims its key: on Redis in the admission call itself
+///    (one store step before dispatch, as for any request), else alone (`IdempotencyControl`);
 ///    a key in use answers 409, a finished one is replayed or answers 422 once the body's digest
 ///    is known (the body is hashed as it streams, never kept); (5b. async task acceptance plugs
 ///    in here too);
@@ -267,14 +268,20 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             answerTaskEndpoint(request, endpoint)
         case .forward(let plan):
             request.plan = plan
+            var claiming: IdempotencyClaimRequest?
             if let key = plan.idempotencyKey {
-                request.idempotency = IdempotentRequest(key: key, method: head.method.rawValue, target: head.target)
+                let idempotent = IdempotentRequest(key: key, token: runtime.identifiers.requestID(), method: head.method.rawValue, target: head.target)
+                request.idempotency = idempotent
+                claiming = IdempotencyControl.claimRequest(idempotent, routeTimeout: plan.route.requestTimeout)
             }
             if plan.bodyLength != .none {
                 request.body = .holding
                 updateReads()
             }
-            switch snapshot.admission.admit(partner: plan.partner, route: plan.route, requestID: record.requestID, on: eventLoop) {
+            let admission = snapshot.admission.admit(
+                partner: plan.partner, route: plan.route, requestID: record.requestID, claiming: claiming, on: eventLoop
+            )
+            switch admission {
             case .decided(let admission):
                 admitted(request, admission)
             case .pending(let pending):
@@ -284,15 +291,18 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     private func admitted(_ request: Request, _ admission: Admission) {
+        if case .success(.claimed)? = admission.claim { request.idempotency?.phase = .claimed }
         guard self.request === request, !request.finished else {
-            request.snapshot.admission.finish(admission)  // the client left while admission was pending
+            // The client left while admission was pending: its slot and a won claim are given back.
+            request.snapshot.admission.finish(admission)
+            concludeIdempotency(request)
             return
         }
         request.admission = admission
         request.record.adopt(admission)
         switch admission.verdict {
         case .admitted where request.idempotency != nil:
-            claim(request)
+            if let claim = admission.claim { claimAnswered(request, claim) } else { claim(request) }
         case .admitted:
             dispatch(request)
         case .refused(let reason):
@@ -309,16 +319,15 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func claim(_ request: Request) {
         guard let idempotent = request.idempotency, let plan = request.plan else { return }
-        let token = runtime.identifiers.requestID()
-        request.snapshot.idempotency.claim(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, token: token, on: eventLoop) {
+        request.snapshot.idempotency.claim(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, on: eventLoop) {
             [self] result in
-            claimAnswered(request, token: token, result)
+            claimAnswered(request, result)
         }
     }
 
-    private func claimAnswered(_ request: Request, token: String, _ result: Result<IdempotencyClaim, any Error>) {
+    private func claimAnswered(_ request: Request, _ result: Result<IdempotencyClaim, any Error>) {
         guard let idempotent = request.idempotency else { return }
-        if case .success(.claimed) = result { idempotent.phase = .claimed(token: token) }
+        if case .success(.claimed) = result { idempotent.phase = .claimed }
         guard self.request === request, !request.finished else {
             // The client left while the store answered: a won claim is given back.
             concludeIdempotency(request)

@@ -35,11 +35,15 @@ enum AdmissionScripts {
         """
     }
 
-    static let admit = RedisScript("local argc = #ARGV\n" + decisions)
+    static let admit = RedisScript("local argc = #ARGV\n" + decisions(claiming: false))
 
     /// The decisions of `admit` for its first `argc` arguments (a Lua local set before), ending
-    /// in `return` of the decisions string; `IdempotencyScripts.admitAndBatch` runs it as a function.
-    static let decisions = """
+    /// in `return` of the decisions string; `IdempotencyScripts` runs it as a function. With
+    /// `claiming`, each request has two more arguments, an idempotency claim's token ('' = none)
+    /// and lease ms: an admitted request's key (the next of KEYS after `ck`) is claimed with the
+    /// Lua function `claim`, a refused one's is not (`-`); the results go to the table `claims`.
+    static func decisions(claiming: Bool) -> String {
+        """
         \(now(argument: 1))
         local leasems = tonumber(ARGV[2])
         local rate, burst, quota, concurrency = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
@@ -85,14 +89,14 @@ enum AdmissionScripts {
         local inuse = 0
         if concurrency > 0 then
           inuse = redis.call('ZCARD', KEYS[2])
-          if inuse + (argc - 8 - releases) / 2 > concurrency then
+          if inuse + (argc - 8 - releases) / \(claiming ? 4 : 2) > concurrency then
             redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
             inuse = redis.call('ZCARD', KEYS[2])
           end
         end
 
         local results, leases, admitted = {}, {}, false
-        for i = 9 + releases, argc, 2 do
+        for i = 9 + releases, argc, \(claiming ? 4 : 2) do
           local cost, lease = tonumber(ARGV[i]), ARGV[i + 1]
           local verdict, retry = 0, 0
           if quota > 0 and used + 1 > quota then
@@ -120,6 +124,7 @@ enum AdmissionScripts {
             left, resetin, window = math.max(0, quota - used), wend - now, wend - wstart
           end
           results[#results + 1] = string.format('%d,%d,%d,%d,%d,%d,%d', verdict, retry, tokens, fullin, left, resetin, window)
+        \(claiming ? claimStep : "")
         end
 
         if admitted then
@@ -150,6 +155,15 @@ enum AdmissionScripts {
           end
         end
         return table.concat(results, ';')
+        """
+    }
+
+    /// The claim of one request in `decisions(claiming: true)`, made once its verdict is known.
+    private static let claimStep = """
+        if ARGV[i + 2] ~= '' then
+            ck = ck + 1
+            claims[#claims + 1] = verdict == 0 and claim(KEYS[ck], ARGV[i + 2], ARGV[i + 3], now) or '-'
+          end
         """
 
     /// Extends held leases. KEYS: 1 state, 2 leases. ARGV: 1 lease ms, 2 now ms (empty = Redis

@@ -15,14 +15,30 @@ enum IdempotencyScripts {
         end
         """
 
+    /// `claim(key, token, lease ms, now)`: claims a key for a request. Returns `N` (claimed), `P<ms>`
+    /// (held by a running request for up to ms more) or the recorded `R<record>`.
+    private static let claim = """
+        local function claim(key, token, lease, now)
+          local value = 'C' .. (now + tonumber(lease)) .. ':' .. token
+          if redis.call('SET', key, value, 'NX', 'PX', lease) then return 'N' end
+          local old = redis.call('GET', key)
+          if old and string.sub(old, 1, 1) == 'R' then return old end
+          if old then
+            local expires = tonumber(string.sub(old, 2, string.find(old, ':', 2, true) - 1))
+            if expires > now then return 'P' .. (expires - now) end
+          end
+          redis.call('SET', key, value, 'PX', lease)
+          return 'N'
+        end
+        """
+
     /// One partner's records and claims of one event-loop tick: records first (so a claim in the
     /// same batch sees them), then claims in order. Its arguments start after ARGV[ao] and its
     /// keys after KEYS[ko] (Lua locals set before); it appends its results to `results`.
     /// Keys: the records' keys, then the claims' keys. Arguments: now ms ('' = Redis TIME), the
     /// number of records, then per record its token, record and retention ms, then per claim its
     /// token and lease ms. Results: per record 1 (recorded) or 0 (the claim is no longer the
-    /// token's), then per claim `N` (claimed), `P<ms>` (held by a running request for up to ms
-    /// more) or the recorded `R<record>`.
+    /// token's), then per claim what `claim` returns.
     private static let steps = """
         local now
         if ARGV[ao + 1] ~= '' then
@@ -53,28 +69,8 @@ enum IdempotencyScripts {
         end
         local base = ao + 3 + 3 * records
         for i = records + 1, #KEYS - ko do
-          local key = KEYS[ko + i]
           local c = i - records - 1
-          local token, lease = ARGV[base + 2 * c], ARGV[base + 2 * c + 1]
-          local claim = 'C' .. (now + tonumber(lease)) .. ':' .. token
-          local result = 'N'
-          if not redis.call('SET', key, claim, 'NX', 'PX', lease) then
-            local value = redis.call('GET', key)
-            if value and string.sub(value, 1, 1) == 'R' then
-              result = value
-            elseif value then
-              local separator = string.find(value, ':', 2, true)
-              local expires = tonumber(string.sub(value, 2, separator - 1))
-              if expires > now then
-                result = 'P' .. (expires - now)
-              else
-                redis.call('SET', key, claim, 'PX', lease)
-              end
-            else
-              redis.call('SET', key, claim, 'PX', lease)
-            end
-          end
-          results[#results + 1] = result
+          results[#results + 1] = claim(KEYS[ko + i], ARGV[base + 2 * c], ARGV[base + 2 * c + 1], now)
         end
         """
 
@@ -82,27 +78,45 @@ enum IdempotencyScripts {
     static let batch = RedisScript(
         """
         local ao, ko, results = 0, 0, {}
+        \(claim)
         \(steps)
         return results
         """
     )
 
-    /// A partner's admission decisions and its pending records and claims in one atomic step:
-    /// KEYS 1–2 and the first `argc` arguments are `AdmissionScripts.admit`'s, the rest are the
-    /// batch's (as in `steps`), and the last argument is `argc`. Returns the decisions string,
-    /// then the batch's results.
-    static let admitAndBatch = RedisScript(
-        """
-        local argc = tonumber(ARGV[#ARGV])
-        local function decide()
-        \(AdmissionScripts.decisions)
-        end
-        local results = { decide() }
-        local ao, ko = argc, 2
-        \(steps)
-        return results
-        """
-    )
+    /// Admission decisions (`AdmissionScripts`) with a partner's pending records and claims riding along.
+    static let admitAndBatch = admitting(claims: false, batch: true)
+    /// Admission decisions that claim the idempotency keys of the admitted requests.
+    static let admitClaiming = admitting(claims: true, batch: false)
+    /// Both of the above.
+    static let admitClaimingAndBatch = admitting(claims: true, batch: true)
+
+    /// A partner's admission decisions and idempotency work in one atomic step. KEYS 1–2 and the
+    /// first `argc` arguments are `AdmissionScripts.decisions(claiming: claims)`'s: with `claims`,
+    /// each request's arguments end in a key to claim when it is admitted (token, '' for none, and
+    /// lease ms) and the keys to claim are KEYS 3… in request order. With `batch`, the pending
+    /// records and claims follow (keys after those, arguments as in `steps`) and the last argument
+    /// is `argc`. Returns the decisions string, then per request with a claim token what `claim`
+    /// returns (`-` when the request was not admitted), then the batch's results.
+    private static func admitting(claims: Bool, batch: Bool) -> RedisScript {
+        RedisScript(
+            """
+            local argc = \(batch ? "tonumber(ARGV[#ARGV])" : "#ARGV")
+            local claims, ck = {}, 2
+            \(claim)
+            local function decide()
+            \(AdmissionScripts.decisions(claiming: claims))
+            end
+            local results = { decide() }
+            for i = 1, #claims do results[#results + 1] = claims[i] end
+            \(batch ? "local ao, ko = argc, ck\n" + steps : "")
+            return results
+            """
+        )
+    }
+
+    /// Every script of this kind, for the client to load.
+    static let all = [batch, admitAndBatch, admitClaiming, admitClaimingAndBatch, release]
 
     /// ARGV: 1 token. Returns 1, or 0 when the claim is not the token's.
     static let release = RedisScript(

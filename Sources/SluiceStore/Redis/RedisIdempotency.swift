@@ -1,7 +1,7 @@
 public import NIOCore
 public import SluiceCore
 
-extension RedisStore: IdempotencyStore {
+extension RedisStore: ClaimingAdmissionStore {
     /// A partner's claims and records of one event-loop tick, sent as one call (records first).
     struct IdempotencyBatch {
         var records: [PendingRecord] = []

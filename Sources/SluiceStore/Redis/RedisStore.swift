@@ -10,13 +10,17 @@ import Synchronization
 /// round trip and a busy partner far less. All of this state lives per event loop and is only
 /// touched there (the client's connection of that loop carries the calls), so a decision takes
 /// no lock. Lease releases are queued on their loop and ride along with the partner's next call
-/// from it (or go out in a batch on `flushReleases()`).
+/// from it (or go out in a batch on `flushReleases()`). A request with an idempotency key has it
+/// claimed by the call that admits it, and the partner's pending records ride along too
+/// (`IdempotencyScripts`), so a keyed request costs no round trip of its own before it runs.
 public final class RedisStore: AdmissionStore {
     fileprivate struct Waiting {
         /// Requests decided together share their limits (all of a partner's, barring a reload).
         let limits: AdmissionLimits
         let lease: String?
-        let completion: (Result<AdmissionDecision, any Error>) -> Void
+        /// An idempotency key to claim when the request is admitted: its Redis key, token and lease ms.
+        let claim: (key: String, token: String, lease: String)?
+        let completion: (Result<AdmissionWithClaim, any Error>) -> Void
     }
 
     fileprivate struct Queue {
@@ -54,8 +58,7 @@ public final class RedisStore: AdmissionStore {
         url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, onCommand: (@Sendable () -> Void)? = nil
     ) throws -> RedisClient {
         try RedisClient(
-            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew, IdempotencyScripts.batch, IdempotencyScripts.admitAndBatch, IdempotencyScripts.release]
-                + TaskScripts.all + [UsageScripts.add], group: group,
+            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew] + IdempotencyScripts.all + TaskScripts.all + [UsageScripts.add], group: group,
             onCommand: onCommand
         )
     }
@@ -82,19 +85,34 @@ public final class RedisStore: AdmissionStore {
         partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop,
         completion: @escaping (Result<AdmissionDecision, any Error>) -> Void
     ) {
+        let request = Waiting(limits: limits, lease: lease, claim: nil) { completion($0.map(\.decision)) }
+        admit(partner, request, leaseDuration: leaseDuration, on: eventLoop)
+    }
+
+    /// The claim is made by the admission call itself, right after the request's verdict.
+    public func admit(
+        partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, claiming: IdempotencyClaimRequest,
+        on eventLoop: any EventLoop, completion: @escaping (Result<AdmissionWithClaim, any Error>) -> Void
+    ) {
+        let claim = (idempotencyKey(partner, claiming.key), claiming.token, String(claiming.lease.milliseconds))
+        admit(partner, Waiting(limits: limits, lease: lease, claim: claim, completion: completion), leaseDuration: leaseDuration, on: eventLoop)
+    }
+
+    private func admit(_ partner: String, _ request: Waiting, leaseDuration: Duration, on eventLoop: any EventLoop) {
         guard let loop = loops[ObjectIdentifier(eventLoop)] else {
             // A caller outside the client's group: decided on the default loop, answered on its own.
             let fallback = defaultEventLoop
-            let answer = NIOLoopBound(completion, eventLoop: eventLoop)
+            let answer = NIOLoopBound(request.completion, eventLoop: eventLoop)
+            let (limits, lease, claim) = (request.limits, request.lease, request.claim)
             fallback.execute {
-                self.admit(partner: partner, limits: limits, lease: lease, leaseDuration: leaseDuration, on: fallback) { result in
+                let moved = Waiting(limits: limits, lease: lease, claim: claim) { result in
                     eventLoop.execute { answer.value(result) }
                 }
+                self.admit(partner, moved, leaseDuration: leaseDuration, on: fallback)
             }
             return
         }
         eventLoop.assertInEventLoop()
-        let request = Waiting(limits: limits, lease: lease, completion: completion)
         if loop.queues[partner, default: Queue()].callsInProgress >= Self.callsPerPartner {
             loop.queues[partner]!.waiting.append(request)
         } else {
@@ -117,8 +135,9 @@ public final class RedisStore: AdmissionStore {
             return true
         }
         let released = loop.pendingReleases.removeValue(forKey: partner) ?? []
+        let claiming = batch.contains { $0.claim != nil }
         var arguments: [String] = []
-        arguments.reserveCapacity(8 + released.count + 2 * batch.count)
+        arguments.reserveCapacity(8 + released.count + (claiming ? 4 : 2) * batch.count)
         arguments.append(clock.map { String($0()) } ?? "")
         arguments.append(String(leaseDuration.milliseconds))
         arguments.append(shared.ratePerSecond.map { String($0) } ?? "0")
@@ -128,50 +147,43 @@ public final class RedisStore: AdmissionStore {
         arguments.append(shared.concurrency.map { String($0) } ?? "0")
         arguments.append(String(released.count))
         arguments.append(contentsOf: released)
-        for request in batch {
-            arguments.append(String(request.limits.cost))
-            arguments.append(request.lease ?? "")
-        }
-        let keys = loop.keys[partner] ?? {
+        var keys = loop.keys[partner] ?? {
             let keys = self.keys(partner)
             loop.keys[partner] = [keys.state, keys.leases]
             return [keys.state, keys.leases]
         }()
+        for request in batch {
+            arguments.append(String(request.limits.cost))
+            arguments.append(request.lease ?? "")
+            guard claiming else { continue }
+            arguments.append(request.claim?.token ?? "")
+            arguments.append(request.claim?.lease ?? "")
+            if let claim = request.claim { keys.append(claim.key) }
+        }
         let requests = batch
         // The partner's pending idempotency records and claims ride along.
         let riding = loop.idempotencyBatches.removeValue(forKey: partner)
-        let call: EventLoopFuture<RedisReply>
         if let riding {
-            var allKeys = keys
-            var allArguments = arguments
-            append(riding, keys: &allKeys, arguments: &allArguments)
-            allArguments.append(String(arguments.count))
-            call = client.evaluate(IdempotencyScripts.admitAndBatch, keys: allKeys, arguments: allArguments, on: eventLoop)
-        } else {
-            call = client.evaluate(AdmissionScripts.admit, keys: keys, arguments: arguments, on: eventLoop)
+            let argc = arguments.count
+            append(riding, keys: &keys, arguments: &arguments)
+            arguments.append(String(argc))
         }
-        call.whenComplete { result in
-            let admission: Result<RedisReply, any Error>
-            if let riding {
-                switch result {
-                case .success(.array(let replies)) where !replies.isEmpty:
-                    admission = .success(replies[0])
-                    Self.complete(riding, replies.dropFirst())
-                case .success(let reply):
-                    let error = RedisError.protocolViolation("unexpected admission reply \(reply)")
-                    admission = .failure(error)
-                    Self.fail(riding, error)
-                case .failure(let error):
-                    admission = .failure(error)
-                    Self.fail(riding, error)
-                }
-            } else {
-                admission = result
+        let script =
+            switch (claiming, riding != nil) {
+            case (false, false): AdmissionScripts.admit
+            case (false, true): IdempotencyScripts.admitAndBatch
+            case (true, false): IdempotencyScripts.admitClaiming
+            case (true, true): IdempotencyScripts.admitClaimingAndBatch
             }
-            switch admission.flatMap({ reply in Result { try Self.decisions(from: reply, count: requests.count) } }) {
-            case .success(let decisions):
-                for (request, decision) in zip(requests, decisions) { request.completion(.success(decision)) }
+        client.evaluate(script, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+            let answers = result.flatMap { reply in
+                Result { try Self.answers(from: reply, for: requests, claiming: claiming, riding: riding) }
+            }
+            switch answers {
+            case .success(let answers):
+                for (request, answer) in zip(requests, answers) { request.completion(answer) }
             case .failure(let error):
+                if let riding { Self.fail(riding, error) }
                 if !released.isEmpty { loop.pendingReleases[partner, default: []].append(contentsOf: released) }
                 for request in requests { request.completion(.failure(error)) }
             }
@@ -189,6 +201,37 @@ public final class RedisStore: AdmissionStore {
             }
         }
     }
+
+    /// Splits an admission call's reply: the decisions (a string alone, or first of an array),
+    /// then one claim per request that has one, then the riding batch's results (handed to it
+    /// here). Returns each request's answer.
+    private static func answers(
+        from reply: RedisReply, for requests: [Waiting], claiming: Bool, riding: IdempotencyBatch?
+    ) throws -> [Result<AdmissionWithClaim, any Error>] {
+        guard claiming || riding != nil else {
+            return try decisions(from: reply, count: requests.count).map { .success(AdmissionWithClaim(decision: $0, claim: nil)) }
+        }
+        guard case .array(let replies) = reply, let first = replies.first else {
+            throw RedisError.protocolViolation("unexpected admission reply \(reply)")
+        }
+        let decisions = try decisions(from: first, count: requests.count)
+        var claims = replies.dropFirst()
+        var answers: [Result<AdmissionWithClaim, any Error>] = []
+        answers.reserveCapacity(requests.count)
+        for (request, decision) in zip(requests, decisions) {
+            guard request.claim != nil else {
+                answers.append(.success(AdmissionWithClaim(decision: decision, claim: nil)))
+                continue
+            }
+            guard let claimReply = claims.popFirst() else { throw RedisError.protocolViolation("missing idempotency claim reply") }
+            answers.append(Result { AdmissionWithClaim(decision: decision, claim: claimReply == .string(notAdmitted) ? nil : try claim(from: claimReply)) })
+        }
+        if let riding { complete(riding, claims) }
+        return answers
+    }
+
+    /// What the admission script answers for the claim of a request it refused.
+    private static let notAdmitted: [UInt8] = Array("-".utf8)
 
     /// Whether an admission call of `partner` is under way on this loop (so a next one, or the
     /// end of the last one, comes soon).
