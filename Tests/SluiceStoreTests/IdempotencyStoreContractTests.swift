@@ -273,4 +273,20 @@ struct IdempotencyRedisLayoutTests {
         #expect((86_399_000...86_400_000).contains(recordTTL))
         await client.shutdown()
     }
+
+    /// The stored value is the encoded record itself; one written as `R<record>` (gateways
+    /// before that change) is still replayed, and a claim (`C…`) is never taken for a record.
+    @Test func recordsAreStoredEncodedAndOldOnesStillReplay() async throws {
+        let client = try await makeRedisClient()
+        let store = RedisStore(client: client, keyPrefix: "values-\(UInt32.random(in: 0...UInt32.max))")
+        let finished = IdempotencyRecord(
+            fingerprint: .init(target: BodyHasher().finalize(), body: BodyHasher().finalize()), status: 201, headers: [], body: [1, 2], bodyKept: true
+        )
+        #expect(try await store.claim(partner: "acme", key: "new", token: "a", lease: .seconds(60)) == .claimed)
+        #expect(try await store.record(finished, partner: "acme", key: "new", token: "a", retention: .seconds(60)))
+        #expect(try await client.send(["GET", store.idempotencyKey("acme", "new")]) == .string(Array(finished.encoded().utf8)))
+        _ = try await client.send(["SET", store.idempotencyKey("acme", "old"), "R" + finished.encoded(), "PX", "60000"])
+        #expect(try await store.claim(partner: "acme", key: "old", token: "b", lease: .seconds(60)) == .completed(finished))
+        await client.shutdown()
+    }
 }

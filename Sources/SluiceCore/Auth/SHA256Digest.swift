@@ -6,12 +6,22 @@ public struct SHA256Digest: Sendable, Hashable, CustomStringConvertible {
     public let words: (UInt64, UInt64, UInt64, UInt64)
 
     public init?(bytes: some Sequence<UInt8>) {
-        let array = Array(bytes)
-        guard array.count == 32 else { return nil }
+        guard let digest = Array(bytes).withUnsafeBytes(SHA256Digest.init(raw:)) else { return nil }
+        self = digest
+    }
+
+    /// The digest in exactly 32 bytes of memory (nil for any other length).
+    public init?(raw: UnsafeRawBufferPointer) {
+        guard raw.count == 32 else { return nil }
         func word(_ offset: Int) -> UInt64 {
-            array[offset..<offset + 8].reduce(0) { $0 << 8 | UInt64($1) }
+            UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
         }
         words = (word(0), word(8), word(16), word(24))
+    }
+
+    /// The digest Crypto computed (read in place, nothing allocated).
+    init(_ digest: SHA256.Digest) {
+        self = digest.withUnsafeBytes { SHA256Digest(raw: $0)! }
     }
 
     /// Parses 64 hexadecimal characters (either case).
@@ -34,7 +44,7 @@ public struct SHA256Digest: Sendable, Hashable, CustomStringConvertible {
         var hasher = SHA256()
         var copy = String(secret)
         copy.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
-        return SHA256Digest(bytes: hasher.finalize())!
+        return SHA256Digest(hasher.finalize())
     }
 
     /// Lower-case hex, as written in policy files.

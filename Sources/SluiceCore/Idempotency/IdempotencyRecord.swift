@@ -44,11 +44,6 @@ public struct BodyHasher: Sendable {
 }
 
 extension SHA256Digest {
-    /// The digest Crypto computed.
-    init(_ digest: SHA256.Digest) {
-        self.init(bytes: Array(digest))!
-    }
-
     /// Appends the 32 bytes, most significant first.
     func append(to bytes: inout [UInt8]) {
         func append(_ word: UInt64) {
@@ -105,6 +100,9 @@ public struct IdempotencyRecord: Sendable, Equatable {
     ]
 
     // MARK: - Encoding
+
+    /// The first byte of every `encoded()` record.
+    public static let encodingMarker = UInt8(ascii: "S")
 
     /// The record as text (the stores keep strings): `SIR1` and base64 of a length-prefixed layout.
     public func encoded() -> String {

@@ -1,6 +1,7 @@
 /// Idempotency keys in Lua, on one key per partner and idempotency key
 /// (`PREFIX:{p:PARTNER}:idem:KEY`, hash-tagged like the admission keys). The value is
-/// `C<expires ms>:<token>` while a request holds the key, `R<record>` once it finished. Every
+/// `C<expires ms>:<token>` while a request holds the key, the encoded record once it finished
+/// (`IdempotencyRecord.encoded()`, which never starts with `C`; older gateways wrote `R<record>`). Every
 /// write sets a TTL relative to now (`PX`), so Redis drops a crashed claim after its lease and a
 /// record after its retention; a claim also carries its expiry in the script's clock, so a
 /// manual test clock can expire it too.
@@ -16,13 +17,20 @@ enum IdempotencyScripts {
         """
 
     /// `claim(key, token, lease ms, now)`: claims a key for a request. Returns `N` (claimed), `P<ms>`
-    /// (held by a running request for up to ms more) or the recorded `R<record>`.
+    /// (held by a running request for up to ms more) or the record. The claim value's start is
+    /// made once per lease and call (a batch's requests mostly share their route).
     private static let claim = """
+        local claimstarts = {}
         local function claim(key, token, lease, now)
-          local value = 'C' .. (now + tonumber(lease)) .. ':' .. token
+          local start = claimstarts[lease]
+          if not start then
+            start = 'C' .. (now + tonumber(lease)) .. ':'
+            claimstarts[lease] = start
+          end
+          local value = start .. token
           if redis.call('SET', key, value, 'NX', 'PX', lease) then return 'N' end
           local old = redis.call('GET', key)
-          if old and string.sub(old, 1, 1) == 'R' then return old end
+          if old and string.sub(old, 1, 1) ~= 'C' then return old end
           if old then
             local expires = tonumber(string.sub(old, 2, string.find(old, ':', 2, true) - 1))
             if expires > now then return 'P' .. (expires - now) end
@@ -54,7 +62,7 @@ enum IdempotencyScripts {
           -- One command in the common case: the record replaces the key's value, and the old
           -- value says whether it was this token's claim. If not (the lease ran out and another
           -- request holds or recorded the key), the old value is put back.
-          local old = redis.call('SET', key, 'R' .. record, 'XX', 'PX', retention, 'GET')
+          local old = redis.call('SET', key, record, 'XX', 'PX', retention, 'GET')
           if old and string.sub(old, 1, 1) == 'C' and string.sub(old, string.find(old, ':', 2, true) + 1) == token then
             results[#results + 1] = 1
           else

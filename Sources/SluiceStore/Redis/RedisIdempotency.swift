@@ -31,7 +31,15 @@ extension RedisStore: ClaimingAdmissionStore {
 
     /// The key of a partner's idempotency key, in the partner's hash slot.
     func idempotencyKey(_ partner: String, _ key: String) -> String {
-        "\(keyPrefix):{p:\(partner)}:idem:\(key)"
+        // Built in one buffer of the right size (two keys per keyed request).
+        var text = ""
+        text.reserveCapacity(keyPrefix.utf8.count + partner.utf8.count + key.utf8.count + 11)
+        text += keyPrefix
+        text += ":{p:"
+        text += partner
+        text += "}:idem:"
+        text += key
+        return text
     }
 
     /// Claims and records made on one event loop in one tick go out together, one call per
@@ -153,7 +161,11 @@ extension RedisStore: ClaimingAdmissionStore {
             guard let milliseconds = Int64(String(decoding: bytes.dropFirst(), as: UTF8.self)) else { break }
             return .inProgress(retryAfterMilliseconds: milliseconds)
         case UInt8(ascii: "R"):
+            // As gateways before the records' own encoding wrote them.
             guard let record = IdempotencyRecord(encoded: bytes.dropFirst()) else { break }
+            return .completed(record)
+        case IdempotencyRecord.encodingMarker:
+            guard let record = IdempotencyRecord(encoded: bytes) else { break }
             return .completed(record)
         default:
             break
