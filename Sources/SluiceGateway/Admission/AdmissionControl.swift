@@ -91,13 +91,13 @@ struct AdmissionControl: Sendable {
         let (partner, limits, lease, eventLoop) = (pending.partner, pending.limits, pending.lease, pending.eventLoop)
         guard let claiming = pending.claiming else {
             backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, on: eventLoop) { result in
-                completion(answered(pending, result.map { AdmissionWithClaim(decision: $0, claim: nil) }))
+                completion(answered(pending, result))
             }
             return
         }
         backend.store.admit(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration, claiming: claiming, on: eventLoop) {
             result in
-            var admission = answered(pending, result)
+            var admission = answered(pending, result.map(\.decision))
             switch result {
             case .success(let answer): admission.claim = answer.claim.map { .success($0) }
             case .failure(let error): admission.claim = .failure(error)
@@ -107,15 +107,15 @@ struct AdmissionControl: Sendable {
     }
 
     /// The admission the store's answer gives, or the fallback's when the store failed.
-    private func answered(_ pending: Pending, _ result: Result<AdmissionWithClaim, any Error>) -> Admission {
+    private func answered(_ pending: Pending, _ result: Result<AdmissionDecision, any Error>) -> Admission {
         let (partner, limits, lease, eventLoop) = (pending.partner, pending.limits, pending.lease, pending.eventLoop)
         switch result {
-        case .success(let answer):
+        case .success(let decision):
             if backend.breaker.succeeded() {
                 metrics.storeFallback(active: false)
                 logger.notice("rate-limit store is reachable again; shared limits apply")
             }
-            return record(answer.decision, limits: limits, partner: partner.id, lease: lease, local: false, on: eventLoop)
+            return record(decision, limits: limits, partner: partner.id, lease: lease, local: false, on: eventLoop)
         case .failure(let error):
             metrics.storeFailed()
             if backend.breaker.failed() {

@@ -20,7 +20,20 @@ public final class RedisStore: AdmissionStore {
         let lease: String?
         /// An idempotency key to claim when the request is admitted: its Redis key, token and lease ms.
         let claim: (key: String, token: String, lease: String)?
-        let completion: (Result<AdmissionWithClaim, any Error>) -> Void
+        let completion: Completion
+    }
+
+    /// Who waits for a decision: a plain admission or one that claims too.
+    fileprivate enum Completion {
+        case decision((Result<AdmissionDecision, any Error>) -> Void)
+        case withClaim((Result<AdmissionWithClaim, any Error>) -> Void)
+
+        func callAsFunction(_ result: Result<AdmissionWithClaim, any Error>) {
+            switch self {
+            case .decision(let completion): completion(result.map(\.decision))
+            case .withClaim(let completion): completion(result)
+            }
+        }
     }
 
     fileprivate struct Queue {
@@ -85,8 +98,7 @@ public final class RedisStore: AdmissionStore {
         partner: String, limits: AdmissionLimits, lease: String?, leaseDuration: Duration, on eventLoop: any EventLoop,
         completion: @escaping (Result<AdmissionDecision, any Error>) -> Void
     ) {
-        let request = Waiting(limits: limits, lease: lease, claim: nil) { completion($0.map(\.decision)) }
-        admit(partner, request, leaseDuration: leaseDuration, on: eventLoop)
+        admit(partner, Waiting(limits: limits, lease: lease, claim: nil, completion: .decision(completion)), leaseDuration: leaseDuration, on: eventLoop)
     }
 
     /// The claim is made by the admission call itself, right after the request's verdict.
@@ -95,7 +107,7 @@ public final class RedisStore: AdmissionStore {
         on eventLoop: any EventLoop, completion: @escaping (Result<AdmissionWithClaim, any Error>) -> Void
     ) {
         let claim = (idempotencyKey(partner, claiming.key), claiming.token, String(claiming.lease.milliseconds))
-        admit(partner, Waiting(limits: limits, lease: lease, claim: claim, completion: completion), leaseDuration: leaseDuration, on: eventLoop)
+        admit(partner, Waiting(limits: limits, lease: lease, claim: claim, completion: .withClaim(completion)), leaseDuration: leaseDuration, on: eventLoop)
     }
 
     private func admit(_ partner: String, _ request: Waiting, leaseDuration: Duration, on eventLoop: any EventLoop) {
@@ -105,9 +117,9 @@ public final class RedisStore: AdmissionStore {
             let answer = NIOLoopBound(request.completion, eventLoop: eventLoop)
             let (limits, lease, claim) = (request.limits, request.lease, request.claim)
             fallback.execute {
-                let moved = Waiting(limits: limits, lease: lease, claim: claim) { result in
+                let moved = Waiting(limits: limits, lease: lease, claim: claim, completion: .withClaim { result in
                     eventLoop.execute { answer.value(result) }
-                }
+                })
                 self.admit(partner, moved, leaseDuration: leaseDuration, on: fallback)
             }
             return
