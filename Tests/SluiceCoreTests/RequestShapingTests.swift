@@ -94,6 +94,14 @@ struct RequestIdentityTests {
         #expect(ids.allSatisfy { $0.utf8.count == 32 && $0.allSatisfy(\.isHexDigit) })
     }
 
+    /// Claim tokens are 15 base-32 characters and do not repeat; two gateways' tokens differ.
+    @Test func claimTokensAreUniqueAndShort() {
+        let (one, other) = (IdentifierGenerator(), IdentifierGenerator())
+        let tokens = (0..<10_000).map { _ in one.token() } + (0..<10_000).map { _ in other.token() }
+        #expect(Set(tokens).count == tokens.count)
+        #expect(tokens.allSatisfy { $0.utf8.count == 15 && $0.utf8.allSatisfy { "abcdefghijklmnopqrstuvwxyz234567".utf8.contains($0) } })
+    }
+
     /// An incoming traceparent is continued (same trace, new span); a missing or broken one starts a trace.
     @Test func traceparentContinuesOrStarts() {
         let generator = IdentifierGenerator()

@@ -96,7 +96,7 @@ public enum HeaderRewriter {
 }
 
 /// What a header name means to the gateway, found without allocating.
-enum HeaderName {
+public enum HeaderName {
     enum Role {
         /// Describes one connection, never forwarded (RFC 9110 §7.6.1).
         case hopByHop
@@ -139,7 +139,7 @@ enum HeaderName {
     }
 
     /// ASCII case-insensitive comparison with a lower-case name.
-    static func equals(_ name: String, _ lowercased: StaticString) -> Bool {
+    public static func equals(_ name: String, _ lowercased: StaticString) -> Bool {
         guard name.utf8.count == lowercased.utf8CodeUnitCount else { return false }
         return lowercased.withUTF8Buffer { expected in
             var index = 0

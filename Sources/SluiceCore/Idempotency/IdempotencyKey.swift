@@ -7,21 +7,19 @@ public enum IdempotencyKey {
 
     /// The key of a header value, or nil when the value is not a valid key.
     public static func parse(_ value: String) -> String? {
-        let bytes = Array(value.utf8)
-        guard !bytes.isEmpty else { return nil }
-        if bytes.first == UInt8(ascii: "\"") { return parseQuoted(bytes) }
+        let bytes = value.utf8
+        guard let first = bytes.first else { return nil }
+        if first == UInt8(ascii: "\"") { return parseQuoted(Array(bytes)) }
         guard bytes.count <= maxLength, bytes.allSatisfy(isPrintable) else { return nil }
         return value
     }
 
     /// The key of a request's `Idempotency-Key` fields: `.absent` without one, `.malformed` for a
     /// bad value or more than one field.
-    public static func of(_ values: [String]) -> Presence {
-        switch values.count {
-        case 0: return .absent
-        case 1: return parse(values[0]).map(Presence.present) ?? .malformed
-        default: return .malformed
-        }
+    public static func of(_ values: some Collection<String>) -> Presence {
+        guard let first = values.first else { return .absent }
+        guard values.dropFirst().isEmpty else { return .malformed }
+        return parse(first).map(Presence.present) ?? .malformed
     }
 
     public enum Presence: Equatable, Sendable {

@@ -43,19 +43,6 @@ public struct BodyHasher: Sendable {
     }
 }
 
-extension SHA256Digest {
-    /// Appends the 32 bytes, most significant first.
-    func append(to bytes: inout [UInt8]) {
-        func append(_ word: UInt64) {
-            for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
-        }
-        append(words.0)
-        append(words.1)
-        append(words.2)
-        append(words.3)
-    }
-}
-
 /// A finished keyed request as the store keeps it: its fingerprint and final response, replayed
 /// for a retry with the same key and fingerprint. Bodies larger than `maxBody` are not kept
 /// (`bodyKept` false): a retry then learns the original status but gets no replay.
@@ -104,21 +91,25 @@ public struct IdempotencyRecord: Sendable, Equatable {
     /// The first byte of every `encoded()` record.
     public static let encodingMarker = UInt8(ascii: "S")
 
-    /// The record as text (the stores keep strings): `SIR1` and base64 of a length-prefixed layout.
+    /// The record as text (the stores keep strings): `SIR1` and base64 of a length-prefixed layout
+    /// (digests, status, whether the body was kept, headers, body), laid out in a scratch buffer
+    /// (on the stack for a typical record) and written straight into one string.
     public func encoded() -> String {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(80 + body.count + headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 6 })
-        fingerprint.target.append(to: &bytes)
-        fingerprint.body.append(to: &bytes)
-        Self.append(UInt32(status), to: &bytes)
-        bytes.append(bodyKept ? 1 : 0)
-        Self.append(UInt32(headers.count), to: &bytes)
-        for header in headers {
-            Self.append(header.name.utf8, to: &bytes)
-            Self.append(header.value.utf8, to: &bytes)
+        let length = 32 + 32 + 4 + 1 + 4 + headers.reduce(0) { $0 + 8 + $1.name.utf8.count + $1.value.utf8.count } + 4 + body.count
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: length) { buffer in
+            var writer = LayoutWriter(buffer: buffer)
+            writer.append(fingerprint.target)
+            writer.append(fingerprint.body)
+            writer.append(UInt32(status))
+            writer.append(CollectionOfOne<UInt8>(bodyKept ? 1 : 0))
+            writer.append(UInt32(headers.count))
+            for header in headers {
+                writer.appendChunk(header.name.utf8)
+                writer.appendChunk(header.value.utf8)
+            }
+            writer.appendChunk(body)
+            return Self.base64(UnsafeBufferPointer(rebasing: buffer[..<writer.count]), prefix: "SIR1")
         }
-        Self.append(body, to: &bytes)
-        return Self.base64(bytes, prefix: "SIR1")
     }
 
     /// Decodes `encoded()`; nil for anything else.
@@ -144,23 +135,58 @@ public struct IdempotencyRecord: Sendable, Equatable {
         )
     }
 
-    private static func append(_ value: UInt32, to bytes: inout [UInt8]) {
-        bytes.append(UInt8(truncatingIfNeeded: value >> 24))
-        bytes.append(UInt8(truncatingIfNeeded: value >> 16))
-        bytes.append(UInt8(truncatingIfNeeded: value >> 8))
-        bytes.append(UInt8(truncatingIfNeeded: value))
-    }
+    /// Writes the layout into a buffer of the right size.
+    private struct LayoutWriter {
+        let buffer: UnsafeMutableBufferPointer<UInt8>
+        var count = 0
 
-    private static func append(_ chunk: some Collection<UInt8>, to bytes: inout [UInt8]) {
-        append(UInt32(chunk.count), to: &bytes)
-        bytes.append(contentsOf: chunk)
+        mutating func append(_ bytes: some Collection<UInt8>) {
+            let copied = bytes.withContiguousStorageIfAvailable { source in
+                UnsafeMutableBufferPointer(rebasing: buffer[count...]).initialize(fromContentsOf: source)
+            }
+            if let copied {
+                count += copied
+                return
+            }
+            for byte in bytes {
+                buffer[count] = byte
+                count += 1
+            }
+        }
+
+        /// Big-endian.
+        mutating func append(_ value: UInt32) {
+            append(UInt64(value), bytes: 4)
+        }
+
+        /// The 32 bytes, most significant first.
+        mutating func append(_ digest: SHA256Digest) {
+            append(digest.words.0, bytes: 8)
+            append(digest.words.1, bytes: 8)
+            append(digest.words.2, bytes: 8)
+            append(digest.words.3, bytes: 8)
+        }
+
+        /// The low `bytes` bytes of `value`, big-endian.
+        private mutating func append(_ value: UInt64, bytes: Int) {
+            for shift in stride(from: (bytes - 1) * 8, through: 0, by: -8) {
+                buffer[count] = UInt8(truncatingIfNeeded: value >> UInt64(shift))
+                count += 1
+            }
+        }
+
+        /// A length-prefixed chunk.
+        mutating func appendChunk(_ chunk: some Collection<UInt8>) {
+            append(UInt32(chunk.count))
+            append(chunk)
+        }
     }
 
     private static let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
     /// `prefix` and the padded base64 of `bytes`, written straight into one string (a record is
     /// encoded for every keyed request: no intermediate `Data` or string copies).
-    private static func base64(_ bytes: [UInt8], prefix: StaticString) -> String {
+    private static func base64(_ bytes: UnsafeBufferPointer<UInt8>, prefix: StaticString) -> String {
         let length = prefix.utf8CodeUnitCount + (bytes.count + 2) / 3 * 4
         return String(unsafeUninitializedCapacity: length) { output in
             var at = 0

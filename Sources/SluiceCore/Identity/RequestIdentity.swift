@@ -25,6 +25,23 @@ public final class IdentifierGenerator: Sendable {
         Hex.encode(instance, next64())
     }
 
+    /// 15 base-32 characters (75 bits: 64 unique within this instance, 11 of the instance's
+    /// random id), short enough for a `String` to keep inline: a token that names one request's
+    /// claim without a heap allocation.
+    public func token() -> String {
+        var (low, high) = (next64(), instance)
+        return String(unsafeUninitializedCapacity: 15) { buffer in
+            for index in 0..<15 {
+                buffer[index] = Self.base32[Int(low & 31)]
+                low = low >> 5 | high << 59
+                high >>= 5
+            }
+            return 15
+        }
+    }
+
+    private static let base32 = Array("abcdefghijklmnopqrstuvwxyz234567".utf8)
+
     /// 16 hex characters for a W3C span (parent) id.
     public func spanID() -> String {
         Hex.encode(next64())

@@ -147,7 +147,10 @@ struct ResponseCapture {
 
     init(status: Int, headers: HTTPHeaders) {
         self.status = status
-        self.headers = headers.compactMap { IdempotencyRecord.isReplayed(header: $0.name) ? IdempotencyRecord.Header($0.name, $0.value) : nil }
+        var kept: [IdempotencyRecord.Header] = []
+        kept.reserveCapacity(headers.count)
+        for (name, value) in headers where IdempotencyRecord.isReplayed(header: name) { kept.append(IdempotencyRecord.Header(name, value)) }
+        self.headers = kept
     }
 
     mutating func append(_ chunk: ByteBuffer) {

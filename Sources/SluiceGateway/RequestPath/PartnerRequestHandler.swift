@@ -270,7 +270,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             request.plan = plan
             var claiming: IdempotencyClaimRequest?
             if let key = plan.idempotencyKey {
-                let idempotent = IdempotentRequest(key: key, token: runtime.identifiers.requestID(), method: head.method.rawValue, target: head.target)
+                let idempotent = IdempotentRequest(key: key, token: runtime.identifiers.token(), method: head.method.rawValue, target: head.target)
                 request.idempotency = idempotent
                 claiming = IdempotencyControl.claimRequest(idempotent, routeTimeout: plan.route.requestTimeout)
             }

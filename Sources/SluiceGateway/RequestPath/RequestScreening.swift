@@ -159,7 +159,7 @@ enum RequestScreening {
         // A malformed or missing key is bad input: refused before admission, so it costs nothing.
         var idempotencyKey: String?
         if let mode = route.policy.idempotency {
-            switch IdempotencyKey.of(head.headers["idempotency-key"]) {
+            switch IdempotencyKey.of(values(of: "idempotency-key", in: head.headers)) {
             case .malformed:
                 return .reject(
                     Problem(.invalidIdempotencyKey, detail: "Idempotency-Key must be one value of 1 to 255 printable ASCII characters, bare or quoted."),
@@ -224,9 +224,15 @@ enum RequestScreening {
         return total
     }
 
+    /// The values of one header field, read in place (`HTTPHeaders`' subscript builds an array,
+    /// and this runs for every request).
+    static func values(of lowercasedName: StaticString, in headers: HTTPHeaders) -> some Collection<String> {
+        headers.lazy.filter { HeaderName.equals($0.name, lowercasedName) }.map(\.value)
+    }
+
     /// The body's framing; nil when Content-Length is malformed or given twice differently.
     static func declaredBodyLength(_ head: PartnerRequestHead) -> RequestBodyLength? {
-        let lengths = head.headers["content-length"]
+        let lengths = values(of: "content-length", in: head.headers)
         if let first = lengths.first {
             guard lengths.allSatisfy({ $0 == first }), let length = Int(first), length >= 0 else { return nil }
             return length == 0 ? RequestBodyLength.none : .known(length)
