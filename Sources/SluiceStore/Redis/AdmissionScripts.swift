@@ -41,7 +41,7 @@ enum AdmissionScripts {
     /// in `return` of the decisions string; `IdempotencyScripts` runs it as a function. With
     /// `claiming`, each request has two more arguments, an idempotency claim's token ('' = none)
     /// and lease ms: an admitted request's key (the next of KEYS after `ck`) is claimed with the
-    /// Lua function `claim`, a refused one's is not (`-`); the results go to the table `claims`.
+    /// Lua function `claim`, a refused one's is not (0); the results go to the table `claims`.
     static func decisions(claiming: Bool) -> String {
         """
         \(now(argument: 1))
@@ -162,7 +162,7 @@ enum AdmissionScripts {
     private static let claimStep = """
         if ARGV[i + 2] ~= '' then
             ck = ck + 1
-            claims[#claims + 1] = verdict == 0 and claim(KEYS[ck], ARGV[i + 2], ARGV[i + 3], now) or '-'
+            claims[#claims + 1] = verdict == 0 and claim(KEYS[ck], ARGV[i + 2], ARGV[i + 3], now) or 0
           end
         """
 

@@ -16,9 +16,10 @@ enum IdempotencyScripts {
         end
         """
 
-    /// `claim(key, token, lease ms, now)`: claims a key for a request. Returns `N` (claimed), `P<ms>`
-    /// (held by a running request for up to ms more) or the record. The claim value's start is
-    /// made once per lease and call (a batch's requests mostly share their route).
+    /// `claim(key, token, lease ms, now)`: claims a key for a request. Returns 1 (claimed; an
+    /// integer is the cheapest reply to read), `P<ms>` (held by a running request for up to ms
+    /// more) or the record. The claim value's start is made once per lease and call (a batch's
+    /// requests mostly share their route).
     private static let claim = """
         local claimstarts = {}
         local function claim(key, token, lease, now)
@@ -28,7 +29,7 @@ enum IdempotencyScripts {
             claimstarts[lease] = start
           end
           local value = start .. token
-          if redis.call('SET', key, value, 'NX', 'PX', lease) then return 'N' end
+          if redis.call('SET', key, value, 'NX', 'PX', lease) then return 1 end
           local old = redis.call('GET', key)
           if old and string.sub(old, 1, 1) ~= 'C' then return old end
           if old then
@@ -36,7 +37,7 @@ enum IdempotencyScripts {
             if expires > now then return 'P' .. (expires - now) end
           end
           redis.call('SET', key, value, 'PX', lease)
-          return 'N'
+          return 1
         end
         """
 
@@ -105,7 +106,7 @@ enum IdempotencyScripts {
     /// lease ms) and the keys to claim are KEYS 3… in request order. With `batch`, the pending
     /// records and claims follow (keys after those, arguments as in `steps`) and the last argument
     /// is `argc`. Returns the decisions string, then per request with a claim token what `claim`
-    /// returns (`-` when the request was not admitted), then the batch's results.
+    /// returns (0 when the request was not admitted), then the batch's results.
     private static func admitting(claims: Bool, batch: Bool) -> RedisScript {
         RedisScript(
             """

@@ -115,14 +115,19 @@ extension RedisStore: ClaimingAdmissionStore {
     func append(_ batch: IdempotencyBatch, keys: inout [String], arguments: inout [String]) {
         keys.reserveCapacity(keys.count + batch.count)
         arguments.reserveCapacity(arguments.count + 2 + 3 * batch.records.count + 2 * batch.claims.count)
-        arguments += [clock.map { String($0()) } ?? "", String(batch.records.count)]
+        // Appended one by one: an array literal per record would be a heap array per record.
+        arguments.append(clock.map { String($0()) } ?? "")
+        arguments.append(String(batch.records.count))
         for record in batch.records {
             keys.append(record.key)
-            arguments += [record.token, record.record, record.retention]
+            arguments.append(record.token)
+            arguments.append(record.record)
+            arguments.append(record.retention)
         }
         for claim in batch.claims {
             keys.append(claim.key)
-            arguments += [claim.token, claim.lease]
+            arguments.append(claim.token)
+            arguments.append(claim.lease)
         }
     }
 
@@ -151,12 +156,11 @@ extension RedisStore: ClaimingAdmissionStore {
     }
 
     static func claim(from reply: RedisReply) throws -> IdempotencyClaim {
+        if reply == .integer(1) { return .claimed }
         guard case .string(let bytes) = reply, let kind = bytes.first else {
             throw RedisError.protocolViolation("unexpected idempotency reply \(reply)")
         }
         switch kind {
-        case UInt8(ascii: "N"):
-            return .claimed
         case UInt8(ascii: "P"):
             guard let milliseconds = Int64(String(decoding: bytes.dropFirst(), as: UTF8.self)) else { break }
             return .inProgress(retryAfterMilliseconds: milliseconds)

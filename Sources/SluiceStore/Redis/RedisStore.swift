@@ -148,8 +148,12 @@ public final class RedisStore: AdmissionStore {
         }
         let released = loop.pendingReleases.removeValue(forKey: partner) ?? []
         let claiming = batch.contains { $0.claim != nil }
+        // The partner's pending idempotency records and claims ride along.
+        let riding = loop.idempotencyBatches.removeValue(forKey: partner)
         var arguments: [String] = []
-        arguments.reserveCapacity(8 + released.count + (claiming ? 4 : 2) * batch.count)
+        arguments.reserveCapacity(
+            8 + released.count + (claiming ? 4 : 2) * batch.count + (riding.map { 3 + 3 * $0.records.count + 2 * $0.claims.count } ?? 0)
+        )
         arguments.append(clock.map { String($0()) } ?? "")
         arguments.append(String(leaseDuration.milliseconds))
         arguments.append(shared.ratePerSecond.map { String($0) } ?? "0")
@@ -164,6 +168,7 @@ public final class RedisStore: AdmissionStore {
             loop.keys[partner] = [keys.state, keys.leases]
             return [keys.state, keys.leases]
         }()
+        if claiming || riding != nil { keys.reserveCapacity(2 + batch.count + (riding?.count ?? 0)) }
         for request in batch {
             arguments.append(String(request.limits.cost))
             arguments.append(request.lease ?? "")
@@ -173,8 +178,6 @@ public final class RedisStore: AdmissionStore {
             if let claim = request.claim { keys.append(claim.key) }
         }
         let requests = batch
-        // The partner's pending idempotency records and claims ride along.
-        let riding = loop.idempotencyBatches.removeValue(forKey: partner)
         if let riding {
             let argc = arguments.count
             append(riding, keys: &keys, arguments: &arguments)
@@ -236,14 +239,11 @@ public final class RedisStore: AdmissionStore {
                 continue
             }
             guard let claimReply = claims.popFirst() else { throw RedisError.protocolViolation("missing idempotency claim reply") }
-            answers.append(Result { AdmissionWithClaim(decision: decision, claim: claimReply == .string(notAdmitted) ? nil : try claim(from: claimReply)) })
+            answers.append(Result { AdmissionWithClaim(decision: decision, claim: claimReply == .integer(0) ? nil : try claim(from: claimReply)) })
         }
         if let riding { complete(riding, claims) }
         return answers
     }
-
-    /// What the admission script answers for the claim of a request it refused.
-    private static let notAdmitted: [UInt8] = Array("-".utf8)
 
     /// Whether an admission call of `partner` is under way on this loop (so a next one, or the
     /// end of the last one, comes soon).
