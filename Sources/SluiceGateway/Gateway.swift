@@ -62,7 +62,7 @@ public final class Gateway: Sendable {
         self.options = options
         let eventLoopGroup = MultiThreadedEventLoopGroup.singleton
         let policy = try PolicyLoader.load(directory: policiesDirectory, environment: environment)
-        let metrics = GatewayMetrics()
+        let metrics = GatewayMetrics(group: eventLoopGroup)
         let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration, clock: options.storeClock, metrics: metrics)
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock)
         let instance = InstanceName.make()

@@ -1,4 +1,6 @@
 import Foundation
+import NIOPosix
+@testable import SluiceGateway
 import Testing
 import TestSupport
 
@@ -128,5 +130,29 @@ struct MetricsTests {
             #expect(requests.contains { $0.labels == ["partner": "-", "version": "-", "route": "-", "code": "401"] })
             #expect(exposition.samples.contains { $0.name == "sluice_ratelimit_rejections_total" && $0.labels == ["partner": "acme", "reason": "rate"] })
         }
+    }
+}
+
+/// Request series handles are cached per event loop; every loop, and a loop outside the group,
+/// counts into the same series.
+struct RequestSeriesCountingTests {
+    @Test func everyLoopCountsIntoOneSeries() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let outside = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let metrics = GatewayMetrics(group: group)
+        var loops = Array(group.makeIterator())
+        loops.append(outside.next())
+        for loop in loops {
+            for _ in 0..<2 {
+                try await loop.submit {
+                    metrics.requestFinished(partner: "acme", version: "v2", route: "get-order", status: 200, duration: .milliseconds(3), on: loop)
+                }.get()
+            }
+        }
+        let text = metrics.render()
+        #expect(text.contains(#"sluice_requests_total{partner="acme",version="v2",route="get-order",code="200"} 6"#))
+        #expect(text.contains(#"sluice_request_duration_seconds_count{partner="acme",version="v2",route="get-order"} 6"#))
+        try await group.shutdownGracefully()
+        try await outside.shutdownGracefully()
     }
 }

@@ -1,7 +1,7 @@
 import Prometheus
 import SluiceCore
+import NIOCore
 import SluiceStore
-import Synchronization
 
 /// The gateway's Prometheus metrics (SPEC §5), on a registry of its own so that several
 /// gateways can run in one process (tests) without sharing counters.
@@ -13,9 +13,9 @@ final class GatewayMetrics: Sendable {
         let partner: String, version: String, route: String, status: Int
     }
 
-    /// Handles already made, so a request costs one dictionary lookup rather than the
-    /// registry's name building and label checks.
-    private let requestSeries = Mutex<[RequestSeries: (Counter, DurationHistogram)]>([:])
+    /// Handles already made, one table per event loop: a request costs one dictionary lookup on
+    /// its own loop (no lock) rather than the registry's name building, label checks and lock.
+    private let requestHandles: LoopLocal<[RequestSeries: (Counter, DurationHistogram)]>
 
     private static var requestsDescriptor: MetricNameDescriptor { descriptor("requests", "total", "Partner requests by partner, version, route and status code.") }
     private static var durationDescriptor: MetricNameDescriptor { descriptor("request_duration", "seconds", "Time from request head to the end of the response.") }
@@ -71,8 +71,10 @@ final class GatewayMetrics: Sendable {
     private let tasksByStatus: [TaskStatus: Gauge]
     private let queueOldest: Gauge
 
-    init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    /// - Parameter group: The loops that finish requests (each keeps its own handle table).
+    init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), group: any EventLoopGroup) {
         self.registry = registry
+        requestHandles = LoopLocal(group: group) { [:] }
         storeCalls = registry.makeCounter(descriptor: Self.storeCallsDescriptor)
         idempotencyResults = IdempotencyResult.allCases.reduce(into: [:]) {
             $0[$1] = registry.makeCounter(descriptor: Self.idempotencyDescriptor, labels: [("result", $1.rawValue)])
@@ -150,21 +152,28 @@ final class GatewayMetrics: Sendable {
         registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: active ? 1.0 : 0.0)
     }
 
-    /// Counts a finished partner request. Unknown parts are labelled `-`.
-    func requestFinished(partner: String?, version: String?, route: String?, status: Int, duration: Duration) {
+    /// Counts a finished partner request; call on `eventLoop`, the loop that served it. Unknown
+    /// parts are labelled `-`.
+    func requestFinished(partner: String?, version: String?, route: String?, status: Int, duration: Duration, on eventLoop: any EventLoop) {
         let series = RequestSeries(partner: partner ?? "-", version: version ?? "-", route: route ?? "-", status: status)
-        let (counter, histogram) = requestSeries.withLock { cache in
+        let found = requestHandles.update(on: eventLoop) { cache in
             if let handles = cache[series] { return handles }
-            let labels = [("partner", series.partner), ("version", series.version), ("route", series.route)]
-            let handles = (
-                registry.makeCounter(descriptor: Self.requestsDescriptor, labels: labels + [("code", String(status))]),
-                registry.makeDurationHistogram(descriptor: Self.durationDescriptor, labels: labels, buckets: Self.buckets)
-            )
+            let handles = makeHandles(series)
             cache[series] = handles
             return handles
         }
+        // A loop outside the group asks the registry, which hands out the same series.
+        let (counter, histogram) = found ?? makeHandles(series)
         counter.increment()
         histogram.record(duration)
+    }
+
+    private func makeHandles(_ series: RequestSeries) -> (Counter, DurationHistogram) {
+        let labels = [("partner", series.partner), ("version", series.version), ("route", series.route)]
+        return (
+            registry.makeCounter(descriptor: Self.requestsDescriptor, labels: labels + [("code", String(series.status))]),
+            registry.makeDurationHistogram(descriptor: Self.durationDescriptor, labels: labels, buckets: Self.buckets)
+        )
     }
 
     /// The histogram of time until an upstream's response head; kept by the upstream's runtime.

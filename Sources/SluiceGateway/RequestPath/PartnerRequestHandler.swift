@@ -865,7 +865,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: problem.status), headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        RequestFinisher.protocolError(status: problem.status, requestID: requestID, runtime: runtime)
+        RequestFinisher.protocolError(status: problem.status, requestID: requestID, runtime: runtime, on: context.eventLoop)
     }
 
     // MARK: - Stage 7: finish
