@@ -101,7 +101,7 @@ public struct IdempotencyRecord: Sendable, Equatable {
             writer.append(fingerprint.target)
             writer.append(fingerprint.body)
             writer.append(UInt32(status))
-            writer.append(CollectionOfOne<UInt8>(bodyKept ? 1 : 0))
+            writer.append(UInt64(bodyKept ? 1 : 0), bytes: 1)
             writer.append(UInt32(headers.count))
             for header in headers {
                 writer.appendChunk(header.name.utf8)
@@ -135,12 +135,14 @@ public struct IdempotencyRecord: Sendable, Equatable {
         )
     }
 
-    /// Writes the layout into a buffer of the right size.
+    /// Writes the layout into a buffer of the right size; a write past its end traps rather
+    /// than corrupting memory (the size is computed apart from the writes).
     private struct LayoutWriter {
         let buffer: UnsafeMutableBufferPointer<UInt8>
         var count = 0
 
         mutating func append(_ bytes: some Collection<UInt8>) {
+            precondition(count + bytes.count <= buffer.count, "record layout larger than computed")
             let copied = bytes.withContiguousStorageIfAvailable { source in
                 UnsafeMutableBufferPointer(rebasing: buffer[count...]).initialize(fromContentsOf: source)
             }
@@ -168,7 +170,8 @@ public struct IdempotencyRecord: Sendable, Equatable {
         }
 
         /// The low `bytes` bytes of `value`, big-endian.
-        private mutating func append(_ value: UInt64, bytes: Int) {
+        mutating func append(_ value: UInt64, bytes: Int) {
+            precondition(count + bytes <= buffer.count, "record layout larger than computed")
             for shift in stride(from: (bytes - 1) * 8, through: 0, by: -8) {
                 buffer[count] = UInt8(truncatingIfNeeded: value >> UInt64(shift))
                 count += 1

@@ -198,7 +198,7 @@ enum RequestScreening {
 
     /// Whether `Prefer` holds the `respond-async` preference (RFC 7240; names are case-insensitive).
     static func prefersRespondAsync(_ headers: HTTPHeaders) -> Bool {
-        headers["prefer"].contains { value in
+        values(of: "prefer", in: headers).contains { value in
             value.split(separator: ",").contains { preference in
                 let name = preference.split(separator: ";").first?.split(separator: "=").first ?? ""
                 return name.trimmingCharacters(in: .whitespaces).lowercased() == "respond-async"
