@@ -40,10 +40,15 @@ final class Counters: Sendable {
     let failed = Atomic<Int>(0)
 }
 
+/// The lines of one INFO section.
+func infoLines(_ client: RedisClient, _ section: String) async throws -> [Substring] {
+    guard case .string(let bytes) = try await client.send(["INFO", section]) else { return [] }
+    return String(decoding: bytes, as: UTF8.self).split(separator: "\r\n")
+}
+
 /// Seconds of CPU the Redis server has used (user + system), from INFO cpu.
 func redisCPUSeconds(_ client: RedisClient) async throws -> Double {
-    guard case .string(let bytes) = try await client.send(["INFO", "cpu"]) else { return 0 }
-    return String(decoding: bytes, as: UTF8.self).split(separator: "\r\n")
+    try await infoLines(client, "cpu")
         .filter { $0.hasPrefix("used_cpu_sys:") || $0.hasPrefix("used_cpu_user:") }
         .compactMap { $0.split(separator: ":").last.flatMap { Double($0) } }
         .reduce(0, +)
@@ -51,9 +56,8 @@ func redisCPUSeconds(_ client: RedisClient) async throws -> Double {
 
 /// Calls per command, from INFO commandstats.
 func commandCalls(_ client: RedisClient) async throws -> [String: Int] {
-    guard case .string(let bytes) = try await client.send(["INFO", "commandstats"]) else { return [:] }
     var calls: [String: Int] = [:]
-    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\r\n") where line.hasPrefix("cmdstat_") {
+    for line in try await infoLines(client, "commandstats") where line.hasPrefix("cmdstat_") {
         let name = String(line.dropFirst(8).prefix { $0 != ":" })
         if let text = line.split(separator: ",").first?.split(separator: "=").last, let count = Int(text) { calls[name] = count }
     }
@@ -74,11 +78,17 @@ let limits = AdmissionLimits(
     cost: 1
 )
 let counters = Counters()
+func sha256(_ text: String) -> SHA256Digest {
+    var hasher = BodyHasher()
+    Array(text.utf8).withUnsafeBytes { hasher.update($0) }
+    return hasher.finalize()
+}
+
 // What a keyed POST keeps: a small JSON response with a few replayable headers.
 let record = IdempotencyRecord(
     fingerprint: RequestFingerprint(
         target: RequestFingerprint.target(method: "POST", pathAndQuery: "/v2/orders"),
-        body: RequestFingerprint.target(method: "", pathAndQuery: #"{"part":"A-1","qty":5}"#)
+        body: sha256(#"{"part":"A-1","qty":5}"#)
     ),
     status: 201, headers: [.init("Content-Type", "application/json"), .init("Location", "/v2/orders/17")],
     body: Array(#"{"id":17,"part":"A-1","qty":5,"status":"accepted"}"#.utf8), bodyKept: true
