@@ -67,9 +67,10 @@ public final class Gateway: Sendable {
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock)
         let instance = InstanceName.make()
         let wakeUp = WorkerWakeUp()
+        let identifiers = IdentifierGenerator()
         let factory = SnapshotFactory(
             pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration, instance: instance,
-            wakeWorkers: { wakeUp.wake() }, clock: options.storeClock
+            wakeWorkers: { wakeUp.wake() }, clock: options.storeClock, identifiers: identifiers
         )
         let accessLog = AccessLog(output: options.logOutput, logger: logger, group: eventLoopGroup)
         let usage = UsageCounter(group: eventLoopGroup, clock: options.storeClock)
@@ -83,7 +84,7 @@ public final class Gateway: Sendable {
             throw PolicyErrors([PolicyProblem(SourceLocation(file: "gateway.yaml", line: 1, column: 1), "tracing: cannot set up the OTLP exporter: \(error)")])
         }
         let runtime = GatewayRuntime(
-            snapshot: try factory.make(policy), metrics: metrics, logger: logger, accessLog: accessLog, usage: usage, tracing: tracing
+            snapshot: try factory.make(policy), identifiers: identifiers, metrics: metrics, logger: logger, accessLog: accessLog, usage: usage, tracing: tracing
         )
         self.pool = pool
         self.runtime = runtime

@@ -107,6 +107,41 @@ struct AdmissionTests {
         }
     }
 
+    /// A partner that sends one `X-Request-Id` on every request still gets only `concurrency:`
+    /// requests in flight: leases are the gateway's own tokens, not the partner's ids (embedded
+    /// store and Redis alike).
+    @Test(arguments: [false, true]) func sharedRequestIDsDoNotShareASlot(onRedis: Bool) async throws {
+        let redis = onRedis ? try await RedisServer.start() : nil
+        let recorder = RecordingUpstream()
+        recorder.hold()
+        try await withRecordingUpstream(recorder, { policies in
+            policies.setPlan("{ concurrency: 2 }")
+            if let redis { policies.useRedis(redis.url, onFailure: "deny", timeout: "2s") }
+        }) { gateway in
+            defer { recorder.release() }
+            let answers = try await withThrowingTaskGroup(of: TestResponse.self) { group in
+                for _ in 0..<8 {
+                    group.addTask { try await gateway.partner(.GET, "/v2/orders/1", headers: [("X-Request-Id", "same-id-every-time")]) }
+                }
+                var answers: [TestResponse] = []
+                // Six are refused while two are held at the upstream; then the two are let go.
+                for try await answer in group {
+                    answers.append(answer)
+                    if answers.count == 6 { recorder.release() }
+                }
+                return answers
+            }
+            #expect(answers.filter { $0.status == 200 }.count == 2)
+            let refused = answers.filter { $0.status == 429 }
+            #expect(refused.count == 6)
+            #expect(try refused.allSatisfy { try $0.json()["type"] as? String == "urn:sluice:problem:concurrency-limited" })
+            #expect(recorder.startedCount == 2)
+            // Both slots are free again.
+            #expect(try await gateway.partner(.GET, "/v2/orders/1", headers: [("X-Request-Id", "same-id-every-time")]).status == 200)
+        }
+        try await redis?.stop()
+    }
+
     /// Starts a slow request that holds the partner's only concurrency slot; returns once another
     /// request has been refused for it (a holder that lost the race for the slot is started again).
     private func holdTheOnlySlot(_ gateway: GatewayHarness, milliseconds: Int) async throws -> Task<TestResponse, any Error> {

@@ -43,6 +43,9 @@ struct AdmissionControl: Sendable {
     let mode: GatewayPolicy.RedisFailureMode
     let instances: Int
     let leaseDuration: Duration
+    /// Makes concurrency lease tokens: the gateway's own, never an id the partner chose (a
+    /// partner repeating one `X-Request-Id` must not hold one slot for many requests).
+    let identifiers: IdentifierGenerator
     let metrics: GatewayMetrics
     let logger: Logger
 
@@ -57,7 +60,7 @@ struct AdmissionControl: Sendable {
     struct Pending {
         fileprivate let control: AdmissionControl
         fileprivate let partner: Partner
-        fileprivate let route: Route
+        fileprivate let cost: Int
         fileprivate let limits: AdmissionLimits
         fileprivate let lease: String?
         fileprivate let claiming: IdempotencyClaimRequest?
@@ -70,21 +73,22 @@ struct AdmissionControl: Sendable {
         }
     }
 
-    /// Decides on `eventLoop` (call there): the embedded store and the fallbacks answer at once,
-    /// Redis when its reply arrives on this loop's connection — and then claims `claiming` in the
-    /// same call when the request is admitted (`Admission.claim`).
-    func admit(partner: Partner, route: Route, requestID: String, claiming: IdempotencyClaimRequest?, on eventLoop: any EventLoop) -> Answer {
-        let limits = AdmissionLimits(partner.limits, cost: route.policy.cost)
+    /// Decides on `eventLoop` (call there) for a request that takes `cost` tokens: the embedded
+    /// store and the fallbacks answer at once, Redis when its reply arrives on this loop's
+    /// connection — and then claims `claiming` in the same call when the request is admitted
+    /// (`Admission.claim`).
+    func admit(partner: Partner, cost: Int, claiming: IdempotencyClaimRequest?, on eventLoop: any EventLoop) -> Answer {
+        let limits = AdmissionLimits(partner.limits, cost: cost)
         guard !limits.isUnlimited else { return .decided(.admittedWithoutLimits) }
-        let lease = limits.concurrency == nil ? nil : requestID
+        let lease = limits.concurrency == nil ? nil : identifiers.token()
         if let embedded = backend.embedded {
             let decision = embedded.decide(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration)
             return .decided(record(decision, limits: limits, partner: partner.id, lease: lease, local: false, on: eventLoop))
         }
         guard case .call = backend.breaker.permission() else {
-            return .decided(fallback(partner: partner, route: route, lease: lease, on: eventLoop))
+            return .decided(fallback(partner: partner, cost: cost, lease: lease, on: eventLoop))
         }
-        return .pending(Pending(control: self, partner: partner, route: route, limits: limits, lease: lease, claiming: claiming, eventLoop: eventLoop))
+        return .pending(Pending(control: self, partner: partner, cost: cost, limits: limits, lease: lease, claiming: claiming, eventLoop: eventLoop))
     }
 
     private func ask(_ pending: Pending, _ completion: @escaping (Admission) -> Void) {
@@ -125,7 +129,7 @@ struct AdmissionControl: Sendable {
                     metadata: ["mode": .string(mode.rawValue), "error": .string("\(error)")]
                 )
             }
-            return fallback(partner: partner, route: pending.route, lease: lease, on: eventLoop)
+            return fallback(partner: partner, cost: pending.cost, lease: lease, on: eventLoop)
         }
     }
 
@@ -145,14 +149,14 @@ struct AdmissionControl: Sendable {
         }
     }
 
-    private func fallback(partner: Partner, route: Route, lease: String?, on eventLoop: any EventLoop) -> Admission {
+    private func fallback(partner: Partner, cost: Int, lease: String?, on eventLoop: any EventLoop) -> Admission {
         switch mode {
         case .allow:
             return .admittedWithoutLimits
         case .deny:
             return Admission(verdict: .storeUnavailable)
         case .local:
-            let limits = AdmissionLimits(partner.limits, cost: route.policy.cost, localShareOf: instances)
+            let limits = AdmissionLimits(partner.limits, cost: cost, localShareOf: instances)
             let decision = backend.local.decide(partner: partner.id, limits: limits, lease: lease, leaseDuration: leaseDuration)
             return record(decision, limits: limits, partner: partner.id, lease: lease, local: true, on: eventLoop)
         }

@@ -279,7 +279,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
                 updateReads()
             }
             let admission = snapshot.admission.admit(
-                partner: plan.partner, route: plan.route, requestID: record.requestID, claiming: claiming, on: eventLoop
+                partner: plan.partner, cost: plan.route.policy.cost, claiming: claiming, on: eventLoop
             )
             switch admission {
             case .decided(let admission):

@@ -7,7 +7,7 @@ import Synchronization
 /// metrics, the logger and the drain state.
 final class GatewayRuntime: Sendable {
     let snapshots: SnapshotHolder<GatewaySnapshot>
-    let identifiers = IdentifierGenerator()
+    let identifiers: IdentifierGenerator
     let dates = HTTPDateCache()
     let metrics: GatewayMetrics
     let logger: Logger
@@ -23,8 +23,12 @@ final class GatewayRuntime: Sendable {
         var lastErrorAt: Date?
     }
 
-    init(snapshot: GatewaySnapshot, metrics: GatewayMetrics, logger: Logger, accessLog: AccessLog, usage: UsageCounter, tracing: GatewayTracing) {
+    init(
+        snapshot: GatewaySnapshot, identifiers: IdentifierGenerator, metrics: GatewayMetrics, logger: Logger, accessLog: AccessLog,
+        usage: UsageCounter, tracing: GatewayTracing
+    ) {
         self.snapshots = SnapshotHolder(snapshot)
+        self.identifiers = identifiers
         self.metrics = metrics
         self.logger = logger
         self.accessLog = accessLog

@@ -18,6 +18,8 @@ struct SnapshotFactory: Sendable {
     let wakeWorkers: @Sendable () -> Void
     /// The clock task histories use (the store's).
     let clock: EpochClock
+    /// The instance's id generator (concurrency lease tokens).
+    let identifiers: IdentifierGenerator
 
     /// Builds a snapshot; TLS material or a store that cannot be set up is a policy problem.
     func make(_ policy: PolicySet) throws(PolicyErrors) -> GatewaySnapshot {
@@ -28,6 +30,7 @@ struct SnapshotFactory: Sendable {
             mode: policy.gateway.store.onRedisFailure,
             instances: policy.gateway.store.expectedInstances,
             leaseDuration: leaseDuration,
+            identifiers: identifiers,
             metrics: metrics,
             logger: logger
         )
