@@ -126,3 +126,26 @@ struct VersionResolutionTests {
         #expect(rules.partner(forCertificateSubject: "CN=acme-erp") == nil)
     }
 }
+
+struct PathSafetyTests {
+    /// Segments that an upstream would read as another path are refused, percent-encoded or not:
+    /// dot segments (also with a `;…` suffix, as Tomcat strips it), encoded `/`, `\` and NUL, a raw
+    /// `\`, and broken escapes; ordinary paths, `...` and `;` parameters after a name pass.
+    @Test(arguments: [
+        ("/a/../b", PathSafety.Problem.dotSegment), ("/a/%2e%2E/b", .dotSegment), ("/a/./b", .dotSegment), ("/a/.%2e", .dotSegment),
+        ("/..", .dotSegment), ("/a/%2E", .dotSegment), ("/orders/..;", .dotSegment), ("/orders/..;jsessionid=1/x", .dotSegment),
+        ("/orders/.;x", .dotSegment), ("/orders/%2e%2e;", .dotSegment),
+        ("/orders/..%2F..%2Finternal", .hiddenSeparator), ("/orders/%2e%2e%2f", .hiddenSeparator), ("/orders/a%2fb", .hiddenSeparator),
+        ("/orders/%5C..", .hiddenSeparator), ("/orders/a\\b", .hiddenSeparator), ("/orders/a%00", .hiddenSeparator),
+        ("/a/%2", .malformedEscape), ("/a/%zz", .malformedEscape), ("/a/%", .malformedEscape),
+        ("orders", .notAbsolute), ("", .notAbsolute), ("*", .notAbsolute),
+    ])
+    func unsafePathsAreFound(_ example: (path: String, problem: PathSafety.Problem)) {
+        #expect(PathSafety.check(Substring(example.path)) == example.problem)
+    }
+
+    @Test(arguments: ["/", "/a/", "/a/..b", "/a.b/c", "/a/.../b", "/orders/A%2017", "/orders/1;v=2", "/orders/;..", "/a//b", "/%41%7e"])
+    func ordinaryPathsPass(_ path: String) {
+        #expect(PathSafety.check(Substring(path)) == nil)
+    }
+}

@@ -71,6 +71,31 @@ struct RejectionTests {
         }
     }
 
+    /// A path parameter that would be another path at the upstream (encoded `/`, `\`, NUL, dot
+    /// segments, `..;`) is 400 before anything else happens — before authentication, and
+    /// nothing reaches the upstream; so are two Host headers.
+    @Test func traversalInPathParametersIsRefused() async throws {
+        let recorder = RecordingUpstream()
+        try await withRecordingUpstream(recorder) { gateway in
+            for path in ["/v2/orders/..%2F..%2Fsecret", "/v2/orders/%2e%2e%2f", "/v2/orders/..;", "/v2/orders/..;x=1", "/v2/orders/a%5C..", "/v2/orders/a%00"] {
+                try expectProblem(try await gateway.partner(.GET, path), 400, "invalid-request", path: path)
+                #expect(try await gateway.partner(.GET, path, key: nil).status == 400, "refused before authentication: \(path)")
+                #expect(try await gateway.partner(.GET, path, client: gateway.http2).status == 400, "over HTTP/2: \(path)")
+            }
+            #expect(recorder.startedCount == 0)
+            #expect(try await gateway.partner(.GET, "/v2/orders/A%2017").status == 200)
+            #expect(recorder.requests.map(\.path) == ["/api/echo/A%2017"])
+
+            let connection = try await RawConnection.open(port: gateway.addresses.http!)
+            try await connection.send("GET /v2/orders/1 HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nX-API-Key: \(TestKeys.acme)\r\n\r\n")
+            let answer = try await connection.read(until: "request_id")
+            #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
+            #expect(answer.contains("urn:sluice:problem:invalid-request"))
+            await connection.close()
+            #expect(recorder.startedCount == 1)
+        }
+    }
+
     /// A declared Content-Length over max_request_body is refused before any byte is read.
     @Test func declaredOversizedBodyIs413() async throws {
         try await GatewayHarness.with { gateway in

@@ -93,11 +93,16 @@ enum RequestScreening {
                 headers: []
             )
         }
-        if head.version == .http1_1, !head.headers.contains(name: "host") {
+        switch values(of: "host", in: head.headers).count {
+        case 0 where head.version == .http1_1:
             return .reject(Problem(.invalidRequest, detail: "An HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)."), headers: [])
+        case 0, 1:
+            break
+        default:
+            return .reject(Problem(.invalidRequest, detail: "A request must not have more than one Host header."), headers: [])
         }
-        guard record.path.utf8.first == UInt8(ascii: "/"), !hasDotSegment(record.path) else {
-            return .reject(Problem(.invalidRequest, detail: "The request target must be an absolute path without '.' or '..' segments."), headers: [])
+        if let problem = PathSafety.check(record.path) {
+            return .reject(Problem(.invalidRequest, detail: problem.detail), headers: [])
         }
 
         guard let partner = authenticate(head, snapshot, scheme: scheme, keys: keys, certificateSubject: certificateSubject) else {
@@ -243,37 +248,6 @@ enum RequestScreening {
         switch head.method {
         case .GET, .HEAD, .OPTIONS, .TRACE: return RequestBodyLength.none
         default: return .unknown
-        }
-    }
-
-    /// `.` and `..` segments, also percent-encoded (`%2e`): upstreams would resolve them to other paths.
-    static func hasDotSegment(_ path: Substring) -> Bool {
-        var dots = 0
-        var other = false
-        var index = path.utf8.startIndex
-        let end = path.utf8.endIndex
-        while true {
-            if index == end || path.utf8[index] == UInt8(ascii: "/") {
-                if !other && (dots == 1 || dots == 2) { return true }
-                if index == end { return false }
-                dots = 0
-                other = false
-                index = path.utf8.index(after: index)
-                continue
-            }
-            let byte = path.utf8[index]
-            if byte == UInt8(ascii: ".") {
-                dots += 1
-            } else if byte == UInt8(ascii: "%"), path.utf8.distance(from: index, to: end) >= 3,
-                path.utf8[path.utf8.index(index, offsetBy: 1)] == UInt8(ascii: "2"),
-                path.utf8[path.utf8.index(index, offsetBy: 2)] | 0x20 == UInt8(ascii: "e")
-            {
-                dots += 1
-                index = path.utf8.index(index, offsetBy: 2)
-            } else {
-                other = true
-            }
-            index = path.utf8.index(after: index)
         }
     }
 }
