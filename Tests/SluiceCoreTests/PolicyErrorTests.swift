@@ -29,6 +29,10 @@ struct PolicyErrorTests {
         ]),
         ("bad-enum", ["policies/routes.yaml:23:12: route 'price' async must be one of always, on-request, never, got 'sometimes'"]),
         ("bad-listen-address", ["policies/gateway.yaml:4:10: expected HOST:PORT for listen.admin, got 'localhost'"]),
+        ("bad-trusted-proxies", [
+            "policies/gateway.yaml:5:33: listen.trusted_proxies: expected an address or CIDR network like 10.0.0.0/8 or 2001:db8::/32, got '192.168.1.300'",
+            "policies/gateway.yaml:5:48: listen.trusted_proxies: expected an address or CIDR network like 10.0.0.0/8 or 2001:db8::/32, got '2001:db8::/129'",
+        ]),
         ("bad-redis-url", ["policies/gateway.yaml:10:10: store.redis: scheme must be redis or rediss, got 'http'"]),
         ("bad-path-template", [
             "policies/routes.yaml:15:11: route 'get-order' path: path '/orders/{id': a parameter must be a whole segment like {id}, got '{id'"

@@ -28,11 +28,75 @@ struct HeaderRewriterTests {
         let values = Dictionary(out.map { ($0.0.lowercased(), $0.1) }, uniquingKeysWith: { a, _ in a })
         #expect(values["content-type"] == "application/json")
         #expect(values["cookie"] == "a=1; b=2")
-        #expect(values["x-forwarded-for"] == "198.51.100.1, 203.0.113.9")
+        #expect(values["x-forwarded-for"] == "203.0.113.9")
         #expect(values["x-forwarded-proto"] == "https" && values["x-forwarded-host"] == "api.example.com")
         #expect(values["x-partner-id"] == "acme" && values["x-api-version"] == "v2" && values["x-request-id"] == "req-1")
         #expect(values["traceparent"] == context.traceparent)
         #expect(names.filter { $0 == "x-partner-id" }.count == 1)
+    }
+
+    /// A partner is not a trusted proxy: the headers proxies use to say where a request came
+    /// from, the gateway's own headers and underscore look-alikes never reach the upstream;
+    /// X-Forwarded-For is the address the gateway saw.
+    @Test func proxyTrustHeadersFromPartnersAreDropped() {
+        let fields: [(name: String, value: String)] = [
+            ("Forwarded", "for=10.0.0.1;proto=https"), ("X-Real-IP", "10.0.0.1"), ("X-Forwarded-Port", "443"), ("X-Forwarded-Prefix", "/admin"),
+            ("x-forwarded-server", "internal"), ("X-Original-URL", "/admin/users"), ("X-Rewrite-URL", "/admin"), ("X_Partner_Id", "globex"),
+            ("x_api_version", "v9"), ("X-Partner-Id", "globex"), ("X-Api-Version", "v9"), ("X-Forwarded-For", "10.0.0.1"),
+            ("X-Forwarded-Proto", "http"), ("X-Forwarded-Host", "internal.example"), ("Accept", "*/*"),
+        ]
+        let out = forwarded(fields)
+        let names = out.map { $0.0.lowercased() }
+        for dropped in ["forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server", "x-original-url", "x-rewrite-url", "x_partner_id", "x_api_version"] {
+            #expect(!names.contains(dropped), "\(dropped) must not be forwarded")
+        }
+        #expect(out.filter { !["accept"].contains($0.0.lowercased()) }.map { $0.0 } == [
+            "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Partner-Id", "X-Api-Version", "X-Request-Id", "traceparent",
+        ])
+        let values = Dictionary(out.map { ($0.0.lowercased(), $0.1) }, uniquingKeysWith: { a, _ in a })
+        #expect(values["x-forwarded-for"] == "203.0.113.9")
+        #expect(values["x-forwarded-proto"] == "https" && values["x-forwarded-host"] == "api.example.com")
+        #expect(values["x-partner-id"] == "acme" && values["x-api-version"] == "v2")
+    }
+
+    /// A trusted proxy's X-Forwarded-For is kept and appended to, and its X-Forwarded-Proto and
+    /// -Host are passed on; its other proxy headers are still dropped.
+    @Test func trustedProxyKeepsItsForwardingHeaders() {
+        var trusted = context
+        trusted.fromTrustedProxy = true
+        trusted.scheme = "http"
+        var out: [(String, String)] = []
+        let fields: [(name: String, value: String)] = [
+            ("X-Forwarded-For", "198.51.100.1"), ("x-forwarded-for", "198.51.100.2"), ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "api.example.com"), ("Forwarded", "for=1.2.3.4"), ("X-Real-IP", "1.2.3.4"),
+        ]
+        HeaderRewriter.forwardRequest(fields, trusted) { out.append(($0, $1)) }
+        let values = Dictionary(out.map { ($0.0.lowercased(), $0.1) }, uniquingKeysWith: { a, _ in a })
+        #expect(values["x-forwarded-for"] == "198.51.100.1, 198.51.100.2, 203.0.113.9")
+        #expect(values["x-forwarded-proto"] == "https" && values["x-forwarded-host"] == "api.example.com")
+        #expect(values["forwarded"] == nil && values["x-real-ip"] == nil)
+    }
+
+    /// CIDR networks match their addresses, IPv4 also in its mapped IPv6 form; bad networks are refused.
+    @Test func trustedProxyNetworks() throws {
+        func network(_ text: String) throws -> IPNetwork { try #require(IPNetwork(text)) }
+        func address(_ text: String) throws -> IPAddress { try #require(IPAddress(text)) }
+        let ten = try network("10.0.0.0/8")
+        #expect(ten.contains(try address("10.200.1.2")))
+        #expect(ten.contains(try address("::ffff:10.0.0.1")))
+        #expect(!ten.contains(try address("11.0.0.1")))
+        let host = try network("192.168.1.7")
+        #expect(host.contains(try address("192.168.1.7")))
+        #expect(!host.contains(try address("192.168.1.8")))
+        let v6 = try network("2001:db8::/32")
+        #expect(v6.contains(try address("2001:db8:ffff::1")))
+        #expect(!v6.contains(try address("2001:db9::1")))
+        let anyIPv4 = try network("0.0.0.0/0")
+        #expect(anyIPv4.contains(try address("203.0.113.1")))
+        #expect(!anyIPv4.contains(try address("2001:db8::1")))
+        for bad in ["10.0.0.0/33", "2001:db8::/129", "10.0.0/8", "host.example", "10.0.0.0/", "10.0.0.0/-1", ""] {
+            #expect(IPNetwork(bad) == nil, "\(bad)")
+        }
     }
 
     /// Response hop-by-hop headers and the upstream's X-Request-Id are not passed on.

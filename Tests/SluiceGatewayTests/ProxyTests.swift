@@ -29,7 +29,7 @@ struct ProxyTests {
             #expect(headers["x-partner-id"] == "acme")
             #expect(headers["x-api-version"] == "v2")
             #expect(headers["x-request-id"] == "client-req-1")
-            #expect(headers["x-forwarded-for"] == "198.51.100.7, 127.0.0.1")
+            #expect(headers["x-forwarded-for"] == "127.0.0.1")
             #expect(headers["x-forwarded-proto"] == "https")
             #expect(headers["x-forwarded-host"] == "localhost:\(gateway.addresses.https!)")
             #expect(headers["accept"] == "application/json")
@@ -85,6 +85,47 @@ struct ProxyTests {
             var received = 0
             for try await chunk in response.body { received += chunk.readableBytes }
             #expect(received == 33_554_432)
+        }
+    }
+
+    /// A partner is not a trusted proxy: Forwarded, X-Real-IP, X-Forwarded-*, X-Original-URL,
+    /// X-Rewrite-URL and underscore look-alikes never reach the upstream; X-Forwarded-For is
+    /// the address the gateway saw.
+    @Test func partnersAreNotTrustedProxies() async throws {
+        try await GatewayHarness.with { gateway in
+            let spoofed = [
+                ("Forwarded", "for=10.0.0.1;proto=https"), ("X-Real-IP", "10.0.0.1"), ("X-Forwarded-Port", "443"),
+                ("X-Forwarded-Prefix", "/internal"), ("X-Original-URL", "/admin/users"), ("X-Rewrite-URL", "/admin"),
+                ("X_Partner_Id", "globex"), ("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-Proto", "http"),
+            ]
+            for client in [gateway.http1, gateway.http2] {
+                let response = try await gateway.partner(.GET, "/v2/orders/1", headers: spoofed, client: client)
+                let headers = try #require(try response.json()["headers"] as? [String: String])
+                for name in ["forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-original-url", "x-rewrite-url", "x_partner_id"] {
+                    #expect(headers[name] == nil, "\(name) reached the upstream")
+                }
+                #expect(headers["x-forwarded-for"] == "127.0.0.1")
+                #expect(headers["x-forwarded-proto"] == "https")
+                #expect(headers["x-partner-id"] == "acme")
+            }
+        }
+    }
+
+    /// A load balancer listed in `listen.trusted_proxies` keeps its X-Forwarded-For (appended
+    /// to) and its X-Forwarded-Proto.
+    @Test func trustedProxyForwardedForIsKept() async throws {
+        try await GatewayHarness.with({ policies in
+            policies.files["gateway.yaml"] = policies.files["gateway.yaml"]!.replacingOccurrences(
+                of: "  admin: 127.0.0.1:0\n", with: "  admin: 127.0.0.1:0\n  trusted_proxies: [127.0.0.0/8]\n"
+            )
+        }) { gateway in
+            let response = try await gateway.send(
+                .GET, gateway.http + "/v2/orders/1", headers: [("X-Forwarded-For", "198.51.100.7"), ("X-Forwarded-Proto", "https"), ("X-Real-IP", "1.2.3.4")]
+            )
+            let headers = try #require(try response.json()["headers"] as? [String: String])
+            #expect(headers["x-forwarded-for"] == "198.51.100.7, 127.0.0.1")
+            #expect(headers["x-forwarded-proto"] == "https")
+            #expect(headers["x-real-ip"] == nil)
         }
     }
 

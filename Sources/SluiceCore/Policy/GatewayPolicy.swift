@@ -9,6 +9,9 @@ public struct GatewayPolicy: Sendable, Equatable {
         public var http: ListenAddress?
         /// Health, metrics and admin API; default 127.0.0.1:9090; nil = none.
         public var admin: ListenAddress?
+        /// Peers (load balancers in front of the plain listener) whose `X-Forwarded-For` is kept
+        /// and appended to; every other peer's is replaced by the address the gateway saw.
+        public var trustedProxies: [IPNetwork] = []
     }
 
     public struct TLS: Sendable, Equatable {
@@ -162,8 +165,17 @@ extension GatewayPolicy {
         let https = address("https")
         let http = address("http")
         let admin = map.contains("admin") ? address("admin") : defaultAdmin
+        let proxies = map.optional("trusted_proxies")?.sequence("listen.trusted_proxies") ?? []
+        let trustedProxies = proxies.compactMap { item -> IPNetwork? in
+            guard let text = item.string("an entry of listen.trusted_proxies") else { return nil }
+            guard let network = IPNetwork(text) else {
+                item.report("listen.trusted_proxies: expected an address or CIDR network like 10.0.0.0/8 or 2001:db8::/32, got '\(text)'")
+                return nil
+            }
+            return network
+        }
         map.finish()
-        return Listen(https: https, http: http, admin: admin)
+        return Listen(https: https, http: http, admin: admin, trustedProxies: trustedProxies)
     }
 
     private static func readTLS(_ value: YAMLValue, directory: String) -> TLS? {

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOSSL
+import SluiceCore
 import X509
 
 /// What every request on one partner connection shares (an HTTP/1.1 connection's requests, or
@@ -9,6 +10,8 @@ final class PartnerConnection {
     let scheme: String
     /// The caller's IP address.
     let clientAddress: String?
+    /// The same, parsed (for `listen.trusted_proxies`).
+    private let peer: IPAddress?
     let watchdog: ConnectionWatchdog
     /// The partner of the API key this connection presented last.
     let keys = KeyCache()
@@ -19,7 +22,14 @@ final class PartnerConnection {
         self.channel = channel
         self.scheme = scheme
         self.clientAddress = channel.remoteAddress?.ipAddress
+        self.peer = clientAddress.flatMap { IPAddress($0) }
         self.watchdog = watchdog
+    }
+
+    /// Whether the caller is one of `proxies` (whose forwarding headers are then kept).
+    func isTrustedProxy(_ proxies: [IPNetwork]) -> Bool {
+        guard let peer, !proxies.isEmpty else { return false }
+        return proxies.contains { $0.contains(peer) }
     }
 
     /// The verified client certificate's subject (RFC 4514), read from the TLS handler once.

@@ -415,7 +415,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             partnerID: plan.partner.id,
             version: plan.version.version.name,
             requestID: request.record.requestID,
-            traceparent: traceparent
+            traceparent: traceparent,
+            fromTrustedProxy: connection.isTrustedProxy(request.snapshot.policy.gateway.listen.trustedProxies)
         )
     }
 
