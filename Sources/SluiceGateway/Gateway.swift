@@ -105,7 +105,7 @@ public final class Gateway: Sendable {
             let api = AdminAPI(runtime: runtime, reload: { reloader.reload(reason: "admin API") })
             services.append(
                 Application(
-                    router: api.router(),
+                    responder: api.responder(),
                     configuration: .init(address: .hostname(admin.host, port: admin.port), serverName: nil),
                     onServerRunning: { record("admin", $0) },
                     eventLoopGroupProvider: .shared(eventLoopGroup),

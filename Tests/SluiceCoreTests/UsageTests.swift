@@ -142,9 +142,10 @@ struct UsageQueryTests {
     @Test func rejectsBadInputWithAClearMessage() {
         let cases: [(String?, String?, String?, String)] = [
             (nil, "2026-01-01", nil, "from is required"),
-            ("2026-02-30", "2026-03-01", nil, "from must be a UTC date as YYYY-MM-DD, got '2026-02-30'"),
-            ("2026-01-01", "yesterday", nil, "to must be a UTC date as YYYY-MM-DD, got 'yesterday'"),
-            ("2026-02-01", "2026-01-01", nil, "from (2026-02-01) is after to (2026-01-01)"),
+            ("2026-02-30", "2026-03-01", nil, "from must be a UTC calendar date as YYYY-MM-DD from 1970-01-01 to 9999-12-31, got '2026-02-30'"),
+            ("1172-12-15", "2026-03-01", nil, "from must be a UTC calendar date as YYYY-MM-DD from 1970-01-01 to 9999-12-31, got '1172-12-15'"),
+            ("2026-01-01", "yesterday", nil, "to must be a UTC calendar date as YYYY-MM-DD from 1970-01-01 to 9999-12-31, got 'yesterday'"),
+            ("2026-02-01", "2026-01-01", nil, "from (2026-02-01) is after to (2026-01-01); to must be the same day or later"),
             ("2020-01-01", "2026-01-01", nil, "a report covers at most 1000"),
             ("2026-01-01", "2026-01-01", "acme;DROP", "partner must be a partner id"),
             ("2026-01-01\u{0}\n", "2026-01-01", nil, "got '2026-01-01??'"),

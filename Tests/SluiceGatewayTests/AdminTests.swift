@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import NIOHTTP1
 import Foundation
 import TestSupport
 import Testing
@@ -13,6 +14,29 @@ struct AdminTests {
             #expect(health.status == 200)
             let ready = try await gateway.send(.GET, gateway.admin + "/readyz", key: nil)
             #expect(ready.status == 200 && ready.text == #"{"status":"ready"}"#)
+        }
+    }
+
+    /// A method an admin path does not declare is 405 with `Allow` and a problem document, with
+    /// or without a token; HEAD works wherever GET does.
+    @Test func undeclaredMethodsAre405WithAllow() async throws {
+        try await GatewayHarness.with { gateway in
+            let cases: [(NIOHTTP1.HTTPMethod, String, String)] = [
+                (.TRACE, "/healthz", "GET, HEAD"), (.POST, "/readyz", "GET, HEAD"), (.DELETE, "/metrics", "GET, HEAD"),
+                (.PUT, "/openapi.yaml", "GET, HEAD"), (.DELETE, "/admin/policies", "GET, HEAD"), (.GET, "/admin/policies/reload", "POST"),
+                (.PATCH, "/admin/tasks", "GET, HEAD"), (.POST, "/admin/webhooks/dead", "GET, HEAD"),
+                (.GET, "/admin/webhooks/dead/msg_x/redrive", "POST"), (.OPTIONS, "/admin/usage", "GET, HEAD"),
+            ]
+            for (method, path, allow) in cases {
+                for token in [nil, TestKeys.operatorToken] {
+                    let response = try await gateway.send(method, gateway.admin + path, key: token)
+                    try expectProblem(response, 405, "method-not-allowed", path: path)
+                    #expect(response.header("Allow") == allow, "\(method) \(path)")
+                }
+            }
+            let head = try await gateway.send(.HEAD, gateway.admin + "/healthz", key: nil)
+            #expect(head.status == 200 && head.body.readableBytes == 0)
+            #expect(try await gateway.send(.GET, gateway.admin + "/nowhere", key: nil).status == 404)
         }
     }
 

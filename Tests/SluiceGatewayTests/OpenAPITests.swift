@@ -3,6 +3,7 @@ import NIOCore
 import SluiceCore
 import Testing
 import TestSupport
+import Yams
 
 /// `openapi.yaml` is served on the admin listener, and live answers of the task endpoints and the
 /// admin API validate against it (issue 13 point 6).
@@ -20,6 +21,10 @@ struct OpenAPITests {
             #expect(served.text == (try String(contentsOf: Self.repositoryDocument, encoding: .utf8)), "the served document is the repository's")
             let validator = try SchemaValidator(yaml: served.text)
             #expect((validator.document["openapi"] as? String)?.hasPrefix("3.1") == true)
+            // The document matches its own description of GET /openapi.yaml (read as YAML, as clients do).
+            let ownSchema = try #require(validator.responseSchema(method: "GET", path: "/openapi.yaml", status: 200, contentType: "application/yaml"))
+            let problems = validator.validate(try YAMLDecoder().decode(JSONNode.self, from: served.text), ownSchema)
+            #expect(problems.isEmpty, "GET /openapi.yaml: \(problems)")
 
             var checked = 0
             func check(_ response: TestResponse, _ method: String, _ path: String, sourceLocation: Testing.SourceLocation = #_sourceLocation) throws {

@@ -105,7 +105,7 @@ struct UsageTests {
             #expect(try await gateway.send(.GET, gateway.admin + "/admin/usage?from=\(today)&to=\(today)", key: nil).status == 401)
             let cases: [(String, String)] = [
                 ("to=\(today)", "from is required"),
-                ("from=2026-02-30&to=\(today)", "from must be a UTC date as YYYY-MM-DD, got '2026-02-30'"),
+                ("from=2026-02-30&to=\(today)", "from must be a UTC calendar date as YYYY-MM-DD from 1970-01-01 to 9999-12-31, got '2026-02-30'"),
                 ("from=\(today)&to=2000-01-01", "is after to"),
                 ("from=\(today)&to=\(today)&partner=%3Cscript%3E", "partner must be a partner id"),
             ]
@@ -133,8 +133,8 @@ struct UsageTests {
             #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
             let policies = ["--policies", gateway.policies.directory.path]
             let cases: [([String], String)] = [
-                (["--from", "2026-13-01", "--to", today], "--from must be a UTC date as YYYY-MM-DD, got '2026-13-01'"),
-                (["--from", today, "--to", "tomorrow"], "--to must be a UTC date"),
+                (["--from", "2026-13-01", "--to", today], "--from must be a UTC calendar date as YYYY-MM-DD from 1970-01-01 to 9999-12-31, got '2026-13-01'"),
+                (["--from", today, "--to", "tomorrow"], "--to must be a UTC calendar date"),
                 (["--from", today, "--to", "2000-01-01"], "is after to"),
                 (["--from", today, "--to", today, "--partner", "initech"], "unknown partner 'initech'"),
                 (["--from", today, "--to", today, "--partner", "../etc"], "partner must be a partner id"),

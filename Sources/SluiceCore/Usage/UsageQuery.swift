@@ -14,13 +14,15 @@ public struct UsageQuery: Sendable, Equatable {
         func day(_ name: String, _ text: String?) throws(UsageQueryError) -> UsageDay {
             guard let text else { throw UsageQueryError("\(name) is required (a UTC date as YYYY-MM-DD)") }
             guard let day = UsageDay(text) else {
-                throw UsageQueryError("\(name) must be a UTC date as YYYY-MM-DD, got '\(UsageQueryError.shown(text))'")
+                throw UsageQueryError(
+                    "\(name) must be a UTC calendar date as YYYY-MM-DD from 1970-01-01 to 9999-12-31, got '\(UsageQueryError.shown(text))'"
+                )
             }
             return day
         }
         self.from = try day("from", from)
         self.to = try day("to", to)
-        guard self.from <= self.to else { throw UsageQueryError("from (\(self.from)) is after to (\(self.to))") }
+        guard self.from <= self.to else { throw UsageQueryError("from (\(self.from)) is after to (\(self.to)); to must be the same day or later") }
         let days = self.to.number - self.from.number + 1
         guard days <= Self.maximumDays else { throw UsageQueryError("from…to covers \(days) days; a report covers at most \(Self.maximumDays)") }
         if let partner, !APIKeyFactory.isValidPartnerID(partner) {

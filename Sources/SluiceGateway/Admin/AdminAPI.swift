@@ -10,8 +10,26 @@ struct AdminAPI {
     /// Reloads the policy folder now (the same as SIGHUP).
     let reload: @Sendable () async -> PolicyReloader.Outcome
 
+    /// Every path the admin listener serves and its methods (`HEAD` is served wherever `GET`
+    /// is); any other method on these paths answers 405 with `Allow` (RFC 9110 §15.5.6).
+    static let paths: [(path: String, methods: [HTTPRequest.Method])] = [
+        ("/healthz", [.get]), ("/readyz", [.get]), ("/metrics", [.get]), ("/openapi.yaml", [.get]), ("/admin/policies", [.get]),
+        ("/admin/policies/reload", [.post]), ("/admin/tasks", [.get]), ("/admin/webhooks/dead", [.get]),
+        ("/admin/webhooks/dead/:id/redrive", [.post]), ("/admin/usage", [.get]),
+    ]
+
+    /// The router behind a check that answers 405 for a method a served path does not declare
+    /// (whatever the method, `QUERY` or `FOO` too).
+    func responder() -> some HTTPResponder<BasicRequestContext> {
+        MethodCheck(paths: Self.paths, next: router().buildResponder()) { request, allow in
+            var response = problemResponse(Problem(.methodNotAllowed, detail: "\(request.method.rawValue) is not allowed here."), request)
+            response.headers[.allow] = allow
+            return response
+        }
+    }
+
     func router() -> Router<BasicRequestContext> {
-        let router = Router()
+        let router = Router(options: .autoGenerateHeadEndpoints)
         router.get("/healthz") { _, _ in json(.ok, #"{"status":"ok"}"#) }
         router.get("/readyz") { _, _ in
             if runtime.isDraining { return json(.serviceUnavailable, #"{"status":"draining"}"#) }
@@ -169,14 +187,43 @@ struct AdminAPI {
         return JSONValue.object(members).rendered
     }
 
+    /// A problem document; its `request_id` is also in `X-Request-Id`, as on the partner listener.
     private func problemResponse(_ problem: Problem, _ request: Request) -> Response {
-        var headers: HTTPFields = [.contentType: Problem.contentType, .cacheControl: "no-store"]
+        let requestID = runtime.identifiers.requestID()
+        var headers: HTTPFields = [.contentType: Problem.contentType, .cacheControl: "no-store", .xRequestID: requestID]
         if problem.status == 401 { headers[.wwwAuthenticate] = "Bearer" }
         return Response(
             status: .init(code: problem.status),
             headers: headers,
-            body: ResponseBody(byteBuffer: ByteBuffer(string: problem.json(instance: request.uri.path, requestID: runtime.identifiers.requestID())))
+            body: ResponseBody(byteBuffer: ByteBuffer(string: problem.json(instance: request.uri.path, requestID: requestID)))
         )
+    }
+}
+
+/// Answers a request for a known path with a method it does not serve (`refuse`, given the
+/// `Allow` value); everything else goes to `next`.
+private struct MethodCheck<Next: HTTPResponder<BasicRequestContext>>: HTTPResponder {
+    /// Per path (segments, `:name` matching any one segment): the `Allow` value and its methods.
+    private let table: [(segments: [Substring], allowed: Set<HTTPRequest.Method>, allow: String)]
+    let next: Next
+    let refuse: @Sendable (Request, String) -> Response
+
+    init(paths: [(path: String, methods: [HTTPRequest.Method])], next: Next, refuse: @escaping @Sendable (Request, String) -> Response) {
+        table = paths.map { path, methods in
+            let allowed = methods.contains(.get) ? methods + [.head] : methods
+            return (path.split(separator: "/"), Set(allowed), allowed.map(\.rawValue).joined(separator: ", "))
+        }
+        self.next = next
+        self.refuse = refuse
+    }
+
+    func respond(to request: Request, context: BasicRequestContext) async throws -> Response {
+        let segments = request.uri.path.split(separator: "/")
+        let known = table.first { entry in
+            entry.segments.count == segments.count && zip(entry.segments, segments).allSatisfy { $0.hasPrefix(":") || $0 == $1 }
+        }
+        if let known, !known.allowed.contains(request.method) { return refuse(request, known.allow) }
+        return try await next.respond(to: request, context: context)
     }
 }
 
@@ -190,4 +237,5 @@ private func json(_ status: HTTPResponse.Status, _ body: ByteBuffer) -> Response
 
 extension HTTPField.Name {
     fileprivate static let xAPIKey = Self("X-API-Key")!
+    fileprivate static let xRequestID = Self("X-Request-Id")!
 }
