@@ -63,7 +63,9 @@ public final class Gateway: Sendable {
         let eventLoopGroup = MultiThreadedEventLoopGroup.singleton
         let policy = try PolicyLoader.load(directory: policiesDirectory, environment: environment)
         let metrics = GatewayMetrics(group: eventLoopGroup)
-        let stores = StoreRegistry(group: eventLoopGroup, leaseDuration: options.leaseDuration, clock: options.storeClock, metrics: metrics)
+        let stores = StoreRegistry(
+            group: eventLoopGroup, leaseDuration: options.leaseDuration, clock: options.storeClock, metrics: metrics, logger: logger
+        )
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock)
         let instance = InstanceName.make()
         let wakeUp = WorkerWakeUp()

@@ -26,8 +26,9 @@ public protocol AdmissionStore: Sendable {
     /// The loop the async forms use.
     var defaultEventLoop: any EventLoop { get }
 
-    /// Applies releases that are still queued.
-    func flushReleases() async
+    /// Applies releases that are still queued; throws when some could not be applied (they stay
+    /// queued for the next call).
+    func flushReleases() async throws
 
     /// Extends the leases this instance still holds, so that only a crashed instance's leases expire.
     func renew(partner: String, leases: [String], leaseDuration: Duration) async throws

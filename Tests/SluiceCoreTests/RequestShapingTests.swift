@@ -183,3 +183,40 @@ struct RequestIdentityTests {
         }
     }
 }
+
+struct ConstantTimeTests {
+    /// A sequence that counts the bytes read from it.
+    final class CountingBytes: Sequence {
+        let bytes: [UInt8]
+        var read = 0
+        init(_ text: String) { bytes = Array(text.utf8) }
+
+        func makeIterator() -> AnyIterator<UInt8> {
+            var index = 0
+            return AnyIterator { [self] in
+                guard index < bytes.count else { return nil }
+                defer { index += 1 }
+                read += 1
+                return bytes[index]
+            }
+        }
+    }
+
+    /// Equal-length secrets are read to the end whether they differ in the first byte, the
+    /// last one or not at all: the time taken says nothing about where they differ.
+    @Test(arguments: ["xk_live_0123456789abcdef", "sk_live_0123456789abcdeX", "sk_live_0123456789abcdef"])
+    func everyByteIsRead(_ other: String) {
+        let secret = "sk_live_0123456789abcdef"
+        let (a, b) = (CountingBytes(secret), CountingBytes(other))
+        #expect(ConstantTime.equals(a, count: a.bytes.count, b, count: b.bytes.count) == (secret == other))
+        #expect(a.read == secret.utf8.count && b.read == other.utf8.count)
+    }
+
+    @Test func lengthsAndContentsDecide() {
+        #expect(ConstantTime.equals("sk_abc", "sk_abc"))
+        #expect(!ConstantTime.equals("sk_abc", "sk_abd"))
+        #expect(!ConstantTime.equals("sk_abc", "sk_ab"))
+        #expect(!ConstantTime.equals("", "a"))
+        #expect(ConstantTime.equals(Substring("x-sk_abc").dropFirst(2), "sk_abc"))
+    }
+}

@@ -56,6 +56,35 @@ struct TaskTroubleTests {
         try await redis.stop()
     }
 
+    /// The background loops (task workers, webhook sender, usage flush) that poll a Redis which
+    /// went away count every failed call in `sluice_store_errors_total` and log one line when the
+    /// trouble starts and one when it ends — not one per poll, and never nothing.
+    @Test func backgroundLoopsReportStoreTrouble() async throws {
+        let redis = try await RedisServer.start()
+        try await withWebhookReceiver { _, receiverPort in
+            try await GatewayHarness.with(Self.configure(redis: redis.url, receiverPort: receiverPort)) { gateway in
+                #expect(try await gateway.acceptTask("/v2/price-calculations?ms=1").status == 202)
+                let errorsBefore = try await gateway.metric("sluice_store_errors_total") ?? 0
+                try await redis.stop()
+                func lines(_ message: String) throws -> [[String: Any]] { try gateway.logLines().filter { $0["message"] as? String == message } }
+                try await eventually("both polling loops noticed") {
+                    try lines("task workers: store calls are failing; retrying").count == 1
+                        && lines("webhook sender: store calls are failing; retrying").count == 1
+                }
+                try await eventually("failed polls are counted") { try await gateway.metric("sluice_store_errors_total") ?? 0 >= errorsBefore + 4 }
+                #expect(try lines("task workers: store calls are failing; retrying").count == 1, "one line per streak")
+                #expect(try lines("task workers: store calls are failing; retrying").first?["error"] != nil)
+                try await redis.restart()
+                try await eventually("the loops say the store works again") {
+                    try lines("task workers: store calls work again").count == 1 && lines("webhook sender: store calls work again").count == 1
+                }
+                let recovered = try #require(try lines("task workers: store calls work again").first)
+                #expect(recovered["failed_calls"] as? Int ?? 0 >= 1, "\(recovered)")
+            }
+        }
+        try await redis.stop()
+    }
+
     /// An instance holding running tasks is killed with -9 while a second instance runs: the
     /// second takes each task over after the lease, runs it, and every webhook is delivered.
     @Test func killedInstanceTasksAreFinishedByTheOther() async throws {

@@ -227,4 +227,23 @@ struct WebhookTests {
             return
         }
     }
+
+    /// A name lookup that hangs ends the attempt at `webhooks.timeout`: the sender does not wait
+    /// for `getaddrinfo` (the stand-in resolver here blocks for 10 s).
+    @Test func hangingNameLookupEndsTheAttempt() async throws {
+        let client = try WebhookClient(group: .singletonMultiThreadedEventLoopGroup) { host, port in
+            Thread.sleep(forTimeInterval: 10)
+            return try SocketAddress(ipAddress: "127.0.0.1", port: port)
+        }
+        let started = ContinuousClock.now
+        let outcome = await client.send(
+            .init(url: URL(string: "https://hooks.partner.example/sluice")!, allowPrivateAddresses: false, headers: [], body: Data("{}".utf8), timeout: .milliseconds(300))
+        )
+        guard case .failed(let reason, nil) = outcome else {
+            Issue.record("a lookup past webhooks.timeout should be a failure, got \(outcome)")
+            return
+        }
+        #expect(reason.contains("timed out resolving hooks.partner.example"), "\(reason)")
+        #expect(ContinuousClock.now - started < .seconds(8), "the attempt waited for the hanging lookup")
+    }
 }

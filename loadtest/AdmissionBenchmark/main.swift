@@ -144,7 +144,7 @@ await withTaskGroup(of: Void.self) { tasks in
 let elapsed = ContinuousClock.now - started
 let callsAfter = try await commandCalls(probe)
 let cpuAfter = try await redisCPUSeconds(probe)
-await store.flushReleases()
+try await store.flushReleases()
 let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
 let admitted = counters.admitted.load(ordering: .relaxed)
 let roundTrips = (callsAfter["evalsha"] ?? 0) - (callsBefore["evalsha"] ?? 0)

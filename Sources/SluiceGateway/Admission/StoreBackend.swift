@@ -89,10 +89,10 @@ final class StoreBackend: Sendable {
     }
 
     /// Extends every lease still held, in both stores.
-    func renewLeases(for duration: Duration) async {
+    func renewLeases(for duration: Duration, _ trouble: inout FailureStreak) async {
         for (store, registry) in [(store as any AdmissionStore, leases), (local, localLeases)] {
             for (partner, held) in await registry.byPartner() {
-                try? await store.renew(partner: partner, leases: held, leaseDuration: duration)
+                await trouble.attempt("renew concurrency leases") { try await store.renew(partner: partner, leases: held, leaseDuration: duration) }
             }
         }
     }
@@ -107,8 +107,10 @@ final class StoreRegistry: Service, Sendable {
     private let leaseDuration: Duration
     private let clock: EpochClock
     private let metrics: GatewayMetrics
+    private let logger: Logger
 
-    init(group: any EventLoopGroup, leaseDuration: Duration, clock: @escaping EpochClock, metrics: GatewayMetrics) {
+    init(group: any EventLoopGroup, leaseDuration: Duration, clock: @escaping EpochClock, metrics: GatewayMetrics, logger: Logger) {
+        self.logger = logger
         self.group = group
         self.leaseDuration = leaseDuration
         self.clock = clock
@@ -137,12 +139,13 @@ final class StoreRegistry: Service, Sendable {
     func run() async throws {
         await current.withLock({ $0 })?.redis?.connect()
         var lastRenewal = ContinuousClock.now
+        var trouble = FailureStreak("concurrency leases", logger: logger, metrics: metrics)
         while await pauseUnlessShuttingDown(for: .milliseconds(20)) {
             guard let backend = current.withLock({ $0 }) else { continue }
-            await backend.store.flushReleases()
+            await trouble.attempt("release concurrency leases") { try await backend.store.flushReleases() }
             if ContinuousClock.now - lastRenewal >= leaseDuration / 3 {
                 lastRenewal = .now
-                await backend.renewLeases(for: leaseDuration)
+                await backend.renewLeases(for: leaseDuration, &trouble)
             }
             let replaced = retired.withLock { state in
                 defer { state = [] }
@@ -150,12 +153,12 @@ final class StoreRegistry: Service, Sendable {
             }
             if !replaced.isEmpty { await backend.redis?.connect() }
             for old in replaced {
-                await old.store.flushReleases()
+                await trouble.attempt("release concurrency leases") { try await old.store.flushReleases() }
                 await old.redis?.shutdown()
             }
         }
         if let backend = current.withLock({ $0 }) {
-            await backend.store.flushReleases()
+            await trouble.attempt("release concurrency leases") { try await backend.store.flushReleases() }
             await backend.redis?.shutdown()
         }
     }

@@ -23,7 +23,7 @@ final class GatewayMetrics: Sendable {
     private static var reloadDescriptor: MetricNameDescriptor { descriptor("policy_reload", "total", "Policy reloads by result (ok or error).") }
     private static var rejectionsDescriptor: MetricNameDescriptor { descriptor("ratelimit_rejections", "total", "Requests refused by rate, quota or concurrency limits.") }
     private static var storeCallsDescriptor: MetricNameDescriptor { descriptor("store_calls", "total", "Commands sent to the rate-limit store (Redis round trips).") }
-    private static var storeErrorsDescriptor: MetricNameDescriptor { descriptor("store_errors", "total", "Failed or timed-out calls to the rate-limit store.") }
+    private static var storeErrorsDescriptor: MetricNameDescriptor { descriptor("store_errors", "total", "Failed or timed-out calls to the store (request path and background loops).") }
     private static var fallbackDescriptor: MetricNameDescriptor { descriptor("ratelimit", "fallback", "1 while the store is unreachable and on_redis_failure applies.") }
     private static var breakerStateDescriptor: MetricNameDescriptor { descriptor("breaker", "state", "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.") }
     private static var breakerTransitionsDescriptor: MetricNameDescriptor { descriptor("breaker_transitions", "total", "Circuit breaker state changes per upstream and new state.") }

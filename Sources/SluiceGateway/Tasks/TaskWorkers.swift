@@ -51,6 +51,7 @@ final class TaskWorkers: Service, Sendable {
             var lastRenewal = ContinuousClock.now
             var lastCensus: ContinuousClock.Instant?
             var wait = Self.pollInterval
+            var trouble = FailureStreak("task workers", logger: runtime.logger, metrics: runtime.metrics)
             while !Task.isShuttingDownGracefully {
                 let snapshot = runtime.snapshots.load()
                 let settings = snapshot.policy.gateway.tasks
@@ -60,12 +61,12 @@ final class TaskWorkers: Service, Sendable {
                 let hasAsyncRoutes = snapshot.policy.routes.routes.contains(where: { $0.async != .never })
                 if hasAsyncRoutes, lastCensus.map({ ContinuousClock.now - $0 >= censusInterval }) ?? true {
                     lastCensus = .now
-                    if let census = try? await store.taskCensus(retention: settings.retention) {
+                    if let census = await trouble.attempt("task census", { try await store.taskCensus(retention: settings.retention) }) {
                         runtime.metrics.taskCensus(census, now: clock())
                     }
                 }
                 if free > 0, hasAsyncRoutes,
-                    let claims = try? await store.takeTasks(consumer: instance, limit: free, lease: settings.lease)
+                    let claims = await trouble.attempt("take tasks", { try await store.takeTasks(consumer: instance, limit: free, lease: settings.lease) })
                 {
                     // A full take suggests more are waiting: each finished run then looks again at once.
                     backlog.store(claims.count == free, ordering: .relaxed)
@@ -80,18 +81,18 @@ final class TaskWorkers: Service, Sendable {
                 }
                 if ContinuousClock.now - lastRenewal >= settings.lease / 3 {
                     lastRenewal = .now
-                    await renew(store: store)
+                    await renew(store: store, &trouble)
                 }
                 if await wakeUp.pause(for: wait) { wait = Self.pollInterval }
             }
-            await drain()
+            await drain(&trouble)
         }
     }
 
     /// Renews the leases of every running task; a run whose lease was taken over is cancelled.
-    private func renew(store: any SharedStore) async {
+    private func renew(store: any SharedStore, _ trouble: inout FailureStreak) async {
         let held = running.withLock { Array($0.keys) }
-        guard !held.isEmpty, let kept = try? await store.renewTasks(held, consumer: instance) else { return }
+        guard !held.isEmpty, let kept = await trouble.attempt("renew task leases", { try await store.renewTasks(held, consumer: instance) }) else { return }
         let lost = Set(held).subtracting(kept)
         for claim in lost {
             runtime.logger.warning("task lease lost; another instance runs it now", metadata: ["task": .string(claim.task.text)])
@@ -100,13 +101,13 @@ final class TaskWorkers: Service, Sendable {
     }
 
     /// Lets running tasks finish until the drain deadline, then cancels the rest and hands them back.
-    private func drain() async {
+    private func drain(_ trouble: inout FailureStreak) async {
         let deadline = ContinuousClock.now + drainTimeout
         let store = runtime.snapshots.load().tasks.store
         while running.withLock({ !$0.isEmpty }), ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
             // Keep the leases of tasks that are still finishing.
-            if running.withLock({ !$0.isEmpty }) { await renew(store: store) }
+            if running.withLock({ !$0.isEmpty }) { await renew(store: store, &trouble) }
         }
         for exchange in running.withLock({ $0.values.compactMap { $0 } }) { exchange.cancel() }
     }

@@ -24,14 +24,22 @@ struct WebhookClient: Sendable {
         var timeout: Duration
     }
 
+    /// Turns a host name into the address to dial (blocking: `getaddrinfo`).
+    typealias Resolver = @Sendable (_ host: String, _ port: Int) throws -> SocketAddress
+
     private let group: any EventLoopGroup
     private let tlsContext: NIOSSLContext
+    private let resolver: Resolver
 
     /// The `User-Agent` of every attempt.
     static let userAgent = "Sluice-Webhooks/1"
 
-    init(group: any EventLoopGroup, trustRoots: NIOSSLTrustRoots = .default) throws {
+    init(
+        group: any EventLoopGroup, trustRoots: NIOSSLTrustRoots = .default,
+        resolver: @escaping Resolver = { try SocketAddress.makeAddressResolvingHost($0, port: $1) }
+    ) throws {
         self.group = group
+        self.resolver = resolver
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.trustRoots = trustRoots
         configuration.applicationProtocols = ["http/1.1"]
@@ -50,7 +58,9 @@ struct WebhookClient: Sendable {
 
         let address: SocketAddress
         do {
-            address = try await resolve(host: host, port: port)
+            address = try await resolve(host: host, port: port, deadline: deadline)
+        } catch WebhookAttemptError.timedOut {
+            return .failed(reason: "timed out resolving \(host) (webhooks.timeout)", retryAfter: nil)
         } catch {
             return .failed(reason: "could not resolve \(host): \(error)", retryAfter: nil)
         }
@@ -100,10 +110,20 @@ struct WebhookClient: Sendable {
         }
     }
 
-    /// The first address the resolver gives (an address literal is its own answer).
-    private func resolve(host: String, port: Int) async throws -> SocketAddress {
+    /// The first address the resolver gives (an address literal is its own answer), by
+    /// `deadline`: `getaddrinfo` cannot be cancelled, but the attempt stops waiting for it
+    /// (the blocked lookup ends on the resolver's own timeouts and its answer is dropped).
+    private func resolve(host: String, port: Int, deadline: NIODeadline) async throws -> SocketAddress {
         if host.isIPAddress { return try SocketAddress(ipAddress: host, port: port) }
-        return try await NIOThreadPool.singleton.runIfActive { try SocketAddress.makeAddressResolvingHost(host, port: port) }
+        let eventLoop = group.next()
+        let promise = eventLoop.makePromise(of: SocketAddress.self)
+        let timer = eventLoop.scheduleTask(deadline: deadline) { promise.fail(WebhookAttemptError.timedOut) }
+        let resolver = resolver
+        NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { try resolver(host, port) }.whenComplete { result in
+            timer.cancel()
+            promise.completeWith(result)
+        }
+        return try await promise.futureResult.get()
     }
 
     /// Why a webhook may not go to `address`, or nil.

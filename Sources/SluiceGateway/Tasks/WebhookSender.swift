@@ -46,6 +46,7 @@ final class WebhookSender: Service, Sendable {
         await withDiscardingTaskGroup { group in
             var wait = Self.pollInterval
             var lastDeadCount: ContinuousClock.Instant?
+            var trouble = FailureStreak("webhook sender", logger: runtime.logger, metrics: runtime.metrics)
             while !Task.isShuttingDownGracefully {
                 let snapshot = runtime.snapshots.load()
                 let settings = snapshot.policy.gateway.webhooks
@@ -54,7 +55,7 @@ final class WebhookSender: Service, Sendable {
                 // Without partner webhooks no messages are made: the store is left alone.
                 if free > 0, snapshot.policy.partners.contains(where: { $0.webhook != nil }) {
                     // The lease outlasts an attempt, so nobody else sends it meanwhile.
-                    let due = (try? await store.takeDueWebhooks(limit: free, lease: settings.timeout * 2 + .seconds(5))) ?? []
+                    let due = await trouble.attempt("take due webhooks", { try await store.takeDueWebhooks(limit: free, lease: settings.timeout * 2 + .seconds(5)) }) ?? []
                     backlog.store(due.count == free, ordering: .relaxed)
                     for message in due {
                         inFlight.add(1, ordering: .relaxed)
@@ -68,7 +69,7 @@ final class WebhookSender: Service, Sendable {
                     let countDue = lastDeadCount.map { ContinuousClock.now - $0 >= deadCountInterval } ?? true
                     if buried.exchange(false, ordering: .relaxed) || countDue {
                         lastDeadCount = .now
-                        if let count = try? await store.deadWebhookCount(retention: snapshot.policy.gateway.tasks.retention) {
+                        if let count = await trouble.attempt("count dead webhooks", { try await store.deadWebhookCount(retention: snapshot.policy.gateway.tasks.retention) }) {
                             runtime.metrics.webhooksDead(count)
                         }
                     }

@@ -52,32 +52,30 @@ struct UsageFlusher: Service {
 
     func run() async throws {
         var backlog = UsageBacklog(newID: { [identifiers = runtime.identifiers] in identifiers.requestID() })
-        var failing = false
+        var trouble = FailureStreak("usage flush", logger: runtime.logger, metrics: runtime.metrics)
         while await pauseUnlessShuttingDown(for: interval) {
             backlog.add(await counter.take())
-            failing = await flush(&backlog, wasFailing: failing)
+            await flush(&backlog, &trouble)
         }
         backlog.add(await counter.take())
         for _ in 0..<3 where !backlog.isEmpty {
-            failing = await flush(&backlog, wasFailing: failing)
-            if failing { try? await Task.sleep(for: .milliseconds(200)) }
+            if await !flush(&backlog, &trouble) { try? await Task.sleep(for: .milliseconds(200)) }
         }
         if !backlog.isEmpty {
             runtime.logger.error("usage counts lost at shutdown: the store did not take them", metadata: ["partners": "\(Set(backlog.waiting.keys.map(\.partner)).sorted())"])
         }
     }
 
-    /// One write; logs when writes start and stop failing. Returns whether it failed.
-    private func flush(_ backlog: inout UsageBacklog, wasFailing: Bool) async -> Bool {
-        guard !backlog.isEmpty else { return false }
+    /// One write of what is pending (kept for the next one when it fails); returns whether it worked.
+    @discardableResult
+    private func flush(_ backlog: inout UsageBacklog, _ trouble: inout FailureStreak) async -> Bool {
+        guard !backlog.isEmpty else { return true }
         let snapshot = runtime.snapshots.load()
-        let error = await backlog.write(to: snapshot.store, retention: snapshot.policy.gateway.usage.retention)
-        if let error, !wasFailing {
-            runtime.metrics.storeFailed()
-            runtime.logger.warning("usage counts not written, kept for the next flush", metadata: ["error": .string("\(error)")])
-        } else if error == nil, wasFailing {
-            runtime.logger.info("usage counts written again after store trouble")
+        if let error = await backlog.write(to: snapshot.store, retention: snapshot.policy.gateway.usage.retention) {
+            trouble.failed("write usage counts", error)
+            return false
         }
-        return error != nil
+        trouble.succeeded()
+        return true
     }
 }

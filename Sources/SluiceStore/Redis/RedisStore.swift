@@ -257,7 +257,8 @@ public final class RedisStore: AdmissionStore {
         loop.pendingReleases[partner, default: []].append(lease)
     }
 
-    public func flushReleases() async {
+    public func flushReleases() async throws {
+        var failure: (any Error)?
         for eventLoop in client.eventLoops {
             guard let loop = loops[ObjectIdentifier(eventLoop)] else { continue }
             let pending = try? await eventLoop.submit { () -> [String: [String]] in
@@ -269,9 +270,11 @@ public final class RedisStore: AdmissionStore {
                     _ = try await client.send(["ZREM", keys(partner).leases] + leases, on: eventLoop).get()
                 } catch {
                     eventLoop.execute { loop.pendingReleases[partner, default: []].append(contentsOf: leases) }
+                    failure = failure ?? error
                 }
             }
         }
+        if let failure { throw failure }
     }
 
     public func renew(partner: String, leases: [String], leaseDuration: Duration) async throws {
