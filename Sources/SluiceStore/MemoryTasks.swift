@@ -241,8 +241,8 @@ extension MemoryStore: TaskStore {
         completion(.success(tasks.accept(record, request: request, retentionMilliseconds: retention.milliseconds)))
     }
 
-    public func task(_ id: TaskID, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void) {
-        completion(.success(tasks.task(id)))
+    public func task(_ id: TaskID, _ read: TaskRead, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void) {
+        completion(.success(tasks.task(id).map { read == .status ? $0.withoutResult : $0 }))
     }
 
     public func replaceTask(
@@ -267,7 +267,7 @@ extension MemoryStore: TaskStore {
     public func requeue(_ claim: TaskClaim, consumer: String) async throws { tasks.requeue(claim, consumer: consumer) }
 
     public func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord] {
-        tasks.list(status: status, partner: partner, limit: limit)
+        tasks.list(status: status, partner: partner, limit: limit).map(\.withoutResult)
     }
 
     public func taskCensus(retention: Duration) async throws -> TaskCensus { tasks.census() }

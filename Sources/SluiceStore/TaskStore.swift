@@ -16,6 +16,14 @@ public struct TaskClaim: Sendable, Hashable {
     }
 }
 
+/// How much of a task a read returns.
+public enum TaskRead: Sendable {
+    /// Status, times, attempts and history: never the result.
+    case status
+    /// The same and, once the task finished, its result (a partner's poll, `sluice tasks show`).
+    case statusAndResult
+}
+
 /// The tasks in a store by status (`sluice_tasks{status}`, `sluice_task_queue_oldest_seconds`).
 public struct TaskCensus: Sendable, Equatable {
     /// Tasks per status; every status is present.
@@ -46,8 +54,10 @@ public protocol TaskStore: Sendable {
         completion: @escaping (Result<Bool, any Error>) -> Void
     )
 
-    /// The task with this id, nil when there is none (or it expired).
-    func task(_ id: TaskID, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void)
+    /// The task with this id, nil when there is none (or it expired); its result only when
+    /// `read` asks for it (a result may be megabytes: a poll of an unfinished task, a cancel, a
+    /// worker and a listing never read it).
+    func task(_ id: TaskID, _ read: TaskRead, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void)
 
     /// Replaces a task with `record` when the stored one is still at `revision`; completes with
     /// false (changing nothing) otherwise. A finished task's request is dropped with it, and
@@ -75,7 +85,8 @@ public protocol TaskStore: Sendable {
     /// down); nothing happens when it no longer holds it.
     func requeue(_ claim: TaskClaim, consumer: String) async throws
 
-    /// The newest tasks first, at most `limit`, optionally only those with `status` or of `partner`.
+    /// The newest tasks first, at most `limit`, optionally only those with `status` or of
+    /// `partner` — without their results.
     func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord]
 
     /// How many stored tasks are in each status, and since when the longest-waiting queued one
@@ -93,8 +104,8 @@ extension TaskStore {
     }
 
     /// `task(…, on:, completion:)` on the store's default event loop.
-    public func task(_ id: TaskID) async throws -> TaskRecord? {
-        try await defaultEventLoop.run { task(id, on: $0, completion: $1) }
+    public func task(_ id: TaskID, _ read: TaskRead = .statusAndResult) async throws -> TaskRecord? {
+        try await defaultEventLoop.run { task(id, read, on: $0, completion: $1) }
     }
 
     /// `replaceTask(…, on:, completion:)` on the store's default event loop.

@@ -67,6 +67,40 @@ struct TaskTests {
         }
     }
 
+    /// Polls and cancels go through admission like any request: they take a rate token (cost 1)
+    /// and answer 429 `rate-limited` past the bucket, with RateLimit headers, on both stores;
+    /// they take no quota, so a partner whose quota is used up still reads its results.
+    @Test(arguments: [false, true])
+    func taskPollsAreRateLimitedButTakeNoQuota(onRedis: Bool) async throws {
+        let redis = onRedis ? try await RedisServer.start() : nil
+        let clock = ManualClock(.present)
+        try await GatewayHarness.with({ policies in
+            Self.addRoutes(&policies)
+            policies.setPlan("{ rate: { per_second: 0.01, burst: 4 }, quota: { requests: 1, per: day } }")
+            if let redis { policies.useRedis(redis.url, onFailure: "deny", timeout: "2s") }
+        }, clock: clock) { gateway in
+            let accepted = try await gateway.acceptTask("/v2/price-calculations?ms=1")
+            #expect(accepted.status == 202)
+            let location = try #require(accepted.header("Location"))
+            // The quota (1 a day) is used up: new work is refused, polls are not.
+            #expect(try await gateway.acceptTask("/v2/price-calculations?ms=1").status == 429)
+            var statuses: [Int] = []
+            for _ in 0..<30 {
+                let poll = try await gateway.partner(.GET, location)
+                statuses.append(poll.status)
+                #expect(poll.header("RateLimit") != nil)
+                if poll.status == 429 {
+                    #expect(try poll.json()["type"] as? String == "urn:sluice:problem:rate-limited")
+                    #expect(poll.header("Retry-After") != nil)
+                }
+            }
+            #expect(statuses.filter { $0 == 200 }.count == 3, "the accept took one of the bucket's 4 tokens: \(statuses)")
+            #expect(statuses.filter { $0 == 429 }.count == 27)
+            #expect(try await gateway.partner(.DELETE, location).status == 429)
+        }
+        try await redis?.stop()
+    }
+
     /// Only the owner sees its task: another partner, an unknown id and a malformed one get 404; other methods 405; no key 401.
     @Test func tasksAreOwnerOnly() async throws {
         try await GatewayHarness.with(Self.addRoutes) { gateway in

@@ -65,6 +65,30 @@ struct TaskStoreContractTests {
         }
     }
 
+    /// A finished task's result is read only when asked for: reads for a status (a cancel, a
+    /// worker) and listings leave it out, however large it is; a poll gets it.
+    @Test(arguments: StoreKind.allCases)
+    func resultsAreReadOnlyWhenAskedFor(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let (queued, request) = newTask(clock)
+            #expect(try await store.acceptTask(queued, request: request, retention: retention))
+            var running = queued
+            _ = running.lifecycle.start(at: clock.now, instance: "gw-b")
+            #expect(try await store.replaceTask(running, from: queued.revision, retention: retention))
+            #expect(try await store.task(queued.id, .statusAndResult) == running, "an unfinished task has no result to read")
+            var finished = running
+            _ = finished.lifecycle.finish(succeeded: true, at: clock.now + 5, instance: "gw-b")
+            finished.result = TaskResult(status: 200, headers: [], body: Data(repeating: 7, count: 2 << 20))
+            #expect(try await store.replaceTask(finished, from: running.revision, retention: retention))
+            #expect(try await store.task(queued.id, .statusAndResult) == finished)
+            let status = try #require(try await store.task(queued.id, .status))
+            #expect(status.result == nil && status.lifecycle == finished.lifecycle)
+            let listed = try await store.listTasks(status: nil, partner: "acme", limit: 10)
+            #expect(listed.map(\.id) == [queued.id] && listed.allSatisfy { $0.result == nil })
+        }
+    }
+
     /// Consumers taking at once never get the same task twice, and together get every task.
     @Test(arguments: StoreKind.allCases)
     func concurrentConsumersShareTheQueue(_ kind: StoreKind) async throws {

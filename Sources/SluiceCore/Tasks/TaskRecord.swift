@@ -125,6 +125,14 @@ public struct TaskRecord: Sendable, Equatable, Codable {
     }
 
     public var revision: Int { lifecycle.version }
+
+    /// The record without its result (stores keep the result apart, so that reads that do not
+    /// need it never move it).
+    public var withoutResult: TaskRecord {
+        var record = self
+        record.result = nil
+        return record
+    }
 }
 
 /// A value the stores keep as JSON text (bodies as base64): tasks, their requests, webhook messages.
@@ -147,3 +155,4 @@ extension StoredAsJSON {
 
 extension TaskRecord: StoredAsJSON {}
 extension TaskRequest: StoredAsJSON {}
+extension TaskResult: StoredAsJSON {}

@@ -73,12 +73,13 @@ struct AdmissionControl: Sendable {
         }
     }
 
-    /// Decides on `eventLoop` (call there) for a request that takes `cost` tokens: the embedded
-    /// store and the fallbacks answer at once, Redis when its reply arrives on this loop's
-    /// connection — and then claims `claiming` in the same call when the request is admitted
-    /// (`Admission.claim`).
-    func admit(partner: Partner, cost: Int, claiming: IdempotencyClaimRequest?, on eventLoop: any EventLoop) -> Answer {
-        let limits = AdmissionLimits(partner.limits, cost: cost)
+    /// Decides on `eventLoop` (call there) for a request that takes `cost` tokens (and one unit
+    /// of quota unless `quota` is false): the embedded store and the fallbacks answer at once,
+    /// Redis when its reply arrives on this loop's connection — and then claims `claiming` in the
+    /// same call when the request is admitted (`Admission.claim`).
+    func admit(partner: Partner, cost: Int, quota: Bool = true, claiming: IdempotencyClaimRequest?, on eventLoop: any EventLoop) -> Answer {
+        var limits = AdmissionLimits(partner.limits, cost: cost)
+        if !quota { limits.quota = nil }
         guard !limits.isUnlimited else { return .decided(.admittedWithoutLimits) }
         let lease = limits.concurrency == nil ? nil : identifiers.token()
         if let embedded = backend.embedded {

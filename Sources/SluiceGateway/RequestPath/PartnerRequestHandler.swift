@@ -62,6 +62,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         let snapshot: GatewaySnapshot
         let head: PartnerRequestHead
         var plan: ForwardPlan?
+        /// Set for a status read or cancel of a task.
+        var taskEndpoint: TaskEndpointRequest?
         var admission: Admission?
         /// Set for a request with an `Idempotency-Key` on a POST or PATCH route.
         var idempotency: IdempotentRequest?
@@ -265,7 +267,15 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .reject(let problem, let headers):
             answer(request, problem, headers)
         case .task(let endpoint):
-            answerTaskEndpoint(request, endpoint)
+            // Polls and cancels take a rate token and a concurrency slot like any request, but no
+            // quota: a partner that used up its quota can still fetch the results it is owed.
+            request.taskEndpoint = endpoint
+            switch snapshot.admission.admit(partner: endpoint.partner, cost: 1, quota: false, claiming: nil, on: eventLoop) {
+            case .decided(let admission):
+                admitted(request, admission)
+            case .pending(let pending):
+                pending.whenDecided { [self] admission in admitted(request, admission) }
+            }
         case .forward(let plan):
             request.plan = plan
             var claiming: IdempotencyClaimRequest?
@@ -301,6 +311,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.admission = admission
         request.record.adopt(admission)
         switch admission.verdict {
+        case .admitted where request.taskEndpoint != nil:
+            answerTaskEndpoint(request, request.taskEndpoint!)
         case .admitted where request.idempotency != nil:
             if let claim = admission.claim { claimAnswered(request, claim) } else { claim(request) }
         case .admitted:

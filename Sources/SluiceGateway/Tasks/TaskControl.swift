@@ -45,8 +45,9 @@ struct TaskControl: Sendable {
         }
     }
 
+    /// The owner's task, with its result once it finished.
     func status(_ id: TaskID, partner: String, on eventLoop: any EventLoop, completion: @escaping (Result<Lookup, any Error>) -> Void) {
-        store.task(id, on: eventLoop) { result in
+        store.task(id, .statusAndResult, on: eventLoop) { result in
             completion(result.map { record in record.flatMap { $0.partner == partner ? .found($0) : nil } ?? .notFound })
         }
     }
@@ -64,7 +65,7 @@ struct TaskControl: Sendable {
         _ id: TaskID, partner: String, notify: Bool, attemptsLeft: Int, on eventLoop: any EventLoop,
         completion: @escaping (Result<CancelOutcome, any Error>) -> Void
     ) {
-        store.task(id, on: eventLoop) { result in
+        store.task(id, .status, on: eventLoop) { result in
             switch result {
             case .failure(let error):
                 completion(.failure(error))

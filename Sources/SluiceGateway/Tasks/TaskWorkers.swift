@@ -119,7 +119,7 @@ final class TaskWorkers: Service, Sendable {
         let retention = snapshot.policy.gateway.tasks.retention
         let logger = runtime.logger
         do {
-            guard let found = try await store.task(claim.task) else { return try await store.completeEntry(claim) }
+            guard let found = try await store.task(claim.task, .status) else { return try await store.completeEntry(claim) }
             var started = found
             guard case .run = started.lifecycle.start(at: clock(), instance: instance) else { return try await store.completeEntry(claim) }
             guard try await store.replaceTask(started, from: found.revision, retention: retention) else {

@@ -39,9 +39,17 @@ extension RedisStore: TaskStore, WebhookStore {
         }
     }
 
-    public func task(_ id: TaskID, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void) {
-        client.send(["HGET", taskKey(id), "j"], on: eventLoop).whenComplete { result in
-            completion(result.flatMap { reply in Result { try Self.record(from: reply) } })
+    public func task(_ id: TaskID, _ read: TaskRead, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void) {
+        switch read {
+        case .status:
+            client.send(["HGET", taskKey(id), "j"], on: eventLoop).whenComplete { result in
+                completion(result.flatMap { reply in Result { try Self.record(from: reply)?.withoutResult } })
+            }
+        case .statusAndResult:
+            // `o` exists once the task finished: an unfinished task's read moves no result.
+            client.send(["HMGET", taskKey(id), "j", "o"], on: eventLoop).whenComplete { result in
+                completion(result.flatMap { reply in Result { try Self.recordWithResult(from: reply) } })
+            }
         }
     }
 
@@ -57,8 +65,9 @@ extension RedisStore: TaskStore, WebhookStore {
         let stored = record.lifecycle.history[min(max(revision, 1), record.lifecycle.history.count) - 1].status
         func position(_ status: TaskStatus) -> String { String(TaskStatus.allCases.firstIndex(of: status)! + 1) }
         let arguments = [
-            record.encoded(), String(revision), String(record.revision), String(retention.milliseconds), record.lifecycle.status.isFinished ? "1" : "0",
-            notify?.encoded() ?? "", messageID, now, record.id.text, position(record.lifecycle.status), position(stored),
+            record.withoutResult.encoded(), String(revision), String(record.revision), String(retention.milliseconds),
+            record.lifecycle.status.isFinished ? "1" : "0", notify?.encoded() ?? "", messageID, now, record.id.text,
+            position(record.lifecycle.status), position(stored), record.result?.encoded() ?? "",
         ]
         client.evaluate(TaskScripts.replace, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
             completion(result.map { $0 == .integer(1) })
@@ -143,7 +152,7 @@ extension RedisStore: TaskStore, WebhookStore {
             next = next.dropFirst(page.count)
             let reads = page.map { client.send(["HGET", taskKey($0.id), "j"], on: eventLoop) }
             for read in reads {
-                guard let record = try Self.record(from: try await read.get()) else { continue }
+                guard let record = try Self.record(from: try await read.get())?.withoutResult else { continue }
                 if (status == nil || record.lifecycle.status == status) && (partner == nil || record.partner == partner) { found.append(record) }
             }
         }
@@ -272,6 +281,18 @@ extension RedisStore: TaskStore, WebhookStore {
         default:
             throw RedisError.protocolViolation("unexpected task reply \(reply)")
         }
+    }
+
+    /// A record and its result from `HMGET j o`; a result kept inside the record (by gateways
+    /// before the result had a field of its own) is kept.
+    static func recordWithResult(from reply: RedisReply) throws -> TaskRecord? {
+        guard case .array(let fields) = reply, fields.count == 2 else { throw RedisError.protocolViolation("unexpected task reply \(reply)") }
+        guard var record = try record(from: fields[0]) else { return nil }
+        if case .string(let bytes) = fields[1] {
+            guard let result = TaskResult(encoded: bytes) else { throw RedisError.protocolViolation("malformed task result") }
+            record.result = result
+        }
+        return record
     }
 
     static func claims(from reply: RedisReply) throws -> [TaskClaim] {

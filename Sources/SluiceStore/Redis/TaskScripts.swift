@@ -2,8 +2,9 @@
 /// shards by id, and every key of a shard carries the shard's hash tag (`PREFIX:{t:N}:…`), so a
 /// task's record and its queue entry live in one slot and each script touches one slot.
 ///
-/// Keys of shard N: `…:task:ID` (hash: `r` revision, `j` the record as JSON, `q` the request
-/// as JSON until the task finishes; expires after the retention), `…:queue` (stream of
+/// Keys of shard N: `…:task:ID` (hash: `r` revision, `j` the record as JSON without its
+/// result, `o` the result as JSON once there is one, `q` the request as JSON until the task
+/// finishes; expires after the retention), `…:queue` (stream of
 /// `task ID` entries read by the consumer group `workers`), `…:index` (sorted set: task id →
 /// accept time ms, for listing; trimmed to the retention), `…:webhook:MSG` (a webhook message as
 /// JSON), `…:webhooks:due` (sorted set: message id → due ms), `…:webhooks:dead` (sorted set:
@@ -33,13 +34,14 @@ enum TaskScripts {
     /// `TaskStatus.allCases` order. ARGV: record, expected revision, new revision, retention ms,
     /// '1' when the task finished (its request is dropped), the webhook message to schedule now
     /// ('' = none), its id, now ms ('' = Redis TIME), the task id, the new and the stored
-    /// status's positions (1-based) among the status sets. Returns 1, or 0 when the stored
-    /// revision differs (or the task is gone).
+    /// status's positions (1-based) among the status sets, the result ('' = none). Returns 1, or
+    /// 0 when the stored revision differs (or the task is gone).
     static let replace = RedisScript(
         """
         \(AdmissionScripts.now(argument: 8))
         if redis.call('HGET', KEYS[1], 'r') ~= ARGV[2] then return 0 end
         redis.call('HSET', KEYS[1], 'r', ARGV[3], 'j', ARGV[1])
+        if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'o', ARGV[12]) end
         if ARGV[5] == '1' then redis.call('HDEL', KEYS[1], 'q') end
         redis.call('PEXPIRE', KEYS[1], ARGV[4])
         if ARGV[6] ~= '' then
