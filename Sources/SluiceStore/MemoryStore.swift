@@ -67,10 +67,3 @@ public final class MemoryStore: AdmissionStore {
         ledgers.withLock(partner) { $0[partner]?.ledger.renew(leases, leaseMilliseconds: leaseDuration.milliseconds, now: now) }
     }
 }
-
-extension Duration {
-    /// Whole milliseconds.
-    var milliseconds: Int64 {
-        components.seconds * 1_000 + components.attoseconds / 1_000_000_000_000_000
-    }
-}

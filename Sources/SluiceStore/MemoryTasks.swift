@@ -29,6 +29,8 @@ final class TaskTable: Sendable {
 
     private struct State {
         var tasks: [TaskID: Stored] = [:]
+        /// Ids whose lost accept was settled as not stored, until when a late accept is refused.
+        var voided: [TaskID: Int64] = [:]
         var messages: [String: Message] = [:]
         /// Entries not taken yet, oldest first: entry id and task.
         var queue: [(entry: String, task: TaskID)] = []
@@ -50,6 +52,7 @@ final class TaskTable: Sendable {
         let now = clock()
         return state.withLock { state in
             if let existing = state.tasks[record.id], existing.expires > now { return false }
+            if let until = state.voided[record.id], until > now { return false }
             state.tasks[record.id] = Stored(record: record, request: request, expires: now + retentionMilliseconds)
             state.queue.append((entry: String(state.nextEntry), task: record.id))
             state.nextEntry += 1
@@ -57,6 +60,23 @@ final class TaskTable: Sendable {
             return true
         }
     }
+
+    func resolveAccept(_ id: TaskID, withdraw: Bool) -> AcceptResolution {
+        let now = clock()
+        return state.withLock { state in
+            guard let stored = state.tasks[id], stored.expires > now else {
+                state.voided[id] = now + TaskTable.voidedMilliseconds
+                return .voided
+            }
+            guard withdraw else { return .stored }
+            guard stored.record.revision == 1 else { return .moved }
+            state.tasks[id] = nil
+            return .withdrawn
+        }
+    }
+
+    /// How long a voided id refuses a late accept: far longer than any accept can be on its way.
+    static let voidedMilliseconds: Int64 = 3_600_000
 
     func task(_ id: TaskID) -> TaskRecord? {
         let now = clock()
@@ -230,6 +250,7 @@ final class TaskTable: Sendable {
         state.writesSinceSweep = 0
         state.tasks = state.tasks.filter { $0.value.expires > now }
         state.messages = state.messages.filter { $0.value.expires > now }
+        state.voided = state.voided.filter { $0.value > now }
     }
 }
 
@@ -239,6 +260,12 @@ extension MemoryStore: TaskStore {
         completion: @escaping (Result<Bool, any Error>) -> Void
     ) {
         completion(.success(tasks.accept(record, request: request, retentionMilliseconds: retention.milliseconds)))
+    }
+
+    public func resolveAccept(
+        _ id: TaskID, withdraw: Bool, on eventLoop: any EventLoop, completion: @escaping (Result<AcceptResolution, any Error>) -> Void
+    ) {
+        completion(.success(tasks.resolveAccept(id, withdraw: withdraw)))
     }
 
     public func task(_ id: TaskID, _ read: TaskRead, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void) {

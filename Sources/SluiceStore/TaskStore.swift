@@ -16,6 +16,18 @@ public struct TaskClaim: Sendable, Hashable {
     }
 }
 
+/// What became of an accept whose answer was lost (`TaskStore.resolveAccept`).
+public enum AcceptResolution: String, Sendable, Equatable {
+    /// It went through: the task is stored.
+    case stored
+    /// It did not, and never will: a late accept of the id is refused.
+    case voided
+    /// It went through and was taken back (asked to withdraw; nothing had touched it).
+    case withdrawn
+    /// It went through and the task has moved on since (started, cancelled): it stays.
+    case moved
+}
+
 /// How much of a task a read returns.
 public enum TaskRead: Sendable {
     /// Status, times, attempts and history: never the result.
@@ -52,6 +64,14 @@ public protocol TaskStore: Sendable {
     func acceptTask(
         _ record: TaskRecord, request: TaskRequest, retention: Duration, on eventLoop: any EventLoop,
         completion: @escaping (Result<Bool, any Error>) -> Void
+    )
+
+    /// Settles an accept whose answer was lost (a timeout or a dropped connection: it may or may
+    /// not have been applied). A task that is not stored is voided: a late accept of the id is
+    /// refused from now on. With `withdraw`, a stored task that nothing has touched yet (still
+    /// queued, at its first revision) is removed again, as if it had never been accepted.
+    func resolveAccept(
+        _ id: TaskID, withdraw: Bool, on eventLoop: any EventLoop, completion: @escaping (Result<AcceptResolution, any Error>) -> Void
     )
 
     /// The task with this id, nil when there is none (or it expired); its result only when
@@ -106,6 +126,11 @@ extension TaskStore {
     /// `task(…, on:, completion:)` on the store's default event loop.
     public func task(_ id: TaskID, _ read: TaskRead = .statusAndResult) async throws -> TaskRecord? {
         try await defaultEventLoop.run { task(id, read, on: $0, completion: $1) }
+    }
+
+    /// `resolveAccept(…, on:, completion:)` on the store's default event loop.
+    public func resolveAccept(_ id: TaskID, withdraw: Bool) async throws -> AcceptResolution {
+        try await defaultEventLoop.run { resolveAccept(id, withdraw: withdraw, on: $0, completion: $1) }
     }
 
     /// `replaceTask(…, on:, completion:)` on the store's default event loop.

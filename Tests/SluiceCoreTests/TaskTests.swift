@@ -140,6 +140,26 @@ struct TaskLifecycleTests {
         #expect(running.version == 3)
     }
 
+    /// Runs that are taken over are lost; after `maxLostRuns` of them the next start fails the
+    /// task with the reason instead of running it again. Runs handed back (shutdown, upstream
+    /// unavailable) are not lost.
+    @Test func givesUpAfterTooManyLostRuns() {
+        var task = TaskLifecycle(acceptedAt: 0, instance: "a", requestID: "r")
+        var starts: [TaskLifecycle.StartAction] = []
+        starts.append(task.start(at: 1, instance: "a", maxLostRuns: 3))
+        let handedBack = task.handBack(at: 2, instance: "a")
+        starts.append(task.start(at: 3, instance: "b", maxLostRuns: 3))
+        starts.append(task.start(at: 4, instance: "c", maxLostRuns: 3))  // b's run is lost (1)
+        starts.append(task.start(at: 5, instance: "d", maxLostRuns: 3))  // c's run is lost (2)
+        #expect(handedBack && task.lostRuns == 2)
+        starts.append(task.start(at: 6, instance: "e", maxLostRuns: 3))  // d's would be the third
+        #expect(starts == [.run, .run, .run, .run, .giveUp])
+        #expect(task.status == .failed && task.attempts == 4)
+        #expect(task.history.last?.note == TaskLifecycle.gaveUpNote(3))
+        let late = task.finish(succeeded: true, at: 7, instance: "d")
+        #expect(!late, "the lost run's late result does not count")
+    }
+
     /// A task handed back at shutdown is queued again and run by another instance; times never go backwards.
     @Test func handsBackAndKeepsTimeMonotonic() {
         var task = TaskLifecycle(acceptedAt: 100, instance: "a", requestID: "r")

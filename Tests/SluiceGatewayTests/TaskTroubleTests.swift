@@ -2,6 +2,9 @@ import AsyncHTTPClient
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
+import SluiceCore
+import SluiceStore
 import TestSupport
 import Testing
 
@@ -83,6 +86,74 @@ struct TaskTroubleTests {
             }
         }
         try await redis.stop()
+    }
+
+    /// Task accepts, the worker's read of a request and its result travel on the store's bulk
+    /// lane with `store.bulk_timeout` (5 s), not the request path's `store.timeout` (50 ms): a
+    /// 10 MiB task is accepted and run, and an accept that meets a Redis stalled for 300 ms is
+    /// still accepted.
+    @Test func bulkStoreWorkHasItsOwnDeadline() async throws {
+        let redis = try await RedisServer.start()
+        try await GatewayHarness.with({ policies in
+            TaskTests.addRoutes(&policies)
+            policies.setPlan("{}")  // no admission calls: only the task's own store work
+            policies.useRedis(redis.url, onFailure: "deny")
+            policies.files["gateway.yaml"] = policies.files["gateway.yaml"]!.replacingOccurrences(of: "max_request_body: 1MiB", with: "max_request_body: 11MiB")
+        }) { gateway in
+            let large = ByteBuffer(repeating: 0x5a, count: 10 << 20)
+            let accepted = try await gateway.partner(.POST, "/v2/price-calculations?ms=1", body: .bytes(large))
+            #expect(accepted.status == 202, "\(accepted.text)")
+            let location = try #require(accepted.header("Location"))
+            #expect(try await gateway.finishedTask(location, timeout: .seconds(30))["status"] as? String == "succeeded")
+
+            redis.pause()
+            let stalled = Task { try await gateway.acceptTask("/v2/price-calculations?ms=1") }
+            try await Task.sleep(for: .milliseconds(300))  // the stall the accept meets
+            redis.resume()
+            let answer = try await stalled.value
+            #expect(answer.status == 202, "\(answer.text)")
+        }
+        try await redis.stop()
+    }
+
+    /// A task whose runs keep being lost (taken over after the lease) fails once
+    /// `tasks.max_attempts` runs were lost, with the reason in its history and its webhook.
+    @Test func taskThatLosesEveryRunFails() async throws {
+        let database = try await TaskDatabase.url()
+        let client = try RedisClient(url: try RedisURL.parse(database).get(), timeout: .seconds(2), group: MultiThreadedEventLoopGroup.singleton)
+        let store = RedisStore(client: client)
+        try await withWebhookReceiver { receiver, receiverPort in
+            // A task that two dead instances ran in turn, the second still holding its queue entry.
+            var record = TaskRecord(
+                id: TaskID.random(), partner: "acme", version: "v2", route: "price",
+                lifecycle: TaskLifecycle(acceptedAt: Int64(Date().timeIntervalSince1970 * 1_000), instance: "gone-1", requestID: "r-1")
+            )
+            let request = TaskRequest(method: "POST", upstream: "main", pathAndQuery: "/price?ms=1", headers: [], body: Data())
+            #expect(try await store.acceptTask(record, request: request, retention: .seconds(3_600)))
+            let claims = try await store.takeTasks(consumer: "gone-2", limit: 1, lease: .seconds(1))
+            #expect(claims.map(\.task) == [record.id])
+            let accepted = record.revision
+            _ = record.lifecycle.start(at: record.lifecycle.updatedAt + 1, instance: "gone-1")
+            _ = record.lifecycle.start(at: record.lifecycle.updatedAt + 1, instance: "gone-2")
+            #expect(try await store.replaceTask(record, from: accepted, retention: .seconds(3_600)))
+
+            try await GatewayHarness.with({ policies in
+                Self.configure(redis: database, receiverPort: receiverPort)(&policies)
+                policies.files["gateway.yaml"] = policies.files["gateway.yaml"]!.replacingOccurrences(
+                    of: "tasks: { workers: 4, lease: 1s }", with: "tasks: { workers: 4, lease: 1s, max_attempts: 2 }"
+                )
+            }) { gateway in
+                let document = try await gateway.finishedTask("/v2/tasks/\(record.id.text)")
+                #expect(document["status"] as? String == "failed")
+                #expect(Self.statuses(document) == ["queued", "running", "running", "failed"])
+                let note = (document["history"] as? [[String: Any]])?.last?["note"] as? String
+                #expect(note == TaskLifecycle.gaveUpNote(2))
+                try await eventually("the failure's webhook is delivered") {
+                    try receiver.deliveries.contains { try $0.id == Self.messageID(of: record.id.text) && $0.json()["type"] as? String == "task.failed" }
+                }
+            }
+        }
+        await client.shutdown()
     }
 
     /// An instance holding running tasks is killed with -9 while a second instance runs: the

@@ -53,8 +53,37 @@ struct RedisClientTests {
         let started = ContinuousClock.now
         await #expect(throws: RedisError.timeout) { try await client.send(["PING"]) }
         #expect(ContinuousClock.now - started < .seconds(3), "a deadline, not a hang")
+        #expect(RedisError.timeout.mayHaveBeenApplied, "a command that timed out may still run")
         await client.shutdown()
         try await silent.close()
+    }
+
+    /// A call that could not be sent says so (nothing of it can have been applied); one whose
+    /// connection broke after it was sent may have been.
+    @Test func failuresSayWhetherTheCommandMayHaveRun() async throws {
+        let refused = try await makeRedisClient(url: "redis://127.0.0.1:\(try freePort())", timeout: .seconds(2))
+        do {
+            _ = try await refused.send(["SET", "k", "v"])
+            Issue.record("expected a failure")
+        } catch let error as RedisError {
+            #expect(!error.mayHaveBeenApplied, "\(error)")
+        }
+        await refused.shutdown()
+
+        let server = try await RedisServer.start()
+        let client = try await makeRedisClient(url: server.url, timeout: .seconds(2))
+        #expect(try await client.send(["PING"]) == .status("PONG"))
+        // The server dies while the command waits for its answer.
+        let pending = Task { try await client.send(["BLPOP", "never-filled", "0"]) }
+        try await Task.sleep(for: .milliseconds(100))
+        try await server.stop()
+        do {
+            _ = try await pending.value
+            Issue.record("expected a failure")
+        } catch let error as RedisError {
+            #expect(error.mayHaveBeenApplied, "\(error)")
+        }
+        await client.shutdown()
     }
 
     /// A refused connection fails at once, and while the client backs off, calls fail without

@@ -89,6 +89,40 @@ struct TaskStoreContractTests {
         }
     }
 
+    /// A lost accept is settled: a stored task is found (or, asked to withdraw, taken back while
+    /// nothing touched it; kept once it has moved on), and an id that was never stored is voided
+    /// so that the accept, should it still arrive, is refused.
+    @Test(arguments: StoreKind.allCases)
+    func lostAcceptsAreSettled(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let (stored, request) = newTask(clock)
+            #expect(try await store.acceptTask(stored, request: request, retention: retention))
+            #expect(try await store.resolveAccept(stored.id, withdraw: false) == .stored)
+            #expect(try await store.task(stored.id) == stored)
+
+            let (never, _) = newTask(clock)
+            #expect(try await store.resolveAccept(never.id, withdraw: false) == .voided)
+            #expect(try await store.acceptTask(never, request: request, retention: retention) == false, "a late accept of a voided id")
+            #expect(try await store.task(never.id) == nil)
+            #expect(try await store.resolveAccept(never.id, withdraw: true) == .voided)
+
+            let (untouched, _) = newTask(clock)
+            #expect(try await store.acceptTask(untouched, request: request, retention: retention))
+            #expect(try await store.resolveAccept(untouched.id, withdraw: true) == .withdrawn)
+            #expect(try await store.task(untouched.id) == nil)
+            #expect(try await store.listTasks(status: nil, partner: "acme", limit: 10).map(\.id) == [stored.id])
+
+            let (started, _) = newTask(clock)
+            #expect(try await store.acceptTask(started, request: request, retention: retention))
+            var running = started
+            _ = running.lifecycle.start(at: clock.now, instance: "gw-b")
+            #expect(try await store.replaceTask(running, from: started.revision, retention: retention))
+            #expect(try await store.resolveAccept(started.id, withdraw: true) == .moved)
+            #expect(try await store.task(started.id) == running)
+        }
+    }
+
     /// Consumers taking at once never get the same task twice, and together get every task.
     @Test(arguments: StoreKind.allCases)
     func concurrentConsumersShareTheQueue(_ kind: StoreKind) async throws {

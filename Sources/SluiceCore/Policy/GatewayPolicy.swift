@@ -39,8 +39,12 @@ public struct GatewayPolicy: Sendable, Equatable {
         public var onRedisFailure: RedisFailureMode = .local
         /// How many gateways share the store; the local fallback divides limits by it.
         public var expectedInstances: Int = 1
-        /// Deadline of every store call (default 50ms), so a dead Redis never stalls a request.
+        /// Deadline of every store call on the request path's fast lane (admission, idempotency;
+        /// default 50ms), so a dead Redis never stalls a request.
         public var timeout: Duration = .milliseconds(50)
+        /// Deadline of bulk store work on its own connections (task accepts with their bodies,
+        /// the worker's read of a request, results, webhook messages; default 5s).
+        public var bulkTimeout: Duration = .seconds(5)
         /// CA certificate (PEM) trusted for a `rediss://` server; nil = the system's roots.
         public var tlsCAPath: String?
         /// Where the store section is (gateway.yaml), for problems found when connecting.
@@ -57,6 +61,9 @@ public struct GatewayPolicy: Sendable, Equatable {
     public struct Tasks: Sendable, Equatable {
         public var workers = 16
         public var lease: Duration = .seconds(30)
+        /// Runs a task may lose (its instance died or stalled past the lease, so the run was taken
+        /// over) before it fails instead of starting again.
+        public var maxAttempts = 5
         public var retention: Duration = .seconds(7 * 86_400)
     }
 
@@ -210,6 +217,13 @@ extension GatewayPolicy {
         if let timeout = map.optional("timeout")?.duration("store.timeout") {
             store.timeout = timeout
         }
+        if let item = map.optional("bulk_timeout"), let timeout = item.duration("store.bulk_timeout") {
+            if timeout < store.timeout {
+                item.report("store.bulk_timeout must be at least store.timeout (\(store.timeout.milliseconds)ms)")
+            } else {
+                store.bulkTimeout = timeout
+            }
+        }
         if let path = map.optional("tls_ca")?.string("store.tls_ca") {
             store.tlsCAPath = resolve(path, against: directory)
         }
@@ -241,6 +255,7 @@ extension GatewayPolicy {
         guard let map = value.mapping("tasks") else { return tasks }
         if let workers = map.optional("workers")?.int("tasks.workers", min: 1, max: 10_000) { tasks.workers = workers }
         if let lease = map.optional("lease")?.duration("tasks.lease") { tasks.lease = lease }
+        if let attempts = map.optional("max_attempts")?.int("tasks.max_attempts", min: 1, max: 100) { tasks.maxAttempts = attempts }
         if let retention = map.optional("retention")?.duration("tasks.retention") { tasks.retention = retention }
         map.finish()
         return tasks

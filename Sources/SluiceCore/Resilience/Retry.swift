@@ -12,7 +12,7 @@ public enum RetryRules {
         retry number: Int, min: Duration, max: Duration, using random: inout some RandomNumberGenerator
     ) -> Duration {
         let cap = Swift.min(max, min * (1 << Swift.min(number - 1, 20)))
-        let nanoseconds = cap.components.seconds * 1_000_000_000 + cap.components.attoseconds / 1_000_000_000
+        let nanoseconds = cap.nanoseconds
         guard nanoseconds > 0 else { return .zero }
         return .nanoseconds(Int64.random(in: 0...nanoseconds, using: &random))
     }

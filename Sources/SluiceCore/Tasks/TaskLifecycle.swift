@@ -59,14 +59,29 @@ public struct TaskLifecycle: Sendable, Equatable, Codable {
         case run
         /// Nothing: the task was cancelled or finished meanwhile (acknowledge the queue entry).
         case skip
+        /// Record the failure (the task is now `failed`: too many runs were lost) and send its webhook.
+        case giveUp
+    }
+
+    /// Runs that ended without a result because another worker took them over (their
+    /// instance died, or stalled past the lease): each is a `running` entry followed by another.
+    public var lostRuns: Int {
+        zip(history, history.dropFirst()).filter { $0.status == .running && $1.status == .running }.count
     }
 
     /// A worker of `instance` starts a run: from `queued`, or from `running` when the previous
-    /// runner's lease expired (a takeover).
-    public mutating func start(at now: Int64, instance: String) -> StartAction {
+    /// runner's lease expired (a takeover). Once `maxLostRuns` runs were lost that way, the task
+    /// fails instead of running again (a task that kills or stalls every worker that runs it
+    /// must not be taken over forever).
+    public mutating func start(at now: Int64, instance: String, maxLostRuns: Int = .max) -> StartAction {
         switch status {
         case .queued:
             append(.running, at: now, instance: instance, note: nil)
+        case .running where lostRuns + 1 >= maxLostRuns:
+            let lost = lostRuns + 1
+            append(.failed, at: now, instance: instance, note: Self.gaveUpNote(lost))
+            runner = nil
+            return .giveUp
         case .running:
             append(.running, at: now, instance: instance, note: "taken over from \(runner ?? "an unknown instance")")
         case .succeeded, .failed, .cancelled:
@@ -75,6 +90,11 @@ public struct TaskLifecycle: Sendable, Equatable, Codable {
         attempts += 1
         runner = instance
         return .run
+    }
+
+    /// Why a task that lost too many runs failed.
+    public static func gaveUpNote(_ lost: Int) -> String {
+        "gave up after \(lost) runs ended without a result (each was taken over after tasks.lease: its instance died or stalled)"
     }
 
     /// The run of `instance` ended; false (nothing changes) when that run no longer counts.

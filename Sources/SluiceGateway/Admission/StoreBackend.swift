@@ -46,6 +46,7 @@ final class StoreBackend: Sendable {
     struct Settings: Equatable {
         var redis: RedisURL?
         var timeout: Duration
+        var bulkTimeout: Duration
         var tlsCAPath: String?
     }
 
@@ -54,7 +55,9 @@ final class StoreBackend: Sendable {
     let store: any SharedStore
     /// The store when it is the embedded one: it decides synchronously.
     let embedded: MemoryStore?
+    /// The Redis clients: the request path's fast lane and the bulk lane (`RedisStore.bulk`).
     let redis: RedisClient?
+    let bulkRedis: RedisClient?
     /// Per-instance limits while the shared store is unreachable.
     let local: MemoryStore
     let breaker = StoreBreaker()
@@ -71,11 +74,16 @@ final class StoreBackend: Sendable {
             let client = try RedisStore.makeClient(
                 url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group, onCommand: { calls.increment() }
             )
+            let bulk = try RedisStore.makeClient(
+                url: url, tlsCA: settings.tlsCAPath, timeout: settings.bulkTimeout, group: group, onCommand: { calls.increment() }
+            )
             redis = client
-            store = RedisStore(client: client)
+            bulkRedis = bulk
+            store = RedisStore(client: client, bulk: bulk)
             embedded = nil
         } else {
             redis = nil
+            bulkRedis = nil
             let memory = MemoryStore(clock: clock)
             store = memory
             embedded = memory
@@ -86,6 +94,18 @@ final class StoreBackend: Sendable {
     func isReachable() async -> Bool {
         guard let redis else { return true }
         return (try? await redis.send(["PING"])) == .status("PONG")
+    }
+
+    /// Opens the Redis connections now (instead of on first use).
+    func connect() async {
+        await redis?.connect()
+        await bulkRedis?.connect()
+    }
+
+    /// Closes the Redis connections.
+    func shutdown() async {
+        await redis?.shutdown()
+        await bulkRedis?.shutdown()
     }
 
     /// Extends every lease still held, in both stores.
@@ -119,7 +139,7 @@ final class StoreRegistry: Service, Sendable {
 
     func backend(for policy: PolicySet) throws(PolicyErrors) -> StoreBackend {
         let store = policy.gateway.store
-        let settings = StoreBackend.Settings(redis: store.redis, timeout: store.timeout, tlsCAPath: store.tlsCAPath)
+        let settings = StoreBackend.Settings(redis: store.redis, timeout: store.timeout, bulkTimeout: store.bulkTimeout, tlsCAPath: store.tlsCAPath)
         if let existing = current.withLock({ $0 }), existing.settings == settings { return existing }
         let backend: StoreBackend
         do {
@@ -137,7 +157,7 @@ final class StoreRegistry: Service, Sendable {
     /// Connects to Redis at once; then every 20 ms applies queued releases and every third of a
     /// lease renews held leases.
     func run() async throws {
-        await current.withLock({ $0 })?.redis?.connect()
+        await current.withLock({ $0 })?.connect()
         var lastRenewal = ContinuousClock.now
         var trouble = FailureStreak("concurrency leases", logger: logger, metrics: metrics)
         while await pauseUnlessShuttingDown(for: .milliseconds(20)) {
@@ -151,15 +171,15 @@ final class StoreRegistry: Service, Sendable {
                 defer { state = [] }
                 return state
             }
-            if !replaced.isEmpty { await backend.redis?.connect() }
+            if !replaced.isEmpty { await backend.connect() }
             for old in replaced {
                 await trouble.attempt("release concurrency leases") { try await old.store.flushReleases() }
-                await old.redis?.shutdown()
+                await old.shutdown()
             }
         }
         if let backend = current.withLock({ $0 }) {
             await trouble.attempt("release concurrency leases") { try await backend.store.flushReleases() }
-            await backend.redis?.shutdown()
+            await backend.shutdown()
         }
     }
 }

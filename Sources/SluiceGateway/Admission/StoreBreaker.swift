@@ -52,7 +52,7 @@ final class StoreBreaker: Sendable {
 
     private static func nanoseconds(_ instant: ContinuousClock.Instant) -> UInt64 {
         let elapsed = instant - Self.origin
-        return UInt64(max(1, elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000))
+        return UInt64(max(1, elapsed.nanoseconds))
     }
 
     private static let origin = ContinuousClock.now - .seconds(1)

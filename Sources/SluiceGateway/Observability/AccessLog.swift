@@ -78,7 +78,7 @@ final class AccessLog: Sendable {
         line += String(record.bytesOut)
         if record.clientGone { line += ",\"client_gone\":true" }
         line += ",\"duration_ms\":"
-        line += String(duration.milliseconds)
+        line += String(duration.fractionalMilliseconds)
         if let error = record.upstreamError { field("error", error, into: &line) }
         if let idempotency = record.idempotency { field("idempotency", idempotency.rawValue, into: &line) }
         field("method", record.method, into: &line)
@@ -96,7 +96,7 @@ final class AccessLog: Sendable {
         if let upstream = record.upstream { field("upstream", upstream, into: &line) }
         if let upstreamDuration = record.upstreamDuration {
             line += ",\"upstream_ms\":"
-            line += String(upstreamDuration.milliseconds)
+            line += String(upstreamDuration.fractionalMilliseconds)
         }
         if let version = record.version { field("version", version, into: &line) }
         line += "}\n"
@@ -122,7 +122,7 @@ final class AccessLog: Sendable {
             "method": .string(record.method),
             "path": .string(SensitiveDataMask.maskPath(record.path)),
             "status": .stringConvertible(status),
-            "duration_ms": .stringConvertible(duration.milliseconds),
+            "duration_ms": .stringConvertible(duration.fractionalMilliseconds),
             "bytes_in": .stringConvertible(record.bytesIn),
             "bytes_out": .stringConvertible(record.bytesOut),
         ]
@@ -130,25 +130,11 @@ final class AccessLog: Sendable {
         if let version = record.version { metadata["version"] = .string(version) }
         if let route = record.route { metadata["route"] = .string(route) }
         if let upstream = record.upstream { metadata["upstream"] = .string(upstream) }
-        if let upstreamDuration = record.upstreamDuration { metadata["upstream_ms"] = .stringConvertible(upstreamDuration.milliseconds) }
+        if let upstreamDuration = record.upstreamDuration { metadata["upstream_ms"] = .stringConvertible(upstreamDuration.fractionalMilliseconds) }
         if let problem = record.problem { metadata["problem"] = .string(problem) }
         if let error = record.upstreamError { metadata["error"] = .string(error) }
         if record.clientGone { metadata["client_gone"] = .stringConvertible(true) }
         if let idempotency = record.idempotency { metadata["idempotency"] = .string(idempotency.rawValue) }
         return metadata
-    }
-}
-
-extension Duration {
-    /// Milliseconds with microsecond precision, for logs.
-    var milliseconds: Double {
-        Double(components.seconds) * 1_000 + Double(components.attoseconds / 1_000_000_000_000) / 1_000
-    }
-}
-
-extension Duration {
-    /// Whole microseconds, for usage latency buckets.
-    var microseconds: Int64 {
-        components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000
     }
 }

@@ -534,33 +534,31 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.collected = nil
         let taskRequest = TaskRequest(
             method: request.head.method.rawValue, upstream: plan.route.upstream.name, pathAndQuery: plan.target, headers: headers, body: body,
-            timeoutMilliseconds: plan.route.requestTimeout.components.seconds * 1_000 + plan.route.requestTimeout.components.attoseconds / 1_000_000_000_000_000
+            timeoutMilliseconds: plan.route.requestTimeout.milliseconds
         )
         let record = TaskRecord(
             id: id, partner: plan.partner.id, version: plan.version.version.name, route: plan.route.id,
             lifecycle: TaskLifecycle(acceptedAt: tasks.clock(), instance: tasks.instance, requestID: request.record.requestID),
             traceparent: forwarding.traceparent
         )
-        tasks.accept(record, request: taskRequest, on: eventLoop) { [self] result in
+        tasks.accept(record, request: taskRequest, on: eventLoop, answered: { [self] outcome in
             guard self.request === request, !request.finished else { return }
-            switch result {
-            case .success:
+            switch outcome {
+            case .accepted:
                 request.record.taskAccepted = true
                 var extra = [
                     ("Location", TaskDocument.statusPath(record)), ("Retry-After", String(TaskControl.pollHint(routeTimeout: plan.route.requestTimeout))),
                 ]
                 if async == .requested { extra.append(("Preference-Applied", "respond-async")) }
                 respondDocument(request, status: .accepted, TaskDocument.accepted(record), extra)
-            case .failure(let error):
-                runtime.logger.warning(
-                    "could not store a task", metadata: ["request_id": .string(request.record.requestID), "error": .string("\(error)")]
-                )
+            case .unavailable:
+                runtime.logger.warning("could not store a task", metadata: ["request_id": .string(request.record.requestID)])
                 answer(
                     request, Problem(.upstreamUnavailable, detail: "The gateway cannot accept tasks right now; try again shortly."),
                     [("Retry-After", "1")]
                 )
             }
-        }
+        }, settled: { _ in })
     }
 
     /// `GET` (status) and `DELETE` (cancel) of `/{version}/tasks/{id}`: the owner's task, else 404.

@@ -38,7 +38,8 @@ struct SnapshotFactory: Sendable {
             store: backend.store, retention: policy.gateway.idempotency.retention, metrics: metrics, logger: logger
         )
         let tasks = TaskControl(
-            store: backend.store, retention: policy.gateway.tasks.retention, instance: instance, wakeWorkers: wakeWorkers, clock: clock
+            store: backend.store, retention: policy.gateway.tasks.retention, instance: instance, wakeWorkers: wakeWorkers, clock: clock,
+            logger: logger
         )
         return GatewaySnapshot(
             rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: try pool.runtimes(for: policy), admission: admission,

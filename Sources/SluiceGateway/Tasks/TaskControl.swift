@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 import SluiceCore
 import SluiceStore
@@ -16,6 +17,7 @@ struct TaskControl: Sendable {
     /// Wakes this instance's workers (a task was just accepted here).
     let wakeWorkers: @Sendable () -> Void
     let clock: EpochClock
+    let logger: Logger
 
     /// What a status read or a cancel found.
     enum Lookup {
@@ -30,17 +32,92 @@ struct TaskControl: Sendable {
         case notFound
     }
 
-    /// Stores the task and its request and enqueues it.
-    func accept(_ record: TaskRecord, request: TaskRequest, on eventLoop: any EventLoop, completion: @escaping (Result<Void, any Error>) -> Void) {
+    /// What the partner is told about an accept.
+    enum AcceptAnswer: Equatable {
+        /// The task is stored: 202.
+        case accepted
+        /// It is not stored, or it is not known yet whether it is: 503.
+        case unavailable
+    }
+
+    /// Whether the task exists for good (`true`: it runs; `false`: it never will); nil when the
+    /// store could not say within `resolutionWindow` (a claim on it is then left to its lease).
+    typealias Settlement = Bool?
+
+    /// How long a lost accept's fate is asked about before the gateway gives up.
+    static let resolutionWindow: Duration = .seconds(600)
+
+    /// Stores the task and its request and enqueues it (one store step on the bulk lane).
+    /// `answered` is called once, as soon as the partner can be told; `settled` once, when it is
+    /// known for good whether the task exists — at once, usually. When the accept's answer was
+    /// lost (a timeout, a dropped connection: it may have been applied), the store is asked what
+    /// became of it before the partner is answered: a stored task is accepted after all. If the
+    /// store cannot say, the partner gets 503 and the gateway keeps asking, this time taking back
+    /// a stored task nothing has touched (so the 503 stays true), until the store answers.
+    func accept(
+        _ record: TaskRecord, request: TaskRequest, on eventLoop: any EventLoop, answered: @escaping (AcceptAnswer) -> Void,
+        settled: @escaping (Settlement) -> Void
+    ) {
         store.acceptTask(record, request: request, retention: retention, on: eventLoop) { result in
             switch result {
             case .success(true):
                 wakeWorkers()
-                completion(.success(()))
+                answered(.accepted)
+                settled(true)
             case .success(false):
-                completion(.failure(TaskControlError.duplicateID))
-            case .failure(let error):
-                completion(.failure(error))
+                // The id was taken (practically never) or voided: nothing was stored.
+                answered(.unavailable)
+                settled(false)
+            case .failure(let error as RedisError) where error.mayHaveBeenApplied:
+                resolve(record.id, on: eventLoop, answered: answered, settled: settled)
+            case .failure:
+                answered(.unavailable)
+                settled(false)
+            }
+        }
+    }
+
+    /// Asks once what became of a lost accept, while the partner waits for its answer.
+    private func resolve(
+        _ id: TaskID, on eventLoop: any EventLoop, answered: @escaping (AcceptAnswer) -> Void, settled: @escaping (Settlement) -> Void
+    ) {
+        store.resolveAccept(id, withdraw: false, on: eventLoop) { result in
+            switch result {
+            case .success(.stored), .success(.moved):
+                wakeWorkers()
+                answered(.accepted)
+                settled(true)
+            case .success(.voided), .success(.withdrawn):
+                answered(.unavailable)
+                settled(false)
+            case .failure:
+                answered(.unavailable)
+                withdraw(id, on: eventLoop, wait: .milliseconds(100), until: .now() + TimeAmount(Self.resolutionWindow), settled: settled)
+            }
+        }
+    }
+
+    /// After a 503 whose accept may have gone through: asks, with backoff, until the store
+    /// answers, taking back a task nothing has touched. A task already started stays (and runs).
+    private func withdraw(_ id: TaskID, on eventLoop: any EventLoop, wait: Duration, until deadline: NIODeadline, settled: @escaping (Settlement) -> Void) {
+        guard NIODeadline.now() < deadline else {
+            logger.error("gave up asking whether a task whose accept timed out was stored", metadata: ["task": .string(id.text)])
+            return settled(nil)
+        }
+        eventLoop.scheduleTask(in: TimeAmount(wait)) {
+            store.resolveAccept(id, withdraw: true, on: eventLoop) { result in
+                switch result {
+                case .success(.voided), .success(.withdrawn):
+                    settled(false)
+                case .success(.stored), .success(.moved):
+                    logger.warning(
+                        "a task whose accept timed out was stored and has started; it runs although the partner was answered 503",
+                        metadata: ["task": .string(id.text)]
+                    )
+                    settled(true)
+                case .failure:
+                    withdraw(id, on: eventLoop, wait: min(wait * 2, .seconds(5)), until: deadline, settled: settled)
+                }
             }
         }
     }
@@ -111,8 +188,6 @@ struct TaskControl: Sendable {
 }
 
 enum TaskControlError: Error {
-    /// A random task id collided with a stored one (practically never).
-    case duplicateID
     /// The task kept changing under a cancel.
     case contended
 }

@@ -121,7 +121,14 @@ final class TaskWorkers: Service, Sendable {
         do {
             guard let found = try await store.task(claim.task, .status) else { return try await store.completeEntry(claim) }
             var started = found
-            guard case .run = started.lifecycle.start(at: clock(), instance: instance) else { return try await store.completeEntry(claim) }
+            switch started.lifecycle.start(at: clock(), instance: instance, maxLostRuns: snapshot.policy.gateway.tasks.maxAttempts) {
+            case .run:
+                break
+            case .skip:
+                return try await store.completeEntry(claim)
+            case .giveUp:
+                return try await recordGivingUp(started, from: found.revision, claim: claim, store: store)
+            }
             guard try await store.replaceTask(started, from: found.revision, retention: retention) else {
                 return  // moved meanwhile (a cancel, another worker): that change decides
             }
@@ -192,6 +199,18 @@ final class TaskWorkers: Service, Sendable {
             try await store.completeEntry(claim)
             runtime.logger.info("task \(finished.lifecycle.status.rawValue)", metadata: Self.metadata(finished))
         }
+    }
+
+    /// A task that lost `tasks.max_attempts` runs: recorded `failed` with the reason (and its
+    /// webhook event), and removed from the queue.
+    private func recordGivingUp(_ failed: TaskRecord, from revision: Int, claim: TaskClaim, store: any SharedStore) async throws {
+        let snapshot = runtime.snapshots.load()
+        var failed = failed
+        failed.failure = failed.lifecycle.history.last?.note
+        let notify = snapshot.rules.partners[failed.partner]?.policy.webhook != nil ? WebhookMessage(finished: failed, at: failed.lifecycle.updatedAt) : nil
+        guard try await store.replaceTask(failed, from: revision, retention: snapshot.policy.gateway.tasks.retention, notify: notify) else { return }
+        try await store.completeEntry(claim)
+        runtime.logger.warning("task failed: too many runs lost", metadata: Self.metadata(failed).merging(["error": .string(failed.failure ?? "")]) { $1 })
     }
 
     /// A run cut short here (shutdown, lost lease): queued again for another worker, unless another one already owns it.

@@ -220,7 +220,7 @@ final class UpstreamCall: UpstreamConnectionUser {
     private func beginTry() {
         switch runtime.permission() {
         case .refused(let wait):
-            return finish(with: .unavailable(retryAfter: UpstreamCall.wholeSeconds(wait)))
+            return finish(with: .unavailable(retryAfter: wait.wholeSecondsRoundedUp))
         case .allowed(let allowed):
             ticket = allowed
         }
@@ -503,7 +503,4 @@ final class UpstreamCall: UpstreamConnectionUser {
         return false
     }
 
-    static func wholeSeconds(_ duration: Duration) -> Int {
-        max(1, Int((Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18).rounded(.up)))
-    }
 }

@@ -164,7 +164,7 @@ public final class RedisClient: Sendable {
         }
         // Wait for the connection at most until the call's deadline.
         let promise = eventLoop.makePromise(of: RedisConnection.self)
-        let timer = eventLoop.scheduleTask(deadline: deadline) { promise.fail(RedisError.timeout) }
+        let timer = eventLoop.scheduleTask(deadline: deadline) { promise.fail(RedisError.unavailable("no connection within the deadline")) }
         opening.whenComplete { result in
             timer.cancel()
             switch result {

@@ -4,10 +4,13 @@ import NIOSSL
 
 /// Why a Redis call failed.
 public enum RedisError: Error, Equatable, CustomStringConvertible {
-    /// No reply within the call's deadline.
+    /// No reply within the call's deadline (the command may have been applied).
     case timeout
-    /// The connection closed, or could not be opened (the text says why).
+    /// Nothing was sent: no connection could be opened, or the client is backing off or shut
+    /// down (the text says why).
     case unavailable(String)
+    /// The connection broke while the command was on its way or being answered (it may have been applied).
+    case connectionLost(String)
     /// Redis answered with an error reply.
     case server(String)
     /// The bytes from Redis were not RESP.
@@ -17,8 +20,19 @@ public enum RedisError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .timeout: "Redis did not answer in time"
         case .unavailable(let reason): "Redis is unavailable: \(reason)"
+        case .connectionLost(let reason): "the Redis connection was lost: \(reason)"
         case .server(let message): "Redis error: \(message)"
         case .protocolViolation(let message): "Redis protocol error: \(message)"
+        }
+    }
+
+    /// Whether the command may have been applied although the call failed (a timeout, a lost
+    /// connection, an unreadable reply): a write that must not happen twice is settled before
+    /// it is retried. Nothing sent, or an error reply, applied nothing.
+    public var mayHaveBeenApplied: Bool {
+        switch self {
+        case .timeout, .connectionLost, .protocolViolation: true
+        case .unavailable, .server: false
         }
     }
 }
@@ -51,7 +65,8 @@ final class RedisCommandHandler: ChannelInboundHandler {
     /// Queues a command; the tick's commands go out in one write at its end.
     func write(_ arguments: [String], deadline: NIODeadline, promise: EventLoopPromise<RedisReply>) {
         guard let context, failure == nil, context.channel.isActive else {
-            promise.fail(failure ?? .unavailable("connection closed"))
+            // Not sent: nothing of it can have been applied, whatever ended the connection.
+            promise.fail(RedisError.unavailable(failure.map { "connection closed (\($0))" } ?? "connection closed"))
             return
         }
         waiting.append(Waiting(promise: promise, deadline: deadline))
@@ -89,12 +104,12 @@ final class RedisCommandHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        failAll(.unavailable("connection closed"), context: context)
+        failAll(.connectionLost("connection closed"), context: context)
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        failAll(.unavailable("\(error)"), context: context)
+        failAll(.connectionLost("\(error)"), context: context)
     }
 
     private func armDeadlineTimer(_ context: ChannelHandlerContext) {

@@ -58,7 +58,12 @@ public final class RedisStore: AdmissionStore {
     /// first travels; Redis runs them one after the other, so decisions stay atomic and in order.
     static let callsPerPartner = 2
 
+    /// The fast lane: admission, idempotency, usage (small commands, a short deadline).
     let client: RedisClient
+    /// The bulk lane, on connections of its own with a longer deadline: tasks and their bodies,
+    /// results and webhook messages (up to megabytes), so a large write never sits in front of
+    /// a partner's admission nor has a 50 ms deadline.
+    let bulk: RedisClient
     let keyPrefix: String
     let clock: EpochClock?
     let loops: [ObjectIdentifier: LoopState]
@@ -77,10 +82,13 @@ public final class RedisStore: AdmissionStore {
     }
 
     /// - Parameters:
+    ///   - bulk: The client for task and webhook work (default: `client`); the gateway gives it
+    ///     connections and a deadline of their own (`store.bulk_timeout`).
     ///   - keyPrefix: Start of every key (`PREFIX:{p:PARTNER}:state` and `…:leases`).
     ///   - clock: nil (the default) uses Redis `TIME`; tests inject a manual clock.
-    public init(client: RedisClient, keyPrefix: String = "sluice", clock: EpochClock? = nil) {
+    public init(client: RedisClient, bulk: RedisClient? = nil, keyPrefix: String = "sluice", clock: EpochClock? = nil) {
         self.client = client
+        self.bulk = bulk ?? client
         self.keyPrefix = keyPrefix
         self.clock = clock
         loops = client.eventLoops.reduce(into: [:]) { $0[ObjectIdentifier($1)] = LoopState() }

@@ -34,20 +34,39 @@ extension RedisStore: TaskStore, WebhookStore {
         let arguments = [
             record.encoded(), request.encoded(), String(retention.milliseconds), record.id.text, String(record.revision), clock.map { String($0()) } ?? "",
         ]
-        client.evaluate(TaskScripts.accept, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+        bulk.evaluate(TaskScripts.accept, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
             completion(result.map { $0 == .integer(1) })
         }
     }
 
+    public func resolveAccept(
+        _ id: TaskID, withdraw: Bool, on eventLoop: any EventLoop, completion: @escaping (Result<AcceptResolution, any Error>) -> Void
+    ) {
+        let shard = id.shard(of: Self.taskShards)
+        let keys = [taskKey(id), indexKey(shard), statusKeys(shard)[0]]
+        let arguments = [id.text, withdraw ? "1" : "0", String(Self.voidMilliseconds)]
+        bulk.evaluate(TaskScripts.resolveAccept, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+            completion(result.flatMap { reply in
+                guard case .string(let bytes) = reply, let resolution = AcceptResolution(rawValue: String(decoding: bytes, as: UTF8.self)) else {
+                    return .failure(RedisError.protocolViolation("unexpected resolve reply \(reply)"))
+                }
+                return .success(resolution)
+            })
+        }
+    }
+
+    /// How long a void refuses a late accept: far longer than any accept can be on its way.
+    static let voidMilliseconds: Int64 = 3_600_000
+
     public func task(_ id: TaskID, _ read: TaskRead, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void) {
         switch read {
         case .status:
-            client.send(["HGET", taskKey(id), "j"], on: eventLoop).whenComplete { result in
+            bulk.send(["HGET", taskKey(id), "j"], on: eventLoop).whenComplete { result in
                 completion(result.flatMap { reply in Result { try Self.record(from: reply)?.withoutResult } })
             }
         case .statusAndResult:
             // `o` exists once the task finished: an unfinished task's read moves no result.
-            client.send(["HMGET", taskKey(id), "j", "o"], on: eventLoop).whenComplete { result in
+            bulk.send(["HMGET", taskKey(id), "j", "o"], on: eventLoop).whenComplete { result in
                 completion(result.flatMap { reply in Result { try Self.recordWithResult(from: reply) } })
             }
         }
@@ -69,13 +88,13 @@ extension RedisStore: TaskStore, WebhookStore {
             record.lifecycle.status.isFinished ? "1" : "0", notify?.encoded() ?? "", messageID, now, record.id.text,
             position(record.lifecycle.status), position(stored), record.result?.encoded() ?? "",
         ]
-        client.evaluate(TaskScripts.replace, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+        bulk.evaluate(TaskScripts.replace, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
             completion(result.map { $0 == .integer(1) })
         }
     }
 
     public func taskRequest(_ id: TaskID) async throws -> TaskRequest? {
-        switch try await client.send(["HGET", taskKey(id), "q"]) {
+        switch try await bulk.send(["HGET", taskKey(id), "q"]) {
         case .null:
             return nil
         case .string(let bytes):
@@ -94,7 +113,7 @@ extension RedisStore: TaskStore, WebhookStore {
         var claims: [TaskClaim] = []
         for offset in 0..<Self.taskShards where claims.count < limit {
             let shard = (first + offset) % Self.taskShards
-            let reply = try await client.evaluate(
+            let reply = try await bulk.evaluate(
                 TaskScripts.take, keys: [queueKey(shard)],
                 arguments: [Self.taskGroup, consumer, String(limit - claims.count), String(lease.milliseconds)], on: defaultEventLoop
             ).get()
@@ -107,7 +126,7 @@ extension RedisStore: TaskStore, WebhookStore {
         let byShard = Dictionary(grouping: claims) { $0.task.shard(of: Self.taskShards) }
         var held: [TaskClaim] = []
         for (shard, claims) in byShard {
-            let reply = try await client.evaluate(
+            let reply = try await bulk.evaluate(
                 TaskScripts.renew, keys: [queueKey(shard)], arguments: [Self.taskGroup, consumer] + claims.map(\.entry), on: defaultEventLoop
             ).get()
             guard case .array(let ids) = reply else { throw RedisError.protocolViolation("unexpected renew reply \(reply)") }
@@ -119,12 +138,12 @@ extension RedisStore: TaskStore, WebhookStore {
 
     public func completeEntry(_ claim: TaskClaim) async throws {
         let queue = queueKey(claim.task.shard(of: Self.taskShards))
-        _ = try await client.evaluate(TaskScripts.complete, keys: [queue], arguments: [Self.taskGroup, claim.entry], on: defaultEventLoop).get()
+        _ = try await bulk.evaluate(TaskScripts.complete, keys: [queue], arguments: [Self.taskGroup, claim.entry], on: defaultEventLoop).get()
     }
 
     public func requeue(_ claim: TaskClaim, consumer: String) async throws {
         let queue = queueKey(claim.task.shard(of: Self.taskShards))
-        _ = try await client.evaluate(
+        _ = try await bulk.evaluate(
             TaskScripts.requeue, keys: [queue], arguments: [Self.taskGroup, consumer, claim.entry, claim.task.text], on: defaultEventLoop
         ).get()
     }
@@ -132,7 +151,7 @@ extension RedisStore: TaskStore, WebhookStore {
     public func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord] {
         let eventLoop = defaultEventLoop
         let scans = (0..<Self.taskShards).map { shard in
-            client.send(["ZREVRANGE", indexKey(shard), "0", String(Self.listScanPerShard - 1), "WITHSCORES"], on: eventLoop)
+            bulk.send(["ZREVRANGE", indexKey(shard), "0", String(Self.listScanPerShard - 1), "WITHSCORES"], on: eventLoop)
         }
         var candidates: [(at: Double, id: TaskID)] = []
         for scan in scans {
@@ -150,7 +169,7 @@ extension RedisStore: TaskStore, WebhookStore {
         while found.count < limit, !next.isEmpty {
             let page = next.prefix(100)
             next = next.dropFirst(page.count)
-            let reads = page.map { client.send(["HGET", taskKey($0.id), "j"], on: eventLoop) }
+            let reads = page.map { bulk.send(["HGET", taskKey($0.id), "j"], on: eventLoop) }
             for read in reads {
                 guard let record = try Self.record(from: try await read.get())?.withoutResult else { continue }
                 if (status == nil || record.lifecycle.status == status) && (partner == nil || record.partner == partner) { found.append(record) }
@@ -164,18 +183,18 @@ extension RedisStore: TaskStore, WebhookStore {
     public func takeDueWebhooks(limit: Int, lease: Duration) async throws -> [WebhookMessage] {
         var messages: [WebhookMessage] = []
         for shard in 0..<Self.taskShards where messages.count < limit {
-            let reply = try await client.evaluate(
+            let reply = try await bulk.evaluate(
                 TaskScripts.takeDue, keys: [dueKey(shard)], arguments: [String(limit - messages.count), String(lease.milliseconds), now], on: defaultEventLoop
             ).get()
             for id in Self.strings(reply) {
                 guard let key = messageKey(id) else { continue }
-                switch try await client.send(["GET", key]) {
+                switch try await bulk.send(["GET", key]) {
                 case .string(let bytes):
                     guard let message = WebhookMessage(encoded: bytes) else { throw RedisError.protocolViolation("malformed webhook message \(id)") }
                     messages.append(message)
                 default:
                     // Expired with its task: nothing left to send.
-                    _ = try await client.send(["ZREM", dueKey(shard), id])
+                    _ = try await bulk.send(["ZREM", dueKey(shard), id])
                 }
             }
         }
@@ -188,8 +207,8 @@ extension RedisStore: TaskStore, WebhookStore {
 
     public func webhookDelivered(_ message: WebhookMessage) async throws {
         guard let key = messageKey(message.id) else { return }
-        _ = try await client.send(["DEL", key])
-        _ = try await client.send(["ZREM", dueKey(message.task.shard(of: Self.taskShards)), message.id])
+        _ = try await bulk.send(["DEL", key])
+        _ = try await bulk.send(["ZREM", dueKey(message.task.shard(of: Self.taskShards)), message.id])
     }
 
     public func buryWebhook(_ message: WebhookMessage, retention: Duration) async throws {
@@ -201,7 +220,7 @@ extension RedisStore: TaskStore, WebhookStore {
     private func schedule(_ message: WebhookMessage, delay: String, retention: Duration) async throws {
         guard let key = messageKey(message.id) else { throw RedisError.protocolViolation("not a webhook message id: \(message.id)") }
         let shard = message.task.shard(of: Self.taskShards)
-        _ = try await client.evaluate(
+        _ = try await bulk.evaluate(
             TaskScripts.schedule, keys: [key, dueKey(shard), deadKey(shard)],
             arguments: [message.encoded(), delay, String(retention.milliseconds), message.id, now], on: defaultEventLoop
         ).get()
@@ -210,8 +229,8 @@ extension RedisStore: TaskStore, WebhookStore {
     public func deadWebhooks(partner: String?, limit: Int) async throws -> [WebhookMessage] {
         var dead: [WebhookMessage] = []
         for shard in 0..<Self.taskShards {
-            for id in Self.strings(try await client.send(["ZREVRANGE", deadKey(shard), "0", String(Self.listScanPerShard - 1)])) {
-                guard let key = messageKey(id), case .string(let bytes) = try await client.send(["GET", key]),
+            for id in Self.strings(try await bulk.send(["ZREVRANGE", deadKey(shard), "0", String(Self.listScanPerShard - 1)])) {
+                guard let key = messageKey(id), case .string(let bytes) = try await bulk.send(["GET", key]),
                     let message = WebhookMessage(encoded: bytes)
                 else { continue }
                 if partner == nil || message.partner == partner { dead.append(message) }
@@ -221,13 +240,13 @@ extension RedisStore: TaskStore, WebhookStore {
     }
 
     public func redriveWebhook(id: String, retention: Duration) async throws -> Bool {
-        guard let key = messageKey(id), case .string(let bytes) = try await client.send(["GET", key]), var message = WebhookMessage(encoded: bytes)
+        guard let key = messageKey(id), case .string(let bytes) = try await bulk.send(["GET", key]), var message = WebhookMessage(encoded: bytes)
         else { return false }
         message.attempts = 0
         message.lastError = nil
         message.deadAt = nil
         let shard = message.task.shard(of: Self.taskShards)
-        let reply = try await client.evaluate(
+        let reply = try await bulk.evaluate(
             TaskScripts.redrive, keys: [key, dueKey(shard), deadKey(shard)], arguments: [message.encoded(), String(retention.milliseconds), id, now],
             on: defaultEventLoop
         ).get()
@@ -237,7 +256,7 @@ extension RedisStore: TaskStore, WebhookStore {
     public func deadWebhookCount(retention: Duration) async throws -> Int {
         var count = 0
         for shard in 0..<Self.taskShards {
-            let reply = try await client.evaluate(
+            let reply = try await bulk.evaluate(
                 TaskScripts.countDead, keys: [deadKey(shard)], arguments: [String(retention.milliseconds), now], on: defaultEventLoop
             ).get()
             if case .integer(let shardCount) = reply { count += Int(shardCount) }
@@ -250,7 +269,7 @@ extension RedisStore: TaskStore, WebhookStore {
         var counts: [TaskStatus: Int] = [:]
         var oldestQueuedAt: Int64?
         for shard in 0..<Self.taskShards {
-            let reply = try await client.evaluate(
+            let reply = try await bulk.evaluate(
                 TaskScripts.census, keys: statusKeys(shard), arguments: [String(retention.milliseconds), now], on: defaultEventLoop
             ).get()
             guard case .array(let items) = reply, items.count == statuses.count + 1 else {

@@ -30,6 +30,29 @@ enum TaskScripts {
         """
     )
 
+    /// Settles an accept whose answer was lost. KEYS: task, index, status:queued. ARGV: task id,
+    /// '1' to withdraw a stored task nothing has touched, how long a void refuses a late accept
+    /// (ms). A task that is not stored becomes a void (a hash without `r`, which `accept`'s
+    /// EXISTS refuses). Returns `stored`, `voided`, `withdrawn` or `moved`.
+    static let resolveAccept = RedisScript(
+        """
+        local revision = redis.call('HGET', KEYS[1], 'r')
+        if not revision then
+          if redis.call('EXISTS', KEYS[1]) == 0 then
+            redis.call('HSET', KEYS[1], 'void', '1')
+            redis.call('PEXPIRE', KEYS[1], ARGV[3])
+          end
+          return 'voided'
+        end
+        if ARGV[2] ~= '1' then return 'stored' end
+        if revision ~= '1' then return 'moved' end
+        redis.call('DEL', KEYS[1])
+        redis.call('ZREM', KEYS[2], ARGV[1])
+        redis.call('ZREM', KEYS[3], ARGV[1])
+        return 'withdrawn'
+        """
+    )
+
     /// Compare and set. KEYS: task, webhook message, webhooks due, then the status sets in
     /// `TaskStatus.allCases` order. ARGV: record, expected revision, new revision, retention ms,
     /// '1' when the task finished (its request is dropped), the webhook message to schedule now
@@ -198,5 +221,5 @@ enum TaskScripts {
         """
     )
 
-    static let all = [accept, replace, take, renew, complete, requeue, takeDue, schedule, redrive, countDead, census]
+    static let all = [accept, resolveAccept, replace, take, renew, complete, requeue, takeDue, schedule, redrive, countDead, census]
 }
