@@ -13,7 +13,7 @@ final class LeaseRegistry: Sendable {
     private let held: LoopLocal<[String: String]>
 
     init(group: any EventLoopGroup) {
-        held = LoopLocal(group: group) { [:] }
+        held = LoopLocal(group: group) { _ in [:] }
     }
 
     /// Call on `eventLoop`.

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import SluiceCore
+import SluiceStore
 
 /// The access log (stage 7): one JSON line per request, in the format of `JSONLogHandler`
 /// (`timestamp`, `level`, `message`, then the request's fields), rendered straight into a
@@ -18,21 +19,19 @@ final class AccessLog: Sendable {
 
     private let output: LogOutput?
     private let logger: Logger
-    private let eventLoops: [any EventLoop]
-    private let buffers: [ObjectIdentifier: LoopBuffer]
+    private let buffers: LoopLocal<LoopBuffer>
 
     init(output: LogOutput?, logger: Logger, group: any EventLoopGroup) {
         self.output = output
         self.logger = logger
-        eventLoops = Array(group.makeIterator())
-        buffers = eventLoops.reduce(into: [:]) { $0[ObjectIdentifier($1)] = LoopBuffer() }
+        buffers = LoopLocal(group: group) { _ in LoopBuffer() }
     }
 
     /// Records a finished request; call on `eventLoop`.
     func record(_ record: RequestRecord, status: Int, duration: Duration, on eventLoop: any EventLoop) {
         let level: Logger.Level = status >= 500 ? .warning : .info
         guard logger.logLevel <= level else { return }
-        guard let output, let buffer = buffers[ObjectIdentifier(eventLoop)] else {
+        guard let output, let buffer = buffers[eventLoop] else {
             return logger.log(level: level, "request", metadata: Self.metadata(record, status: status, duration: duration))
         }
         Self.render(record, status: status, duration: duration, level: level, into: &buffer.text)
@@ -45,19 +44,13 @@ final class AccessLog: Sendable {
     /// Writes out every loop's pending lines.
     func flush() async {
         guard let output else { return }
-        for eventLoop in eventLoops {
-            guard let buffer = buffers[ObjectIdentifier(eventLoop)] else { continue }
-            try? await eventLoop.submit { Self.drain(buffer, to: output) }.get()
-        }
+        _ = await buffers.collect { Self.drain($0, to: output) }
     }
 
     /// `flush()` for callers that cannot wait asynchronously (tests reading the log).
     func flushBlocking() {
         guard let output else { return }
-        for eventLoop in eventLoops {
-            guard let buffer = buffers[ObjectIdentifier(eventLoop)] else { continue }
-            try? eventLoop.submit { Self.drain(buffer, to: output) }.wait()
-        }
+        _ = buffers.collectBlocking { Self.drain($0, to: output) }
     }
 
     private static func drain(_ buffer: LoopBuffer, to output: LogOutput) {

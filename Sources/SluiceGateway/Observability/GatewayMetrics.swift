@@ -74,7 +74,7 @@ final class GatewayMetrics: Sendable {
     /// - Parameter group: The loops that finish requests (each keeps its own handle table).
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), group: any EventLoopGroup) {
         self.registry = registry
-        requestHandles = LoopLocal(group: group) { [:] }
+        requestHandles = LoopLocal(group: group) { _ in [:] }
         storeCalls = registry.makeCounter(descriptor: Self.storeCallsDescriptor)
         idempotencyResults = IdempotencyResult.allCases.reduce(into: [:]) {
             $0[$1] = registry.makeCounter(descriptor: Self.idempotencyDescriptor, labels: [("result", $1.rawValue)])

@@ -3,6 +3,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import SluiceCore
+import SluiceStore
 import Synchronization
 
 /// Keep-alive HTTP/1.1 connections to one upstream address, kept per event loop: a request
@@ -20,7 +21,7 @@ final class UpstreamConnectionPool: Sendable {
     private let connectTimeout: Duration
     private let maxIdlePerLoop: Int
     private let tlsContext: NIOSSLContext?
-    private let locals: [ObjectIdentifier: LocalPool]
+    private let locals: LoopLocal<LocalPool>
     private let isShutDown = Atomic(false)
 
     static let idleTimeout: TimeAmount = .seconds(60)
@@ -36,22 +37,18 @@ final class UpstreamConnectionPool: Sendable {
         } else {
             tlsContext = nil
         }
-        var locals: [ObjectIdentifier: LocalPool] = [:]
-        for eventLoop in group.makeIterator() {
-            locals[ObjectIdentifier(eventLoop)] = LocalPool(eventLoop: eventLoop)
-        }
-        self.locals = locals
+        locals = LoopLocal(group: group) { LocalPool(eventLoop: $0) }
     }
 
     /// An idle connection of `eventLoop`, or a new one. Call on `eventLoop`.
     func lease(on eventLoop: any EventLoop) -> Lease {
-        if let idle = locals[ObjectIdentifier(eventLoop)]?.takeIdle() { return .ready(idle) }
+        if let idle = locals[eventLoop]?.takeIdle() { return .ready(idle) }
         return .connecting(connect(on: eventLoop))
     }
 
     /// Takes back a connection whose last exchange ended cleanly. Call on its event loop.
     func giveBack(_ connection: UpstreamConnection) {
-        guard connection.isReusable, connection.isOpen, !isShutDown.load(ordering: .relaxed), let local = locals[ObjectIdentifier(connection.channel.eventLoop)],
+        guard connection.isReusable, connection.isOpen, !isShutDown.load(ordering: .relaxed), let local = locals[connection.channel.eventLoop],
             local.put(connection, max: maxIdlePerLoop)
         else {
             connection.close()
@@ -62,9 +59,7 @@ final class UpstreamConnectionPool: Sendable {
     /// Closes every idle connection; connections in use close when their exchange ends.
     func shutdown() {
         isShutDown.store(true, ordering: .relaxed)
-        for local in locals.values {
-            local.eventLoop.execute { local.closeAll() }
-        }
+        locals.forEach { eventLoop, local in eventLoop.execute { local.closeAll() } }
     }
 
     private func connect(on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamConnection> {

@@ -10,7 +10,7 @@ final class UsageCounter: Sendable {
 
     /// - Parameter clock: Decides the UTC day a request is counted on (tests inject one).
     init(group: any EventLoopGroup, clock: @escaping EpochClock) {
-        tables = LoopLocal(group: group) { [:] }
+        tables = LoopLocal(group: group) { _ in [:] }
         self.clock = clock
     }
 

@@ -32,8 +32,8 @@ public final class RedisClient: Sendable {
     private let scripts: [RedisScript]
     private let tls: NIOSSLContext?
     private let timeout: Duration
-    /// The connection of each event loop, by loop.
-    private let locals: [ObjectIdentifier: LoopConnection]
+    /// The connection of each event loop.
+    private let locals: LoopLocal<LoopConnection>
     /// Where callers from outside the group are served.
     let defaultEventLoop: any EventLoop
     /// The loops of the client's group, each with a connection of its own.
@@ -66,8 +66,8 @@ public final class RedisClient: Sendable {
         } else {
             tls = nil
         }
-        eventLoops = Array(group.makeIterator())
-        locals = eventLoops.reduce(into: [:]) { $0[ObjectIdentifier($1)] = LoopConnection(eventLoop: $1) }
+        locals = LoopLocal(group: group) { LoopConnection(eventLoop: $0) }
+        eventLoops = locals.eventLoops
         defaultEventLoop = eventLoops[0]
     }
 
@@ -78,7 +78,7 @@ public final class RedisClient: Sendable {
 
     /// Sends a command on `eventLoop`'s connection; the future completes on `eventLoop`.
     public func send(_ arguments: [String], on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
-        guard let local = locals[ObjectIdentifier(eventLoop)] else {
+        guard let local = locals[eventLoop] else {
             let fallback = defaultEventLoop
             return fallback.flatSubmit { self.send(arguments, on: fallback) }.hop(to: eventLoop)
         }
@@ -114,7 +114,7 @@ public final class RedisClient: Sendable {
     /// Opens every connection now (instead of on the first calls).
     public func connect() async {
         await withTaskGroup(of: Void.self) { group in
-            for local in locals.values {
+            for local in eventLoops.compactMap({ locals[$0] }) {
                 group.addTask { _ = try? await self.send(["PING"], on: local.eventLoop).get() }
             }
         }
@@ -123,7 +123,7 @@ public final class RedisClient: Sendable {
     /// Closes every connection; later calls fail.
     public func shutdown() async {
         isShutDown.store(true, ordering: .relaxed)
-        for local in locals.values {
+        for local in eventLoops.compactMap({ locals[$0] }) {
             let connection = try? await local.eventLoop.submit { () -> RedisConnection? in
                 defer { local.state = .idle(failures: 0) }
                 switch local.state {

@@ -68,7 +68,7 @@ extension RedisStore: ClaimingAdmissionStore {
     /// admission call under way wait to ride with the next one (`admitted(…)` sends them when no
     /// next one comes); the others go out alone. Callers off the client's loops send at once.
     private func enqueue(partner: String, on eventLoop: any EventLoop, _ add: (inout IdempotencyBatch) -> Void) {
-        guard let loop = loops[ObjectIdentifier(eventLoop)], eventLoop.inEventLoop else {
+        guard let loop = loops[eventLoop], eventLoop.inEventLoop else {
             var single = IdempotencyBatch()
             add(&single)
             return send(single, on: eventLoop)

@@ -66,7 +66,7 @@ public final class RedisStore: AdmissionStore {
     let bulk: RedisClient
     let keyPrefix: String
     let clock: EpochClock?
-    let loops: [ObjectIdentifier: LoopState]
+    let loops: LoopLocal<LoopState>
     /// Where the next `takeTasks` starts asking shards (rotates, so every shard gets its turn).
     let nextTakeShard = Atomic<Int>(0)
 
@@ -91,7 +91,7 @@ public final class RedisStore: AdmissionStore {
         self.bulk = bulk ?? client
         self.keyPrefix = keyPrefix
         self.clock = clock
-        loops = client.eventLoops.reduce(into: [:]) { $0[ObjectIdentifier($1)] = LoopState() }
+        loops = LoopLocal(eventLoops: client.eventLoops) { _ in LoopState() }
     }
 
     public var defaultEventLoop: any EventLoop { client.defaultEventLoop }
@@ -119,7 +119,7 @@ public final class RedisStore: AdmissionStore {
     }
 
     private func admit(_ partner: String, _ request: Waiting, leaseDuration: Duration, on eventLoop: any EventLoop) {
-        guard let loop = loops[ObjectIdentifier(eventLoop)] else {
+        guard let loop = loops[eventLoop] else {
             // A caller outside the client's group: decided on the default loop, answered on its own.
             let fallback = defaultEventLoop
             let answer = NIOLoopBound(request.completion, eventLoop: eventLoop)
@@ -260,7 +260,7 @@ public final class RedisStore: AdmissionStore {
     }
 
     public func release(partner: String, lease: String, on eventLoop: any EventLoop) {
-        guard let loop = loops[ObjectIdentifier(eventLoop)] else { return release(partner: partner, lease: lease) }
+        guard let loop = loops[eventLoop] else { return release(partner: partner, lease: lease) }
         eventLoop.assertInEventLoop()
         loop.pendingReleases[partner, default: []].append(lease)
     }
@@ -268,7 +268,7 @@ public final class RedisStore: AdmissionStore {
     public func flushReleases() async throws {
         var failure: (any Error)?
         for eventLoop in client.eventLoops {
-            guard let loop = loops[ObjectIdentifier(eventLoop)] else { continue }
+            guard let loop = loops[eventLoop] else { continue }
             let pending = try? await eventLoop.submit { () -> [String: [String]] in
                 defer { loop.pendingReleases.removeAll() }
                 return loop.pendingReleases
