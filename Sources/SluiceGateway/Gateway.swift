@@ -25,6 +25,10 @@ public final class Gateway: Sendable {
         public var logOutput: LogOutput?
         /// How long a concurrency slot outlives a gateway that stopped renewing it (crashed).
         public var leaseDuration: Duration = .seconds(30)
+        /// How much longer than its route's `request_timeout` an idempotency claim lasts: a
+        /// crashed gateway's claim frees itself after that; a running request's claim is renewed
+        /// every third of it, however long its response streams.
+        public var claimLeaseMargin: Duration = .seconds(60)
         /// The clock of the embedded store and of the local fallback, epoch milliseconds (tests
         /// inject a manual one; the Redis store always uses Redis `TIME`).
         public var storeClock: EpochClock = MemoryStore.wallClock
@@ -64,14 +68,16 @@ public final class Gateway: Sendable {
         let policy = try PolicyLoader.load(directory: policiesDirectory, environment: environment)
         let metrics = GatewayMetrics(group: eventLoopGroup)
         let stores = StoreRegistry(
-            group: eventLoopGroup, leaseDuration: options.leaseDuration, clock: options.storeClock, metrics: metrics, logger: logger
+            group: eventLoopGroup, leaseDuration: options.leaseDuration, claimMargin: options.claimLeaseMargin, clock: options.storeClock,
+            metrics: metrics, logger: logger
         )
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock)
         let instance = InstanceName.make()
         let wakeUp = WorkerWakeUp()
         let identifiers = IdentifierGenerator()
         let factory = SnapshotFactory(
-            pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration, instance: instance,
+            pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration,
+            claimLeaseMargin: options.claimLeaseMargin, instance: instance,
             wakeWorkers: { wakeUp.wake() }, clock: options.storeClock, identifiers: identifiers
         )
         let accessLog = AccessLog(output: options.logOutput, logger: logger, group: eventLoopGroup)

@@ -36,6 +36,11 @@ public protocol IdempotencyStore: Sendable {
         partner: String, key: String, token: String, on eventLoop: any EventLoop, completion: @escaping (Result<Bool, any Error>) -> Void
     )
 
+    /// Extends `partner`'s claims that their tokens still hold to their lease from now, so that
+    /// a request that runs (or streams its response) longer than its first lease keeps its key;
+    /// claims no longer held are left alone. Returns how many were extended.
+    func renewClaims(_ claims: [IdempotencyClaimRequest], partner: String) async throws -> Int
+
     /// The loop the async forms use.
     var defaultEventLoop: any EventLoop { get }
 }

@@ -47,6 +47,14 @@ final class IdempotencyTable: Sendable {
         }
     }
 
+    func renew(_ id: String, token: String, leaseMilliseconds: Int64, now: Int64) -> Bool {
+        shards.withLock(id) { shard in
+            guard case .claim(token, let expires) = shard.entries[id], expires > now else { return false }
+            shard.entries[id] = .claim(token: token, expires: now + leaseMilliseconds)
+            return true
+        }
+    }
+
     func release(_ id: String, token: String) -> Bool {
         shards.withLock(id) { shard in
             guard case .claim(token, _) = shard.entries[id] else { return false }
@@ -85,6 +93,11 @@ extension MemoryStore: IdempotencyStore {
         partner: String, key: String, token: String, on eventLoop: any EventLoop, completion: @escaping (Result<Bool, any Error>) -> Void
     ) {
         completion(.success(idempotency.release(Self.idempotencyID(partner, key), token: token)))
+    }
+
+    public func renewClaims(_ claims: [IdempotencyClaimRequest], partner: String) async throws -> Int {
+        let now = now()
+        return claims.filter { idempotency.renew(Self.idempotencyID(partner, $0.key), token: $0.token, leaseMilliseconds: $0.lease.milliseconds, now: now) }.count
     }
 
     /// Partner and key in one string (a partner id holds no NUL).

@@ -254,4 +254,30 @@ struct IdempotencyTests {
             #expect(try await gateway.metric("sluice_idempotency_total{result=\"new\"}") == 1)
         }
     }
+
+    /// A claimed request whose response streams for longer than its claim's first lease (the
+    /// route's 1 s timeout plus a 1 s margin here) keeps its key: the claim is renewed while
+    /// the request runs, so a retry meanwhile is 409, not a second run — embedded store and Redis.
+    @Test(arguments: [false, true])
+    func claimIsRenewedWhileTheResponseStreams(onRedis: Bool) async throws {
+        let redis = onRedis ? try await RedisServer.start() : nil
+        let upstream = try await RawUpstream.start(.streaming(bytes: 64 << 20))
+        try await GatewayHarness.with({ policies in
+            policies.upstreams["main"] = "url: http://127.0.0.1:\(upstream.port)"
+            policies.addRoutes("{ id: export-once, versions: [v2], method: POST, path: /exports, upstream: main, upstream_path: /bytes, request_timeout: 1s }")
+            if let redis { policies.useRedis(redis.url, onFailure: "deny", timeout: "2s") }
+        }, claimLeaseMargin: .seconds(1)) { gateway in
+            let slow = try await SlowClient.connect(port: gateway.addresses.http!)
+            try await slow.send("POST /v2/exports HTTP/1.1\r\nHost: x\r\nX-API-Key: \(TestKeys.acme)\r\nIdempotency-Key: export-7\r\nContent-Length: 0\r\n\r\n")
+            try await slow.read(atLeast: 1 << 10)
+            try await eventually(timeout: .seconds(30), "the response is held back by the slow partner") { upstream.isStalled }
+            try await Task.sleep(for: .milliseconds(2_500))  // longer than the claim's first lease (2 s)
+            let retry = try await gateway.partner(.POST, "/v2/exports", headers: [("Idempotency-Key", "export-7")])
+            try expectProblem(retry, 409, "idempotency-key-in-use", path: "/v2/exports")
+            await slow.close()
+        }
+        await upstream.stop()
+        try await redis?.stop()
+    }
+
 }

@@ -31,6 +31,31 @@ struct IdempotencyStoreContractTests {
         }
     }
 
+    /// A renewed claim lasts its lease from the renewal, so a request that outlives its first
+    /// lease keeps its key; a claim that is not the token's (another request's, a record) is
+    /// left as it is.
+    @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
+    func renewedClaimsOutliveTheirFirstLease(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
+        let clock = ManualClock(epoch)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            #expect(try await store.claim(partner: "acme", key: "long", token: "a", lease: lease) == .claimed)
+            #expect(try await store.claim(partner: "acme", key: "other", token: "o", lease: lease) == .claimed)
+            #expect(try await store.claim(partner: "acme", key: "done", token: "d", lease: lease) == .claimed)
+            #expect(try await store.record(record(), partner: "acme", key: "done", token: "d", retention: retention))
+            clock.advance(50_000)
+            let renewals = [
+                IdempotencyClaimRequest(key: "long", token: "a", lease: lease), IdempotencyClaimRequest(key: "other", token: "not-mine", lease: lease),
+                IdempotencyClaimRequest(key: "done", token: "d", lease: lease), IdempotencyClaimRequest(key: "absent", token: "x", lease: lease),
+            ]
+            #expect(try await store.renewClaims(renewals, partner: "acme") == 1)
+            clock.advance(50_000)  // 100 s after the claim: past its first lease, within the renewed one
+            #expect(try await store.claim(partner: "acme", key: "long", token: "b", lease: lease) == .inProgress(retryAfterMilliseconds: 10_000))
+            #expect(try await store.claim(partner: "acme", key: "other", token: "b", lease: lease) == .claimed, "not renewed: expired")
+            #expect(try await store.claim(partner: "acme", key: "done", token: "b", lease: lease) == .completed(record()))
+            #expect(try await store.record(record(), partner: "acme", key: "long", token: "a", retention: retention))
+        }
+    }
+
     /// Many claims at once: exactly one wins.
     @Test(arguments: StoreKind.allCases)
     func concurrentClaimsHaveOneWinner(_ kind: StoreKind) async throws {

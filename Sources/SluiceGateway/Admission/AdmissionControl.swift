@@ -142,10 +142,10 @@ struct AdmissionControl: Sendable {
             return
         }
         if lease.local {
-            backend.localLeases.remove(lease: lease.id, on: lease.eventLoop)
+            backend.localLeases.remove(lease.id, on: lease.eventLoop)
             backend.local.release(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
         } else {
-            backend.leases.remove(lease: lease.id, on: lease.eventLoop)
+            backend.leases.remove(lease.id, on: lease.eventLoop)
             backend.store.release(partner: lease.partner, lease: lease.id, on: lease.eventLoop)
         }
     }
@@ -173,7 +173,7 @@ struct AdmissionControl: Sendable {
         var held: HeldLease?
         if let lease, limits.concurrency != nil {
             held = HeldLease(partner: partner, id: lease, local: local, eventLoop: eventLoop)
-            (local ? backend.localLeases : backend.leases).add(partner: partner, lease: lease, on: eventLoop)
+            (local ? backend.localLeases : backend.leases).add(lease, partner, on: eventLoop)
         }
         return Admission(verdict: .admitted, limits: limits, decision: decision, lease: held)
     }

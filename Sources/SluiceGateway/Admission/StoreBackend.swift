@@ -5,35 +5,38 @@ import SluiceCore
 import SluiceStore
 import Synchronization
 
-/// Leases this instance holds, so they can be renewed while their requests run. Kept per
-/// event loop (a lease is taken and given back on the loop of its request), so recording one
-/// takes no lock; the renewal collects them from every loop.
-final class LeaseRegistry: Sendable {
-    /// Per loop: lease id → partner.
-    private let held: LoopLocal<[String: String]>
+/// What this instance holds in the store while requests run (concurrency leases, idempotency
+/// claims), so that it can be renewed: a running request's lease or claim must not expire
+/// under it, and a crashed instance's must. Kept per event loop (taken and given back on the
+/// loop of its request), so recording one takes no lock; the renewal collects every loop's.
+final class HeldRegistry<Entry: Sendable>: Sendable {
+    /// Per loop: id → entry.
+    private let held: LoopLocal<[String: Entry]>
 
     init(group: any EventLoopGroup) {
         held = LoopLocal(group: group) { _ in [:] }
     }
 
     /// Call on `eventLoop`.
-    func add(partner: String, lease: String, on eventLoop: any EventLoop) {
-        held.update(on: eventLoop) { $0[lease] = partner }
+    func add(_ id: String, _ entry: Entry, on eventLoop: any EventLoop) {
+        held.update(on: eventLoop) { $0[id] = entry }
     }
 
-    /// Call on `eventLoop`, the loop that added the lease.
-    func remove(lease: String, on eventLoop: any EventLoop) {
-        held.update(on: eventLoop) { $0.removeValue(forKey: lease) }
+    /// Call on `eventLoop`, the loop that added it.
+    func remove(_ id: String, on eventLoop: any EventLoop) {
+        held.update(on: eventLoop) { $0.removeValue(forKey: id) }
     }
 
-    /// Every lease held now, by partner.
-    func byPartner() async -> [String: [String]] {
-        var all: [String: [String]] = [:]
-        for partners in await held.collect({ $0 }) {
-            for (lease, partner) in partners { all[partner, default: []].append(lease) }
-        }
-        return all
+    /// Everything held now, with its id.
+    func all() async -> [(id: String, entry: Entry)] {
+        await held.collect { $0.map { ($0.key, $0.value) } }.flatMap { $0 }
     }
+}
+
+/// An idempotency claim a running request holds.
+struct HeldClaim: Sendable {
+    let partner: String
+    let claim: IdempotencyClaimRequest
 }
 
 /// Everything the gateway keeps in its store.
@@ -61,14 +64,18 @@ final class StoreBackend: Sendable {
     /// Per-instance limits while the shared store is unreachable.
     let local: MemoryStore
     let breaker = StoreBreaker()
-    let leases: LeaseRegistry
-    let localLeases: LeaseRegistry
+    /// Concurrency leases held (lease → partner), in the shared store and in the local fallback.
+    let leases: HeldRegistry<String>
+    let localLeases: HeldRegistry<String>
+    /// Idempotency claims held (claim token → claim).
+    let claims: HeldRegistry<HeldClaim>
 
     init(settings: Settings, group: any EventLoopGroup, clock: @escaping EpochClock, metrics: GatewayMetrics) throws {
         self.settings = settings
         local = MemoryStore(clock: clock)
-        leases = LeaseRegistry(group: group)
-        localLeases = LeaseRegistry(group: group)
+        leases = HeldRegistry(group: group)
+        localLeases = HeldRegistry(group: group)
+        claims = HeldRegistry(group: group)
         if let url = settings.redis {
             let calls = metrics.storeCalls
             let client = try RedisStore.makeClient(
@@ -111,9 +118,18 @@ final class StoreBackend: Sendable {
     /// Extends every lease still held, in both stores.
     func renewLeases(for duration: Duration, _ trouble: inout FailureStreak) async {
         for (store, registry) in [(store as any AdmissionStore, leases), (local, localLeases)] {
-            for (partner, held) in await registry.byPartner() {
-                await trouble.attempt("renew concurrency leases") { try await store.renew(partner: partner, leases: held, leaseDuration: duration) }
+            let byPartner = Dictionary(grouping: await registry.all(), by: \.entry)
+            for (partner, held) in byPartner {
+                await trouble.attempt("renew concurrency leases") { try await store.renew(partner: partner, leases: held.map(\.id), leaseDuration: duration) }
             }
+        }
+    }
+
+    /// Extends every idempotency claim still held to its lease from now.
+    func renewClaims(_ trouble: inout FailureStreak) async {
+        let byPartner = Dictionary(grouping: await claims.all().map(\.entry), by: \.partner)
+        for (partner, held) in byPartner {
+            await trouble.attempt("renew idempotency claims") { try await store.renewClaims(held.map(\.claim), partner: partner) }
         }
     }
 }
@@ -125,11 +141,17 @@ final class StoreRegistry: Service, Sendable {
     private let retired = Mutex<[StoreBackend]>([])
     private let group: any EventLoopGroup
     private let leaseDuration: Duration
+    /// How much longer than its route's timeout an idempotency claim lasts (renewed every third of it).
+    private let claimMargin: Duration
     private let clock: EpochClock
     private let metrics: GatewayMetrics
     private let logger: Logger
 
-    init(group: any EventLoopGroup, leaseDuration: Duration, clock: @escaping EpochClock, metrics: GatewayMetrics, logger: Logger) {
+    init(
+        group: any EventLoopGroup, leaseDuration: Duration, claimMargin: Duration, clock: @escaping EpochClock, metrics: GatewayMetrics,
+        logger: Logger
+    ) {
+        self.claimMargin = claimMargin
         self.logger = logger
         self.group = group
         self.leaseDuration = leaseDuration
@@ -154,18 +176,23 @@ final class StoreRegistry: Service, Sendable {
         return backend
     }
 
-    /// Connects to Redis at once; then every 20 ms applies queued releases and every third of a
-    /// lease renews held leases.
+    /// Connects to Redis at once; then every 20 ms applies queued releases, every third of a
+    /// lease renews held leases, and every third of the claim margin renews held claims.
     func run() async throws {
         await current.withLock({ $0 })?.connect()
         var lastRenewal = ContinuousClock.now
-        var trouble = FailureStreak("concurrency leases", logger: logger, metrics: metrics)
+        var lastClaimRenewal = ContinuousClock.now
+        var trouble = FailureStreak("leases and claims", logger: logger, metrics: metrics)
         while await pauseUnlessShuttingDown(for: .milliseconds(20)) {
             guard let backend = current.withLock({ $0 }) else { continue }
             await trouble.attempt("release concurrency leases") { try await backend.store.flushReleases() }
             if ContinuousClock.now - lastRenewal >= leaseDuration / 3 {
                 lastRenewal = .now
                 await backend.renewLeases(for: leaseDuration, &trouble)
+            }
+            if ContinuousClock.now - lastClaimRenewal >= claimMargin / 3 {
+                lastClaimRenewal = .now
+                await backend.renewClaims(&trouble)
             }
             let replaced = retired.withLock { state in
                 defer { state = [] }

@@ -12,17 +12,26 @@ struct IdempotencyControl: Sendable {
     let store: any IdempotencyStore
     /// How long a recorded response is replayed (`idempotency.retention`).
     let retention: Duration
+    /// A claim outlives the route's deadline by this much, so that only a crashed gateway's
+    /// claim expires (a running request's is renewed: `held`).
+    let leaseMargin: Duration
+    /// The claims this instance's running requests hold, renewed until they are concluded.
+    let held: HeldRegistry<HeldClaim>
     let metrics: GatewayMetrics
     let logger: Logger
 
-    /// A claim outlives the route's deadline by this much, so that only a crashed gateway's claim expires.
-    static let leaseMargin: Duration = .seconds(60)
     /// The longest `Retry-After` a 409 suggests: the first request may end any moment.
     static let longestRetryHint = 5
 
     /// What to claim for `request` on a route with this timeout.
-    static func claimRequest(_ request: IdempotentRequest, routeTimeout: Duration) -> IdempotencyClaimRequest {
+    func claimRequest(_ request: IdempotentRequest, routeTimeout: Duration) -> IdempotencyClaimRequest {
         IdempotencyClaimRequest(key: request.key, token: request.token, lease: routeTimeout + leaseMargin)
+    }
+
+    /// `request` won its claim: it is renewed while the request runs. Call on `eventLoop`.
+    func claimWon(_ request: IdempotentRequest, partner: String, routeTimeout: Duration, on eventLoop: any EventLoop) {
+        request.phase = .claimed
+        held.add(request.token, HeldClaim(partner: partner, claim: claimRequest(request, routeTimeout: routeTimeout)), on: eventLoop)
     }
 
     /// Claims `request`'s key for its run on its own (when admission did not). Call on
@@ -31,7 +40,7 @@ struct IdempotencyControl: Sendable {
         _ request: IdempotentRequest, partner: String, routeTimeout: Duration, on eventLoop: any EventLoop,
         completion: @escaping (Result<IdempotencyClaim, any Error>) -> Void
     ) {
-        let claim = Self.claimRequest(request, routeTimeout: routeTimeout)
+        let claim = claimRequest(request, routeTimeout: routeTimeout)
         store.claim(partner: partner, key: claim.key, token: claim.token, lease: claim.lease, on: eventLoop) { result in
             if case .failure = result { metrics.storeFailed() }
             completion(result)
@@ -44,6 +53,7 @@ struct IdempotencyControl: Sendable {
     func conclude(_ request: IdempotentRequest, partner: String, completed: Bool, requestID: String, on eventLoop: any EventLoop) -> IdempotencyResult? {
         guard case .claimed = request.phase else { return nil }
         request.phase = .concluded
+        held.remove(request.token, on: eventLoop)
         let (key, token) = (request.key, request.token)
         if completed, let capture = request.capture, capture.status < 500, let body = request.bodyDigest {
             let record = capture.record(RequestFingerprint(target: request.target, body: body))

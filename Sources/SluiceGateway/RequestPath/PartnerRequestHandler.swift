@@ -282,7 +282,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             if let key = plan.idempotencyKey {
                 let idempotent = IdempotentRequest(key: key, token: runtime.identifiers.token(), method: head.method.rawValue, target: head.target)
                 request.idempotency = idempotent
-                claiming = IdempotencyControl.claimRequest(idempotent, routeTimeout: plan.route.requestTimeout)
+                claiming = snapshot.idempotency.claimRequest(idempotent, routeTimeout: plan.route.requestTimeout)
             }
             if plan.bodyLength != .none {
                 request.body = .holding
@@ -301,7 +301,9 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     private func admitted(_ request: Request, _ admission: Admission) {
-        if case .success(.claimed)? = admission.claim { request.idempotency?.phase = .claimed }
+        if case .success(.claimed)? = admission.claim, let idempotent = request.idempotency, let plan = request.plan {
+            request.snapshot.idempotency.claimWon(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, on: eventLoop)
+        }
         guard self.request === request, !request.finished else {
             // The client left while admission was pending: its slot and a won claim are given back.
             request.snapshot.admission.finish(admission)
@@ -339,7 +341,9 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func claimAnswered(_ request: Request, _ result: Result<IdempotencyClaim, any Error>) {
         guard let idempotent = request.idempotency else { return }
-        if case .success(.claimed) = result { idempotent.phase = .claimed }
+        if case .success(.claimed) = result, let plan = request.plan {
+            request.snapshot.idempotency.claimWon(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, on: eventLoop)
+        }
         guard self.request === request, !request.finished else {
             // The client left while the store answered: a won claim is given back.
             concludeIdempotency(request)

@@ -12,6 +12,8 @@ struct SnapshotFactory: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
     let leaseDuration: Duration
+    /// How much longer than its route's timeout an idempotency claim lasts.
+    let claimLeaseMargin: Duration
     /// This instance's name in task histories.
     let instance: String
     /// Wakes this instance's task workers.
@@ -35,7 +37,8 @@ struct SnapshotFactory: Sendable {
             logger: logger
         )
         let idempotency = IdempotencyControl(
-            store: backend.store, retention: policy.gateway.idempotency.retention, metrics: metrics, logger: logger
+            store: backend.store, retention: policy.gateway.idempotency.retention, leaseMargin: claimLeaseMargin, held: backend.claims,
+            metrics: metrics, logger: logger
         )
         let tasks = TaskControl(
             store: backend.store, retention: policy.gateway.tasks.retention, instance: instance, wakeWorkers: wakeWorkers, clock: clock,

@@ -125,7 +125,25 @@ enum IdempotencyScripts {
     }
 
     /// Every script of this kind, for the client to load.
-    static let all = [batch, admitAndBatch, admitClaiming, admitClaimingAndBatch, release]
+    static let all = [batch, admitAndBatch, admitClaiming, admitClaimingAndBatch, release, renew]
+
+    /// Extends claims that are still their tokens'. KEYS: the claimed keys. ARGV: now ms ('' =
+    /// Redis TIME), then per key its token and lease ms. Returns how many were extended.
+    static let renew = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 1))
+        local renewed = 0
+        for i = 1, #KEYS do
+          local token, lease = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+          local value = redis.call('GET', KEYS[i])
+          if value and string.sub(value, 1, 1) == 'C' and string.sub(value, string.find(value, ':', 2, true) + 1) == token then
+            redis.call('SET', KEYS[i], 'C' .. (now + lease) .. ':' .. token, 'PX', lease)
+            renewed = renewed + 1
+          end
+        end
+        return renewed
+        """
+    )
 
     /// ARGV: 1 token. Returns 1, or 0 when the claim is not the token's.
     static let release = RedisScript(

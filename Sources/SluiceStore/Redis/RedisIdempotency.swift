@@ -155,6 +155,20 @@ extension RedisStore: ClaimingAdmissionStore {
         }
     }
 
+    public func renewClaims(_ claims: [IdempotencyClaimRequest], partner: String) async throws -> Int {
+        guard !claims.isEmpty else { return 0 }
+        var arguments = [clock.map { String($0()) } ?? ""]
+        for claim in claims {
+            arguments.append(claim.token)
+            arguments.append(String(claim.lease.milliseconds))
+        }
+        let keys = claims.map { idempotencyKey(partner, $0.key) }
+        guard case .integer(let renewed) = try await client.evaluate(IdempotencyScripts.renew, keys: keys, arguments: arguments, on: defaultEventLoop).get() else {
+            throw RedisError.protocolViolation("unexpected claim renewal reply")
+        }
+        return Int(renewed)
+    }
+
     static func claim(from reply: RedisReply) throws -> IdempotencyClaim {
         if reply == .integer(1) { return .claimed }
         guard case .string(let bytes) = reply, let kind = bytes.first else {

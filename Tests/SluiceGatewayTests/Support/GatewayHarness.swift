@@ -30,11 +30,13 @@ struct GatewayHarness {
     ///     (default: the real clocks).
     ///   - shutdownTimeout: The drain limit when `body` is done (running tasks get half of it).
     ///   - usageFlushInterval: How often usage counts go to the store.
+    ///   - claimLeaseMargin: How much longer than its route's timeout an idempotency claim lasts.
     static func with(
         _ configure: (inout TestPolicies) -> Void = { _ in },
         clock: ManualClock? = nil,
         shutdownTimeout: Duration = .seconds(30),
         usageFlushInterval: Duration = .milliseconds(100),
+        claimLeaseMargin: Duration = .seconds(60),
         _ body: (GatewayHarness) async throws -> Void
     ) async throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-test-\(UUID().uuidString)")
@@ -56,6 +58,7 @@ struct GatewayHarness {
             options.storeGaugeInterval = .milliseconds(100)
             options.shutdownTimeout = shutdownTimeout
             options.usageFlushInterval = usageFlushInterval
+            options.claimLeaseMargin = claimLeaseMargin
             options.logOutput = output
             if let clock {
                 options.storeClock = clock.epochClock
