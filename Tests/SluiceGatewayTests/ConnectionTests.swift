@@ -4,6 +4,12 @@ import TestSupport
 import HummingbirdCore
 import Logging
 import NIOCore
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+import Synchronization
 import Testing
 @testable import SluiceGateway
 
@@ -125,6 +131,118 @@ struct ConnectionTests {
             continuation.finish()
             try await eventually("the upstream's read of the body ended") { recorder.requests.count == 1 }
             #expect(recorder.requests.first?.complete == false, "a reset body must not look complete upstream")
+        }
+    }
+}
+
+/// The HTTP/2 connection watchdog hears of every way a stream ends (issue 24 point 5): reset
+/// streams and streams the gateway answered before their body ended no longer keep a
+/// connection alive for ever, nor kill it while another stream still waits.
+@Suite(.serialized)
+struct HTTP2WatchdogTests {
+    /// Three streams that wait for a slow upstream are reset by the client; the connection,
+    /// idle after that, is closed after `idle_timeout` (2 s here).
+    @Test func resetStreamsLeaveTheConnectionIdle() async throws {
+        let recorder = RecordingUpstream()
+        recorder.hold()
+        try await withRecordingUpstream(recorder, { $0.setTimeouts(header: "10s", idle: "2s") }) { gateway in
+            defer { recorder.release() }
+            let client = try await RawHTTP2Client.connect(port: gateway.addresses.https!, tls: try gateway.pki.clientTLS())
+            var streams: [any Channel] = []
+            for index in 0..<3 { streams.append(try await client.open(.GET, "/v2/orders/\(index)", key: TestKeys.acme, endStream: true)) }
+            try await eventually("the three requests wait at the upstream") { recorder.heldCount == 3 }
+            for stream in streams { try? await stream.close().get() }  // RST_STREAM (CANCEL)
+            let idleSince = ContinuousClock.now
+            try await eventually(timeout: .seconds(15), "the idle connection is closed") { !client.isActive }
+            #expect(ContinuousClock.now - idleSince < .seconds(8), "closed \(ContinuousClock.now - idleSince) after the resets")
+        }
+    }
+
+    /// A stream answered 401 before its (large) body was sent is reset by the gateway; a long
+    /// request on another stream of the same connection still gets its answer after more than
+    /// `idle_timeout` (2 s), and the connection is closed only once idle.
+    @Test func earlyAnswerDoesNotKillTheConnectionLater() async throws {
+        let recorder = RecordingUpstream()
+        recorder.hold()
+        try await withRecordingUpstream(recorder, { $0.setTimeouts(header: "10s", idle: "2s") }) { gateway in
+            defer { recorder.release() }
+            let client = try await RawHTTP2Client.connect(port: gateway.addresses.https!, tls: try gateway.pki.clientTLS())
+            let long = try await client.open(.GET, "/v2/orders/long", key: TestKeys.acme, endStream: true)
+            try await eventually("the long request waits at the upstream") { recorder.heldCount == 1 }
+            let refused = try await client.open(.POST, "/v2/orders", key: "sk_test_nobody", endStream: false, contentLength: 1 << 20)
+            try await eventually("the early answer arrived") { client.status(of: refused) == 401 }
+            try await Task.sleep(for: .milliseconds(3_500))  // longer than idle_timeout while the long request waits
+            #expect(client.isActive, "the connection was closed while a stream still waited")
+            recorder.release()
+            try await eventually("the long request is answered") { client.status(of: long) == 200 && client.ended(long) }
+            try await eventually(timeout: .seconds(15), "the connection, idle now, is closed") { !client.isActive }
+        }
+    }
+}
+
+/// An HTTP/2 client that opens streams by hand (HEADERS with or without END_STREAM, no body),
+/// and records each stream's response status and end.
+final class RawHTTP2Client: Sendable {
+    private let channel: any Channel
+    private let multiplexer: NIOHTTP2Handler.StreamMultiplexer
+    private let responses = Mutex<[ObjectIdentifier: (status: Int?, ended: Bool)]>([:])
+
+    private init(channel: any Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
+        self.channel = channel
+        self.multiplexer = multiplexer
+    }
+
+    var isActive: Bool { channel.isActive }
+
+    static func connect(port: Int, tls: TLSConfiguration) async throws -> RawHTTP2Client {
+        var configuration = tls
+        configuration.applicationProtocols = ["h2"]
+        let context = try NIOSSLContext(configuration: configuration)
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: "localhost"))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        let multiplexer = try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) {
+                $0.eventLoop.makeSucceededVoidFuture()
+            }
+        }.get()
+        return RawHTTP2Client(channel: channel, multiplexer: multiplexer)
+    }
+
+    /// Opens a stream with HEADERS (and END_STREAM when `endStream`); returns the stream channel.
+    func open(_ method: NIOHTTP1.HTTPMethod, _ path: String, key: String, endStream: Bool, contentLength: Int? = nil) async throws -> any Channel {
+        let stream = try await multiplexer.createStreamChannel { stream in
+            stream.eventLoop.makeCompletedFuture { try stream.pipeline.syncOperations.addHandler(Recorder(client: self)) }
+        }.get()
+        var headers: HPACKHeaders = [":method": method.rawValue, ":scheme": "https", ":authority": "localhost", ":path": path, "x-api-key": key]
+        if let contentLength { headers.add(name: "content-length", value: String(contentLength)) }
+        try await stream.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: endStream))).get()
+        return stream
+    }
+
+    func status(of stream: any Channel) -> Int? { responses.withLock { $0[ObjectIdentifier(stream)]?.status } }
+    func ended(_ stream: any Channel) -> Bool { responses.withLock { $0[ObjectIdentifier(stream)]?.ended ?? false } }
+
+    private final class Recorder: ChannelInboundHandler, Sendable {
+        typealias InboundIn = HTTP2Frame.FramePayload
+        let client: RawHTTP2Client
+        init(client: RawHTTP2Client) { self.client = client }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let id = ObjectIdentifier(context.channel)
+            switch unwrapInboundIn(data) {
+            case .headers(let headers):
+                let status = headers.headers.first(name: ":status").flatMap(Int.init)
+                client.responses.withLock { $0[id, default: (nil, false)].status = status ?? $0[id]?.status; if headers.endStream { $0[id]?.ended = true } }
+            case .data(let data):
+                if data.endStream { client.responses.withLock { $0[id, default: (nil, false)].ended = true } }
+            default:
+                break
+            }
         }
     }
 }

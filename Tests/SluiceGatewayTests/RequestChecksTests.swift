@@ -54,13 +54,15 @@ struct SnapshotHolderTests {
 enum PolicyFixturesForGateway {
     static let acmeKey = "sk_test_acme_0000000000000001"
 
-    static func policy() throws -> PolicySet {
+    /// - Parameter routes: Extra routes, YAML flow mappings (one per entry).
+    static func policy(routes: [String] = []) throws -> PolicySet {
         let sources = [
             PolicySource(relativePath: "gateway.yaml", text: "listen: { http: 127.0.0.1:0, admin: null }\n"),
             PolicySource(relativePath: "upstreams.yaml", text: "upstreams:\n  main: { url: http://127.0.0.1:1 }\n"),
             PolicySource(
                 relativePath: "routes.yaml",
                 text: "default_version: v2\nversions:\n  v2: { status: current }\nroutes:\n  - { id: get-order, versions: [v2], method: GET, path: \"/orders/{id}\", upstream: main }\n"
+                    + routes.map { "  - \($0)\n" }.joined()
             ),
             PolicySource(relativePath: "plans.yaml", text: "plans:\n  gold: { concurrency: 2 }\n"),
             PolicySource(

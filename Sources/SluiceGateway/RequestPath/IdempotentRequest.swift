@@ -85,6 +85,17 @@ struct IdempotencyControl: Sendable {
         return .released
     }
 
+    /// Records `answer` (a task's 202) as the response of `request`'s key: the task it became
+    /// exists, whatever the request's own answer was (a 503 when the accept's answer was lost,
+    /// none when the client left), so a retry with the key replays it.
+    func recordAnswer(
+        _ request: IdempotentRequest, status: Int, headers: HTTPHeaders, body: ByteBuffer, partner: String, requestID: String, on eventLoop: any EventLoop
+    ) {
+        request.responseStarted(status: status, headers: headers)
+        request.responseBodyArrived(body)
+        _ = conclude(request, partner: partner, completed: true, requestID: requestID, on: eventLoop)
+    }
+
     /// The whole seconds a 409 suggests to wait.
     static func retryAfter(milliseconds: Int64) -> Int {
         max(1, min(longestRetryHint, Int((milliseconds + 999) / 1_000)))

@@ -8,29 +8,25 @@ import SluiceStore
 /// The partner request path (SPEC §3, DESIGN "Request path") as a channel handler: one per
 /// HTTP/1.1 connection (its requests one after the other: pipelined ones are queued here, and
 /// reading pauses while any wait) or per HTTP/2 stream (behind NIO's HTTP/2-to-HTTP/1 codec).
+/// A thin shell over `PartnerRequestStateMachine`: it turns what happens on the channel, in the
+/// store and at the upstream into the machine's events and does what the machine answers.
 /// Everything runs on the connection's event loop — no task, no lock, no thread hop:
 ///
-/// 1. identity (request id) and 2. screening — size and target checks, authentication, version,
-///    route (`RequestScreening`), synchronous;
-/// 3. admission — `AdmissionControl`: the embedded store decides inline, Redis answers with a
-///    completion on this loop (its own Redis connection);
-/// 4. idempotency — a keyed POST/PATCH claims its key: on Redis in the admission call itself
-///    (one store step before dispatch, as for any request), else alone (`IdempotencyControl`);
-///    a key in use answers 409, a finished one is replayed or answers 422 once the body's digest
-///    is known (the body is hashed as it streams, never kept); (5b. async task acceptance plugs
-///    in here too);
-/// 5. dispatch — an `UpstreamCall` with this handler as its delegate; bodies stream both ways
-///    with back-pressure (partner reads pause while the upstream connection has too much
-///    unwritten, upstream reads pause while this channel is not writable);
-/// 6. response — `ResponseShaping` adds the request's headers; small answers go out in one write;
-/// 7. finish — concurrency slot released, the idempotency claim recorded or released, metrics and
-///    access log (`RequestFinisher`), exactly once.
+/// 1. identity and 2. screening (`RequestScreening`), synchronous;
+/// 3. admission (`AdmissionControl`), which on Redis also claims a keyed request's key;
+/// 4. idempotency: a claim of its own when admission did not make it, a replay or 422 for a
+///    finished key once the body's digest is known;
+/// 5. dispatch (`UpstreamDispatch`, an `UpstreamCall` with this handler as its delegate), or
+///    5b. a task (`TaskAcceptance`, `TaskControl.accept`), or a task poll (`TaskEndpoints`);
+/// 6. the response (`ResponseShaping`), captured for a keyed request;
+/// 7. the end: the machine's `Release` gives back the concurrency lease and the claim, the
+///    record is written once (`RequestFinisher`), and the connection's watchdog hears the rest
+///    of the request (`WatchdogTicket`) — whichever way the request ended.
 ///
 /// Reading from the partner pauses only while something must wait: pipelined requests queued,
-/// or a request body that cannot go anywhere yet (admission pending, the upstream call not
-/// ready for it, too much of it unwritten upstream). A drain (`ChannelShouldQuiesceEvent`)
-/// closes an idle HTTP/1.1 connection at once and a busy one after its response, which then
-/// says `Connection: close`.
+/// or a body that cannot go anywhere yet (admission pending, the call not ready for it, too much
+/// of it unwritten upstream). A drain (`ChannelShouldQuiesceEvent`) closes an idle HTTP/1.1
+/// connection at once and a busy one after its response, which then says `Connection: close`.
 final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler, UpstreamCallDelegate {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -38,61 +34,6 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// Unwritten request body bytes towards the upstream above which partner reads pause.
     static let bodyHighWatermark = 256 << 10
-
-    private enum BodyHandling {
-        /// No body, or one that is not forwarded (an HTTP/2 GET's DATA frames).
-        case none
-        /// Kept while admission is pending (reads are held, so this stays small).
-        case holding
-        /// Read whole (declared ≤ 64 KiB, retries possible), then sent with the call.
-        case collecting
-        /// Sent to the upstream as it arrives.
-        case streaming
-        /// Read and dropped: the gateway answered before the body ended.
-        case discarding
-        /// Read and dropped: its digest decides between a replay and a 422 when it ends.
-        case hashing
-        /// Read whole (up to `max_request_body`), then stored with the task it becomes.
-        case accepting
-    }
-
-    /// One request from head to finish.
-    private final class Request {
-        var record: RequestRecord
-        let snapshot: GatewaySnapshot
-        let head: PartnerRequestHead
-        var plan: ForwardPlan?
-        /// Set for a status read or cancel of a task.
-        var taskEndpoint: TaskEndpointRequest?
-        var admission: Admission?
-        /// Set for a request with an `Idempotency-Key` on a POST or PATCH route.
-        var idempotency: IdempotentRequest?
-        /// What stage 5 sends: the upstream, the rewritten head, whether it may be sent twice.
-        var upstream: (runtime: UpstreamRuntime, head: HTTPRequestHead, retryable: Bool)?
-        var call: UpstreamCall?
-        var body = BodyHandling.none
-        var requestEnded = false
-        /// Body chunks that arrived before the upstream call wanted them.
-        var pending: [ByteBuffer] = []
-        var collected: ByteBuffer?
-        /// The upstream call asked for the streamed body.
-        var bodyWanted = false
-        var unwrittenBodyBytes = 0
-        var responseStarted = false
-        var responseEnded = false
-        /// Close the HTTP/1.1 connection (or reset the HTTP/2 stream) once the response is out.
-        var closeAfterResponse = false
-        var finished = false
-        /// Its spans, when traces are exported.
-        var tracing: RequestTracing
-
-        init(record: RequestRecord, snapshot: GatewaySnapshot, head: PartnerRequestHead, tracing: RequestTracing) {
-            self.record = record
-            self.tracing = tracing
-            self.snapshot = snapshot
-            self.head = head
-        }
-    }
 
     /// What arrived for a request after the one in progress (HTTP/1.1 pipelining).
     private enum Queued {
@@ -105,12 +46,10 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     private let isHTTP2: Bool
     private let eventLoop: any EventLoop
     private var context: ChannelHandlerContext?
-    private var request: Request?
+    private var request: PartnerRequest?
     private var queued: [Queued] = []
     private var takingQueued = false
     private var readsHeld = false
-    /// The watchdog was told that a request body's reads are held (so it is not idle).
-    private var bodyHeldForWatchdog = false
     private var readPending = false
     private var closed = false
     /// Asked to drain: no request after the current one.
@@ -131,37 +70,35 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         self.context = nil
     }
 
-    // MARK: - Inbound
+    // MARK: - Channel events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
         // Parts of the next request wait until this one is answered.
-        if !queued.isEmpty || request?.requestEnded == true {
+        if !queued.isEmpty || request?.endReceived == true {
             guard !quiescing else { return }
             queued.append(.part(part))
             updateReads()
             return
         }
-        take(part, context: context)
+        take(part)
     }
 
-    private func take(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+    private func take(_ part: HTTPServerRequestPart) {
         switch part {
         case .head(let head):
-            requestHeadArrived(head, context: context)
+            headArrived(head)
         case .body(let chunk):
-            guard let request else { return }
-            bodyArrived(chunk, request)
+            if let request { bodyArrived(chunk, request) }
         case .end:
-            guard let request else { return }
-            requestEndArrived(request)
+            if let request { bodyEnded(request) }
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
         queued.removeAll()
-        if let request { clientWentAway(request) }
+        if let request { perform(request.machine.clientWentAway(), request) }
         context.fireChannelInactive()
     }
 
@@ -170,7 +107,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         quiescing = true
         queued.removeAll()
         if let request {
-            request.closeAfterResponse = true
+            request.machine.closeAfterThis()
         } else {
             context.close(promise: nil)
         }
@@ -181,35 +118,25 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             context.close(promise: nil)
             return
         }
-        if !queued.isEmpty || request?.requestEnded == true {
+        if !queued.isEmpty || request?.endReceived == true {
             queued.append(.error(parserError))  // about the next request: answered in turn
             return
         }
-        takeError(parserError, context: context)
+        takeError(parserError)
     }
 
-    private func takeError(_ parserError: HTTPParserError, context: ChannelHandlerContext) {
-        guard let request else { return answerProtocolError(parserError, context: context) }
+    private func takeError(_ parserError: HTTPParserError) {
+        guard let request else { return answerProtocolError(parserError) }
         // The body's framing broke: nothing more of this connection can be trusted.
-        if case .invalidEOFState = parserError { return clientWentAway(request) }
-        request.call?.cancel()
-        request.call = nil
-        request.closeAfterResponse = true
-        if request.responseStarted {
-            request.record.upstreamError = "request body is not valid HTTP"
-            finish(request)
-            context.close(promise: nil)
-        } else {
-            answer(request, Problem(.invalidRequest, detail: "The request body is not valid HTTP."))
-        }
+        if case .invalidEOFState = parserError { return perform(request.machine.clientWentAway(), request) }
+        if request.machine.responseStarted { request.record.upstreamError = "request body is not valid HTTP" }
+        perform(request.machine.bodyBroke(), request)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { request?.call?.pauseResponse(false) }
         context.fireChannelWritabilityChanged()
     }
-
-    // MARK: - Outbound
 
     func read(context: ChannelHandlerContext) {
         if readsHeld {
@@ -219,40 +146,29 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    /// Pauses or resumes reading from the partner: paused while pipelined requests wait, or
-    /// while the request's body cannot be passed on yet.
+    /// Pauses or resumes reading from the partner (pipelined requests waiting, a body that
+    /// cannot go anywhere yet), tells the watchdog, and sends `100 Continue` when the body is
+    /// first wanted.
     private func updateReads() {
-        let hold: Bool
-        if !queued.isEmpty {
-            hold = true
-        } else if let request, !request.requestEnded {
-            switch request.body {
-            case .holding: hold = true
-            case .streaming: hold = !request.bodyWanted || request.unwrittenBodyBytes >= Self.bodyHighWatermark
-            case .none, .collecting, .discarding, .hashing, .accepting: hold = false
+        var hold = !queued.isEmpty
+        if let request, !request.machine.bodyEnded {
+            let bodyHeld = request.machine.holdsBodyReads || request.unwrittenBodyBytes >= Self.bodyHighWatermark
+            hold = hold || bodyHeld
+            request.watchdog.hold(hold && request.machine.ending == nil, connection.watchdog)
+            if !hold, request.machine.takeContinue(), let context {
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: request.head.version, status: .continue))), promise: nil)
             }
-        } else {
-            hold = false
         }
         readsHeld = hold
-        let bodyHeld = hold && request.map { !$0.requestEnded && !$0.finished } == true
-        if bodyHeld != bodyHeldForWatchdog { tellWatchdog(bodyHeld: bodyHeld) }
         if !hold, readPending, let context {
             readPending = false
             context.read()
         }
     }
 
-    /// A body the gateway holds is back-pressure, not an idle partner (`ConnectionTimeouts`).
-    private func tellWatchdog(bodyHeld: Bool) {
-        bodyHeldForWatchdog = bodyHeld
-        if bodyHeld { connection.watchdog.bodyReadsHeld() } else { connection.watchdog.bodyReadsResumed() }
-    }
-
     // MARK: - Stages 1–3
 
-    private func requestHeadArrived(_ nioHead: HTTPRequestHead, context: ChannelHandlerContext) {
-        connection.watchdog.requestHeadReceived()
+    private func headArrived(_ nioHead: HTTPRequestHead) {
         let head = PartnerRequestHead(method: nioHead.method, target: nioHead.uri, headers: nioHead.headers, version: nioHead.version)
         let snapshot = runtime.snapshots.load()
         var record = RequestRecord(head, identifiers: runtime.identifiers, started: .now())
@@ -260,22 +176,23 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         let screening = RequestScreening.screen(head, &record, snapshot, scheme: connection.scheme, keys: connection.keys) { [connection] in
             connection.certificateSubject
         }
-        let request = Request(record: record, snapshot: snapshot, head: head, tracing: tracing)
-        request.closeAfterResponse = quiescing || (!isHTTP2 && !nioHead.isKeepAlive)
+        let length = RequestScreening.declaredBodyLength(head)
+        let machine = PartnerRequestStateMachine(
+            hasBody: (length ?? .none) != RequestBodyLength.none, drainable: RequestScreening.isDrainable(length),
+            expectsContinue: head.headers.first(name: "expect")?.lowercased() == "100-continue", maxBody: snapshot.policy.gateway.limits.maxRequestBody,
+            closeAfterResponse: quiescing || (!isHTTP2 && !nioHead.isKeepAlive)
+        )
+        let request = PartnerRequest(machine: machine, record: record, snapshot: snapshot, head: head, tracing: tracing)
+        request.watchdog.open(connection.watchdog)
         self.request = request
         switch screening {
         case .reject(let problem, let headers):
-            answer(request, problem, headers)
+            perform(request.machine.reject(problem, headers: headers), request)
         case .task(let endpoint):
             // Polls and cancels take a rate token and a concurrency slot like any request, but no
             // quota: a partner that used up its quota can still fetch the results it is owed.
             request.taskEndpoint = endpoint
-            switch snapshot.admission.admit(partner: endpoint.partner, cost: 1, quota: false, claiming: nil, on: eventLoop) {
-            case .decided(let admission):
-                admitted(request, admission)
-            case .pending(let pending):
-                pending.whenDecided { [self] admission in admitted(request, admission) }
-            }
+            admit(request, partner: endpoint.partner, cost: 1, quota: false, claiming: nil)
         case .forward(let plan):
             request.plan = plan
             var claiming: IdempotencyClaimRequest?
@@ -284,212 +201,174 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
                 request.idempotency = idempotent
                 claiming = snapshot.idempotency.claimRequest(idempotent, routeTimeout: plan.route.requestTimeout)
             }
-            if plan.bodyLength != .none {
-                request.body = .holding
-                updateReads()
-            }
-            let admission = snapshot.admission.admit(
-                partner: plan.partner, cost: plan.route.policy.cost, claiming: claiming, on: eventLoop
-            )
-            switch admission {
-            case .decided(let admission):
-                admitted(request, admission)
-            case .pending(let pending):
-                pending.whenDecided { [self] admission in admitted(request, admission) }
-            }
+            admit(request, partner: plan.partner, cost: plan.route.policy.cost, quota: true, claiming: claiming)
+        }
+        updateReads()
+    }
+
+    private func admit(_ request: PartnerRequest, partner: Partner, cost: Int, quota: Bool, claiming: IdempotencyClaimRequest?) {
+        switch request.snapshot.admission.admit(partner: partner, cost: cost, quota: quota, claiming: claiming, on: eventLoop) {
+        case .decided(let admission):
+            admitted(request, admission)
+        case .pending(let pending):
+            pending.whenDecided { [self] admission in admitted(request, admission) }
         }
     }
 
-    private func admitted(_ request: Request, _ admission: Admission) {
-        if case .success(.claimed)? = admission.claim, let idempotent = request.idempotency, let plan = request.plan {
-            request.snapshot.idempotency.claimWon(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, on: eventLoop)
-        }
-        guard self.request === request, !request.finished else {
-            // The client left while admission was pending: its slot and a won claim are given back.
-            request.snapshot.admission.finish(admission)
-            concludeIdempotency(request)
-            return
-        }
+    private func admitted(_ request: PartnerRequest, _ admission: Admission) {
         request.admission = admission
-        request.record.adopt(admission)
+        if request.machine.ending == nil { request.record.adopt(admission) }
+        let outcome: PartnerRequestStateMachine.AdmissionOutcome
         switch admission.verdict {
-        case .admitted where request.taskEndpoint != nil:
-            answerTaskEndpoint(request, request.taskEndpoint!)
-        case .admitted where request.idempotency != nil:
-            if let claim = admission.claim { claimAnswered(request, claim) } else { claim(request) }
-        case .admitted:
-            dispatch(request)
-        case .refused(let reason):
-            answer(request, ResponseShaping.problem(refusedFor: reason, admission))
-        case .storeUnavailable:
-            answer(
-                request, Problem(.upstreamUnavailable, detail: "The gateway cannot check rate limits right now; try again shortly."),
-                [("Retry-After", "1")]
-            )
+        case .admitted: outcome = .admitted(lease: admission.lease != nil, claim: admission.claim.map { claimAnswer($0, request) })
+        case .refused(let reason): outcome = .refused(ResponseShaping.problem(refusedFor: reason, admission))
+        case .storeUnavailable: outcome = .storeUnavailable
         }
+        perform(request.machine.admitted(outcome, keyed: request.idempotency != nil, taskEndpoint: request.taskEndpoint != nil), request)
     }
 
     // MARK: - Stage 4: idempotency
 
-    private func claim(_ request: Request) {
+    /// A claim's result as the machine needs it; a won claim is held (and renewed) from here on.
+    private func claimAnswer(_ result: Result<IdempotencyClaim, any Error>, _ request: PartnerRequest) -> PartnerRequestStateMachine.ClaimAnswer {
+        guard let idempotent = request.idempotency, let plan = request.plan else { return .failed }
+        let live = request.machine.ending == nil
+        switch result {
+        case .failure:
+            return .failed
+        case .success(.claimed):
+            request.snapshot.idempotency.claimWon(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, on: eventLoop)
+            if live { settle(request, .new) }
+            return .claimed
+        case .success(.inProgress(let milliseconds)):
+            if live { settle(request, .inUse) }
+            return .inProgress(retryAfterMilliseconds: milliseconds)
+        case .success(.completed(let record)):
+            let sameTarget = record.fingerprint.target == idempotent.target
+            if live, !sameTarget { settle(request, .mismatch) }
+            return .completed(record, sameTarget: sameTarget)
+        }
+    }
+
+    private func claim(_ request: PartnerRequest) {
         guard let idempotent = request.idempotency, let plan = request.plan else { return }
         request.snapshot.idempotency.claim(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, on: eventLoop) {
             [self] result in
-            claimAnswered(request, result)
+            perform(request.machine.claimAnswered(claimAnswer(result, request)), request)
         }
-    }
-
-    private func claimAnswered(_ request: Request, _ result: Result<IdempotencyClaim, any Error>) {
-        guard let idempotent = request.idempotency else { return }
-        if case .success(.claimed) = result, let plan = request.plan {
-            request.snapshot.idempotency.claimWon(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, on: eventLoop)
-        }
-        guard self.request === request, !request.finished else {
-            // The client left while the store answered: a won claim is given back.
-            concludeIdempotency(request)
-            return
-        }
-        switch result {
-        case .failure:
-            answer(
-                request, Problem(.upstreamUnavailable, detail: "The gateway cannot check idempotency keys right now; try again shortly."),
-                [("Retry-After", "1")]
-            )
-        case .success(.claimed):
-            settle(request, .new)
-            dispatch(request)
-        case .success(.inProgress(let milliseconds)):
-            settle(request, .inUse)
-            answer(
-                request, Problem(.idempotencyKeyInUse, detail: "A request with this Idempotency-Key is still in progress; retry later."),
-                [("Retry-After", String(IdempotencyControl.retryAfter(milliseconds: milliseconds)))]
-            )
-        case .success(.completed(let record)):
-            guard record.fingerprint.target == idempotent.target else { return mismatch(request) }
-            idempotent.phase = .comparing(record)
-            if request.requestEnded { return compare(request) }
-            // The body decides: read and hash it (without keeping it), then answer.
-            continueIfExpected(request)
-            request.pending.removeAll()
-            request.body = .hashing
-            updateReads()
-        }
-    }
-
-    /// The body of a retry for a finished key is in: replay when it is the same request, else 422.
-    private func compare(_ request: Request) {
-        guard let idempotent = request.idempotency, case .comparing(let record) = idempotent.phase else { return }
-        idempotent.phase = .concluded
-        guard idempotent.matches(record) else { return mismatch(request) }
-        settle(request, .replayed)
-        guard record.bodyKept else {
-            let (problem, headers) = ResponseShaping.notReplayable(record)
-            return answer(request, problem, headers)
-        }
-        guard let context, !request.responseStarted else { return }
-        let headers = ResponseShaping.replay(record, request.record, date: runtime.dates.current)
-        request.record.status = record.status
-        request.record.bytesOut = record.body.count
-        let body = record.body.isEmpty ? nil : context.channel.allocator.buffer(bytes: record.body)
-        respond(request, HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: record.status), headers: headers), body: body, context: context)
-    }
-
-    private func mismatch(_ request: Request) {
-        request.idempotency?.phase = .concluded
-        settle(request, .mismatch)
-        answer(
-            request,
-            Problem(.idempotencyKeyReused, detail: "This Idempotency-Key was used for a different request (method, path, query or body).")
-        )
     }
 
     /// Counts a keyed request's outcome and notes it for the access log.
-    private func settle(_ request: Request, _ result: IdempotencyResult) {
+    private func settle(_ request: PartnerRequest, _ result: IdempotencyResult) {
         request.snapshot.idempotency.metrics.idempotency(result)
         request.record.idempotency = result
     }
 
-    /// Records a claimed request's response, or releases its claim (stage 7).
-    private func concludeIdempotency(_ request: Request) {
-        guard let idempotent = request.idempotency, let partner = request.plan?.partner.id else { return }
-        let completed = request.responseEnded && !request.record.clientGone
-        if let result = request.snapshot.idempotency.conclude(
-            idempotent, partner: partner, completed: completed, requestID: request.record.requestID, on: eventLoop
-        ) {
-            request.record.idempotency = result
+    // MARK: - Doing what the machine says
+
+    private func perform(_ action: PartnerRequestStateMachine.Action, _ request: PartnerRequest) {
+        switch action {
+        case .none:
+            break
+        case .claim:
+            claim(request)
+        case .dispatch:
+            dispatch(request)
+        case .lookUpTask:
+            guard let endpoint = request.taskEndpoint else { return }
+            TaskEndpoints.answer(endpoint, snapshot: request.snapshot, logger: runtime.logger, on: eventLoop) { [self] answer in
+                perform(request.machine.taskLookedUp(answer), request)
+            }
+        case .startCall(let body):
+            startCall(request, body)
+        case .sendHeldBody(let end):
+            let held = request.held
+            request.held.removeAll()
+            for chunk in held { sendUpstream(chunk, request) }
+            if end { request.call?.endBody() }
+        case .endCallBody:
+            request.call?.endBody()
+        case .storeTask:
+            storeTask(request)
+        case .compare(let record):
+            let matches = request.idempotency?.matches(record) == true
+            settle(request, matches ? .replayed : .mismatch)
+            perform(request.machine.compared(record, matches: matches), request)
+        case .answer(let answer):
+            request.call?.cancel()
+            request.call = nil
+            write(answer, request)
+        case .release(let release):
+            give(release, request)
+            if release.ending == .answered { endResponse(request) }
+        case .cancelCall(let release):
+            request.call?.cancel()
+            request.call = nil
+            give(release, request)
+            retire(request)
+        case .releaseAndClose(let release):
+            request.call?.cancel()
+            request.call = nil
+            give(release, request)
+            retire(request)
+            context?.close(promise: nil)
         }
+        request.settleHeldChunks()
+        if self.request === request { updateReads() }
+    }
+
+    /// Gives back what the request held and, when it ended now, writes its record (spans,
+    /// metrics, usage, access log) — once: the machine's `Release` says what.
+    private func give(_ release: PartnerRequestStateMachine.Release, _ request: PartnerRequest) {
+        if release.lease, let admission = request.admission { request.snapshot.admission.finish(admission) }
+        if release.claim != .none, let idempotent = request.idempotency, let partner = request.plan?.partner.id,
+            let result = request.snapshot.idempotency.conclude(
+                idempotent, partner: partner, completed: release.claim == .record, requestID: request.record.requestID, on: eventLoop
+            )
+        {
+            if release.ending != nil { request.record.idempotency = result }
+        }
+        guard let ending = release.ending else { return }
+        request.record.clientGone = ending == .clientGone
+        request.tracing.finish(request.record, status: request.record.reportedStatus)
+        RequestFinisher.finished(request.record, runtime: runtime, on: eventLoop)
+    }
+
+    /// The request leaves the handler: the watchdog hears the rest of it.
+    private func retire(_ request: PartnerRequest) {
+        request.watchdog.close(connection.watchdog)
+        if self.request === request { self.request = nil }
     }
 
     // MARK: - Stage 5: dispatch
 
-    /// What the upstream learns about the request besides its own headers (forwarding headers, trace).
-    private func forwardingContext(_ request: Request, _ plan: ForwardPlan, traceparent: String) -> ForwardingContext {
-        ForwardingContext(
-            clientAddress: connection.clientAddress,
-            scheme: connection.scheme,
-            host: request.head.headers.first(name: "host"),
-            partnerID: plan.partner.id,
-            version: plan.version.version.name,
-            requestID: request.record.requestID,
-            traceparent: traceparent,
-            fromTrustedProxy: connection.isTrustedProxy(request.snapshot.policy.gateway.listen.trustedProxies)
-        )
-    }
-
-    private func dispatch(_ request: Request) {
-        if request.plan?.async != nil { return acceptAsTask(request) }
-        guard let plan = request.plan, let upstream = request.snapshot.upstreams[plan.route.upstream.name] else {
+    private func dispatch(_ request: PartnerRequest) {
+        guard let plan = request.plan else { return }
+        if plan.async != nil {
+            request.collected = context?.channel.allocator.buffer(capacity: 0)
+            return perform(request.machine.dispatch(.task), request)
+        }
+        guard let upstream = request.snapshot.upstreams[plan.route.upstream.name] else {
             runtime.logger.error("no client for upstream", metadata: ["request_id": .string(request.record.requestID)])
-            return answer(request, Problem(.internalError, detail: "The gateway could not handle this request."))
+            return perform(request.machine.reject(Problem(.internalError, detail: "The gateway could not handle this request."), headers: []), request)
         }
-        let head = request.head
-        var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: upstream.client.path(for: plan.target))
-        upstreamHead.headers.reserveCapacity(head.headers.count + 8)
-        upstreamHead.headers.add(name: "Host", value: upstream.client.authority)
-        let traceparent = request.tracing.startUpstream(
-            upstream.name, record: request.record, tracing: runtime.tracing, identifiers: runtime.identifiers
-        )
-        HeaderRewriter.forwardRequest(head.headers, forwardingContext(request, plan, traceparent: traceparent)) { upstreamHead.headers.add(name: $0, value: $1) }
-        let retryable = upstream.policy.retries.attempts > 0
-            && RetryRules.mayRetry(method: head.method.rawValue, hasIdempotencyKey: head.headers.contains(name: "idempotency-key"))
-
-        switch plan.bodyLength {
-        case .none:
-            if head.method == .POST || head.method == .PUT || head.method == .PATCH {
-                upstreamHead.headers.add(name: "Content-Length", value: "0")
-            }
-        case .known(let length):
-            upstreamHead.headers.add(name: "Content-Length", value: String(length))
-        case .unknown:
-            upstreamHead.headers.add(name: "Transfer-Encoding", value: "chunked")
-        }
-        request.upstream = (upstream, upstreamHead, retryable)
-
-        switch plan.bodyLength {
-        case .none:
-            request.body = .none
-            startCall(request, .none)
-        case .known(let length) where retryable && length <= UpstreamCall.replayableBodyLimit:
-            // Small enough to keep, so that a retry can send it again.
-            continueIfExpected(request)
-            request.body = .collecting
-            var collected = self.context!.channel.allocator.buffer(capacity: length)
-            for chunk in request.pending { collected.writeImmutableBuffer(chunk) }
-            request.pending.removeAll()
-            request.collected = collected
-            if request.requestEnded { startCall(request, .whole(collected)) } else { updateReads() }
-        case .known, .unknown:
-            // Streamed: reads resume when the call wants the body.
-            continueIfExpected(request)
-            request.body = .streaming
-            startCall(request, .streamed)
-        }
+        let (head, retryable, dispatch) = UpstreamDispatch.prepare(request, plan, upstream: upstream, connection: connection, runtime: runtime)
+        request.upstream = (upstream, head, retryable)
+        if case .known(let length) = plan.bodyLength, dispatch == .collected { request.collected = context?.channel.allocator.buffer(capacity: length) }
+        perform(request.machine.dispatch(dispatch), request)
     }
 
-    private func startCall(_ request: Request, _ body: UpstreamRequest.Body) {
-        guard let (upstream, head, retryable) = request.upstream, let plan = request.plan, let context else { return }
+    private func startCall(_ request: PartnerRequest, _ body: PartnerRequestStateMachine.CallBody) {
+        guard let (upstream, head, retryable) = request.upstream, let plan = request.plan else { return }
+        let callBody: UpstreamRequest.Body =
+            switch body {
+            case .none: .none
+            case .whole: .whole(request.collected ?? ByteBuffer())
+            case .streamed: .streamed
+            }
+        request.collected = nil
         let call = UpstreamCall(
-            runtime: upstream, request: UpstreamRequest(head: head, body: body, retryable: retryable), timeout: plan.route.requestTimeout,
+            runtime: upstream, request: UpstreamRequest(head: head, body: callBody, retryable: retryable), timeout: plan.route.requestTimeout,
             eventLoop: eventLoop, logger: runtime.logger, delegate: self
         )
         request.call = call
@@ -497,159 +376,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         call.start()
     }
 
-    /// Answers `Expect: 100-continue` before the body is read.
-    private func continueIfExpected(_ request: Request) {
-        guard let context, request.head.headers.first(name: "expect")?.lowercased() == "100-continue" else { return }
-        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: request.head.version, status: .continue))), promise: nil)
-    }
-
-    // MARK: - Stage 5b: async tasks
-
-    /// Reads the whole body (bounded by `max_request_body`), then stores the task.
-    private func acceptAsTask(_ request: Request) {
-        guard let context else { return }
-        continueIfExpected(request)
-        request.body = .accepting
-        var collected = context.channel.allocator.buffer(capacity: 0)
-        for chunk in request.pending { collected.writeImmutableBuffer(chunk) }
-        request.pending.removeAll()
-        request.collected = collected
-        if request.requestEnded || request.plan?.bodyLength == RequestBodyLength.none { storeTask(request) } else { updateReads() }
-    }
-
-    /// Stores the request as a task (its forwarded headers, with `Idempotency-Key: <task id>` for
-    /// the upstream) and answers 202 with where to poll.
-    private func storeTask(_ request: Request) {
-        guard let plan = request.plan, let async = plan.async, request.body == .accepting else { return }
-        request.body = .none
-        let tasks = request.snapshot.tasks
-        let id = TaskID.random()
-        // The task's runs join the accepting request's trace (as children of its span when tracing).
-        let traceparent = request.tracing.serverTraceparent(runtime.tracing)
-            ?? RequestIdentity.traceparent(request.record.trace, spanID: runtime.identifiers.next64())
-        let forwarding = forwardingContext(request, plan, traceparent: traceparent)
-        var headers: [TaskHeader] = []
-        HeaderRewriter.forwardRequest(request.head.headers, forwarding) { name, value in
-            guard name.lowercased() != "idempotency-key" else { return }
-            headers.append(TaskHeader(name, value))
-        }
-        headers.append(TaskHeader("Idempotency-Key", id.text))
-        let body = request.collected.map { Data($0.readableBytesView) } ?? Data()
-        request.collected = nil
-        let taskRequest = TaskRequest(
-            method: request.head.method.rawValue, upstream: plan.route.upstream.name, pathAndQuery: plan.target, headers: headers, body: body,
-            timeoutMilliseconds: plan.route.requestTimeout.milliseconds
-        )
-        let record = TaskRecord(
-            id: id, partner: plan.partner.id, version: plan.version.version.name, route: plan.route.id,
-            lifecycle: TaskLifecycle(acceptedAt: tasks.clock(), instance: tasks.instance, requestID: request.record.requestID),
-            traceparent: forwarding.traceparent
-        )
-        tasks.accept(record, request: taskRequest, on: eventLoop, answered: { [self] outcome in
-            guard self.request === request, !request.finished else { return }
-            switch outcome {
-            case .accepted:
-                request.record.taskAccepted = true
-                var extra = [
-                    ("Location", TaskDocument.statusPath(record)), ("Retry-After", String(TaskControl.pollHint(routeTimeout: plan.route.requestTimeout))),
-                ]
-                if async == .requested { extra.append(("Preference-Applied", "respond-async")) }
-                respondDocument(request, status: .accepted, TaskDocument.accepted(record), extra)
-            case .unavailable:
-                runtime.logger.warning("could not store a task", metadata: ["request_id": .string(request.record.requestID)])
-                answer(
-                    request, Problem(.upstreamUnavailable, detail: "The gateway cannot accept tasks right now; try again shortly."),
-                    [("Retry-After", "1")]
-                )
-            }
-        }, settled: { _ in })
-    }
-
-    /// `GET` (status) and `DELETE` (cancel) of `/{version}/tasks/{id}`: the owner's task, else 404.
-    private func answerTaskEndpoint(_ request: Request, _ endpoint: TaskEndpointRequest) {
-        let tasks = request.snapshot.tasks
-        let notFound = Problem(.notFound, detail: "There is no task '\(endpoint.id.text)'.")
-        let unavailable = Problem(.upstreamUnavailable, detail: "The gateway cannot read tasks right now; try again shortly.")
-        switch endpoint.action {
-        case .status:
-            tasks.status(endpoint.id, partner: endpoint.partner.id, on: eventLoop) { [self] result in
-                guard self.request === request, !request.finished else { return }
-                switch result {
-                case .success(.found(let record)):
-                    let hint = record.lifecycle.status.isFinished ? [] : [("Retry-After", String(TaskControl.pollHint(for: record, request.snapshot)))]
-                    respondDocument(request, status: .ok, TaskDocument.status(record), hint)
-                case .success(.notFound):
-                    answer(request, notFound)
-                case .failure:
-                    answer(request, unavailable, [("Retry-After", "1")])
-                }
-            }
-        case .cancel:
-            let notify = endpoint.partner.policy.webhook != nil
-            tasks.cancel(endpoint.id, partner: endpoint.partner.id, notify: notify, on: eventLoop) { [self] result in
-                guard self.request === request, !request.finished else { return }
-                switch result {
-                case .success(.cancelled(let record)):
-                    runtime.logger.info("task cancelled", metadata: TaskWorkers.metadata(record))
-                    respondDocument(request, status: .ok, TaskDocument.status(record), [])
-                case .success(.conflict(let record)):
-                    answer(
-                        request,
-                        Problem(.taskNotCancellable, detail: "Only a queued task can be cancelled; this one is \(record.lifecycle.status.rawValue).")
-                    )
-                case .success(.notFound):
-                    answer(request, notFound)
-                case .failure:
-                    answer(request, unavailable, [("Retry-After", "1")])
-                }
-            }
-        }
-    }
-
-    // MARK: - The request body
-
-    private func bodyArrived(_ chunk: ByteBuffer, _ request: Request) {
-        request.record.bytesIn += chunk.readableBytes
-        let limit = request.snapshot.policy.gateway.limits.maxRequestBody
-        if request.record.bytesIn > limit, request.body != .discarding {
-            return bodyTooLarge(request, limit: limit)
-        }
-        request.idempotency?.bodyArrived(chunk)
-        switch request.body {
-        case .none, .discarding, .hashing:
-            break
-        case .holding:
-            request.pending.append(chunk)
-        case .collecting, .accepting:
-            request.collected?.writeImmutableBuffer(chunk)
-        case .streaming:
-            if request.bodyWanted { sendUpstream(chunk, request) } else { request.pending.append(chunk) }
-        }
-    }
-
-    private func requestEndArrived(_ request: Request) {
-        request.requestEnded = true
-        if bodyHeldForWatchdog { tellWatchdog(bodyHeld: false) }
-        connection.watchdog.requestBodyEnded()
-        request.idempotency?.bodyEnded()
-        switch request.body {
-        case .none, .holding:
-            break
-        case .collecting:
-            startCall(request, .whole(request.collected ?? ByteBuffer()))
-        case .streaming:
-            if request.bodyWanted { request.call?.endBody() }
-        case .discarding:
-            if request.responseEnded { requestCompleted(request) }
-        case .hashing:
-            compare(request)
-        case .accepting:
-            storeTask(request)
-        }
-    }
-
-    private func sendUpstream(_ chunk: ByteBuffer, _ request: Request) {
-        guard let call = request.call, let context else { return }
+    private func sendUpstream(_ chunk: ByteBuffer, _ request: PartnerRequest) {
+        guard let call = request.call else { return }
         let bytes = chunk.readableBytes
         request.unwrittenBodyBytes += bytes
         let promise = eventLoop.makePromise(of: Void.self)
@@ -661,44 +389,76 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         if request.unwrittenBodyBytes >= Self.bodyHighWatermark, !readsHeld { updateReads() }
     }
 
-    private func bodyTooLarge(_ request: Request, limit: Int) {
-        request.call?.cancel()
-        request.call = nil
-        request.closeAfterResponse = true
-        request.body = .discarding
-        if request.responseStarted {
-            finish(request)
-            context?.close(promise: nil)
-        } else {
-            answer(request, Problem(.payloadTooLarge, detail: "The request body is larger than \(limit) bytes."))
+    // MARK: - Stage 5b: tasks
+
+    /// Stores the request as a task. The partner's answer comes with `answered`; the key (if
+    /// any) follows the task whatever became of the request, with `settled`.
+    private func storeTask(_ request: PartnerRequest) {
+        guard let plan = request.plan else { return }
+        let (record, taskRequest) = TaskAcceptance.make(request, plan, connection: connection, runtime: runtime)
+        let accepted = TaskAcceptance.accepted(record, plan)
+        request.snapshot.tasks.accept(
+            record, request: taskRequest, on: eventLoop,
+            answered: { [self] answer in
+                if answer == .accepted { request.record.taskAccepted = true }
+                perform(request.machine.taskAnswered(answer == .accepted ? accepted : TaskAcceptance.unavailable), request)
+            },
+            settled: { [self] settlement in
+                guard let idempotent = request.idempotency, let partner = request.plan?.partner.id else { return }
+                switch request.machine.taskSettled(settlement) {
+                case .none:
+                    break
+                case .recordAcceptance:
+                    guard case .document(let status, let body, let extra) = accepted else { return }
+                    let headers = ResponseShaping.document(bodyBytes: body.count, extra: extra, request.record, date: runtime.dates.current)
+                    request.snapshot.idempotency.recordAnswer(
+                        idempotent, status: status, headers: headers, body: ByteBuffer(bytes: body), partner: partner, requestID: request.record.requestID,
+                        on: eventLoop
+                    )
+                case .releaseClaim:
+                    _ = request.snapshot.idempotency.conclude(idempotent, partner: partner, completed: false, requestID: request.record.requestID, on: eventLoop)
+                }
+            }
+        )
+    }
+
+    // MARK: - The request body
+
+    private func bodyArrived(_ chunk: ByteBuffer, _ request: PartnerRequest) {
+        request.record.bytesIn += chunk.readableBytes
+        request.idempotency?.bodyArrived(chunk)
+        switch request.machine.bodyReceived(chunk.readableBytes) {
+        case .hold: request.held.append(chunk)
+        case .collect: request.collected?.writeImmutableBuffer(chunk)
+        case .forward: sendUpstream(chunk, request)
+        case .drop: break
+        case .tooLarge: perform(request.machine.bodyTooLarge(), request)
         }
+    }
+
+    private func bodyEnded(_ request: PartnerRequest) {
+        request.endReceived = true
+        request.watchdog.bodyEnded(connection.watchdog)
+        request.idempotency?.bodyEnded()
+        perform(request.machine.bodyEnd(), request)
+        if request.machine.isComplete { requestCompleted(request) }  // the rest of an answered request's body was drained
     }
 
     // MARK: - UpstreamCallDelegate
 
     func upstreamCallWantsBody(_ call: UpstreamCall) {
         guard let request, request.call === call else { return }
-        request.bodyWanted = true
-        let pending = request.pending
-        request.pending.removeAll()
-        for chunk in pending { sendUpstream(chunk, request) }
-        if request.requestEnded {
-            call.endBody()
-        } else {
-            updateReads()
-        }
+        perform(request.machine.callWantsBody(), request)
     }
 
     func upstreamCall(_ call: UpstreamCall, respondedWith upstreamHead: HTTPResponseHead, body: UpstreamResponseBody) {
-        guard let request, request.call === call, let context else { return }
+        guard let request, request.call === call, let context, request.machine.upstreamResponded() else { return }
         var headers = ResponseShaping.forwarded(upstreamHead.headers, request.record, date: runtime.dates.current)
-        if !request.requestEnded { request.closeAfterResponse = true }  // answered before the upload ended
-        if request.closeAfterResponse && !isHTTP2 { headers.replaceOrAdd(name: "Connection", value: "close") }
+        if request.machine.closeAfterResponse && !isHTTP2 { headers.replaceOrAdd(name: "Connection", value: "close") }
         let head = HTTPResponseHead(version: responseVersion(request), status: upstreamHead.status, headers: headers)
         request.record.status = Int(upstreamHead.status.code)
         if let started = request.record.upstreamStarted { request.record.upstreamDuration = .nanoseconds((NIODeadline.now() - started).nanoseconds) }
         request.tracing.upstreamEnded(status: request.record.status)
-        request.responseStarted = true
         request.idempotency?.responseStarted(status: request.record.status, headers: headers)
         switch body {
         case .whole(let buffer):
@@ -706,7 +466,9 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             request.record.bytesOut = buffer?.readableBytes ?? 0
             if let buffer { request.idempotency?.responseBodyArrived(buffer) }
             request.call = nil
-            respond(request, head, body: buffer, context: context)
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            if let buffer { context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
+            perform(request.machine.answerWritten(), request)
         case .streaming:
             context.writeAndFlush(wrapOutboundOut(.head(head)), promise: nil)
         }
@@ -721,18 +483,17 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func upstreamCallFinished(_ call: UpstreamCall) {
-        guard let request, request.call === call, let context else { return }
+        guard let request, request.call === call else { return }
         request.call = nil
-        endResponse(request, context: context)
+        perform(request.machine.answerWritten(), request)
     }
 
     func upstreamCall(_ call: UpstreamCall, failed failure: UpstreamFailure) {
         guard let request, request.call === call else { return }
         request.call = nil
-        let (problem, headers) = ResponseShaping.problem(for: failure)
         request.record.upstreamError = "\(failure)"
         request.tracing.upstreamEnded(status: nil, failure: "\(failure)")
-        answer(request, problem, headers)
+        perform(request.machine.upstreamFailed(failure), request)
     }
 
     func upstreamCall(_ call: UpstreamCall, brokeOff reason: UpstreamBreak) {
@@ -751,114 +512,83 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .closed:
             request.record.upstreamError = "upstream closed the connection mid-body"
         }
-        // Cut off: the partner must not take the response for complete.
-        finish(request)
-        self.request = nil
-        context?.close(promise: nil)
+        perform(request.machine.upstreamBrokeOff(), request)
     }
 
-    // MARK: - Answering
+    // MARK: - Stage 6: answers
 
-    /// Answers from the gateway itself (a problem document): stages 3–5 end here.
-    private func answer(_ request: Request, _ problem: Problem, _ extra: [(String, String)] = []) {
-        guard let context, !request.responseStarted else { return }
-        request.record.status = problem.status
-        request.record.problem = problem.type.rawValue
-        stopReadingBody(request)
-        let (headers, body) = ResponseShaping.problem(problem, request.record, extra: extra, date: runtime.dates.current, allocator: context.channel.allocator)
-        request.record.bytesOut = body.readableBytes
-        respond(request, HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: problem.status), headers: headers), body: body, context: context)
-    }
-
-    /// A JSON document from the gateway itself (task answers), kept for a replay when the request has an `Idempotency-Key`.
-    private func respondDocument(_ request: Request, status: HTTPResponseStatus, _ document: Data, _ extra: [(String, String)]) {
-        guard let context, !request.responseStarted else { return }
-        stopReadingBody(request)
-        let body = context.channel.allocator.buffer(bytes: document)
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: String(body.readableBytes))
-        headers.add(name: "Cache-Control", value: "no-store")
-        headers.add(name: "Date", value: runtime.dates.current)
-        for (name, value) in extra { headers.add(name: name, value: value) }
-        request.record.addResponseHeaders(to: &headers)
-        request.record.status = Int(status.code)
-        request.record.bytesOut = body.readableBytes
-        request.idempotency?.responseStarted(status: request.record.status, headers: headers)
-        request.idempotency?.responseBodyArrived(body)
-        respond(request, HTTPResponseHead(version: responseVersion(request), status: status, headers: headers), body: body, context: context)
-    }
-
-    /// The gateway answers before the request body ended: a small body is drained, a large or
-    /// unbounded one costs less as a new connection.
-    private func stopReadingBody(_ request: Request) {
-        if !request.requestEnded {
-            // Drain a small body; a large or unbounded one costs less as a new connection.
-            let drainable: Bool = if case .known(let length) = RequestScreening.declaredBodyLength(request.head) {
-                length <= RequestScreening.drainableBodyLimit
-            } else {
-                RequestScreening.declaredBodyLength(request.head) == RequestBodyLength.none
-            }
-            if !drainable { request.closeAfterResponse = true }
-            request.pending.removeAll()
-            request.body = .discarding
-            updateReads()
+    /// Writes an answer from the gateway itself (head and body, none for HEAD); its end follows
+    /// when the machine has released the request (`endResponse`).
+    private func write(_ answer: PartnerRequestStateMachine.Answer, _ request: PartnerRequest) {
+        guard let context else { return }
+        let status: Int
+        var headers: HTTPHeaders
+        let body: ByteBuffer?
+        switch answer {
+        case .problem(let problem, let extra):
+            status = problem.status
+            request.record.problem = problem.type.rawValue
+            let shaped = ResponseShaping.problem(problem, request.record, extra: extra, date: runtime.dates.current, allocator: context.channel.allocator)
+            (headers, body) = (shaped.0, shaped.1)
+        case .replay(let record) where !record.bodyKept:
+            let (problem, extra) = ResponseShaping.notReplayable(record)
+            return write(.problem(problem, headers: extra), request)
+        case .replay(let record):
+            status = record.status
+            headers = ResponseShaping.replay(record, request.record, date: runtime.dates.current)
+            body = record.body.isEmpty ? nil : context.channel.allocator.buffer(bytes: record.body)
+        case .document(let documentStatus, let bytes, let extra):
+            status = documentStatus
+            headers = ResponseShaping.document(bodyBytes: bytes.count, extra: extra, request.record, date: runtime.dates.current)
+            body = context.channel.allocator.buffer(bytes: bytes)
         }
-    }
-
-    /// Writes a whole response at once — head, body (none for HEAD), end: the gateway's own
-    /// answers, small forwarded ones and replays; says `Connection: close` when the HTTP/1.1
-    /// connection ends after it.
-    private func respond(_ request: Request, _ head: HTTPResponseHead, body: ByteBuffer?, context: ChannelHandlerContext) {
-        var head = head
-        if request.closeAfterResponse && !isHTTP2 { head.headers.replaceOrAdd(name: "Connection", value: "close") }
-        request.responseStarted = true
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        request.record.status = status
+        request.record.bytesOut = body?.readableBytes ?? 0
+        if request.machine.closeAfterResponse && !isHTTP2 { headers.replaceOrAdd(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: responseVersion(request), status: .init(statusCode: status), headers: headers))), promise: nil)
         if let body, request.head.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        endResponse(request, context: context)
+        perform(request.machine.answerWritten(), request)
     }
 
-    /// Writes the end of the response and flushes; then finishes the request, and either takes
-    /// the next one, drains the rest of this one's body, or closes.
-    private func endResponse(_ request: Request, context: ChannelHandlerContext) {
-        request.responseEnded = true
-        finish(request)
-        connection.watchdog.responseEnded()
-        let closing = request.closeAfterResponse && (!isHTTP2 || !request.requestEnded)
-        if closing {
-            self.request = nil
+    /// Writes the end of the answer and flushes; then takes the next request, drains the rest
+    /// of this one's body, or closes (HTTP/2: resets the stream when its body did not end).
+    private func endResponse(_ request: PartnerRequest) {
+        guard let context else { return }
+        request.watchdog.responseEnded(connection.watchdog)
+        if request.machine.closeAfterResponse && (!isHTTP2 || !request.machine.bodyEnded) {
+            retire(request)
             queued.removeAll()
             context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             return
         }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        if request.requestEnded { requestCompleted(request) }  // else: drain the rest of the body first
+        if request.machine.bodyEnded { requestCompleted(request) }  // else: drain the rest of the body first
     }
 
     /// Request and response are both complete: the next request, if one is queued, goes next.
-    private func requestCompleted(_ request: Request) {
-        guard self.request === request, let context else { return }
-        self.request = nil
+    private func requestCompleted(_ request: PartnerRequest) {
+        guard self.request === request else { return }
+        retire(request)
         guard !takingQueued else { return }  // the loop below is already running further up the stack
         takingQueued = true
         defer { takingQueued = false }
-        while self.request == nil || self.request?.requestEnded == false, !queued.isEmpty {
-            let next = queued.removeFirst()
-            switch next {
-            case .part(let part): take(part, context: context)
-            case .error(let error): takeError(error, context: context)
+        while self.request == nil || self.request?.endReceived == false, !queued.isEmpty {
+            switch queued.removeFirst() {
+            case .part(let part): take(part)
+            case .error(let error): takeError(error)
             }
         }
         updateReads()
     }
 
     /// The status line of an HTTP/1.1 response echoes the request's minor version.
-    private func responseVersion(_ request: Request) -> HTTPVersion {
+    private func responseVersion(_ request: PartnerRequest) -> HTTPVersion {
         isHTTP2 ? request.head.version : (request.head.version == .http1_0 ? .http1_0 : .http1_1)
     }
 
     /// A malformed new request: 400 (431 for oversized headers) and close.
-    private func answerProtocolError(_ error: HTTPParserError, context: ChannelHandlerContext) {
+    private func answerProtocolError(_ error: HTTPParserError) {
+        guard let context else { return }
         if case .invalidEOFState = error { return context.close(promise: nil) }
         guard !closed else { return }
         closed = true
@@ -881,28 +611,5 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         RequestFinisher.protocolError(status: problem.status, requestID: requestID, runtime: runtime, on: context.eventLoop)
-    }
-
-    // MARK: - Stage 7: finish
-
-    /// The partner went away (closed the connection, reset the stream, or its body broke off):
-    /// the upstream call is cancelled, the slot released, the request logged (499 if unanswered).
-    private func clientWentAway(_ request: Request) {
-        request.call?.cancel()
-        request.call = nil
-        request.record.clientGone = !request.responseEnded
-        finish(request)
-        if self.request === request { self.request = nil }
-    }
-
-    /// Releases the concurrency slot and records the request (metrics, access log) — once.
-    private func finish(_ request: Request) {
-        guard !request.finished else { return }
-        request.finished = true
-        if bodyHeldForWatchdog { tellWatchdog(bodyHeld: false) }
-        if let admission = request.admission { request.snapshot.admission.finish(admission) }
-        concludeIdempotency(request)
-        request.tracing.finish(request.record, status: request.record.reportedStatus)
-        RequestFinisher.finished(request.record, runtime: runtime, on: eventLoop)
     }
 }

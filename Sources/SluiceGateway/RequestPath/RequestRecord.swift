@@ -3,8 +3,8 @@ import NIOHTTP1
 import SluiceCore
 
 /// What happened to one partner request: the response headers every answer carries, and what
-/// the access log, the metrics (and later usage counting) record at the end. A plain value
-/// filled in stage by stage.
+/// the access log, the metrics and usage counting record at the end. A plain value filled in
+/// stage by stage.
 struct RequestRecord {
     let requestID: String
     let method: String
@@ -135,6 +135,19 @@ enum ResponseShaping {
         headers.add(name: "Cache-Control", value: "no-store")
         headers.add(name: "Date", value: date)
         return (headers, body)
+    }
+
+    /// A JSON document's head from the gateway itself (a task's 202, status or cancel).
+    static func document(bodyBytes: Int, extra: [(String, String)], _ record: RequestRecord, date: String) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(RequestRecord.responseHeaderCount + extra.count + 4)
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(bodyBytes))
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "Date", value: date)
+        for (name, value) in extra { headers.add(name: name, value: value) }
+        record.addResponseHeaders(to: &headers)
+        return headers
     }
 
     /// The problem (and extra headers) for a failed upstream call.

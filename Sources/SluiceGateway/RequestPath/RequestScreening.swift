@@ -235,6 +235,16 @@ enum RequestScreening {
         headers.lazy.filter { HeaderName.equals($0.name, lowercasedName) }.map(\.value)
     }
 
+    /// Whether a body of this length, unwanted (the gateway answered before reading it), is read to
+    /// its end rather than the connection closed: none, or declared and small.
+    static func isDrainable(_ length: RequestBodyLength?) -> Bool {
+        switch length {
+        case .none?: true
+        case .known(let bytes)?: bytes <= drainableBodyLimit
+        case .unknown?, nil: false
+        }
+    }
+
     /// The body's framing; nil when Content-Length is malformed or given twice differently.
     static func declaredBodyLength(_ head: PartnerRequestHead) -> RequestBodyLength? {
         let lengths = values(of: "content-length", in: head.headers)
