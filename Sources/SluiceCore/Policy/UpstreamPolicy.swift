@@ -56,6 +56,9 @@ public struct UpstreamPolicy: Sendable, Equatable {
         public var backoffMax: Duration = .seconds(1)
         /// Retries never exceed this share (0…1) of recent requests.
         public var budget = 0.2
+
+        /// The defaults (no retries).
+        public init() {}
     }
 
     public var name: String

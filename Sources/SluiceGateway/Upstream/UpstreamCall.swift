@@ -11,6 +11,21 @@ struct UpstreamRequest {
         case whole(ByteBuffer)
         /// Streamed from the partner as it arrives (`UpstreamCallDelegate.upstreamCallWantsBody`).
         case streamed
+
+        var kind: BodyKind {
+            switch self {
+            case .none: .none
+            case .whole: .whole
+            case .streamed: .streamed
+            }
+        }
+    }
+
+    /// How the body travels, without the bytes.
+    enum BodyKind {
+        case none
+        case whole
+        case streamed
     }
 
     var head: HTTPRequestHead
@@ -59,60 +74,30 @@ protocol UpstreamCallDelegate: AnyObject {
     func upstreamCall(_ call: UpstreamCall, brokeOff reason: UpstreamBreak)
 }
 
-/// One partner request's conversation with its upstream (SPEC §3 timeouts and breakers, §4.2),
-/// bound to the partner's event loop:
-///
-/// - a bulkhead slot is taken first (waiting at most `queue_timeout`) and held until the end;
-/// - every try asks the circuit breaker first and reports its outcome at the response head
-///   (5xx, connect errors, timeouts and broken connections fail; a partner that went away gives
-///   no verdict);
-/// - tries share the route's request timeout: no response head by then is a 504;
-/// - a failed try is retried only for requests that may be sent twice, on the listed
-///   conditions, while the body can be sent again (none, kept whole, or nothing of it streamed),
-///   within the retry budget, after a full-jitter backoff;
-/// - a response body that stops for `body_timeout` is cut off; one with a declared length up
-///   to 64 KiB is read whole before its head is delivered, so a stall there is still a 504;
-/// - on a connection, both deadlines are watched by the connection's `LazyTimer`, which a busy
-///   connection schedules about once per timeout, not once per request.
+/// One request's conversation with its upstream (SPEC §3 timeouts and breakers, §4.2): a thin
+/// shell over `UpstreamCallStateMachine`, bound to one event loop, that does what the machine
+/// says with the upstream's bulkhead (a slot taken first, waiting at most `queue_timeout`, held
+/// until the end), its breaker (asked before every try, told every try's outcome), its retry
+/// budget, its connection pool, and the delegate. On a connection, the deadlines are watched by
+/// the connection's `LazyTimer`, which a busy connection schedules about once per timeout, not
+/// once per request.
 final class UpstreamCall: UpstreamConnectionUser {
-    /// Response bodies up to this size (declared) are read whole before forwarding.
-    static let wholeBodyLimit = 64 << 10
     /// Request bodies up to this size (declared) are kept for retries when a retry is possible.
     static let replayableBodyLimit = 64 << 10
-
-    private enum State {
-        case idle
-        case waitingForSlot(waiter: UInt64)
-        case connecting
-        case awaitingHead(UpstreamConnection)
-        case readingWhole(UpstreamConnection, HTTPResponseHead, ByteBuffer?)
-        case streaming(UpstreamConnection)
-        case backingOff(Scheduled<Void>)
-        case finished
-    }
 
     let runtime: UpstreamRuntime
     private let request: UpstreamRequest
     private let eventLoop: any EventLoop
     private let logger: Logger
     private weak var delegate: (any UpstreamCallDelegate)?
-    private var state = State.idle
-    private let deadline: NIODeadline
+    private var machine: UpstreamCallStateMachine
+    private var connection: UpstreamConnection?
     private var holdsSlot = false
+    private var waiter: UInt64?
     private var ticket: CircuitBreaker<ContinuousClock.Instant>.Ticket?
     private var tryStarted = ContinuousClock.now
-    private var retried = 0
-    private var requestComplete = false
-    /// The head deadline while connecting; on a connection, the connection's `LazyTimer` wakes the call.
-    private var connectTimer: Scheduled<Void>?
-    /// When the response body last moved (for `body_timeout`).
-    private var lastProgress = NIODeadline.now()
-    /// Set once a try of a streamed body sent anything: that body cannot be sent again.
-    private var bodyConsumed = false
-    /// Chunks of the streamed body that came while no try was sending (connecting, backing off).
-    private var pendingChunks: [(ByteBuffer, EventLoopPromise<Void>?)] = []
-    /// The streamed body ended while no try was sending.
-    private var pendingEnd = false
+    /// The deadline while a connection opens, and the backoff between tries.
+    private var timer: Scheduled<Void>?
 
     init(runtime: UpstreamRuntime, request: UpstreamRequest, timeout: Duration, eventLoop: any EventLoop, logger: Logger, delegate: any UpstreamCallDelegate) {
         self.runtime = runtime
@@ -120,387 +105,266 @@ final class UpstreamCall: UpstreamConnectionUser {
         self.eventLoop = eventLoop
         self.logger = logger
         self.delegate = delegate
-        self.deadline = .now() + TimeAmount(timeout)
+        machine = UpstreamCallStateMachine(
+            deadline: .now() + TimeAmount(timeout), body: request.body.kind, retryable: request.retryable, retries: runtime.policy.retries,
+            bodyTimeout: runtime.policy.bodyTimeout
+        )
     }
 
-    // MARK: - Driving the call (from the partner's side)
+    // MARK: - The partner's side
 
     func start() {
-        guard case .idle = state else { return }
-        if runtime.bulkhead.tryAcquire() {
-            holdsSlot = true
-            runtime.recordRequest()
-            return beginTry()
-        }
-        let call = NIOLoopBound(self, eventLoop: eventLoop)
-        switch runtime.bulkhead.acquire(on: eventLoop, resume: { granted in call.value.slotDecided(granted) }) {
-        case .acquired:
-            holdsSlot = true
-            runtime.recordRequest()
-            beginTry()
-        case .refused:
-            finish(with: .unavailable(retryAfter: 1))
-        case .queued(let waiter):
-            state = .waitingForSlot(waiter: waiter)
-        }
+        perform(machine.start())
     }
 
     /// Sends (and flushes) a chunk of the streamed request body; `promise` completes when it is
     /// written, which is the sender's back-pressure. Chunks that come between tries wait for the
     /// next one; after the call ended they fail the promise.
     func sendBody(_ chunk: ByteBuffer, promise: EventLoopPromise<Void>?) {
-        switch state {
-        case .awaitingHead(let connection):
-            bodyConsumed = true
-            connection.write(.body(.byteBuffer(chunk)), promise: promise)
-            connection.flush()
-        case .idle, .waitingForSlot, .connecting, .backingOff:
-            pendingChunks.append((chunk, promise))
-        case .readingWhole, .streaming, .finished:
-            // The upstream answered (or the call ended) before the body was complete.
-            promise?.fail(ChannelError.ioOnClosedChannel)
-        }
+        perform(machine.sendBody(chunk, promise: promise))
     }
 
     /// The streamed request body is complete.
     func endBody() {
-        switch state {
-        case .awaitingHead(let connection):
-            requestComplete = true
-            connection.write(.end(nil), promise: nil)
-            connection.flush()
-        case .idle, .waitingForSlot, .connecting, .backingOff:
-            pendingEnd = true
-        case .readingWhole, .streaming, .finished:
-            break
-        }
+        perform(machine.endBody())
     }
 
     /// Stops or resumes reading the response while the partner cannot take more of it.
     func pauseResponse(_ paused: Bool) {
-        switch state {
-        case .streaming(let connection), .readingWhole(let connection, _, _), .awaitingHead(let connection):
-            connection.pauseReading(paused)
-        default:
-            break
-        }
+        connection?.pauseReading(paused)
     }
 
     /// The partner went away: drops the upstream exchange and gives the slot back.
     func cancel() {
-        switch state {
-        case .waitingForSlot(let waiter):
-            runtime.bulkhead.cancel(waiter)
-        case .awaitingHead(let connection), .readingWhole(let connection, _, _), .streaming(let connection):
-            connection.user = nil
-            connection.close()
-        case .backingOff(let timer):
-            timer.cancel()
-        case .idle, .connecting, .finished:
-            break
-        }
-        if let ticket { runtime.record(ticket, .cancelled, duration: ContinuousClock.now - tryStarted) }
-        ticket = nil
-        end()
+        perform(machine.cancel())
     }
 
-    // MARK: - Tries
+    // MARK: - The connection's events
+
+    func connection(_ connection: UpstreamConnection, received part: HTTPClientResponsePart) {
+        switch part {
+        case .head(let head):
+            guard head.status.code >= 200 else { return }  // 100 Continue and other interim answers
+            perform(machine.headArrived(head, retryContext()))
+        case .body(let chunk):
+            perform(machine.bodyArrived(chunk, now: .now()))
+        case .end:
+            perform(machine.responseEnded())
+        }
+    }
+
+    func connectionClosed(_ connection: UpstreamConnection) {
+        perform(machine.connectionClosed(wasPooled: connection.requestsServed > 1))
+    }
+
+    func connectionTimerFired(_ connection: UpstreamConnection) {
+        perform(machine.timerFired(now: .now()))
+    }
+
+    // MARK: - Doing what the machine says
+
+    private func perform(_ action: UpstreamCallStateMachine.Action) {
+        switch action {
+        case .none:
+            break
+        case .acquireSlot:
+            acquireSlot()
+        case .askBreaker:
+            tryStarted = .now
+            switch runtime.permission() {
+            case .refused(let wait):
+                perform(machine.breakerAnswered(refusedFor: wait, now: .now()))
+            case .allowed(let allowed):
+                ticket = allowed
+                perform(machine.breakerAnswered(refusedFor: nil, now: .now()))
+            }
+        case .leaseConnection:
+            leaseConnection()
+        case .send(let send, let wakeAt):
+            write(send, wakeAt: wakeAt)
+        case .writeChunk(let chunk, let promise):
+            connection?.write(.body(.byteBuffer(chunk)), promise: promise)
+            connection?.flush()
+        case .writeEnd:
+            connection?.write(.end(nil), promise: nil)
+            connection?.flush()
+        case .refuseChunk(let promise):
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        case .wake(let deadline):
+            connection?.timer.wake(noLaterThan: deadline)
+        case .respondStreaming(let head, let outcome, let wakeAt):
+            connection?.timer.wake(noLaterThan: wakeAt)
+            recordTicket(outcome)
+            delegate?.upstreamCall(self, respondedWith: head, body: .streaming)
+        case .deliver(let chunk):
+            delegate?.upstreamCall(self, received: chunk)
+        case .endTry(let end):
+            endTry(end)
+        }
+    }
+
+    private func acquireSlot() {
+        if runtime.bulkhead.tryAcquire() { return slotGranted() }
+        let call = NIOLoopBound(self, eventLoop: eventLoop)
+        switch runtime.bulkhead.acquire(on: eventLoop, resume: { granted in call.value.slotDecided(granted) }) {
+        case .acquired:
+            slotGranted()
+        case .refused:
+            perform(machine.slotDecided(granted: false))
+        case .queued(let waiter):
+            self.waiter = waiter
+            machine.slotQueued()
+        }
+    }
 
     private func slotDecided(_ granted: Bool) {
-        guard case .waitingForSlot = state else {
-            if granted { runtime.bulkhead.release() }
+        waiter = nil
+        guard case .waitingForSlot = machine.state else {
+            if granted { runtime.bulkhead.release() }  // the call ended meanwhile
             return
         }
-        guard granted else { return finish(with: .unavailable(retryAfter: 1)) }
-        holdsSlot = true
-        runtime.recordRequest()
-        beginTry()
+        if granted { slotGranted() } else { perform(machine.slotDecided(granted: false)) }
     }
 
-    private func beginTry() {
-        switch runtime.permission() {
-        case .refused(let wait):
-            return finish(with: .unavailable(retryAfter: wait.wholeSecondsRoundedUp))
-        case .allowed(let allowed):
-            ticket = allowed
-        }
-        tryStarted = .now
-        requestComplete = false
-        state = .connecting
-        let remaining = deadline - .now()
-        guard remaining > .zero else { return tryEnded(.timedOut) }
-        leaseConnection()
+    private func slotGranted() {
+        holdsSlot = true
+        runtime.recordRequest()
+        perform(machine.slotDecided(granted: true))
     }
 
     /// Sends on an idle connection of this event loop, or on a new one once it is open.
     private func leaseConnection() {
         switch runtime.client.connections.lease(on: eventLoop) {
         case .ready(let connection):
-            send(on: connection)
+            use(connection)
         case .connecting(let future):
             let call = NIOLoopBound(self, eventLoop: eventLoop)
-            connectTimer = eventLoop.scheduleTask(deadline: deadline) { call.value.connectTimedOut() }
+            timer = eventLoop.scheduleTask(deadline: machine.deadline) { call.value.perform(call.value.machine.connectTimedOut()) }
             future.whenComplete { result in
+                let call = call.value
+                call.timer?.cancel()
+                call.timer = nil
                 switch result {
-                case .success(let connection): call.value.connected(connection)
-                case .failure(let error): call.value.connectFailed(error)
+                case .success(let connection):
+                    guard case .connecting = call.machine.state else { return connection.close() }  // the call ended meanwhile
+                    call.use(connection)
+                case .failure(let error):
+                    call.perform(call.machine.connectFailed(timedOut: Self.isConnectTimeout(error), call.retryContext()))
                 }
             }
         }
     }
 
-    private func connected(_ connection: UpstreamConnection) {
-        connectTimer?.cancel()
-        connectTimer = nil
-        guard case .connecting = state else {
-            connection.close()  // the call ended meanwhile
-            return
-        }
-        send(on: connection)
-    }
-
-    private func connectFailed(_ error: any Error) {
-        guard case .connecting = state else { return }
-        tryEnded(.connectFailed(timedOut: Self.isConnectTimeout(error)))
-    }
-
-    private func send(on connection: UpstreamConnection) {
+    private func use(_ connection: UpstreamConnection) {
         connection.user = self
         connection.requestsServed += 1
-        state = .awaitingHead(connection)
+        self.connection = connection
+        perform(machine.connected())
+    }
+
+    private func write(_ send: UpstreamCallStateMachine.Send, wakeAt deadline: NIODeadline) {
+        guard let connection else { return }
         connection.timer.wake(noLaterThan: deadline)
         connection.write(.head(request.head), promise: nil)
-        switch request.body {
-        case .none:
-            requestComplete = true
-            connection.write(.end(nil), promise: nil)
-            connection.flush()
-        case .whole(let body):
-            requestComplete = true
+        switch (send, request.body) {
+        case (.whole, .whole(let body)):
             connection.write(.body(.byteBuffer(body)), promise: nil)
             connection.write(.end(nil), promise: nil)
-            connection.flush()
-        case .streamed:
-            for (chunk, promise) in pendingChunks {
-                bodyConsumed = true
-                connection.write(.body(.byteBuffer(chunk)), promise: promise)
-            }
-            pendingChunks.removeAll()
-            if pendingEnd {
-                requestComplete = true
-                connection.write(.end(nil), promise: nil)
-            }
-            connection.flush()
-            if !pendingEnd { delegate?.upstreamCallWantsBody(self) }
+        case (.streamed(let chunks, let end), _):
+            for (chunk, promise) in chunks { connection.write(.body(.byteBuffer(chunk)), promise: promise) }
+            if end { connection.write(.end(nil), promise: nil) }
+        default:
+            connection.write(.end(nil), promise: nil)
         }
+        connection.flush()
+        if case .streamed(_, end: false) = send { delegate?.upstreamCallWantsBody(self) }
     }
 
-    private func connectTimedOut() {
-        connectTimer = nil
-        guard case .connecting = state else { return }
-        tryEnded(.timedOut)
-    }
-
-    /// The connection's timer woke the call: the head deadline or `body_timeout` may have passed.
-    func connectionTimerFired(_ connection: UpstreamConnection) {
-        let now = NIODeadline.now()
-        switch state {
-        case .awaitingHead:
-            if deadline <= now { return tryEnded(.timedOut) }
-            connection.timer.wake(noLaterThan: deadline)
-        case .readingWhole:
-            // A small body is read before its head is forwarded: a stall there is still a 504.
-            if lastProgress + bodyTimeout <= now { return tryEnded(.timedOut) }
-            connection.timer.wake(noLaterThan: lastProgress + bodyTimeout)
-        case .streaming:
-            if lastProgress + bodyTimeout <= now { return stalledMidBody(connection) }
-            connection.timer.wake(noLaterThan: lastProgress + bodyTimeout)
+    /// A try ended: the breaker hears its outcome, the connection goes back or closes, and the
+    /// call retries, goes on, or ends (then the slot is given back and waiting chunks fail).
+    private func endTry(_ end: UpstreamCallStateMachine.TryEnd) {
+        if let outcome = end.outcome { recordTicket(outcome) }
+        if let connection {
+            switch end.connection {
+            case .keep:
+                break
+            case .giveBack:
+                self.connection = nil
+                connection.user = nil
+                connection.pauseReading(false)
+                runtime.client.connections.giveBack(connection)
+            case .close:
+                self.connection = nil
+                connection.user = nil
+                connection.close()
+            }
+        }
+        switch end.next {
+        case .goOn:
+            return
+        case .reconnect:
+            connection?.user = nil
+            connection = nil
+            return leaseConnection()
+        case .retry(let wait, let condition):
+            logger.info(
+                "retrying upstream call",
+                metadata: ["upstream": .string(runtime.name), "retry": .stringConvertible(machine.retriesSoFar), "condition": .string(condition.description)]
+            )
+            let call = NIOLoopBound(self, eventLoop: eventLoop)
+            timer = eventLoop.scheduleTask(in: wait) {
+                call.value.timer = nil
+                call.value.perform(call.value.machine.backoffElapsed())
+            }
+            return
         default:
             break
         }
-    }
-
-    private var bodyTimeout: TimeAmount { TimeAmount(runtime.policy.bodyTimeout) }
-
-    // MARK: - The connection's events
-
-    func connection(_ connection: UpstreamConnection, received part: HTTPClientResponsePart) {
-        switch (state, part) {
-        case (.awaitingHead, .head(let head)):
-            guard head.status.code >= 200 else { return }  // 100 Continue and other interim answers
-            headArrived(head, on: connection)
-        case (.readingWhole(_, let head, var body), .body(let chunk)):
-            lastProgress = .now()
-            if body == nil { body = chunk } else { body!.writeImmutableBuffer(chunk) }
-            state = .readingWhole(connection, head, body)
-        case (.readingWhole(_, let head, let body), .end):
-            recordTicket(Self.outcome(Int(head.status.code)))
-            state = .finished
-            release(connection)
-            end()
-            delegate?.upstreamCall(self, respondedWith: head, body: .whole(body.flatMap { $0.readableBytes > 0 ? $0 : nil }))
-        case (.streaming, .body(let chunk)):
-            lastProgress = .now()
-            delegate?.upstreamCall(self, received: chunk)
-        case (.streaming, .end):
-            state = .finished
-            release(connection)
-            end()
-            delegate?.upstreamCallFinished(self)
-        default:
-            break
+        callEnded()
+        switch end.next {
+        case .fail(let failure): delegate?.upstreamCall(self, failed: failure)
+        case .respondWhole(let head, let body): delegate?.upstreamCall(self, respondedWith: head, body: .whole(body))
+        case .finishStream: delegate?.upstreamCallFinished(self)
+        case .breakOff(let reason): delegate?.upstreamCall(self, brokeOff: reason)
+        case .goOn, .reconnect, .retry, .cancelled: break
         }
     }
 
-    func connectionClosed(_ connection: UpstreamConnection) {
-        switch state {
-        case .awaitingHead:
-            // A pooled connection the upstream closed just before we used it: try a fresh one
-            // (not counted as a retry) when nothing of the request is lost by doing so.
-            if connection.requestsServed > 1, !bodyConsumed {
-                state = .connecting
-                return leaseConnection()
-            }
-            tryEnded(.broke)
-        case .readingWhole:
-            tryEnded(.broke)
-        case .streaming:
-            state = .finished
-            end()
-            delegate?.upstreamCall(self, brokeOff: .closed)
-        default:
-            break
-        }
-    }
-
-
-    // MARK: - Outcomes
-
-    private enum TryOutcome {
-        case connectFailed(timedOut: Bool)
-        case broke
-        case timedOut
-    }
-
-    private func headArrived(_ head: HTTPResponseHead, on connection: UpstreamConnection) {
-        let status = Int(head.status.code)
-        if runtime.policy.retries.on.contains(.status(status)), let wait = retryWait() {
-            recordTicket(Self.outcome(status))
-            connection.user = nil
-            connection.close()  // its body is not wanted
-            return retry(after: wait, condition: .status(status))
-        }
-        let declared = head.headers.first(name: "content-length").flatMap(Int.init)
-        lastProgress = .now()
-        connection.timer.wake(noLaterThan: lastProgress + bodyTimeout)
-        if let declared, declared <= Self.wholeBodyLimit {
-            // The breaker hears of this try when the body is in (or stalls).
-            state = .readingWhole(connection, head, nil)
-        } else {
-            recordTicket(Self.outcome(status))
-            state = .streaming(connection)
-            delegate?.upstreamCall(self, respondedWith: head, body: .streaming)
-        }
-    }
-
-    private func stalledMidBody(_ connection: UpstreamConnection) {
-        connection.user = nil
-        connection.close()
-        state = .finished
-        end()
-        delegate?.upstreamCall(self, brokeOff: .stalled)
-    }
-
-    /// A try failed before a response head could be delivered.
-    private func tryEnded(_ outcome: TryOutcome) {
-        switch state {
-        case .awaitingHead(let connection), .readingWhole(let connection, _, _):
-            connection.user = nil
-            connection.close()
-        default:
-            break
-        }
-        connectTimer?.cancel()
-        connectTimer = nil
-        recordTicket(.failure)
-        switch outcome {
-        case .connectFailed(let timedOut):
-            if runtime.policy.retries.on.contains(.connectError), let wait = retryWait() {
-                return retry(after: wait, condition: .connectError)
-            }
-            finish(with: timedOut ? .timeout : .unreachable)
-        case .broke:
-            finish(with: .unreachable)
-        case .timedOut:
-            finish(with: .timeout)
-        }
-    }
-
-    /// The wait before the next try, or nil when no retry is allowed: attempts left, a request
-    /// that may be sent twice, its body still sendable, time left before the deadline, budget.
-    private func retryWait() -> TimeAmount? {
-        let retries = runtime.policy.retries
-        guard retried < retries.attempts, request.retryable, !bodyConsumed else { return nil }
-        var random = SystemRandomNumberGenerator()
-        let wait = TimeAmount(RetryRules.backoff(retry: retried + 1, min: retries.backoffMin, max: retries.backoffMax, using: &random))
-        guard NIODeadline.now() + wait < deadline, runtime.takeRetry() else { return nil }
-        return wait
-    }
-
-    private func retry(after wait: TimeAmount, condition: UpstreamPolicy.RetryCondition) {
-        retried += 1
-        logger.info(
-            "retrying upstream call",
-            metadata: ["upstream": .string(runtime.name), "retry": .stringConvertible(retried), "condition": .string(condition.description)]
-        )
-        let call = NIOLoopBound(self, eventLoop: eventLoop)
-        state = .backingOff(eventLoop.scheduleTask(in: wait) { call.value.beginTry() })
-    }
-
-    private func recordTicket(_ outcome: CircuitBreaker<ContinuousClock.Instant>.Outcome) {
+    private func recordTicket(_ outcome: UpstreamCallStateMachine.Outcome) {
         guard let ticket else { return }
         self.ticket = nil
         runtime.record(ticket, outcome, duration: ContinuousClock.now - tryStarted)
     }
 
-    private func finish(with failure: UpstreamFailure) {
-        state = .finished
-        end()
-        delegate?.upstreamCall(self, failed: failure)
-    }
-
-    /// Returns a connection whose exchange completed to the pool.
-    private func release(_ connection: UpstreamConnection) {
-        connection.user = nil
-        connection.pauseReading(false)
-        if requestComplete {
-            runtime.client.connections.giveBack(connection)
-        } else {
-            connection.close()
+    /// The call is over: timers stop, a waiting slot request is withdrawn, the slot is given
+    /// back, and chunks that waited for a try fail.
+    private func callEnded() {
+        timer?.cancel()
+        timer = nil
+        if let waiter {
+            self.waiter = nil
+            runtime.bulkhead.cancel(waiter)
         }
-    }
-
-    /// Stops timers and gives the bulkhead slot back.
-    private func end() {
-        if case .finished = state {} else { state = .finished }
-        for (_, promise) in pendingChunks { promise?.fail(ChannelError.ioOnClosedChannel) }
-        pendingChunks.removeAll()
-        connectTimer?.cancel()
-        connectTimer = nil
         if holdsSlot {
             holdsSlot = false
             runtime.bulkhead.release()
         }
+        for (_, promise) in machine.takePendingChunks() { promise?.fail(ChannelError.ioOnClosedChannel) }
     }
 
-    /// 5xx answers count against the upstream.
-    private static func outcome(_ status: Int) -> CircuitBreaker<ContinuousClock.Instant>.Outcome {
-        status >= 500 ? .failure : .success
+    private func retryContext() -> UpstreamCallStateMachine.RetryContext {
+        let retries = runtime.policy.retries
+        return UpstreamCallStateMachine.RetryContext(
+            now: .now(), takeRetry: { [runtime] in runtime.takeRetry() },
+            backoff: { number in
+                var random = SystemRandomNumberGenerator()
+                return RetryRules.backoff(retry: number, min: retries.backoffMin, max: retries.backoffMax, using: &random)
+            }
+        )
     }
 
     private static func isConnectTimeout(_ error: any Error) -> Bool {
         if let channelError = error as? ChannelError, case .connectTimeout = channelError { return true }
         return false
     }
-
 }
