@@ -9,8 +9,9 @@ import SluiceCore
 /// accept: `ConnectionWatchdog` (header and idle timeouts, before anything else), then for the
 /// HTTPS listener NIOSSL with ALPN (`h2`, `http/1.1`), then
 ///
-/// - HTTP/1.1: NIO's server codec and pipelining handler (pipelined requests wait in it, and
-///   it answers a drain with `Connection: close`), then a `PartnerRequestHandler`;
+/// - HTTP/1.1: NIO's server codec (without its pipelining handler: `PartnerRequestHandler`
+///   queues pipelined requests itself and answers a drain with `Connection: close`), then a
+///   `PartnerRequestHandler`;
 /// - HTTP/2: NIO's HTTP/2 handler with an inline stream multiplexer and its server connection
 ///   management (GOAWAY on drain); every stream gets NIO's HTTP/2-to-HTTP/1 codec and a
 ///   `PartnerRequestHandler` of its own. Inbound RST_STREAM floods (CVE-2023-44487 rapid

@@ -21,15 +21,9 @@ final class TaskWorkers: Service, Sendable {
     /// How often `sluice_tasks` and `sluice_task_queue_oldest_seconds` are read from the store.
     private let censusInterval: Duration
     private let eventLoops: any EventLoopGroup
-    private let wakeUp: WorkerWakeUp
+    private let poller: StorePoller<TaskClaim>
     private let running = Mutex<[TaskClaim: TaskExchange?]>([:])
-    /// The last look at the queue filled every free slot.
-    private let backlog = Atomic<Bool>(false)
 
-    /// How often an instance looks at the queue right after it found work; each empty look
-    /// doubles the wait up to `idlePollInterval` (an accept on this instance wakes it at once).
-    static let pollInterval: Duration = .milliseconds(250)
-    static let idlePollInterval: Duration = .seconds(1)
     /// After an upstream refused a task's call (breaker open, bulkhead full), the task waits this long.
     static let unavailableDelay: Duration = .seconds(1)
 
@@ -39,54 +33,54 @@ final class TaskWorkers: Service, Sendable {
     ) {
         self.censusInterval = censusInterval
         self.runtime = runtime
-        self.wakeUp = wakeUp
         self.instance = instance
         self.clock = clock
         self.drainTimeout = drainTimeout
         self.eventLoops = group
+        self.poller = StorePoller(wakeUp: wakeUp)
     }
 
     func run() async throws {
-        await withDiscardingTaskGroup { group in
-            var lastRenewal = ContinuousClock.now
-            var lastCensus: ContinuousClock.Instant?
-            var wait = Self.pollInterval
-            var trouble = FailureStreak("task workers", logger: runtime.logger, metrics: runtime.metrics)
-            while !Task.isShuttingDownGracefully {
+        var lastRenewal = ContinuousClock.now
+        var lastCensus: ContinuousClock.Instant?
+        var trouble = FailureStreak("task workers", logger: runtime.logger, metrics: runtime.metrics)
+        await poller.run(
+            capacity: { runtime.snapshots.load().policy.gateway.tasks.workers },
+            eachRound: {
                 let snapshot = runtime.snapshots.load()
                 let settings = snapshot.policy.gateway.tasks
-                let store = snapshot.tasks.store
-                let free = settings.workers - running.withLock { $0.count }
                 // Policies without async routes make no tasks: the queue is left alone.
-                let hasAsyncRoutes = snapshot.policy.routes.routes.contains(where: { $0.async != .never })
-                if hasAsyncRoutes, lastCensus.map({ ContinuousClock.now - $0 >= censusInterval }) ?? true {
+                if Self.hasAsyncRoutes(snapshot), lastCensus.map({ ContinuousClock.now - $0 >= censusInterval }) ?? true {
                     lastCensus = .now
-                    if let census = await trouble.attempt("task census", { try await store.taskCensus(retention: settings.retention) }) {
+                    if let census = await trouble.attempt("task census", { try await snapshot.tasks.store.taskCensus(retention: settings.retention) }) {
                         runtime.metrics.taskCensus(census, now: clock())
                     }
                 }
-                if free > 0, hasAsyncRoutes,
-                    let claims = await trouble.attempt("take tasks", { try await store.takeTasks(consumer: instance, limit: free, lease: settings.lease) })
-                {
-                    // A full take suggests more are waiting: each finished run then looks again at once.
-                    backlog.store(claims.count == free, ordering: .relaxed)
-                    for claim in claims {
-                        running.withLock { $0[claim] = .some(nil) }
-                        group.addTask {
-                            await self.work(claim, store: store, snapshot: snapshot)
-                            if self.backlog.load(ordering: .relaxed) { self.wakeUp.wake() }
-                        }
-                    }
-                    wait = claims.isEmpty ? min(wait * 2, Self.idlePollInterval) : Self.pollInterval
-                }
                 if ContinuousClock.now - lastRenewal >= settings.lease / 3 {
                     lastRenewal = .now
-                    await renew(store: store, &trouble)
+                    await renew(store: snapshot.tasks.store, &trouble)
                 }
-                if await wakeUp.pause(for: wait) { wait = Self.pollInterval }
-            }
-            await drain(&trouble)
-        }
+            },
+            take: { limit in
+                let snapshot = runtime.snapshots.load()
+                guard Self.hasAsyncRoutes(snapshot) else { return nil }
+                let settings = snapshot.policy.gateway.tasks
+                let claims = await trouble.attempt("take tasks") {
+                    try await snapshot.tasks.store.takeTasks(consumer: instance, limit: limit, lease: settings.lease)
+                }
+                for claim in claims ?? [] { running.withLock { $0[claim] = .some(nil) } }
+                return claims
+            },
+            work: { claim in
+                let snapshot = self.runtime.snapshots.load()
+                await self.work(claim, store: snapshot.tasks.store, snapshot: snapshot)
+            },
+            atShutdown: { await drain(&trouble) }
+        )
+    }
+
+    private static func hasAsyncRoutes(_ snapshot: GatewaySnapshot) -> Bool {
+        snapshot.policy.routes.routes.contains { $0.async != .never }
     }
 
     /// Renews the leases of every running task; a run whose lease was taken over is cancelled.
@@ -238,23 +232,5 @@ final class TaskWorkers: Service, Sendable {
         case .unreachable: "the upstream could not be reached or closed the connection"
         case .unavailable: "the upstream was unavailable"
         }
-    }
-}
-
-/// Cuts a polling loop's wait short: set when there is work to look at (a task accepted on this
-/// instance; a slot freed while the last look found more than there were slots).
-final class WorkerWakeUp: Sendable {
-    private let flag = Atomic<Bool>(false)
-
-    func wake() { flag.store(true, ordering: .relaxed) }
-
-    /// Waits for `duration`, a wake-up (then returns true), or shutdown.
-    func pause(for duration: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + duration
-        while ContinuousClock.now < deadline {
-            if flag.exchange(false, ordering: .relaxed) { return true }
-            guard await pauseUnlessShuttingDown(for: .milliseconds(20)) else { return false }
-        }
-        return false
     }
 }

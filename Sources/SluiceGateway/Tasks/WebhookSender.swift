@@ -15,21 +15,14 @@ final class WebhookSender: Service, Sendable {
     private let runtime: GatewayRuntime
     private let client: WebhookClient
     private let clock: EpochClock
-    private let inFlight = Atomic<Int>(0)
+    private let poller = StorePoller<WebhookMessage>()
     /// Set when this instance buried a message, so `sluice_webhooks_dead` is refreshed at once.
     private let buried = Atomic<Bool>(false)
-    /// The last look filled every free slot: each finished attempt then looks again at once.
-    private let backlog = Atomic<Bool>(false)
-    private let wakeUp = WorkerWakeUp()
     /// Partners whose endpoint answered 410, with the policy version it answered under.
     private let disabled = Mutex<[String: String]>([:])
 
     /// Attempts one instance makes at once.
     static let concurrentAttempts = 16
-    /// How often the store is asked for due messages after it had some; empty answers double
-    /// the wait up to `idlePollInterval`.
-    static let pollInterval: Duration = .milliseconds(250)
-    static let idlePollInterval: Duration = .seconds(1)
     /// When a held message (its endpoint disabled by a 410) is looked at again: the schedule's first delay.
     private static func heldDelay(_ schedule: [Duration]) -> Duration { schedule.first ?? .seconds(5) }
     /// How often `sluice_webhooks_dead` is refreshed from the store.
@@ -43,40 +36,34 @@ final class WebhookSender: Service, Sendable {
     }
 
     func run() async throws {
-        await withDiscardingTaskGroup { group in
-            var wait = Self.pollInterval
-            var lastDeadCount: ContinuousClock.Instant?
-            var trouble = FailureStreak("webhook sender", logger: runtime.logger, metrics: runtime.metrics)
-            while !Task.isShuttingDownGracefully {
+        var lastDeadCount: ContinuousClock.Instant?
+        var trouble = FailureStreak("webhook sender", logger: runtime.logger, metrics: runtime.metrics)
+        await poller.run(
+            capacity: { Self.concurrentAttempts },
+            eachRound: {
                 let snapshot = runtime.snapshots.load()
-                let settings = snapshot.policy.gateway.webhooks
-                let store = snapshot.tasks.store
-                let free = Self.concurrentAttempts - inFlight.load(ordering: .relaxed)
-                // Without partner webhooks no messages are made: the store is left alone.
-                if free > 0, snapshot.policy.partners.contains(where: { $0.webhook != nil }) {
-                    // The lease outlasts an attempt, so nobody else sends it meanwhile.
-                    let due = await trouble.attempt("take due webhooks", { try await store.takeDueWebhooks(limit: free, lease: settings.timeout * 2 + .seconds(5)) }) ?? []
-                    backlog.store(due.count == free, ordering: .relaxed)
-                    for message in due {
-                        inFlight.add(1, ordering: .relaxed)
-                        group.addTask {
-                            await self.attempt(message, store: store)
-                            self.inFlight.subtract(1, ordering: .relaxed)
-                            if self.backlog.load(ordering: .relaxed) { self.wakeUp.wake() }
-                        }
-                    }
-                    wait = due.isEmpty ? min(wait * 2, Self.idlePollInterval) : Self.pollInterval
-                    let countDue = lastDeadCount.map { ContinuousClock.now - $0 >= deadCountInterval } ?? true
-                    if buried.exchange(false, ordering: .relaxed) || countDue {
-                        lastDeadCount = .now
-                        if let count = await trouble.attempt("count dead webhooks", { try await store.deadWebhookCount(retention: snapshot.policy.gateway.tasks.retention) }) {
-                            runtime.metrics.webhooksDead(count)
-                        }
-                    }
+                guard Self.hasWebhooks(snapshot) else { return }
+                let countDue = lastDeadCount.map { ContinuousClock.now - $0 >= deadCountInterval } ?? true
+                guard buried.exchange(false, ordering: .relaxed) || countDue else { return }
+                lastDeadCount = .now
+                if let count = await trouble.attempt("count dead webhooks", { try await snapshot.tasks.store.deadWebhookCount(retention: snapshot.policy.gateway.tasks.retention) }) {
+                    runtime.metrics.webhooksDead(count)
                 }
-                if await wakeUp.pause(for: wait) { wait = Self.pollInterval }
-            }
-        }
+            },
+            take: { limit in
+                let snapshot = runtime.snapshots.load()
+                // Without partner webhooks no messages are made: the store is left alone.
+                guard Self.hasWebhooks(snapshot) else { return nil }
+                // The lease outlasts an attempt, so nobody else sends it meanwhile.
+                let lease = snapshot.policy.gateway.webhooks.timeout * 2 + .seconds(5)
+                return await trouble.attempt("take due webhooks") { try await snapshot.tasks.store.takeDueWebhooks(limit: limit, lease: lease) }
+            },
+            work: { message in await self.attempt(message, store: self.runtime.snapshots.load().tasks.store) }
+        )
+    }
+
+    private static func hasWebhooks(_ snapshot: GatewaySnapshot) -> Bool {
+        snapshot.policy.partners.contains { $0.webhook != nil }
     }
 
     /// One attempt of `message` and what follows from its outcome.
