@@ -220,30 +220,3 @@ private final class BoundListeners: Sendable {
         }
     }
 }
-
-/// Turns `/readyz` to 503 as soon as shutdown begins (it is the last service, so the first stopped).
-struct DrainOnShutdown: Service {
-    let runtime: GatewayRuntime
-
-    func run() async throws {
-        try? await gracefulShutdown()
-        runtime.beginDraining()
-        runtime.logger.info("shutting down: not ready, draining in-flight requests")
-    }
-}
-
-/// Writes buffered log lines (event lines and the loops' access lines) out a few times a
-/// second, and once more at the very end.
-struct LogFlusher: Service {
-    let output: LogOutput
-    let accessLog: AccessLog
-
-    func run() async throws {
-        while await pauseUnlessShuttingDown(for: .milliseconds(200)) {
-            await accessLog.flush()
-            output.flush()
-        }
-        await accessLog.flush()
-        output.flush()
-    }
-}

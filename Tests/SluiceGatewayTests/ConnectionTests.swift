@@ -170,7 +170,13 @@ struct HTTP2WatchdogTests {
             let long = try await client.open(.GET, "/v2/orders/long", key: TestKeys.acme, endStream: true)
             try await eventually("the long request waits at the upstream") { recorder.heldCount == 1 }
             let refused = try await client.open(.POST, "/v2/orders", key: "sk_test_nobody", endStream: false, contentLength: 1 << 20)
-            try await eventually("the early answer arrived") { client.status(of: refused) == 401 }
+            do {
+                try await eventually("the early answer arrived") { client.status(of: refused) == 401 }
+            } catch {
+                let lines = (try? gateway.logLines()) ?? []
+                Issue.record("no 401: connection active \(client.isActive), stream ended \(client.ended(refused)), log: \(lines.suffix(6))")
+                throw error
+            }
             try await Task.sleep(for: .milliseconds(3_500))  // longer than idle_timeout while the long request waits
             #expect(client.isActive, "the connection was closed while a stream still waited")
             recorder.release()

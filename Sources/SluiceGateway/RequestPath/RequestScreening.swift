@@ -2,71 +2,6 @@ import Foundation
 import NIOHTTP1
 import SluiceCore
 
-/// A partner request's head as the stages see it: plain values, whichever protocol carried it.
-struct PartnerRequestHead {
-    var method: HTTPMethod
-    /// Path and query as sent.
-    var target: String
-    var headers: HTTPHeaders
-    /// HTTP/1.0 or 1.1; for HTTP/2 streams, 2.0.
-    var version: HTTPVersion
-    var isHTTP2: Bool { version.major == 2 }
-}
-
-/// How the body of a request to forward is framed.
-enum RequestBodyLength: Equatable {
-    case none
-    case known(Int)
-    /// Chunked (HTTP/1.1) or DATA frames without a Content-Length (HTTP/2).
-    case unknown
-}
-
-/// Everything needed to forward an admitted request.
-struct ForwardPlan {
-    let partner: Partner
-    let version: VersionRules
-    let route: Route
-    /// Upstream path and query (without the upstream's base path), e.g. `/api/orders/17?expand=lines`.
-    let target: String
-    let bodyLength: RequestBodyLength
-    /// The `Idempotency-Key` of a POST or PATCH route's request, when it sent one.
-    let idempotencyKey: String?
-    /// Set when the request becomes a task (202) instead of being forwarded.
-    let async: AsyncAcceptance?
-}
-
-/// Why a request becomes a task.
-enum AsyncAcceptance: Equatable {
-    /// The route is `async: always`.
-    case always
-    /// The route is `async: on-request` and the partner sent `Prefer: respond-async`
-    /// (answered with `Preference-Applied: respond-async`).
-    case requested
-}
-
-/// A partner's request about one of its tasks (`/{version}/tasks/{id}`).
-struct TaskEndpointRequest {
-    enum Action {
-        case status
-        case cancel
-    }
-
-    let partner: Partner
-    let version: VersionRules
-    let action: Action
-    let id: TaskID
-}
-
-/// What stages 1 and 2 decided.
-enum Screening {
-    /// Answer with this problem (and these extra headers); nothing goes upstream.
-    case reject(Problem, headers: [(String, String)])
-    /// Admission next, then forwarding (or a task).
-    case forward(ForwardPlan)
-    /// A status read or cancel of a task: answered from the store.
-    case task(TaskEndpointRequest)
-}
-
 /// Stages 1 and 2 of the request path (DESIGN "Request path"), synchronous and on plain values:
 /// size and target checks, authentication, version and route. Each rejection names the
 /// problem the partner gets; the record learns the partner, version and route as they are found.
@@ -259,20 +194,5 @@ enum RequestScreening {
         case .GET, .HEAD, .OPTIONS, .TRACE: return RequestBodyLength.none
         default: return .unknown
         }
-    }
-}
-
-/// The partner of the last API key one connection presented. A partner sends the same key on
-/// every request of a keep-alive connection (or HTTP/2 stream of it), so the key is hashed and
-/// looked up once per connection and policy load, not per request. Only the connection's own
-/// earlier key is compared with, in constant time, so the comparison reveals nothing.
-final class KeyCache {
-    private var last: (key: Substring, rules: GatewayRules, partner: Partner?)?
-
-    func partner(forKey key: Substring, rules: GatewayRules) -> Partner? {
-        if let last, last.rules === rules, ConstantTime.equals(last.key, key) { return last.partner }
-        let partner = rules.partner(forKey: key)
-        last = (key, rules, partner)
-        return partner
     }
 }

@@ -1,0 +1,33 @@
+import NIOCore
+import NIOHTTP1
+
+/// The request an upstream call sends on each try.
+struct UpstreamRequest {
+    enum Body {
+        case none
+        /// Kept whole, so every try can send it.
+        case whole(ByteBuffer)
+        /// Streamed from the partner as it arrives (`UpstreamCallDelegate.upstreamCallWantsBody`).
+        case streamed
+
+        var kind: BodyKind {
+            switch self {
+            case .none: .none
+            case .whole: .whole
+            case .streamed: .streamed
+            }
+        }
+    }
+
+    /// How the body travels, without the bytes.
+    enum BodyKind {
+        case none
+        case whole
+        case streamed
+    }
+
+    var head: HTTPRequestHead
+    var body: Body
+    /// Whether the request may be sent more than once (idempotent method or `Idempotency-Key`).
+    var retryable: Bool
+}
