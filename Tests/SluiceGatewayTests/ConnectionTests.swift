@@ -170,13 +170,8 @@ struct HTTP2WatchdogTests {
             let long = try await client.open(.GET, "/v2/orders/long", key: TestKeys.acme, endStream: true)
             try await eventually("the long request waits at the upstream") { recorder.heldCount == 1 }
             let refused = try await client.open(.POST, "/v2/orders", key: "sk_test_nobody", endStream: false, contentLength: 1 << 20)
-            do {
-                try await eventually("the early answer arrived") { client.status(of: refused) == 401 }
-            } catch {
-                let lines = (try? gateway.logLines()) ?? []
-                Issue.record("no 401: connection active \(client.isActive), stream ended \(client.ended(refused)), log: \(lines.suffix(6))")
-                throw error
-            }
+            // The gateway answers 401 and resets the stream (its body is not worth reading).
+            try await eventually("the early answer arrives") { client.status(of: refused) == 401 }
             try await Task.sleep(for: .milliseconds(3_500))  // longer than idle_timeout while the long request waits
             #expect(client.isActive, "the connection was closed while a stream still waited")
             recorder.release()
@@ -204,18 +199,19 @@ final class RawHTTP2Client: Sendable {
         var configuration = tls
         configuration.applicationProtocols = ["h2"]
         let context = try NIOSSLContext(configuration: configuration)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in
+        // TLS and HTTP/2 go into the pipeline before the connection is up: added later, they
+        // could miss the server's SETTINGS (it arrives once the handshake is done).
+        let (channel, multiplexer) = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: "localhost"))
+                    let operations = channel.pipeline.syncOperations
+                    try operations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: "localhost"))
+                    let multiplexer = try operations.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) {
+                        $0.eventLoop.makeSucceededVoidFuture()
+                    }
+                    return (channel, multiplexer)
                 }
             }
-            .connect(host: "127.0.0.1", port: port).get()
-        let multiplexer = try await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) {
-                $0.eventLoop.makeSucceededVoidFuture()
-            }
-        }.get()
         return RawHTTP2Client(channel: channel, multiplexer: multiplexer)
     }
 
@@ -228,6 +224,17 @@ final class RawHTTP2Client: Sendable {
         if let contentLength { headers.add(name: "content-length", value: String(contentLength)) }
         try await stream.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: endStream))).get()
         return stream
+    }
+
+    /// Opens a stream with HEADERS and resets it at once, up to `times` times; returns how many
+    /// resets went out before the server closed the connection (the rapid-reset attack).
+    func resetLoop(path: String, key: String, times: Int) async -> Int {
+        for index in 0..<times {
+            guard channel.isActive, let stream = try? await open(.GET, path, key: key, endStream: true) else { return index }
+            // Closing a stream that is still open sends RST_STREAM (CANCEL).
+            try? await stream.close().get()
+        }
+        return times
     }
 
     func status(of stream: any Channel) -> Int? { responses.withLock { $0[ObjectIdentifier(stream)]?.status } }

@@ -133,7 +133,7 @@ struct PartnerPathTests {
         let recorder = RecordingUpstream()
         recorder.hold()
         try await withRecordingUpstream(recorder) { gateway in
-            let attacker = try await RapidResetClient.connect(port: gateway.addresses.https!, tls: try gateway.pki.clientTLS())
+            let attacker = try await RawHTTP2Client.connect(port: gateway.addresses.https!, tls: try gateway.pki.clientTLS())
             let sent = await attacker.resetLoop(path: "/v2/orders/1", key: key, times: 2_000)
             #expect(sent < 1_000, "the connection outlived \(sent) resets")
             #expect(recorder.startedCount < 1_000)
@@ -246,46 +246,5 @@ final class SlowClient: Sendable {
 
     func close() async {
         try? await channel.close()
-    }
-}
-
-/// An HTTP/2 client that opens a stream with HEADERS and resets it at once, in a loop.
-struct RapidResetClient {
-    let channel: any Channel
-    let multiplexer: NIOHTTP2Handler.StreamMultiplexer
-
-    static func connect(port: Int, tls: TLSConfiguration) async throws -> RapidResetClient {
-        var configuration = tls
-        configuration.applicationProtocols = ["h2"]
-        let context = try NIOSSLContext(configuration: configuration)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: "localhost"))
-                }
-            }
-            .connect(host: "127.0.0.1", port: port).get()
-        let multiplexer = try await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-                mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
-            ) { stream in stream.eventLoop.makeSucceededVoidFuture() }
-        }.get()
-        return RapidResetClient(channel: channel, multiplexer: multiplexer)
-    }
-
-    /// Sends HEADERS then RST_STREAM up to `times` times; returns how many resets went out
-    /// before the server closed the connection.
-    func resetLoop(path: String, key: String, times: Int) async -> Int {
-        let headers: HPACKHeaders = [":method": "GET", ":scheme": "https", ":authority": "localhost", ":path": path, "x-api-key": key]
-        for index in 0..<times {
-            guard channel.isActive, let stream = try? await multiplexer.createStreamChannel({ $0.eventLoop.makeSucceededVoidFuture() }).get() else {
-                return index
-            }
-            let frame = HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))
-            guard (try? await stream.writeAndFlush(frame).get()) != nil else { return index }
-            // Closing a stream that is still open sends RST_STREAM (CANCEL).
-            try? await stream.close().get()
-        }
-        return times
     }
 }

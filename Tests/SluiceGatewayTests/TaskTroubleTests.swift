@@ -116,44 +116,66 @@ struct TaskTroubleTests {
         try await redis.stop()
     }
 
+    /// The task body a keyed accept sends.
+    private static let orderBody = #"{"part":"A-1"}"#
+
+    /// Sends a keyed task's head and the start of its body, waits until its key is claimed in
+    /// `redis`, stalls Redis (SIGSTOP) and sends the rest: the accept then waits for the store.
+    /// Returns the connection; the caller resumes Redis.
+    private static func acceptMeetingAStalledStore(_ gateway: GatewayHarness, redis: RedisServer, key: String) async throws -> RawConnection {
+        let connection = try await RawConnection.open(port: gateway.addresses.http!)
+        try await connection.send(
+            "POST /v2/price-calculations?ms=1 HTTP/1.1\r\nHost: x\r\nX-API-Key: \(TestKeys.acme)\r\nIdempotency-Key: \(key)\r\n"
+                + "Content-Type: application/json\r\nContent-Length: \(orderBody.utf8.count)\r\n\r\n" + orderBody.prefix(4)
+        )
+        let client = try RedisClient(url: try RedisURL.parse(redis.url).get(), timeout: .seconds(2), group: MultiThreadedEventLoopGroup.singleton)
+        do {
+            try await eventually("the key is claimed") {
+                if case .string(let value) = try await client.send(["GET", "sluice:{p:acme}:idem:\(key)"]) { return value.first == UInt8(ascii: "C") }
+                return false
+            }
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+        await client.shutdown()
+        redis.pause()
+        try await connection.send(String(orderBody.dropFirst(4)))
+        return connection
+    }
+
+    /// Retries the keyed accept until it is answered for good (`done`), then checks that one task
+    /// exists and that it is the one the retry names.
+    private static func expectOneTask(_ gateway: GatewayHarness, key: String, done: (TestResponse) -> Bool) async throws -> TestResponse {
+        var retry = TestResponse(status: 0, headers: [:], body: ByteBuffer(), version: .http1_1)
+        try await eventually("the retry is answered for good") {
+            retry = try await gateway.partner(.POST, "/v2/price-calculations?ms=1", headers: [("Idempotency-Key", key)], body: .bytes(ByteBuffer(string: orderBody)))
+            return done(retry)
+        }
+        let listed = try await gateway.send(.GET, gateway.admin + "/admin/tasks", key: TestKeys.viewerToken).json()["tasks"] as? [[String: Any]]
+        #expect(listed?.count == 1, "one task, not two: \(listed ?? [])")
+        #expect(listed?.first?["task_id"] as? String == (try retry.json()["task_id"] as? String))
+        return retry
+    }
+
     /// A keyed accept whose client goes away while the task is being stored: the task is
     /// stored and runs, and the key maps to it — a retry with the key replays its 202 (same
     /// task id) instead of making a second task.
     @Test func acceptRacingADisconnectKeepsTheKeyOnTheTask() async throws {
         let redis = try await RedisServer.start()
-        let client = try RedisClient(url: try RedisURL.parse(redis.url).get(), timeout: .seconds(2), group: MultiThreadedEventLoopGroup.singleton)
         try await GatewayHarness.with({ policies in
             TaskTests.addRoutes(&policies)
             policies.useRedis(redis.url, onFailure: "deny", timeout: "1s")
         }) { gateway in
-            let body = #"{"part":"A-1"}"#
-            let connection = try await RawConnection.open(port: gateway.addresses.http!)
-            try await connection.send(
-                "POST /v2/price-calculations?ms=1 HTTP/1.1\r\nHost: x\r\nX-API-Key: \(TestKeys.acme)\r\nIdempotency-Key: calc-42\r\n"
-                    + "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body.prefix(4)
-            )
-            try await eventually("the key is claimed") {
-                if case .string(let value) = try await client.send(["GET", "sluice:{p:acme}:idem:calc-42"]) { return value.first == UInt8(ascii: "C") }
-                return false
-            }
-            redis.pause()
-            try await connection.send(String(body.dropFirst(4)))
+            let connection = try await Self.acceptMeetingAStalledStore(gateway, redis: redis, key: "calc-42")
             try await Task.sleep(for: .milliseconds(300))  // the accept is on its way to the stalled Redis
             await connection.close()
             try await Task.sleep(for: .milliseconds(100))
             redis.resume()
-            var retry = TestResponse(status: 0, headers: [:], body: ByteBuffer(), version: .http1_1)
-            try await eventually("the first request's key is settled") {
-                retry = try await gateway.partner(.POST, "/v2/price-calculations?ms=1", headers: [("Idempotency-Key", "calc-42")], body: .bytes(ByteBuffer(string: body)))
-                return retry.status != 409
-            }
+            let retry = try await Self.expectOneTask(gateway, key: "calc-42") { $0.status != 409 }
             #expect(retry.status == 202)
             #expect(retry.header("Idempotent-Replayed") == "true", "the retry is the stored task's 202")
-            let listed = try await gateway.send(.GET, gateway.admin + "/admin/tasks", key: TestKeys.viewerToken).json()["tasks"] as? [[String: Any]]
-            #expect(listed?.count == 1, "one task, not two")
-            #expect(listed?.first?["task_id"] as? String == (try retry.json()["task_id"] as? String))
         }
-        await client.shutdown()
         try await redis.stop()
     }
 
@@ -162,38 +184,18 @@ struct TaskTroubleTests {
     /// then gets the stored task's 202 or runs afresh: one task in the end, never two.
     @Test func timedOutKeyedAcceptIsSafeToRetry() async throws {
         let redis = try await RedisServer.start()
-        let client = try RedisClient(url: try RedisURL.parse(redis.url).get(), timeout: .seconds(2), group: MultiThreadedEventLoopGroup.singleton)
         try await GatewayHarness.with({ policies in
             TaskTests.addRoutes(&policies)
             policies.useRedis(redis.url, onFailure: "deny", timeout: "1s")
             policies.files["gateway.yaml"]! += "  bulk_timeout: 1s\n"
         }) { gateway in
-            let body = #"{"part":"A-1"}"#
-            let connection = try await RawConnection.open(port: gateway.addresses.http!)
-            try await connection.send(
-                "POST /v2/price-calculations?ms=1 HTTP/1.1\r\nHost: x\r\nX-API-Key: \(TestKeys.acme)\r\nIdempotency-Key: calc-7\r\n"
-                    + "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body.prefix(4)
-            )
-            try await eventually("the key is claimed") {
-                if case .string(let value) = try await client.send(["GET", "sluice:{p:acme}:idem:calc-7"]) { return value.first == UInt8(ascii: "C") }
-                return false
-            }
-            redis.pause()
-            try await connection.send(String(body.dropFirst(4)))
+            let connection = try await Self.acceptMeetingAStalledStore(gateway, redis: redis, key: "calc-7")
             let answer = try await connection.read(until: "request_id", timeout: .seconds(10))
             #expect(answer.hasPrefix("HTTP/1.1 503"), "the accept's deadline passed while the store stalled: \(answer.prefix(40))")
             redis.resume()
             await connection.close()
-            var retry = TestResponse(status: 0, headers: [:], body: ByteBuffer(), version: .http1_1)
-            try await eventually("the retry is answered for good") {
-                retry = try await gateway.partner(.POST, "/v2/price-calculations?ms=1", headers: [("Idempotency-Key", "calc-7")], body: .bytes(ByteBuffer(string: body)))
-                return retry.status == 202
-            }
-            let listed = try await gateway.send(.GET, gateway.admin + "/admin/tasks", key: TestKeys.viewerToken).json()["tasks"] as? [[String: Any]]
-            #expect(listed?.count == 1, "one task, not two: \(listed ?? [])")
-            #expect(listed?.first?["task_id"] as? String == (try retry.json()["task_id"] as? String))
+            _ = try await Self.expectOneTask(gateway, key: "calc-7") { $0.status == 202 }
         }
-        await client.shutdown()
         try await redis.stop()
     }
 

@@ -41,9 +41,9 @@ public enum PathSafety {
             }
             if byte == UInt8(ascii: "%") {
                 let first = bytes.index(after: index)
-                guard first != bytes.endIndex, let high = hexValue(bytes[first]) else { return .malformedEscape }
+                guard first != bytes.endIndex, let high = hexDigitValue(bytes[first]) else { return .malformedEscape }
                 let second = bytes.index(after: first)
-                guard second != bytes.endIndex, let low = hexValue(bytes[second]) else { return .malformedEscape }
+                guard second != bytes.endIndex, let low = hexDigitValue(bytes[second]) else { return .malformedEscape }
                 byte = high << 4 | low
                 index = second
                 if byte == UInt8(ascii: "/") { return .hiddenSeparator }
@@ -72,14 +72,5 @@ public enum PathSafety {
         }
 
         var isDotSegment: Bool { !other && (dots == 1 || dots == 2) }
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 }
