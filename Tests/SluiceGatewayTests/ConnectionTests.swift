@@ -140,14 +140,21 @@ struct ConnectionTests {
 /// connection alive for ever, nor kill it while another stream still waits.
 @Suite(.serialized)
 struct HTTP2WatchdogTests {
-    /// Three streams that wait for a slow upstream are reset by the client; the connection,
-    /// idle after that, is closed after `idle_timeout` (2 s here).
-    @Test func resetStreamsLeaveTheConnectionIdle() async throws {
+    /// A gateway with `idle_timeout` 2 s before an upstream that holds every request until
+    /// released, and a raw HTTP/2 client connected to its HTTPS listener.
+    private func withHoldingUpstream(_ body: (GatewayHarness, RecordingUpstream, RawHTTP2Client) async throws -> Void) async throws {
         let recorder = RecordingUpstream()
         recorder.hold()
         try await withRecordingUpstream(recorder, { $0.setTimeouts(header: "10s", idle: "2s") }) { gateway in
             defer { recorder.release() }
-            let client = try await RawHTTP2Client.connect(port: gateway.addresses.https!, tls: try gateway.pki.clientTLS())
+            try await body(gateway, recorder, try await RawHTTP2Client.connect(port: gateway.addresses.https!, tls: try gateway.pki.clientTLS()))
+        }
+    }
+
+    /// Three streams that wait for a slow upstream are reset by the client; the connection,
+    /// idle after that, is closed after `idle_timeout` (2 s here).
+    @Test func resetStreamsLeaveTheConnectionIdle() async throws {
+        try await withHoldingUpstream { gateway, recorder, client in
             var streams: [any Channel] = []
             for index in 0..<3 { streams.append(try await client.open(.GET, "/v2/orders/\(index)", key: TestKeys.acme, endStream: true)) }
             try await eventually("the three requests wait at the upstream") { recorder.heldCount == 3 }
@@ -162,11 +169,7 @@ struct HTTP2WatchdogTests {
     /// request on another stream of the same connection still gets its answer after more than
     /// `idle_timeout` (2 s), and the connection is closed only once idle.
     @Test func earlyAnswerDoesNotKillTheConnectionLater() async throws {
-        let recorder = RecordingUpstream()
-        recorder.hold()
-        try await withRecordingUpstream(recorder, { $0.setTimeouts(header: "10s", idle: "2s") }) { gateway in
-            defer { recorder.release() }
-            let client = try await RawHTTP2Client.connect(port: gateway.addresses.https!, tls: try gateway.pki.clientTLS())
+        try await withHoldingUpstream { gateway, recorder, client in
             let long = try await client.open(.GET, "/v2/orders/long", key: TestKeys.acme, endStream: true)
             try await eventually("the long request waits at the upstream") { recorder.heldCount == 1 }
             let refused = try await client.open(.POST, "/v2/orders", key: "sk_test_nobody", endStream: false, contentLength: 1 << 20)

@@ -22,6 +22,14 @@ struct TaskStoreContractTests {
         return (record, request)
     }
 
+    /// Starts a stored task (as worker gw-b would) and returns it as it now stands.
+    private func start(_ task: TaskRecord, in store: any StoreUnderTest, _ clock: ManualClock) async throws -> TaskRecord {
+        var running = task
+        _ = running.lifecycle.start(at: clock.now, instance: "gw-b")
+        #expect(try await store.replaceTask(running, from: task.revision, retention: retention))
+        return running
+    }
+
     /// An accepted task can be read, its request fetched, and it is taken from the queue once; an id is accepted only once.
     @Test(arguments: StoreKind.allCases, ClockEpoch.allCases)
     func acceptedTaskIsReadAndTakenOnce(_ kind: StoreKind, _ epoch: ClockEpoch) async throws {
@@ -73,9 +81,7 @@ struct TaskStoreContractTests {
         try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
             let (queued, request) = newTask(clock)
             #expect(try await store.acceptTask(queued, request: request, retention: retention))
-            var running = queued
-            _ = running.lifecycle.start(at: clock.now, instance: "gw-b")
-            #expect(try await store.replaceTask(running, from: queued.revision, retention: retention))
+            let running = try await start(queued, in: store, clock)
             #expect(try await store.task(queued.id, .statusAndResult) == running, "an unfinished task has no result to read")
             var finished = running
             _ = finished.lifecycle.finish(succeeded: true, at: clock.now + 5, instance: "gw-b")
@@ -115,9 +121,7 @@ struct TaskStoreContractTests {
 
             let (started, _) = newTask(clock)
             #expect(try await store.acceptTask(started, request: request, retention: retention))
-            var running = started
-            _ = running.lifecycle.start(at: clock.now, instance: "gw-b")
-            #expect(try await store.replaceTask(running, from: started.revision, retention: retention))
+            let running = try await start(started, in: store, clock)
             #expect(try await store.resolveAccept(started.id, withdraw: true) == .moved)
             #expect(try await store.task(started.id) == running)
         }
@@ -239,9 +243,7 @@ struct TaskStoreContractTests {
                 clock.advance(1_000)
             }
             let firstAccepted = tasks[0].lifecycle.createdAt
-            var running = tasks[0]
-            _ = running.lifecycle.start(at: clock.now, instance: "gw-b")
-            #expect(try await store.replaceTask(running, from: tasks[0].revision, retention: retention))
+            let running = try await start(tasks[0], in: store, clock)
             var succeeded = tasks[1]
             _ = succeeded.lifecycle.start(at: clock.now, instance: "gw-b")
             _ = succeeded.lifecycle.finish(succeeded: true, at: clock.now, instance: "gw-b")
