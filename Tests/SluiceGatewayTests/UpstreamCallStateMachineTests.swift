@@ -19,7 +19,15 @@ struct UpstreamCallStateMachineTests {
     }
 
     private func retry(at now: NIODeadline? = nil, budget: Bool = true) -> Machine.RetryContext {
-        Machine.RetryContext(now: now ?? start, takeRetry: { budget }, backoff: { _ in .milliseconds(100) })
+        Machine.RetryContext(now: now ?? start, allowance: FixedAllowance(budget: budget))
+    }
+
+    /// A budget that always or never grants, and a 100 ms backoff.
+    private final class FixedAllowance: RetryAllowance {
+        let budget: Bool
+        init(budget: Bool) { self.budget = budget }
+        func takeRetry() -> Bool { budget }
+        func backoff(before number: Int) -> Duration { .milliseconds(100) }
     }
 
     private func head(_ status: Int, length: Int? = nil) -> HTTPResponseHead {

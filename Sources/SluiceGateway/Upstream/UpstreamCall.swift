@@ -282,14 +282,7 @@ final class UpstreamCall: UpstreamConnectionUser {
     }
 
     private func retryContext() -> UpstreamCallStateMachine.RetryContext {
-        let retries = runtime.policy.retries
-        return UpstreamCallStateMachine.RetryContext(
-            now: .now(), takeRetry: { [runtime] in runtime.takeRetry() },
-            backoff: { number in
-                var random = SystemRandomNumberGenerator()
-                return RetryRules.backoff(retry: number, min: retries.backoffMin, max: retries.backoffMax, using: &random)
-            }
-        )
+        UpstreamCallStateMachine.RetryContext(now: .now(), allowance: runtime)
     }
 
     private static func isConnectTimeout(_ error: any Error) -> Bool {

@@ -135,13 +135,11 @@ struct UpstreamCallStateMachine {
         self.bodyTimeout = TimeAmount(bodyTimeout)
     }
 
-    /// What a retry needs from outside: the time, the upstream's retry budget, a backoff.
+    /// What a retry needs from outside: the time, and the upstream's retry budget and backoff
+    /// (a reference, not closures: making this per response allocates nothing).
     struct RetryContext {
         var now: NIODeadline
-        /// Takes a retry from the budget (called only when everything else allows one).
-        var takeRetry: () -> Bool
-        /// The full-jitter backoff before retry `number` (1, 2, …).
-        var backoff: (_ number: Int) -> Duration
+        let allowance: any RetryAllowance
     }
 
     // MARK: - Starting
@@ -375,8 +373,8 @@ struct UpstreamCallStateMachine {
     /// that may be sent twice, its body still sendable, time left before the deadline, budget.
     private func retryWait(_ retry: RetryContext) -> TimeAmount? {
         guard retried < retries.attempts, retryable, !bodyConsumed else { return nil }
-        let wait = TimeAmount(retry.backoff(retried + 1))
-        guard retry.now + wait < deadline, retry.takeRetry() else { return nil }
+        let wait = TimeAmount(retry.allowance.backoff(before: retried + 1))
+        guard retry.now + wait < deadline, retry.allowance.takeRetry() else { return nil }
         return wait
     }
 
@@ -400,4 +398,12 @@ struct UpstreamCallStateMachine {
 
     /// Which retry this is (for the log line).
     var retriesSoFar: Int { retried }
+}
+
+/// The upstream's side of a retry decision (`UpstreamRuntime`): its budget and its backoff.
+protocol RetryAllowance: AnyObject {
+    /// Takes a retry from the budget (asked only when everything else allows one).
+    func takeRetry() -> Bool
+    /// The full-jitter backoff before retry `number` (1, 2, …).
+    func backoff(before number: Int) -> Duration
 }

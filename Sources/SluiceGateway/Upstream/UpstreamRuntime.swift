@@ -6,7 +6,7 @@ import Synchronization
 
 /// Everything the gateway keeps per upstream: its client, circuit breaker, bulkhead and retry
 /// budget. Kept across reloads while the upstream's settings do not change.
-final class UpstreamRuntime: Sendable {
+final class UpstreamRuntime: RetryAllowance, Sendable {
     let policy: UpstreamPolicy
     let client: UpstreamClient
     let bulkhead: Bulkhead
@@ -57,6 +57,12 @@ final class UpstreamRuntime: Sendable {
         let granted = budget.withLock { $0.takeRetry(now: clock()) }
         if granted { metrics.upstreamRetried(upstream: policy.name) }
         return granted
+    }
+
+    /// The full-jitter backoff before retry `number` (1, 2, …), within the policy's range.
+    func backoff(before number: Int) -> Duration {
+        var random = SystemRandomNumberGenerator()
+        return RetryRules.backoff(retry: number, min: policy.retries.backoffMin, max: policy.retries.backoffMax, using: &random)
     }
 
     private func announce(_ state: CircuitBreaker<ContinuousClock.Instant>.State) {
