@@ -15,7 +15,7 @@ struct PolicyDecodingTests {
         #expect(policy.gateway.webhooks.schedule.last == .seconds(86_400))
 
         let pricing = try #require(policy.upstreams["pricing"])
-        #expect(pricing.address.description == "http://127.0.0.1:9102/base")
+        #expect(pricing.targets[0].address.description == "http://127.0.0.1:9102/base")
         #expect(pricing.circuitBreaker.slowCall == .seconds(5))
         #expect(pricing.bodyTimeout == .seconds(120))
         #expect(pricing.retries.attempts == 2)
@@ -55,7 +55,7 @@ struct PolicyDecodingTests {
         #expect(gateway.idempotency.retention == .seconds(86_400))
         #expect(gateway.webhooks.timeout == .seconds(15) && gateway.webhooks.schedule.count == 9)
         let orders = try #require(policy.upstreams["orders"])
-        #expect(orders.address.port == 80 && policy.upstreams["pricing"]?.address.useTLS == true)
+        #expect(orders.targets[0].address.port == 80 && policy.upstreams["pricing"]?.targets[0].address.useTLS == true)
         #expect(orders.connectTimeout == .seconds(1) && orders.requestTimeout == .seconds(30))
         #expect(orders.maxInFlight == 64 && orders.queueTimeout == .milliseconds(100))
         #expect(orders.connectTimeout == .seconds(1) && orders.requestTimeout == .seconds(30) && orders.bodyTimeout == .seconds(30))

@@ -38,6 +38,18 @@ struct PolicyErrorTests {
             "policies/routes.yaml:15:11: route 'get-order' path: path '/orders/{id': a parameter must be a whole segment like {id}, got '{id'"
         ]),
         ("missing-required", ["policies/partners/globex.yaml:1:1: missing required key 'plan' in a partner file"]),
+        ("bad-targets", [
+            "policies/upstreams.yaml:5:7: upstream 'orders' has both url and targets: give one (url is the one-target shorthand)",
+            "policies/upstreams.yaml:7:14: upstream 'pricing' targets must list 1 to 64 targets, got 0",
+            "policies/upstreams.yaml:10:47: upstream 'shop' target weight must be at least 1, got 0",
+            "policies/upstreams.yaml:11:47: expected an integer for upstream 'shop' target weight, got 'heavy'",
+            "policies/upstreams.yaml:13:9: upstream 'shop' lists the target http://127.0.0.1:9105 twice",
+            "policies/upstreams.yaml:16:15: upstream 'mes' balancer must be one of least_request, round_robin, partner_hash, got 'random'",
+            "policies/upstreams.yaml:18:27: upstream 'mes' health active interval must be greater than 0",
+            "policies/upstreams.yaml:18:40: upstream 'mes' health active healthy must be at least 1, got 0",
+            "policies/upstreams.yaml:19:31: expected a percentage from 0% to 100% like 50% for upstream 'mes' health passive max_ejected, got '150%'",
+            "policies/upstreams.yaml:20:22: expected a percentage from 0% to 100% like 50% for upstream 'mes' panic_threshold, got '120%'",
+        ]),
         ("route-unknown-upstream", ["policies/routes.yaml:22:15: route 'price' names unknown upstream 'pricng'"]),
         ("route-unknown-version", ["policies/routes.yaml:19:16: route 'price' names unknown version 'v3'"]),
         ("unknown-route-upstream-param", [

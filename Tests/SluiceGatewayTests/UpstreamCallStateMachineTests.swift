@@ -73,10 +73,14 @@ struct UpstreamCallStateMachineTests {
             Issue.record("not retried"); return
         }
         #expect(wait == .milliseconds(100) && first.outcome == .failure && first.connection == .close)
-        guard case .askBreaker = call.backoffElapsed() else { Issue.record("no second try"); return }
+        #expect(first.targetFailed == true)
+        guard case .acquireSlot = call.backoffElapsed() else { Issue.record("no slot for the second try"); return }
+        guard case .askBreaker = call.slotDecided(granted: true) else { Issue.record("no second try"); return }
         _ = call.breakerAnswered(refusedFor: nil, now: start)
         _ = call.connected()
-        guard case .respondStreaming(let answer, .failure, _) = call.headArrived(head(503), retry()) else { Issue.record("the second 503 is not the answer"); return }
+        guard case .respondStreaming(let answer, .failure, true, _) = call.headArrived(head(503), retry()) else {
+            Issue.record("the second 503 is not the answer"); return
+        }
         #expect(answer.status == .serviceUnavailable)
 
         var withoutBudget = machine()
@@ -92,7 +96,7 @@ struct UpstreamCallStateMachineTests {
         _ = call.start()
         _ = call.slotDecided(granted: true)
         _ = call.breakerAnswered(refusedFor: nil, now: start)
-        let ended = end(call.connectFailed(timedOut: example.timedOut, retry()))
+        let ended = end(call.connectFailed(timedOut: example.timedOut, anotherTarget: false, retry()))
         switch (example.retryable, ended?.next) {
         case (true, .retry(_, .connectError)?): break
         case (false, .fail(let failure)?): #expect(failure == (example.timedOut ? .timeout : .unreachable))
@@ -113,9 +117,43 @@ struct UpstreamCallStateMachineTests {
         #expect(chunks.map(\.0) == [ByteBuffer(string: "early")])
         guard case .writeChunk = call.sendBody(ByteBuffer(string: "more"), promise: nil) else { Issue.record("not written"); return }
         guard case .writeEnd = call.endBody() else { Issue.record("no end"); return }
-        guard case .respondStreaming(_, .failure, _) = call.headArrived(head(503), retry()) else {
+        guard case .respondStreaming(_, .failure, true, _) = call.headArrived(head(503), retry()) else {
             Issue.record("a 503 after the body went out must not be retried"); return
         }
+    }
+
+    /// A connection that could not be made sent nothing: the call goes once to another target,
+    /// whatever its method and retry settings, without counting as a retry; a second connect
+    /// error is then decided by `retries` as usual.
+    @Test func connectErrorFailsOverOnceToAnotherTarget() {
+        var call = machine(retryable: false, attempts: 0)
+        _ = call.start()
+        _ = call.slotDecided(granted: true)
+        _ = call.breakerAnswered(refusedFor: nil, now: start)
+        guard let first = end(call.connectFailed(timedOut: false, anotherTarget: true, retry())), case .retry(let wait, .connectError) = first.next else {
+            Issue.record("no failover"); return
+        }
+        #expect(wait == .zero && first.outcome == .failure && first.targetFailed == true && call.retriesSoFar == 0)
+        guard case .acquireSlot = call.backoffElapsed() else { Issue.record("no slot for the failover"); return }
+        _ = call.slotDecided(granted: true)
+        _ = call.breakerAnswered(refusedFor: nil, now: start)
+        guard let second = end(call.connectFailed(timedOut: false, anotherTarget: true, retry())), case .fail(.unreachable) = second.next else {
+            Issue.record("failed over twice"); return
+        }
+    }
+
+    /// Only connect errors, timeouts, broken connections and 502/503/504 count against a target;
+    /// 4xx and other 5xx answers do not (the breaker still hears 5xx as failures).
+    @Test func targetVerdicts() {
+        for (status, failed) in [(404, false), (429, false), (500, false), (502, true), (503, true), (504, true), (200, false)] {
+            var call = machine(attempts: 0)
+            sent(&call)
+            _ = call.headArrived(head(status, length: 0), retry())
+            #expect(end(call.responseEnded())?.targetFailed == failed, "\(status)")
+        }
+        var cancelled = machine()
+        sent(&cancelled)
+        #expect(end(cancelled.cancel())?.targetFailed == nil)
     }
 
     /// A pooled connection the upstream closed just before it was used is replaced, not retried.
@@ -139,7 +177,7 @@ struct UpstreamCallStateMachineTests {
 
         var streaming = machine()
         sent(&streaming)
-        guard case .respondStreaming(_, .success, let wakeAt) = streaming.headArrived(head(200, length: 1 << 20), retry(at: start)) else {
+        guard case .respondStreaming(_, .success, false, let wakeAt) = streaming.headArrived(head(200, length: 1 << 20), retry(at: start)) else {
             Issue.record("not streaming"); return
         }
         #expect(wakeAt == start + .seconds(1))

@@ -62,7 +62,14 @@ public struct UpstreamPolicy: Sendable, Equatable {
     }
 
     public var name: String
-    public var address: Address
+    /// Where calls go: one target for `url:`, several for `targets:` (SPEC §7).
+    public var targets: [Target]
+    /// How often target names are resolved again (every A/AAAA record is a target).
+    public var dnsRefresh: Duration = .seconds(30)
+    public var balancer = Balancer.leastRequest
+    public var health = Health()
+    /// Below this share (0…1) of healthy targets, calls go to all of them.
+    public var panicThreshold = 0.5
     public var connectTimeout: Duration = .seconds(1)
     /// Until the response head arrives; a route may override it.
     public var requestTimeout: Duration = .seconds(30)
@@ -98,12 +105,12 @@ extension UpstreamPolicy {
     private static func read(name: String, _ value: YAMLValue) -> UpstreamPolicy? {
         let context = "upstream '\(name)'"
         guard let map = value.mapping(context) else { return nil }
-        let address = map.required("url").flatMap { readAddress($0, context) }
-        var upstream = UpstreamPolicy(
-            name: name,
-            address: address ?? Address(useTLS: false, host: "", port: 0, basePath: ""),
-            location: value.location
-        )
+        let targets = readTargets(map, value, context)
+        var upstream = UpstreamPolicy(name: name, targets: targets ?? [], location: value.location)
+        if let d = map.optional("dns_refresh")?.duration("\(context) dns_refresh") { upstream.dnsRefresh = d }
+        if let balancer = map.optional("balancer")?.oneOf(Balancer.self, "\(context) balancer") { upstream.balancer = balancer }
+        if let health = map.optional("health").flatMap({ Health.read($0, context) }) { upstream.health = health }
+        if let share = map.optional("panic_threshold")?.percentage("\(context) panic_threshold") { upstream.panicThreshold = share }
         if let d = map.optional("connect_timeout")?.duration("\(context) connect_timeout") { upstream.connectTimeout = d }
         if let d = map.optional("request_timeout")?.duration("\(context) request_timeout") { upstream.requestTimeout = d }
         if let d = map.optional("body_timeout")?.duration("\(context) body_timeout") { upstream.bodyTimeout = d }
@@ -118,7 +125,49 @@ extension UpstreamPolicy {
         }
         if let retries = map.optional("retries").flatMap({ readRetries($0, context) }) { upstream.retries = retries }
         map.finish()
-        return address == nil ? nil : upstream
+        return targets == nil ? nil : upstream
+    }
+
+    /// `url:` (one target) or `targets:` (a list of `{url, weight}`), never both.
+    private static func readTargets(_ map: MappingReader, _ value: YAMLValue, _ context: String) -> [Target]? {
+        switch (map.optional("url"), map.optional("targets")) {
+        case (.some, let list?):
+            list.report("\(context) has both url and targets: give one (url is the one-target shorthand)")
+            return nil
+        case (let url?, nil):
+            return readAddress(url, context).map { [Target(address: $0, weight: 1, location: url.location)] }
+        case (nil, let list?):
+            guard let items = list.sequence("\(context) targets") else { return nil }
+            guard !items.isEmpty, items.count <= TargetSet.capacity else {
+                list.report("\(context) targets must list 1 to \(TargetSet.capacity) targets, got \(items.count)")
+                return nil
+            }
+            var targets: [Target] = []
+            var valid = true
+            for item in items {
+                guard let entry = item.mapping("a target of \(context)") else {
+                    valid = false
+                    continue
+                }
+                let address = entry.required("url").flatMap { readAddress($0, "a target of \(context)") }
+                let weight = entry.optional("weight").map { $0.int("\(context) target weight", min: 1, max: 10_000) } ?? 1
+                entry.finish()
+                guard let address, let weight else {
+                    valid = false
+                    continue
+                }
+                if targets.contains(where: { $0.address == address }) {
+                    item.report("\(context) lists the target \(address) twice")
+                    valid = false
+                    continue
+                }
+                targets.append(Target(address: address, weight: weight, location: item.location))
+            }
+            return valid ? targets : nil
+        case (nil, nil):
+            value.report("\(context) needs url or targets")
+            return nil
+        }
     }
 
     private static func readAddress(_ value: YAMLValue, _ context: String) -> Address? {

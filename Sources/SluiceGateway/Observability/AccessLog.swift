@@ -87,6 +87,7 @@ final class AccessLog: Sendable {
         line += record.trace.traceID
         line += "\""
         if let upstream = record.upstream { field("upstream", upstream, into: &line) }
+        if let target = record.target { field("target", target, into: &line) }
         if let upstreamDuration = record.upstreamDuration {
             line += ",\"upstream_ms\":"
             line += String(upstreamDuration.fractionalMilliseconds)
@@ -123,6 +124,7 @@ final class AccessLog: Sendable {
         if let version = record.version { metadata["version"] = .string(version) }
         if let route = record.route { metadata["route"] = .string(route) }
         if let upstream = record.upstream { metadata["upstream"] = .string(upstream) }
+        if let target = record.target { metadata["target"] = .string(target) }
         if let upstreamDuration = record.upstreamDuration { metadata["upstream_ms"] = .stringConvertible(upstreamDuration.fractionalMilliseconds) }
         if let problem = record.problem { metadata["problem"] = .string(problem) }
         if let error = record.upstreamError { metadata["error"] = .string(error) }

@@ -45,6 +45,18 @@ final class GatewayMetrics: Sendable {
         descriptor("trace_spans_dropped", "total", "Spans not exported because the export queue was full.")
     }
     private static var retriesDescriptor: MetricNameDescriptor { descriptor("upstream_retries", "total", "Retried upstream calls.") }
+    private static var targetHealthyDescriptor: MetricNameDescriptor {
+        descriptor("upstream_target_healthy", "", "1 while an upstream target takes calls (not ejected, probes good), else 0.")
+    }
+    private static var targetRequestsDescriptor: MetricNameDescriptor {
+        descriptor("upstream_target_requests", "total", "Tries sent to each upstream target by outcome: ok, failed (connect error, timeout, reset, 502/503/504).")
+    }
+    private static var ejectionsDescriptor: MetricNameDescriptor {
+        descriptor("upstream_ejections", "total", "Upstream targets taken out, by reason: consecutive-failures or probes.")
+    }
+    private static var noTargetDescriptor: MetricNameDescriptor {
+        descriptor("upstream_no_target", "total", "Calls answered 503 because no target of the upstream could take them.")
+    }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
     }
@@ -179,6 +191,27 @@ final class GatewayMetrics: Sendable {
     /// The histogram of time until an upstream's response head; kept by the upstream's runtime.
     func upstreamDuration(upstream: String) -> DurationHistogram {
         registry.makeDurationHistogram(descriptor: Self.upstreamDurationDescriptor, labels: [("upstream", upstream)], buckets: Self.buckets)
+    }
+
+    /// The per-try counters of one target, made once per target: ok and failed.
+    func targetRequests(upstream: String, target: String) -> (ok: Counter, failed: Counter) {
+        let labels = [("upstream", upstream), ("target", target)]
+        return (
+            registry.makeCounter(descriptor: Self.targetRequestsDescriptor, labels: labels + [("outcome", "ok")]),
+            registry.makeCounter(descriptor: Self.targetRequestsDescriptor, labels: labels + [("outcome", "failed")])
+        )
+    }
+
+    func targetHealth(upstream: String, target: String, healthy: Bool) {
+        registry.makeGauge(descriptor: Self.targetHealthyDescriptor, labels: [("upstream", upstream), ("target", target)]).set(to: healthy ? 1.0 : 0.0)
+    }
+
+    func targetEjected(upstream: String, target: String, reason: String) {
+        registry.makeCounter(descriptor: Self.ejectionsDescriptor, labels: [("upstream", upstream), ("target", target), ("reason", reason)]).increment()
+    }
+
+    func noTarget(upstream: String) {
+        registry.makeCounter(descriptor: Self.noTargetDescriptor, labels: [("upstream", upstream)]).increment()
     }
 
     func policyReloaded(succeeded: Bool) {

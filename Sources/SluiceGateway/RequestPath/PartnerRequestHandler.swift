@@ -368,7 +368,8 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
         request.collected = nil
         let call = UpstreamCall(
-            runtime: upstream, request: UpstreamRequest(head: head, body: callBody, retryable: retryable), timeout: plan.route.requestTimeout,
+            runtime: upstream, request: UpstreamRequest(head: head, target: plan.target, partner: plan.partner.id, body: callBody, retryable: retryable),
+            timeout: plan.route.requestTimeout,
             eventLoop: eventLoop, logger: runtime.logger, delegate: self
         )
         request.call = call
@@ -457,6 +458,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         if request.machine.closeAfterResponse && !isHTTP2 { headers.replaceOrAdd(name: "Connection", value: "close") }
         let head = HTTPResponseHead(version: responseVersion(request), status: upstreamHead.status, headers: headers)
         request.record.status = Int(upstreamHead.status.code)
+        request.record.target = call.targetLabel
         if let started = request.record.upstreamStarted { request.record.upstreamDuration = .nanoseconds((NIODeadline.now() - started).nanoseconds) }
         request.tracing.upstreamEnded(status: request.record.status)
         request.idempotency?.responseStarted(status: request.record.status, headers: headers)
@@ -491,6 +493,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     func upstreamCall(_ call: UpstreamCall, failed failure: UpstreamFailure) {
         guard let request, request.call === call else { return }
         request.call = nil
+        request.record.target = call.targetLabel
         request.record.upstreamError = "\(failure)"
         request.tracing.upstreamEnded(status: nil, failure: "\(failure)")
         perform(request.machine.upstreamFailed(failure), request)

@@ -19,6 +19,8 @@ struct RequestRecord {
     var version: String?
     var route: String?
     var upstream: String?
+    /// The upstream target of the call's last try (`http://host:port`).
+    var target: String?
     var status = 0
     var problem: String?
     var upstreamError: String?

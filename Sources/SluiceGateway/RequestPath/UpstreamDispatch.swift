@@ -20,15 +20,14 @@ enum UpstreamDispatch {
         )
     }
 
-    /// The head to send to `upstream` and how the body goes with it: small bodies of requests
+    /// The head to send to `upstream` (its path and `Host` are the target's, set per try) and how the body goes with it: small bodies of requests
     /// that may be retried are read whole first (a retry sends them again), others stream.
     static func prepare(
         _ request: PartnerRequest, _ plan: ForwardPlan, upstream: UpstreamRuntime, connection: PartnerConnection, runtime: GatewayRuntime
     ) -> (head: HTTPRequestHead, retryable: Bool, dispatch: PartnerRequestStateMachine.Dispatch) {
         let head = request.head
-        var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: upstream.client.path(for: plan.target))
+        var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: plan.target)
         upstreamHead.headers.reserveCapacity(head.headers.count + 8)
-        upstreamHead.headers.add(name: "Host", value: upstream.client.authority)
         let traceparent = request.tracing.startUpstream(upstream.name, record: request.record, tracing: runtime.tracing, identifiers: runtime.identifiers)
         HeaderRewriter.forwardRequest(head.headers, forwardingContext(request, plan, connection: connection, traceparent: traceparent)) {
             upstreamHead.headers.add(name: $0, value: $1)

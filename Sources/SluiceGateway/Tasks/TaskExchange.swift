@@ -32,19 +32,20 @@ final class TaskExchange: UpstreamCallDelegate, @unchecked Sendable {
         promise = eventLoop.makePromise(of: Outcome.self)
     }
 
-    /// Starts the call for `request` on `eventLoop`.
+    /// Starts the call for `partner`'s `request` on `eventLoop`.
     /// - Parameter traceparent: Replaces the stored request's `traceparent` (the run's span, when tracing).
-    static func start(_ request: TaskRequest, upstream: UpstreamRuntime, traceparent: String?, on eventLoop: any EventLoop, logger: Logger) -> TaskExchange {
+    static func start(_ request: TaskRequest, partner: String, upstream: UpstreamRuntime, traceparent: String?, on eventLoop: any EventLoop, logger: Logger) -> TaskExchange {
         let exchange = TaskExchange(eventLoop: eventLoop)
         eventLoop.execute {
-            var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: upstream.client.path(for: request.pathAndQuery))
-            head.headers.add(name: "Host", value: upstream.client.authority)
+            var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: request.pathAndQuery)
             for header in request.headers { head.headers.add(name: header.name, value: header.value) }
             if let traceparent { head.headers.replaceOrAdd(name: "traceparent", value: traceparent) }
             head.headers.add(name: "Content-Length", value: String(request.body.count))
             let retryable = upstream.policy.retries.attempts > 0  // a task's call always carries its Idempotency-Key
             let call = UpstreamCall(
-                runtime: upstream, request: UpstreamRequest(head: head, body: .whole(ByteBuffer(bytes: request.body)), retryable: retryable),
+                runtime: upstream, request: UpstreamRequest(
+                    head: head, target: request.pathAndQuery, partner: partner, body: .whole(ByteBuffer(bytes: request.body)), retryable: retryable
+                ),
                 timeout: .milliseconds(request.timeoutMilliseconds), eventLoop: eventLoop, logger: logger, delegate: exchange
             )
             exchange.call = call

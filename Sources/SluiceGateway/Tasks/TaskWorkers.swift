@@ -141,7 +141,7 @@ final class TaskWorkers: Service, Sendable {
             span?.attributes["sluice.partner"] = started.partner
             span?.attributes["http.route"] = started.route
             let exchange = TaskExchange.start(
-                request, upstream: upstream, traceparent: span.flatMap(runtime.tracing.traceparent(of:)), on: eventLoops.next(), logger: logger
+                request, partner: started.partner, upstream: upstream, traceparent: span.flatMap(runtime.tracing.traceparent(of:)), on: eventLoops.next(), logger: logger
             )
             running.withLock { $0[claim] = exchange }
             let outcome = await exchange.outcome

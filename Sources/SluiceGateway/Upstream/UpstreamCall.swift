@@ -3,11 +3,13 @@ import NIOCore
 import NIOHTTP1
 import SluiceCore
 
-/// One request's conversation with its upstream (SPEC §3 timeouts and breakers, §4.2): a thin
-/// shell over `UpstreamCallStateMachine`, bound to one event loop, that does what the machine
-/// says with the upstream's bulkhead (a slot taken first, waiting at most `queue_timeout`, held
-/// until the end), its breaker (asked before every try, told every try's outcome), its retry
-/// budget, its connection pool, and the delegate. On a connection, the deadlines are watched by
+/// One request's conversation with its upstream (SPEC §3 timeouts and breakers, §4.2, §7): a
+/// thin shell over `UpstreamCallStateMachine`, bound to one event loop, that does what the
+/// machine says with the upstream's targets (one picked per try by the balancer, a retry on one
+/// not tried yet), the target's bulkhead (a slot taken per try, waiting at most
+/// `queue_timeout`), the upstream's breaker (asked before every try, told every try's outcome),
+/// the target's health (told every try's verdict), the retry budget, the target's connection
+/// pool, and the delegate. On a connection, the deadlines are watched by
 /// the connection's `LazyTimer`, which a busy connection schedules about once per timeout, not
 /// once per request.
 final class UpstreamCall: UpstreamConnectionUser {
@@ -15,13 +17,18 @@ final class UpstreamCall: UpstreamConnectionUser {
     static let replayableBodyLimit = 64 << 10
 
     let runtime: UpstreamRuntime
-    private let request: UpstreamRequest
+    private var request: UpstreamRequest
     private let eventLoop: any EventLoop
     private let logger: Logger
     private weak var delegate: (any UpstreamCallDelegate)?
     private var machine: UpstreamCallStateMachine
     private var connection: UpstreamConnection?
+    /// The current try's target (its position in the runtime's targets).
+    private var target: Int?
+    /// Targets of earlier tries.
+    private var tried = TargetSet()
     private var holdsSlot = false
+    private var countedRequest = false
     private var waiter: UInt64?
     private var ticket: CircuitBreaker<ContinuousClock.Instant>.Ticket?
     private var tryStarted = ContinuousClock.now
@@ -121,9 +128,10 @@ final class UpstreamCall: UpstreamConnectionUser {
             promise?.fail(ChannelError.ioOnClosedChannel)
         case .wake(let deadline):
             connection?.timer.wake(noLaterThan: deadline)
-        case .respondStreaming(let head, let outcome, let wakeAt):
+        case .respondStreaming(let head, let outcome, let targetFailed, let wakeAt):
             connection?.timer.wake(noLaterThan: wakeAt)
             recordTicket(outcome)
+            if let target { runtime.tryEnded(on: target, failed: targetFailed) }
             delegate?.upstreamCall(self, respondedWith: head, body: .streaming)
         case .deliver(let chunk):
             delegate?.upstreamCall(self, received: chunk)
@@ -132,10 +140,18 @@ final class UpstreamCall: UpstreamConnectionUser {
         }
     }
 
+    /// Picks the try's target and takes a slot of its bulkhead.
     private func acquireSlot() {
-        if runtime.bulkhead.tryAcquire() { return slotGranted() }
+        let partner = request.partner.isEmpty || runtime.policy.balancer != .partnerHash ? 0 : StableHash.of(request.partner)
+        guard let index = runtime.pick(partner: partner, excluding: tried, on: eventLoop) else {
+            runtime.noTarget()
+            return perform(machine.slotDecided(granted: false))
+        }
+        target = index
+        let bulkhead = runtime.targets[index].bulkhead
+        if bulkhead.tryAcquire() { return slotGranted() }
         let call = NIOLoopBound(self, eventLoop: eventLoop)
-        switch runtime.bulkhead.acquire(on: eventLoop, resume: { granted in call.value.slotDecided(granted) }) {
+        switch bulkhead.acquire(on: eventLoop, resume: { granted in call.value.slotDecided(granted) }) {
         case .acquired:
             slotGranted()
         case .refused:
@@ -148,22 +164,39 @@ final class UpstreamCall: UpstreamConnectionUser {
 
     private func slotDecided(_ granted: Bool) {
         waiter = nil
-        guard case .waitingForSlot = machine.state else {
-            if granted { runtime.bulkhead.release() }  // the call ended meanwhile
+        guard case .waitingForSlot = machine.state, let target else {
+            if granted, let target { runtime.targets[target].bulkhead.release() }  // the call ended meanwhile
             return
         }
         if granted { slotGranted() } else { perform(machine.slotDecided(granted: false)) }
     }
 
     private func slotGranted() {
+        guard let target else { return }
         holdsSlot = true
-        runtime.recordRequest()
+        runtime.targets[target].inFlight.wrappingAdd(1, ordering: .relaxed)
+        if !countedRequest {
+            countedRequest = true
+            runtime.recordRequest()
+        }
         perform(machine.slotDecided(granted: true))
     }
 
-    /// Sends on an idle connection of this event loop, or on a new one once it is open.
+    /// Gives the try's slot back.
+    private func releaseSlot() {
+        guard holdsSlot, let target else { return }
+        holdsSlot = false
+        runtime.targets[target].inFlight.wrappingSubtract(1, ordering: .relaxed)
+        runtime.targets[target].bulkhead.release()
+    }
+
+    /// The target of the current (or last) try, as metrics and logs name it.
+    var targetLabel: String? { target.map { runtime.targets[$0].label } }
+
+    /// Sends on an idle connection of the target on this event loop, or on a new one once it is open.
     private func leaseConnection() {
-        switch runtime.client.connections.lease(on: eventLoop) {
+        guard let target else { return }
+        switch runtime.targets[target].client.connections.lease(on: eventLoop) {
         case .ready(let connection):
             use(connection)
         case .connecting(let future):
@@ -178,7 +211,10 @@ final class UpstreamCall: UpstreamConnectionUser {
                     guard case .connecting = call.machine.state else { return connection.close() }  // the call ended meanwhile
                     call.use(connection)
                 case .failure(let error):
-                    call.perform(call.machine.connectFailed(timedOut: Self.isConnectTimeout(error), call.retryContext()))
+                    var tried = call.tried
+                    if let target = call.target { tried.insert(target) }
+                    let another = call.runtime.hasAnotherTarget(than: tried)
+                    call.perform(call.machine.connectFailed(timedOut: Self.isConnectTimeout(error), anotherTarget: another, call.retryContext()))
                 }
             }
         }
@@ -192,8 +228,11 @@ final class UpstreamCall: UpstreamConnectionUser {
     }
 
     private func write(_ send: UpstreamCallStateMachine.Send, wakeAt deadline: NIODeadline) {
-        guard let connection else { return }
+        guard let connection, let target else { return }
         connection.timer.wake(noLaterThan: deadline)
+        let client = runtime.targets[target].client
+        request.head.uri = client.path(for: request.target)
+        request.head.headers.replaceOrAdd(name: "Host", value: client.authority)
         connection.write(.head(request.head), promise: nil)
         switch (send, request.body) {
         case (.whole, .whole(let body)):
@@ -213,6 +252,7 @@ final class UpstreamCall: UpstreamConnectionUser {
     /// call retries, goes on, or ends (then the slot is given back and waiting chunks fail).
     private func endTry(_ end: UpstreamCallStateMachine.TryEnd) {
         if let outcome = end.outcome { recordTicket(outcome) }
+        if let target { runtime.tryEnded(on: target, failed: end.targetFailed) }
         if let connection {
             switch end.connection {
             case .keep:
@@ -221,7 +261,7 @@ final class UpstreamCall: UpstreamConnectionUser {
                 self.connection = nil
                 connection.user = nil
                 connection.pauseReading(false)
-                runtime.client.connections.giveBack(connection)
+                runtime.targets[target!].client.connections.giveBack(connection)
             case .close:
                 self.connection = nil
                 connection.user = nil
@@ -236,9 +276,14 @@ final class UpstreamCall: UpstreamConnectionUser {
             connection = nil
             return leaseConnection()
         case .retry(let wait, let condition):
+            releaseSlot()
+            if let target { tried.insert(target) }
             logger.info(
                 "retrying upstream call",
-                metadata: ["upstream": .string(runtime.name), "retry": .stringConvertible(machine.retriesSoFar), "condition": .string(condition.description)]
+                metadata: [
+                    "upstream": .string(runtime.name), "target": .string(targetLabel ?? ""), "retry": .stringConvertible(machine.retriesSoFar),
+                    "condition": .string(condition.description),
+                ]
             )
             let call = NIOLoopBound(self, eventLoop: eventLoop)
             timer = eventLoop.scheduleTask(in: wait) {
@@ -270,14 +315,11 @@ final class UpstreamCall: UpstreamConnectionUser {
     private func callEnded() {
         timer?.cancel()
         timer = nil
-        if let waiter {
+        if let waiter, let target {
             self.waiter = nil
-            runtime.bulkhead.cancel(waiter)
+            runtime.targets[target].bulkhead.cancel(waiter)
         }
-        if holdsSlot {
-            holdsSlot = false
-            runtime.bulkhead.release()
-        }
+        releaseSlot()
         for (_, promise) in machine.takePendingChunks() { promise?.fail(ChannelError.ioOnClosedChannel) }
     }
 

@@ -8,6 +8,10 @@ import SluiceCore
 /// `Action` it answers. The machine decides the tries (SPEC §3 timeouts, breakers, retries):
 ///
 /// - tries share the call's deadline: no response head by then is a 504;
+/// - every try takes a bulkhead slot on the target the call picks for it (a retry picks one it
+///   did not try yet, when there is one);
+/// - a try whose connection could not be made (nothing was sent) is tried once more on another
+///   target, whatever the method, not counted as a retry (SPEC §7);
 /// - a failed try is retried only for a request that may be sent twice, on the listed
 ///   conditions, while its body can be sent again (none, kept whole, or nothing of it streamed),
 ///   with attempts and retry budget left and time for the backoff before the deadline;
@@ -17,7 +21,8 @@ import SluiceCore
 ///   delivered (a stall there is still a 504); a larger one streams, and one that stops for
 ///   `body_timeout` is cut off;
 /// - every try's outcome is told to the breaker once (5xx, connect errors, timeouts and broken
-///   connections fail; a cancel gives no verdict).
+///   connections fail; a cancel gives no verdict), and to its target's passive health (connect
+///   errors, timeouts, broken connections and 502/503/504 fail; other answers, 4xx included, do not).
 struct UpstreamCallStateMachine {
     enum State {
         case idle
@@ -65,9 +70,11 @@ struct UpstreamCallStateMachine {
         case cancelled
     }
 
-    /// A try's end: the breaker's verdict (nil when there is none to give), the connection, what follows.
+    /// A try's end: the breaker's verdict (nil when there is none to give), the target's
+    /// (failed or not; nil: none), the connection, what follows.
     struct TryEnd {
         var outcome: Outcome?
+        var targetFailed: Bool?
         var connection: ConnectionFate
         var next: Next
     }
@@ -85,7 +92,8 @@ struct UpstreamCallStateMachine {
 
     enum Action {
         case none
-        /// Take a bulkhead slot (`slotDecided`, or `slotQueued` while it waits).
+        /// Pick a target for the try and take a slot of its bulkhead (`slotDecided`, or
+        /// `slotQueued` while it waits).
         case acquireSlot
         /// A try begins: ask the breaker (`breakerAnswered`).
         case askBreaker
@@ -101,7 +109,7 @@ struct UpstreamCallStateMachine {
         case wake(at: NIODeadline)
         /// Deliver the streamed response's head (after telling the breaker `outcome`), and watch
         /// the connection until `wakeAt` (`body_timeout`).
-        case respondStreaming(HTTPResponseHead, outcome: Outcome, wakeAt: NIODeadline)
+        case respondStreaming(HTTPResponseHead, outcome: Outcome, targetFailed: Bool, wakeAt: NIODeadline)
         case deliver(ByteBuffer)
         case endTry(TryEnd)
     }
@@ -113,6 +121,8 @@ struct UpstreamCallStateMachine {
     private let retries: UpstreamPolicy.Retries
     private let bodyTimeout: TimeAmount
     private var retried = 0
+    /// The one free try on another target after a connection could not be made was used.
+    private var failedOver = false
     /// The request's end went out on the current try (its connection may be reused).
     private var requestComplete = false
     /// A try of a streamed body sent some of it: that body cannot be sent again.
@@ -151,13 +161,17 @@ struct UpstreamCallStateMachine {
 
     /// The bulkhead queued the call.
     mutating func slotQueued() {
-        if case .idle = state { state = .waitingForSlot }
+        switch state {
+        case .idle, .backingOff: state = .waitingForSlot
+        default: break
+        }
     }
 
-    /// The bulkhead's answer: a slot (a try begins) or none (503).
+    /// The answer for a try's slot: one (the try begins) or none (no target, or the bulkhead
+    /// is full: 503).
     mutating func slotDecided(granted: Bool) -> Action {
         switch state {
-        case .idle, .waitingForSlot: break
+        case .idle, .waitingForSlot, .backingOff: break
         default: return .none
         }
         guard granted else { return finish(.fail(.unavailable(retryAfter: 1))) }
@@ -200,9 +214,15 @@ struct UpstreamCallStateMachine {
         }
     }
 
-    /// The connection could not be opened (in time: `timedOut`).
-    mutating func connectFailed(timedOut: Bool, _ retry: RetryContext) -> Action {
+    /// The connection could not be opened (in time: `timedOut`); `anotherTarget` when the
+    /// upstream has a target this call did not try yet.
+    mutating func connectFailed(timedOut: Bool, anotherTarget: Bool, _ retry: RetryContext) -> Action {
         guard case .connecting = state else { return .none }
+        if anotherTarget, !failedOver, !bodyConsumed {
+            failedOver = true
+            state = .backingOff
+            return .endTry(TryEnd(outcome: .failure, targetFailed: true, connection: .keep, next: .retry(after: .zero, condition: .connectError)))
+        }
         return tryFailed(.connectFailed(timedOut: timedOut), retry: retry)
     }
 
@@ -217,7 +237,7 @@ struct UpstreamCallStateMachine {
         guard case .awaitingHead = state else { return .none }
         let status = Int(head.status.code)
         if retries.on.contains(.status(status)), let wait = retryWait(retry) {
-            return startRetry(after: wait, condition: .status(status), outcome: Self.outcome(status), connection: .close)
+            return startRetry(after: wait, condition: .status(status), outcome: Self.outcome(status), targetFailed: Self.targetFailed(status), connection: .close)
         }
         lastProgress = retry.now
         if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared <= Self.wholeBodyLimit {
@@ -226,7 +246,7 @@ struct UpstreamCallStateMachine {
             return .wake(at: lastProgress + bodyTimeout)
         }
         state = .streaming
-        return .respondStreaming(head, outcome: Self.outcome(status), wakeAt: lastProgress + bodyTimeout)
+        return .respondStreaming(head, outcome: Self.outcome(status), targetFailed: Self.targetFailed(status), wakeAt: lastProgress + bodyTimeout)
     }
 
     /// A part of the response body arrived.
@@ -251,7 +271,8 @@ struct UpstreamCallStateMachine {
         switch state {
         case .readingWhole(let head, let body):
             let whole = body.flatMap { $0.readableBytes > 0 ? $0 : nil }
-            return finish(.respondWhole(head, whole), outcome: Self.outcome(Int(head.status.code)), connection: .giveBack)
+            let status = Int(head.status.code)
+            return finish(.respondWhole(head, whole), outcome: Self.outcome(status), targetFailed: Self.targetFailed(status), connection: .giveBack)
         case .streaming:
             return finish(.finishStream, connection: .giveBack)
         default:
@@ -265,7 +286,7 @@ struct UpstreamCallStateMachine {
         case .awaitingHead where wasPooled && !bodyConsumed:
             // Closed by the upstream just before it was used: a fresh one, not a retry.
             state = .connecting
-            return .endTry(TryEnd(outcome: nil, connection: .keep, next: .reconnect))
+            return .endTry(TryEnd(outcome: nil, targetFailed: nil, connection: .keep, next: .reconnect))
         case .awaitingHead, .readingWhole:
             return tryFailed(.broke, retry: nil)
         case .streaming:
@@ -290,10 +311,10 @@ struct UpstreamCallStateMachine {
         }
     }
 
-    /// The backoff before a retry is over: the next try begins.
+    /// The backoff before a retry is over: the next try takes its slot.
     mutating func backoffElapsed() -> Action {
         guard case .backingOff = state else { return .none }
-        return beginTry()
+        return .acquireSlot
     }
 
     // MARK: - The partner's side
@@ -359,13 +380,13 @@ struct UpstreamCallStateMachine {
         switch failure {
         case .connectFailed(let timedOut):
             if retries.on.contains(.connectError), let retry, let wait = retryWait(retry) {
-                return startRetry(after: wait, condition: .connectError, outcome: .failure, connection: connection)
+                return startRetry(after: wait, condition: .connectError, outcome: .failure, targetFailed: true, connection: connection)
             }
-            return finish(.fail(timedOut ? .timeout : .unreachable), outcome: .failure, connection: connection)
+            return finish(.fail(timedOut ? .timeout : .unreachable), outcome: .failure, targetFailed: true, connection: connection)
         case .broke:
-            return finish(.fail(.unreachable), outcome: .failure, connection: connection)
+            return finish(.fail(.unreachable), outcome: .failure, targetFailed: true, connection: connection)
         case .timedOut:
-            return finish(.fail(.timeout), outcome: .failure, connection: connection)
+            return finish(.fail(.timeout), outcome: .failure, targetFailed: true, connection: connection)
         }
     }
 
@@ -378,22 +399,30 @@ struct UpstreamCallStateMachine {
         return wait
     }
 
-    private mutating func startRetry(after wait: TimeAmount, condition: UpstreamPolicy.RetryCondition, outcome: Outcome, connection: ConnectionFate) -> Action {
+    private mutating func startRetry(
+        after wait: TimeAmount, condition: UpstreamPolicy.RetryCondition, outcome: Outcome, targetFailed: Bool, connection: ConnectionFate
+    ) -> Action {
         retried += 1
         state = .backingOff
-        return .endTry(TryEnd(outcome: outcome, connection: connection, next: .retry(after: wait, condition: condition)))
+        return .endTry(TryEnd(outcome: outcome, targetFailed: targetFailed, connection: connection, next: .retry(after: wait, condition: condition)))
     }
 
     /// The call is over.
-    private mutating func finish(_ next: Next, outcome: Outcome? = nil, connection: ConnectionFate = .keep) -> Action {
+    private mutating func finish(_ next: Next, outcome: Outcome? = nil, targetFailed: Bool? = nil, connection: ConnectionFate = .keep) -> Action {
         state = .finished
         let fate: ConnectionFate = connection == .giveBack && !requestComplete ? .close : connection
-        return .endTry(TryEnd(outcome: outcome, connection: fate, next: next))
+        return .endTry(TryEnd(outcome: outcome, targetFailed: targetFailed, connection: fate, next: next))
     }
 
     /// 5xx answers count against the upstream.
     static func outcome(_ status: Int) -> Outcome {
         status >= 500 ? .failure : .success
+    }
+
+    /// Only 502, 503 and 504 count against a target: they say the target (or what is behind
+    /// it) could not answer; a 4xx or another 5xx is an answer.
+    static func targetFailed(_ status: Int) -> Bool {
+        (502...504).contains(status)
     }
 
     /// Which retry this is (for the log line).

@@ -13,9 +13,15 @@ public typealias UptimeClock = @Sendable () -> ContinuousClock.Instant
 /// replaced clients are shut down once no call uses them any more.
 final class UpstreamPool: Service, Sendable {
     private struct State {
-        var clients: [UpstreamClient.Settings: UpstreamClient] = [:]
+        var targets: [TargetKey: UpstreamTarget] = [:]
         var runtimes: [String: UpstreamRuntime] = [:]
         var retired: [UpstreamClient] = []
+    }
+
+    /// A target is kept across reloads by upstream and settings (its connections, bulkhead, counts).
+    private struct TargetKey: Hashable {
+        var upstream: String
+        var settings: UpstreamTarget.Settings
     }
 
     private let state = Mutex(State())
@@ -24,7 +30,7 @@ final class UpstreamPool: Service, Sendable {
     private let logger: Logger
     private let clock: UptimeClock
 
-    /// - Parameter clock: What circuit breakers and retry budgets read as now.
+    /// - Parameter clock: What circuit breakers, retry budgets and target health read as now.
     init(eventLoopGroup: any EventLoopGroup, metrics: GatewayMetrics, logger: Logger, clock: @escaping UptimeClock) {
         self.eventLoopGroup = eventLoopGroup
         self.metrics = metrics
@@ -36,31 +42,43 @@ final class UpstreamPool: Service, Sendable {
     /// cannot be set up (TLS) is a policy problem at its location.
     func runtimes(for policy: PolicySet) throws(PolicyErrors) -> [String: UpstreamRuntime] {
         try state.withLock { state throws(PolicyErrors) in
-            var clients: [UpstreamClient.Settings: UpstreamClient] = [:]
+            var targets: [TargetKey: UpstreamTarget] = [:]
             var runtimes: [String: UpstreamRuntime] = [:]
             for (name, upstream) in policy.upstreams {
-                let settings = UpstreamClient.Settings(
-                    address: upstream.address, connectTimeout: upstream.connectTimeout, maxInFlight: upstream.maxInFlight
-                )
-                let client: UpstreamClient
-                if let known = clients[settings] ?? state.clients[settings] {
-                    client = known
-                } else {
+                var pool: [UpstreamTarget] = []
+                for target in upstream.targets {
+                    let key = TargetKey(
+                        upstream: name,
+                        settings: UpstreamTarget.Settings(
+                            client: UpstreamClient.Settings(address: target.address, connectTimeout: upstream.connectTimeout, maxInFlight: upstream.maxInFlight),
+                            queueTimeout: upstream.queueTimeout
+                        )
+                    )
+                    if let known = targets[key] ?? state.targets[key] {
+                        pool.append(known)
+                        targets[key] = known
+                        continue
+                    }
                     do {
-                        client = try UpstreamClient(settings: settings, eventLoopGroup: eventLoopGroup)
+                        let client = try UpstreamClient(settings: key.settings.client, eventLoopGroup: eventLoopGroup)
+                        let made = UpstreamTarget(settings: key.settings, upstream: name, client: client, metrics: metrics)
+                        pool.append(made)
+                        targets[key] = made
                     } catch {
-                        throw PolicyErrors([PolicyProblem(upstream.location, "upstream \(name): cannot set up its client: \(error)")])
+                        throw PolicyErrors([PolicyProblem(target.location, "upstream \(name): cannot set up a client for \(target.address): \(error)")])
                     }
                 }
-                clients[settings] = client
-                if let existing = state.runtimes[name], existing.client === client, Self.sameSettings(existing.policy, upstream) {
+                let existing = state.runtimes[name]
+                if let existing, existing.targets.elementsEqual(pool, by: ===), Self.sameSettings(existing.policy, upstream) {
                     runtimes[name] = existing
                 } else {
-                    runtimes[name] = UpstreamRuntime(policy: upstream, client: client, metrics: metrics, logger: logger, clock: clock)
+                    runtimes[name] = UpstreamRuntime(
+                        policy: upstream, targets: pool, previous: existing, eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: clock
+                    )
                 }
             }
-            for (settings, client) in state.clients where clients[settings] == nil { state.retired.append(client) }
-            state.clients = clients
+            for (key, target) in state.targets where targets[key] == nil { state.retired.append(target.client) }
+            state.targets = targets
             state.runtimes = runtimes
             return runtimes
         }
@@ -84,7 +102,7 @@ final class UpstreamPool: Service, Sendable {
         }
         let all = state.withLock { state in
             defer { state = State() }
-            return Array(state.clients.values) + state.retired
+            return state.targets.values.map(\.client) + state.retired
         }
         for client in all { client.connections.shutdown() }
     }

@@ -26,7 +26,12 @@ struct UpstreamRequest {
         case streamed
     }
 
+    /// Method and headers; each try sets its target's path (`uri`) and `Host`.
     var head: HTTPRequestHead
+    /// The path and query to ask for, after the target's base path.
+    var target: String
+    /// The partner's id, for `partner_hash` ("" when there is none).
+    var partner: String
     var body: Body
     /// Whether the request may be sent more than once (idempotent method or `Idempotency-Key`).
     var retryable: Bool

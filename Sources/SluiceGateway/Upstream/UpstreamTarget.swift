@@ -1,0 +1,40 @@
+import Prometheus
+import SluiceCore
+import Synchronization
+
+/// One address of an upstream pool (SPEC §7): its connections, its `max_in_flight` bulkhead,
+/// and the counts the balancer and passive health read without a lock. Kept across reloads
+/// while its address and connection settings do not change, so its warm connections stay.
+final class UpstreamTarget: Sendable {
+    /// What decides whether a reload can keep the target.
+    struct Settings: Hashable {
+        var client: UpstreamClient.Settings
+        var queueTimeout: Duration
+    }
+
+    let settings: Settings
+    let client: UpstreamClient
+    let bulkhead: Bulkhead
+    /// The target's label in metrics, logs and the admin API (`http://host:port`).
+    let label: String
+    /// Calls on this target now (least_request reads it).
+    let inFlight = Atomic<Int>(0)
+    /// Gateway-visible failures in a row (passive health).
+    let failureStreak = Atomic<Int>(0)
+    let okTries: Counter
+    let failedTries: Counter
+
+    var address: UpstreamPolicy.Address { settings.client.address }
+
+    init(settings: Settings, upstream: String, client: UpstreamClient, metrics: GatewayMetrics) {
+        self.settings = settings
+        self.client = client
+        bulkhead = Bulkhead(limit: settings.client.maxInFlight, queueTimeout: settings.queueTimeout)
+        let address = settings.client.address
+        let host = address.host.contains(":") ? "[\(address.host)]" : address.host
+        label = "\(address.useTLS ? "https" : "http")://\(host):\(address.port)"
+        let counters = metrics.targetRequests(upstream: upstream, target: label)
+        okTries = counters.ok
+        failedTries = counters.failed
+    }
+}

@@ -1,0 +1,102 @@
+import Testing
+@testable import SluiceCore
+
+/// `targets:`, `balancer:`, `health:` and `panic_threshold:` (SPEC §7) as the policy reads them.
+struct UpstreamPoolPolicyTests {
+    @Test func targetsAndHealthDecode() throws {
+        let shop = try #require(try PolicyFixtures.load().upstreams["shop"])
+        #expect(shop.targets.map(\.address.description) == ["http://127.0.0.1:9103", "http://127.0.0.2:9103"])
+        #expect(shop.targets.map(\.weight) == [2, 1])
+        #expect(shop.dnsRefresh == .seconds(10))
+        #expect(shop.balancer == .partnerHash)
+        let active = try #require(shop.health.active)
+        #expect(active.path == "/healthz" && active.interval == .seconds(2) && active.timeout == .milliseconds(500))
+        #expect(active.healthy == 1 && active.unhealthy == 2)
+        #expect(shop.health.passive.consecutiveFailures == 3 && shop.health.passive.ejection == .seconds(10))
+        #expect(shop.health.passive.maxEjection == .seconds(60) && shop.health.passive.maxEjected == 0.34)
+        #expect(shop.panicThreshold == 0.25)
+    }
+
+    /// `url:` is one target of weight 1, least_request, no probes, the passive defaults.
+    @Test func urlIsTheOneTargetShorthand() throws {
+        let orders = try #require(try PolicyFixtures.load().upstreams["orders"])
+        #expect(orders.targets.map(\.weight) == [1])
+        #expect(orders.balancer == .leastRequest && orders.health.active == nil)
+        #expect(orders.health.passive == UpstreamPolicy.Health.Passive())
+        #expect(orders.panicThreshold == 0.5)
+    }
+}
+
+/// The balancers as pure functions, with fixed seeds.
+struct BalancerTests {
+    private static let weights = [3, 1, 1]
+
+    /// An idle pool follows the weights (3:1:1 within 3 percentage points over 50,000 picks).
+    @Test func leastRequestFollowsWeightsWhenIdle() {
+        var random = SplitMix64(seed: 42)
+        var counts = [0, 0, 0]
+        for _ in 0..<50_000 {
+            counts[BalancerRules.leastRequest(.all(3), weights: Self.weights, inFlight: { _ in 0 }, using: &random)!] += 1
+        }
+        let shares = counts.map { Double($0) / 50_000 }
+        #expect(abs(shares[0] - 0.6) < 0.03 && abs(shares[1] - 0.2) < 0.03 && abs(shares[2] - 0.2) < 0.03, "\(shares)")
+    }
+
+    /// A loaded target is avoided: with two choices the busier one loses.
+    @Test func leastRequestAvoidsTheBusyTarget() {
+        var random = SplitMix64(seed: 7)
+        var counts = [0, 0, 0]
+        let inFlight = [40, 0, 0]
+        for _ in 0..<10_000 {
+            counts[BalancerRules.leastRequest(.all(3), weights: [1, 1, 1], inFlight: { inFlight[$0] }, using: &random)!] += 1
+        }
+        // Target 0 wins only when drawn twice — which two distinct draws never do.
+        #expect(counts[0] == 0 && counts[1] + counts[2] == 10_000)
+    }
+
+    @Test func leastRequestKeepsToTheEligible() {
+        var random = SplitMix64(seed: 1)
+        var eligible = TargetSet.all(3)
+        eligible.remove(0)
+        for _ in 0..<1_000 { #expect(BalancerRules.leastRequest(eligible, weights: Self.weights, inFlight: { _ in 0 }, using: &random) != 0) }
+        #expect(BalancerRules.leastRequest(TargetSet(), weights: Self.weights, inFlight: { _ in 0 }, using: &random) == nil)
+    }
+
+    /// Smooth: weights 5, 1, 1 interleave instead of running five in a row.
+    @Test func roundRobinIsSmoothAndWeighted() {
+        var balancer = SmoothRoundRobin(count: 3)
+        let picks = (0..<7).map { _ in balancer.pick(.all(3), weights: [5, 1, 1])! }
+        #expect(picks == [0, 0, 1, 0, 2, 0, 0])
+        var fair = SmoothRoundRobin(count: 3)
+        var counts = [0, 0, 0]
+        for _ in 0..<700 { counts[fair.pick(.all(3), weights: [5, 1, 1])!] += 1 }
+        #expect(counts == [500, 100, 100])
+        var skipping = SmoothRoundRobin(count: 3)
+        var eligible = TargetSet.all(3)
+        eligible.remove(0)
+        #expect((0..<4).map { _ in skipping.pick(eligible, weights: [5, 1, 1])! } == [1, 2, 1, 2])
+    }
+
+    /// A partner sticks to one target; losing a target moves only that target's partners, and
+    /// the spread follows the weights.
+    @Test func partnerHashIsStickyAndConsistent() {
+        let hashes = ["http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80"].map(StableHash.of)
+        let partners = (0..<3_000).map { StableHash.of("partner-\($0)") }
+        let before = partners.map { BalancerRules.partnerHash(.all(3), weights: [2, 1, 1], targetHashes: hashes, partner: $0)! }
+        #expect(partners.map { BalancerRules.partnerHash(.all(3), weights: [2, 1, 1], targetHashes: hashes, partner: $0)! } == before)
+        let onFirst = Double(before.filter { $0 == 0 }.count) / 3_000
+        #expect(abs(onFirst - 0.5) < 0.04, "\(onFirst)")
+        var withoutLast = TargetSet.all(3)
+        withoutLast.remove(2)
+        for (partner, target) in zip(partners, before) {
+            let after = BalancerRules.partnerHash(withoutLast, weights: [2, 1, 1], targetHashes: hashes, partner: partner)!
+            if target != 2 { #expect(after == target) } else { #expect(after != 2) }
+        }
+    }
+
+    /// The hash is the same in every process (fixed values, not Swift's seeded `Hasher`).
+    @Test func stableHashIsFixed() {
+        #expect(StableHash.of("acme") == 0x130a_7622_2d44_27ef)
+        #expect(StableHash.of("globex") == 0xe5de_fa41_dee8_c0a7)
+    }
+}
