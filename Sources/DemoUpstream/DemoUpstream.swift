@@ -14,6 +14,7 @@ import SluiceCore
 ///   `method`, `path`, `query`, `headers` (lower-case names), `body_bytes`, `body_sha256`;
 /// - `/slow?ms=N`: after N ms, `{"slept_ms":N}`;
 /// - `/status/CODE`: that status with `{"status":CODE}`;
+/// - `/healthz`: 200 `{"status":"ok"}` (for the gateway's health probes);
 /// - `/price?ms=N`: after N ms, `{"price":…,"currency":"EUR","idempotency_key":…}`;
 /// - `/bytes?n=N`: N bytes; with `stall_after=M&stall_ms=T` it pauses T ms after byte M, with
 ///   `cut_after=M` it closes the connection after byte M (for the gateway's body timeout tests).
@@ -74,6 +75,8 @@ public struct DemoUpstream: Service {
             return try await writeJSON(.ok, json, writer)
         }
         switch segments.last {
+        case "healthz":
+            return try await writeJSON(.ok, "{\"status\":\"ok\"}", writer)
         case "slow":
             let milliseconds = parameter("ms", in: query) ?? 0
             try await Task.sleep(for: .milliseconds(milliseconds))

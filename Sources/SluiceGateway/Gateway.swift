@@ -106,6 +106,7 @@ public final class Gateway: Sendable {
         // Stopped after everything that ends spans.
         if let traceExport { services.append(traceExport) }
         services.append(pool)
+        services.append(HealthProber(upstreams: { runtime.snapshots.load().upstreams }, eventLoopGroup: eventLoopGroup, logger: logger))
         services.append(stores)
         services.append(UsageFlusher(counter: usage, runtime: runtime, interval: options.usageFlushInterval))
         let record: @Sendable (String, any Channel) -> Void = { name, channel in bound.record(name, port: channel.localAddress?.port) }

@@ -25,7 +25,8 @@ struct DemoUpstreamCommand: AsyncParsableCommand {
         var logger = Logger(label: "demo-upstream")
         logger.logLevel = .warning
         let upstream = DemoUpstream(host: host, port: port, logger: logger) { port in
-            print("demo upstream listening on http://\(host):\(port)")
+            // Unbuffered: scripts and tests wait for this line.
+            FileHandle.standardOutput.write(Data("demo upstream listening on http://\(host):\(port)\n".utf8))
         }
         let group = ServiceGroup(services: [upstream], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {

@@ -15,7 +15,7 @@ struct AdminAPI {
     static let paths: [(path: String, methods: [HTTPRequest.Method])] = [
         ("/healthz", [.get]), ("/readyz", [.get]), ("/metrics", [.get]), ("/openapi.yaml", [.get]), ("/admin/policies", [.get]),
         ("/admin/policies/reload", [.post]), ("/admin/tasks", [.get]), ("/admin/webhooks/dead", [.get]),
-        ("/admin/webhooks/dead/:id/redrive", [.post]), ("/admin/usage", [.get]),
+        ("/admin/webhooks/dead/:id/redrive", [.post]), ("/admin/usage", [.get]), ("/admin/upstreams", [.get]),
     ]
 
     /// The router behind a check that answers 405 for a method a served path does not declare
@@ -69,6 +69,11 @@ struct AdminAPI {
                 )
                 return problemResponse(problem, request)
             }
+        }
+        router.get("/admin/upstreams") { request, _ in
+            if let denied = authorize(request, needs: .viewer) { return denied }
+            let upstreams = runtime.snapshots.load().upstreams.sorted { $0.key < $1.key }.map { $0.value.status() }
+            return json(.ok, JSONValue.object([("upstreams", .array(upstreams))]).rendered)
         }
         router.get("/admin/tasks") { request, _ in
             if let denied = authorize(request, needs: .viewer) { return denied }

@@ -13,7 +13,7 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
     let targets: [UpstreamTarget]
     private let weights: [Int]
     private let targetHashes: [UInt64]
-    private let health: Mutex<PoolHealth<ContinuousClock.Instant>>
+    let health: Mutex<PoolHealth<ContinuousClock.Instant>>
     /// The targets calls may use now (`PoolHealth.eligible`), published for lock-free picks.
     private let eligibleBits: Atomic<UInt64>
     /// Nanoseconds after `origin` when an ejection ends (`Int64.max`: none under way).
@@ -21,12 +21,12 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
     private let origin: ContinuousClock.Instant
     private let draws = Atomic<UInt64>(0)
     private let roundRobin: LoopLocal<SmoothRoundRobin>?
-    private let breaker: Mutex<CircuitBreaker<ContinuousClock.Instant>>
+    let breaker: Mutex<CircuitBreaker<ContinuousClock.Instant>>
     private let budget: Mutex<RetryBudget<ContinuousClock.Instant>>
     private let metrics: GatewayMetrics
     private let upstreamDuration: DurationHistogram
     private let logger: Logger
-    private let clock: UptimeClock
+    let clock: UptimeClock
 
     var name: String { policy.name }
 
@@ -137,9 +137,6 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
         announce(events)
     }
 
-    /// The health of every target (for the admin API).
-    var healthSnapshot: PoolHealth<ContinuousClock.Instant> { health.withLock { $0 } }
-
     private func publish(_ health: PoolHealth<ContinuousClock.Instant>) {
         eligibleBits.store(health.eligible.bits, ordering: .relaxed)
         nextReturn.store(health.nextReturn.map(nanoseconds) ?? .max, ordering: .relaxed)
@@ -203,13 +200,18 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
         return RetryRules.backoff(retry: number, min: policy.retries.backoffMin, max: policy.retries.backoffMax, using: &random)
     }
 
-    private func announce(_ state: CircuitBreaker<ContinuousClock.Instant>.State) {
-        metrics.breakerChanged(upstream: policy.name, to: state, isTransition: true)
-        let name: String = switch state {
+    /// The breaker state as logs and the admin API name it.
+    static func name(of state: CircuitBreaker<ContinuousClock.Instant>.State) -> String {
+        switch state {
         case .closed: "closed"
         case .open: "open"
         case .halfOpen: "half-open"
         }
+    }
+
+    private func announce(_ state: CircuitBreaker<ContinuousClock.Instant>.State) {
+        metrics.breakerChanged(upstream: policy.name, to: state, isTransition: true)
+        let name = Self.name(of: state)
         let level: Logger.Level = if case .open = state { .warning } else { .notice }
         logger.log(level: level, "circuit breaker \(name)", metadata: ["upstream": .string(policy.name), "breaker": .string(name)])
     }

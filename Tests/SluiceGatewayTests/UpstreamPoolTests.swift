@@ -1,0 +1,261 @@
+import Foundation
+import Synchronization
+import Testing
+import TestSupport
+
+/// Upstream pools over real sockets (SPEC §7, issue 25): three demo upstreams behind one
+/// upstream, the access log's `target` field saying which one answered.
+@Suite(.serialized)
+struct UpstreamPoolTests {
+    /// The pool's route: GET /v2/pool/{code} → /status/{code} on a target; /v2/pool → /api/echo.
+    private static let routes = [
+        "{ id: pool, versions: [v2], method: GET, path: /pool, upstream: pool, upstream_path: /api/echo }",
+        "{ id: pool-status, versions: [v2], method: GET, path: \"/pool/{code}\", upstream: pool, upstream_path: \"/status/{code}\" }",
+    ]
+
+    /// Runs a gateway whose upstream `pool` has `targets` (URLs, with weights when given) and
+    /// the extra `settings` lines.
+    private func withPool(
+        _ targets: [(url: String, weight: Int)], settings: String = "", _ body: (GatewayHarness) async throws -> Void
+    ) async throws {
+        try await GatewayHarness.with({ policies in
+            policies.upstreams["pool"] = Self.upstream(targets, settings: settings)
+            policies.addRoutes(Self.routes[0], Self.routes[1])
+        }, body)
+    }
+
+    private static func upstream(_ targets: [(url: String, weight: Int)], settings: String) -> String {
+        "targets:\n" + targets.map { "  - { url: \($0.url), weight: \($0.weight) }\n" }.joined() + settings
+    }
+
+    /// How many access-log lines of route `pool` name each target.
+    private func answered(_ gateway: GatewayHarness, route: String = "pool") throws -> [String: Int] {
+        try gateway.logLines().filter { $0["route"] as? String == route }.reduce(into: [:]) { counts, line in
+            counts[line["target"] as? String ?? "none", default: 0] += 1
+        }
+    }
+
+    /// Sends `count` GETs to `path`, `concurrency` at a time; returns the statuses seen.
+    private func send(_ gateway: GatewayHarness, _ path: String, count: Int, concurrency: Int = 6, key: String = TestKeys.acme) async throws -> [Int: Int] {
+        try await withThrowingTaskGroup(of: [Int: Int].self) { group in
+            for worker in 0..<concurrency {
+                group.addTask {
+                    var statuses: [Int: Int] = [:]
+                    for _ in stride(from: worker, to: count, by: concurrency) {
+                        statuses[try await gateway.partner(.GET, path, key: key).status, default: 0] += 1
+                    }
+                    return statuses
+                }
+            }
+            return try await group.reduce(into: [:]) { all, part in all.merge(part, uniquingKeysWith: +) }
+        }
+    }
+
+    private func upstreamStatus(_ gateway: GatewayHarness) async throws -> [[String: Any]] {
+        let response = try await gateway.send(.GET, gateway.admin + "/admin/upstreams", key: TestKeys.viewerToken)
+        #expect(response.status == 200)
+        let upstreams = try #require(try response.json()["upstreams"] as? [[String: Any]])
+        let pool = try #require(upstreams.first { $0["name"] as? String == "pool" })
+        return try #require(pool["targets"] as? [[String: Any]])
+    }
+
+    private func state(of label: String, _ gateway: GatewayHarness) async throws -> String? {
+        try await upstreamStatus(gateway).first { $0["target"] as? String == label }?["state"] as? String
+    }
+
+    // MARK: - Spread
+
+    @Test(arguments: ["least_request", "round_robin"])
+    func callsSpreadByWeight(balancer: String) async throws {
+        try await withDemoUpstream { a in
+            try await withDemoUpstream { b in
+                try await withDemoUpstream { c in
+                    let targets = [("http://127.0.0.1:\(a)", 1), ("http://127.0.0.1:\(b)", 2), ("http://127.0.0.1:\(c)", 3)]
+                    try await withPool(targets, settings: "balancer: \(balancer)") { gateway in
+                        #expect(try await send(gateway, "/v2/pool", count: 600) == [200: 600])
+                        let counts = try answered(gateway)
+                        for (url, weight) in targets {
+                            let expected = 100.0 * Double(weight)
+                            let seen = Double(counts[url] ?? 0)
+                            #expect(abs(seen - expected) <= expected * 0.3, "\(balancer): \(url) (weight \(weight)) answered \(seen) of 600: \(counts)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func partnerHashKeepsEachPartnerOnOneTarget() async throws {
+        try await withDemoUpstream { a in
+            try await withDemoUpstream { b in
+                try await withDemoUpstream { c in
+                    let targets = [a, b, c].map { ("http://127.0.0.1:\($0)", 1) }
+                    try await withPool(targets, settings: "balancer: partner_hash") { gateway in
+                        for key in [TestKeys.acme, TestKeys.globex] {
+                            let before = try answered(gateway)
+                            #expect(try await send(gateway, "/v2/pool", count: 30, key: key) == [200: 30])
+                            let after = try answered(gateway)
+                            let moved = after.filter { $0.value != before[$0.key] }
+                            #expect(moved.count == 1, "one partner, one target: \(before) → \(after)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: - Passive health
+
+    @Test func aKilledTargetCostsNoFailedGETAndComesBackAfterARestart() async throws {
+        let doomed = try TargetProcess()
+        try await doomed.start()
+        try await withDemoUpstream { a in
+            try await withDemoUpstream { b in
+                let targets = [("http://127.0.0.1:\(a)", 1), ("http://127.0.0.1:\(b)", 1), (doomed.url, 1)]
+                let health = "health:\n  passive: { consecutive_failures: 2, ejection: 200ms, max_ejection: 400ms }"
+                try await withPool(targets, settings: health) { gateway in
+                    let load = LoadCounts()
+                    try await withThrowingTaskGroup(of: Void.self) { workers in
+                        for _ in 0..<4 {
+                            workers.addTask {
+                                while load.running.load(ordering: .relaxed) {
+                                    let status = try await gateway.partner(.GET, "/v2/pool").status
+                                    load.sent.add(1, ordering: .relaxed)
+                                    if status != 200 { load.failures.add(1, ordering: .relaxed) }
+                                }
+                            }
+                        }
+                        try await eventually("the doomed target answers under load") { try answered(gateway)[doomed.label, default: 0] >= 30 }
+                        try await doomed.kill()
+                        let atKill = load.sent.load(ordering: .relaxed)
+                        try await eventually("the killed target is ejected") {
+                            try await gateway.metric(
+                                #"sluice_upstream_ejections_total{upstream="pool",target="\#(doomed.label)",reason="consecutive-failures"}"#
+                            ) ?? 0 >= 1
+                        }
+                        try await eventually("load goes on without it") { load.sent.load(ordering: .relaxed) >= atKill + 100 }
+                        let beforeRestart = try answered(gateway)[doomed.label, default: 0]
+                        try await doomed.start()
+                        try await eventually("the restarted target takes calls again") {
+                            try answered(gateway)[doomed.label, default: 0] >= beforeRestart + 10
+                        }
+                        load.running.store(false, ordering: .relaxed)
+                        try await workers.waitForAll()
+                    }
+                    #expect(load.failures.load(ordering: .relaxed) == 0, "of \(load.sent.load(ordering: .relaxed)) GETs")
+                    #expect(try await state(of: doomed.label, gateway) == "healthy")
+                }
+            }
+        }
+    }
+
+    @Test func fourHundredsNeverEject() async throws {
+        try await withDemoUpstream { a in
+            try await withDemoUpstream { b in
+                let targets = [("http://127.0.0.1:\(a)", 1), ("http://127.0.0.1:\(b)", 1)]
+                let health = "health:\n  passive: { consecutive_failures: 2, ejection: 1m }"
+                try await withPool(targets, settings: health) { gateway in
+                    for code in [404, 429] {
+                        #expect(try await send(gateway, "/v2/pool/\(code)", count: 20, concurrency: 1) == [code: 20])
+                    }
+                    let ejections = try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text
+                        .split(separator: "\n").filter { $0.hasPrefix("sluice_upstream_ejections_total{") }
+                    #expect(ejections.isEmpty, "\(ejections)")
+                    #expect(try await upstreamStatus(gateway).map { $0["state"] as? String } == ["healthy", "healthy"])
+
+                    // 503 is the gateway-visible failure: a flood of it ejects one target
+                    // (max_ejected 50 % of two), never both.
+                    #expect(try await send(gateway, "/v2/pool/503", count: 20, concurrency: 1) == [503: 20])
+                    let states = try await upstreamStatus(gateway).map { $0["state"] as? String }
+                    #expect(states.sorted { ($0 ?? "") < ($1 ?? "") } == ["ejected", "healthy"], "\(states)")
+                }
+            }
+        }
+    }
+
+    // MARK: - Active health
+
+    @Test func aHungTargetIsEjectedByProbesAndComesBack() async throws {
+        let hung = try TargetProcess()
+        try await hung.start()
+        try await withDemoUpstream { a in
+            try await withDemoUpstream { b in
+                let targets = [("http://127.0.0.1:\(a)", 1), ("http://127.0.0.1:\(b)", 1), (hung.url, 1)]
+                let health = "health:\n  active: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 2, unhealthy: 2 }"
+                try await withPool(targets, settings: health) { gateway in
+                    try await eventually("probes reached every target") {
+                        try await upstreamStatus(gateway).allSatisfy { ($0["last_probe"] as? [String: Any])?["good"] as? Bool == true }
+                    }
+                    hung.stop()
+                    let stopped = ContinuousClock.now
+                    try await eventually("the hung target is down") { try await state(of: hung.label, gateway) == "down" }
+                    // interval × unhealthy + one timeout = 600 ms; the rest is this machine's slack.
+                    #expect(ContinuousClock.now - stopped < .seconds(5))
+                    let ejections = #"sluice_upstream_ejections_total{upstream="pool",target="\#(hung.label)",reason="probes"}"#
+                    #expect(try await gateway.metric(ejections) == 1)
+                    #expect(try await gateway.metric(#"sluice_upstream_target_healthy{upstream="pool",target="\#(hung.label)"}"#) == 0)
+
+                    let before = try answered(gateway)[hung.label, default: 0]
+                    #expect(try await send(gateway, "/v2/pool", count: 30) == [200: 30])
+                    #expect(try answered(gateway)[hung.label, default: 0] == before, "no call goes to a target that is down")
+
+                    hung.resume()
+                    try await eventually("the target is back after two good probes") { try await state(of: hung.label, gateway) == "healthy" }
+                }
+            }
+        }
+    }
+
+    @Test func anUpstreamWithNoUsableTargetAnswers503() async throws {
+        let nobody = try freePort()
+        try await GatewayHarness.with({ policies in
+            policies.upstreams["pool"] = Self.upstream(
+                [("http://127.0.0.1:\(nobody)", 1)],
+                settings: "health:\n  active: { path: /healthz, interval: 100ms, timeout: 100ms, healthy: 1, unhealthy: 1 }\npanic_threshold: 0%"
+            )
+            policies.addRoutes(Self.routes[0])
+        }) { gateway in
+            try await eventually("the only target is down") { try await state(of: "http://127.0.0.1:\(nobody)", gateway) == "down" }
+            let response = try await gateway.partner(.GET, "/v2/pool")
+            try expectProblem(response, 503, "upstream-unavailable", path: "/v2/pool")
+            #expect(response.header("Retry-After") != nil)
+            #expect(try await gateway.metric(#"sluice_upstream_no_target_total{upstream="pool"}"#) == 1)
+        }
+    }
+
+    // MARK: - Reload
+
+    @Test func aReloadAddingATargetKeepsTheOthersHealth() async throws {
+        let dead = "http://127.0.0.1:\(try freePort())"
+        try await withDemoUpstream { a in
+            try await withDemoUpstream { b in
+                let health = "health:\n  passive: { consecutive_failures: 1, ejection: 1m }"
+                let before = [("http://127.0.0.1:\(a)", 1), (dead, 1)]
+                try await withPool(before, settings: health) { gateway in
+                    // Connect errors fail over to the live target: the partner sees none of them.
+                    #expect(try await send(gateway, "/v2/pool", count: 20, concurrency: 1) == [200: 20])
+                    #expect(try await state(of: dead, gateway) == "ejected")
+
+                    var upstreams = gateway.policies
+                    upstreams.upstreams["pool"] = Self.upstream(before + [("http://127.0.0.1:\(b)", 1)], settings: health)
+                    try gateway.policies.rewrite("upstreams.yaml", upstreams.upstreamsFile)
+                    let reload = try await gateway.send(.POST, gateway.admin + "/admin/policies/reload", key: TestKeys.operatorToken)
+                    #expect(reload.status == 200)
+
+                    let targets = try await upstreamStatus(gateway)
+                    #expect(targets.count == 3)
+                    let deadAfter = try #require(targets.first { $0["target"] as? String == dead })
+                    #expect(deadAfter["state"] as? String == "ejected" && deadAfter["ejections"] as? Int == 1, "\(deadAfter)")
+                    #expect(targets.filter { $0["state"] as? String == "healthy" }.count == 2)
+                }
+            }
+        }
+    }
+}
+
+/// What the load of a test's workers saw.
+private final class LoadCounts: Sendable {
+    let sent = Atomic<Int>(0)
+    let failures = Atomic<Int>(0)
+    let running = Atomic<Bool>(true)
+}
