@@ -25,12 +25,30 @@ public final class Route: Sendable {
     public let requestTimeout: Duration
     /// The path sent upstream (without the upstream's base path).
     public let upstreamPath: PathTemplate
+    /// The canary of this policy generation, when the route has one.
+    public let canary: CanarySplit?
 
-    init(policy: RoutePolicy, upstream: UpstreamPolicy) {
+    init(policy: RoutePolicy, upstream: UpstreamPolicy, canaryUpstream: UpstreamPolicy? = nil) {
         self.policy = policy
         self.upstream = upstream
         self.requestTimeout = policy.requestTimeout ?? upstream.requestTimeout
         self.upstreamPath = policy.upstreamPath ?? policy.path
+        if let canaryPolicy = policy.canary, let canaryUpstream {
+            canary = CanarySplit(canaryPolicy, upstream: canaryUpstream)
+        } else {
+            canary = nil
+        }
+    }
+
+    /// The upstream `partner`'s call goes to: the canary's when the partner is on it.
+    public func upstream(for partner: String) -> (upstream: UpstreamPolicy, canary: CanarySplit?) {
+        if let canary, canary.takes(partner: partner) { return (canary.upstream, canary) }
+        return (upstream, nil)
+    }
+
+    /// The request timeout on `upstream` (the route's own, else that upstream's).
+    public func requestTimeout(on upstream: UpstreamPolicy) -> Duration {
+        policy.requestTimeout ?? upstream.requestTimeout
     }
 }
 
@@ -60,6 +78,8 @@ public final class GatewayRules: Sendable {
     public let policy: PolicySet
     public let loadedAt: Date
     public let versions: [String: VersionRules]
+    /// Every route by id (one object for all its versions).
+    public let routes: [String: Route]
     public let partners: [String: Partner]
     /// Partners' key hashes bucketed by their first 8 bytes; a bucket is compared in constant time.
     private let keyIndex: [UInt64: [(digest: SHA256Digest, partner: Partner)]]
@@ -85,12 +105,16 @@ public final class GatewayRules: Sendable {
         self.keyIndex = keyIndex
         self.subjectIndex = subjectIndex
 
+        // One Route per route id, shared by its versions (a canary's abort covers them all).
+        var routes: [String: Route] = [:]
+        for routePolicy in policy.routes.routes {
+            guard let upstream = policy.upstreams[routePolicy.upstream] else { continue }
+            routes[routePolicy.id] = Route(policy: routePolicy, upstream: upstream, canaryUpstream: routePolicy.canary.flatMap { policy.upstreams[$0.upstream] })
+        }
         var versions: [String: VersionRules] = [:]
         for version in policy.routes.versions {
             let entries = policy.routes.routes.filter { $0.versions.contains(version.name) }.compactMap { routePolicy in
-                policy.upstreams[routePolicy.upstream].map { upstream in
-                    (method: routePolicy.method, template: routePolicy.path, route: Route(policy: routePolicy, upstream: upstream))
-                }
+                routes[routePolicy.id].map { (method: routePolicy.method, template: routePolicy.path, route: $0) }
             }
             versions[version.name] = VersionRules(
                 version: version,
@@ -100,6 +124,7 @@ public final class GatewayRules: Sendable {
             )
         }
         self.versions = versions
+        self.routes = routes
     }
 
     /// The partner owning the API key `key`, compared by SHA-256 hash.

@@ -50,6 +50,13 @@ struct PolicyErrorTests {
             "policies/upstreams.yaml:19:31: expected a percentage from 0% to 100% like 50% for upstream 'mes' health passive max_ejected, got '150%'",
             "policies/upstreams.yaml:20:22: expected a percentage from 0% to 100% like 50% for upstream 'mes' panic_threshold, got '120%'",
         ]),
+        ("bad-canary", [
+            "policies/routes.yaml:11:25: route 'create-order' canary names unknown upstream 'orders-next'",
+            "policies/routes.yaml:17:25: route 'get-order' canary upstream 'orders' is the route's own upstream",
+            "policies/routes.yaml:26:14: expected a percentage from 0% to 100% like 50% for route 'price' canary share, got '150%'",
+            "policies/routes.yaml:27:24: route 'price' canary names unknown partner 'nobody'",
+            "policies/routes.yaml:28:46: route 'price' canary abort_on min_calls must be at least 1, got 0",
+        ]),
         ("route-unknown-upstream", ["policies/routes.yaml:22:15: route 'price' names unknown upstream 'pricng'"]),
         ("route-unknown-version", ["policies/routes.yaml:19:16: route 'price' names unknown version 'v3'"]),
         ("unknown-route-upstream-param", [

@@ -30,7 +30,7 @@ struct UpstreamPoolTests {
 
     /// How many access-log lines of route `pool` name each target.
     private func answered(_ gateway: GatewayHarness, route: String = "pool") throws -> [String: Int] {
-        try gateway.logLines().filter { $0["route"] as? String == route }.reduce(into: [:]) { counts, line in
+        try gateway.logLines().filter { $0["route"] as? String == route && $0["status"] != nil }.reduce(into: [:]) { counts, line in
             counts[line["target"] as? String ?? "none", default: 0] += 1
         }
     }

@@ -102,6 +102,12 @@ extension PolicySet {
             partners.append(partner)
         }
 
+        for route in routes?.routes ?? [] {
+            guard let canary = route.canary else { continue }
+            for (partner, location) in zip(canary.partners, canary.partnerLocations) where partnerFiles[partner] == nil {
+                diagnostics.report(location, "route '\(route.id)' canary names unknown partner '\(partner)'")
+            }
+        }
         guard diagnostics.problems.isEmpty, let gateway, let routes else {
             throw PolicyErrors(diagnostics.problems)
         }

@@ -47,7 +47,27 @@ public struct RoutePolicy: Sendable, Equatable {
     public var cost = 1
     /// nil for methods other than POST and PATCH.
     public var idempotency: IdempotencyMode?
+    /// A share of partners sent to another upstream (SPEC §7).
+    public var canary: Canary?
     public var location: SourceLocation
+
+    /// `canary:` — partners sent to another upstream instead of the route's own.
+    public struct Canary: Sendable, Equatable {
+        public var upstream: String
+        /// Share of partners (0…1), by a stable hash of the partner id.
+        public var share: Double
+        /// Partners always on the canary (while it is not aborted).
+        public var partners: [String]
+        /// Where each of `partners` is written (checked against the partner files).
+        public var partnerLocations: [SourceLocation]
+        /// When the canary is given up: its 5xx and timeout share over its last `minCalls` calls.
+        public var abortOn: AbortRule?
+
+        public struct AbortRule: Sendable, Equatable {
+            public var errorRate: Double
+            public var minCalls: Int
+        }
+    }
 }
 
 /// `routes.yaml` as a whole.
@@ -174,6 +194,7 @@ extension RoutesPolicy {
         let cost = map.optional("cost")?.int("\(context) cost", min: 1, max: 1_000_000)
         let idempotencyValue = map.optional("idempotency")
         let idempotency = idempotencyValue?.oneOf(RoutePolicy.IdempotencyMode.self, "\(context) idempotency")
+        let canary = map.optional("canary").flatMap { readCanary($0, route: upstream, upstreams: upstreams, context: "\(context) canary") }
         map.finish()
 
         let bodyMethod = method == "POST" || method == "PATCH"
@@ -192,7 +213,35 @@ extension RoutesPolicy {
             requestTimeout: timeout,
             cost: cost ?? 1,
             idempotency: bodyMethod ? (idempotency ?? .optional) : nil,
+            canary: canary,
             location: item.location
+        )
+    }
+
+    private static func readCanary(_ value: YAMLValue, route: String?, upstreams: Set<String>?, context: String) -> RoutePolicy.Canary? {
+        guard let map = value.mapping(context) else { return nil }
+        let upstreamValue = map.required("upstream")
+        let upstream = upstreamValue?.string("\(context) upstream")
+        if let upstream, let upstreamValue {
+            if let upstreams, !upstreams.contains(upstream) {
+                upstreamValue.report("\(context) names unknown upstream '\(upstream)'")
+            } else if upstream == route {
+                upstreamValue.report("\(context) upstream '\(upstream)' is the route's own upstream")
+            }
+        }
+        let share = map.optional("share")?.percentage("\(context) share")
+        let partners = map.optional("partners")?.stringList("\(context) partners")
+        var abortOn: RoutePolicy.Canary.AbortRule?
+        if let abortMap = map.optional("abort_on")?.mapping("\(context) abort_on") {
+            let rate = abortMap.required("error_rate")?.percentage("\(context) abort_on error_rate")
+            let minCalls = abortMap.required("min_calls")?.int("\(context) abort_on min_calls", min: 1, max: 100_000)
+            abortMap.finish()
+            if let rate, let minCalls { abortOn = .init(errorRate: rate, minCalls: minCalls) }
+        }
+        map.finish()
+        guard let upstream, upstream != route else { return nil }
+        return RoutePolicy.Canary(
+            upstream: upstream, share: share ?? 0, partners: partners?.map(\.0) ?? [], partnerLocations: partners?.map(\.1.location) ?? [], abortOn: abortOn
         )
     }
 

@@ -86,6 +86,7 @@ public enum TaskDocument {
                 return entry
             },
         ]
+        if let upstream = record.upstream { object["upstream"] = upstream }
         if let result = record.result { object["result"] = resultObject(result) }
         if let failure = record.failure { object["error"] = failure }
         return object

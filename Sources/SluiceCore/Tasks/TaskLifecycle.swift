@@ -47,9 +47,10 @@ public struct TaskLifecycle: Sendable, Equatable, Codable {
     public var updatedAt: Int64 { history[history.count - 1].at }
     public var requestID: String { history[0].requestID }
 
-    /// A task accepted at `now` by `instance` for the request `requestID`.
-    public init(acceptedAt now: Int64, instance: String, requestID: String) {
-        history = [TaskTransition(version: 1, status: .queued, at: now, instance: instance, requestID: requestID)]
+    /// A task accepted at `now` by `instance` for the request `requestID` (`note`: why, where
+    /// it is worth saying, e.g. that it runs on a canary).
+    public init(acceptedAt now: Int64, instance: String, requestID: String, note: String? = nil) {
+        history = [TaskTransition(version: 1, status: .queued, at: now, instance: instance, requestID: requestID, note: note)]
         attempts = 0
     }
 

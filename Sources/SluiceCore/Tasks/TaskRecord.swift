@@ -114,9 +114,15 @@ public struct TaskRecord: Sendable, Equatable, Codable {
     public var failure: String?
     /// The accepting request's W3C `traceparent`, so task runs and webhooks join its trace.
     public var traceparent: String?
+    /// The upstream that runs the task (the route's, or its canary's); nil in records from
+    /// before upstream pools.
+    public var upstream: String?
 
-    public init(id: TaskID, partner: String, version: String, route: String, lifecycle: TaskLifecycle, traceparent: String? = nil) {
+    public init(
+        id: TaskID, partner: String, version: String, route: String, lifecycle: TaskLifecycle, traceparent: String? = nil, upstream: String? = nil
+    ) {
         self.id = id
+        self.upstream = upstream
         self.partner = partner
         self.version = version
         self.route = route

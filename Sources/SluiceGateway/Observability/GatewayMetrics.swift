@@ -57,6 +57,9 @@ final class GatewayMetrics: Sendable {
     private static var noTargetDescriptor: MetricNameDescriptor {
         descriptor("upstream_no_target", "total", "Calls answered 503 because no target of the upstream could take them.")
     }
+    private static var canaryAbortsDescriptor: MetricNameDescriptor {
+        descriptor("canary_aborts", "total", "Route canaries given up because their error rate passed abort_on (share 0 until a reload).")
+    }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
     }
@@ -212,6 +215,10 @@ final class GatewayMetrics: Sendable {
 
     func noTarget(upstream: String) {
         registry.makeCounter(descriptor: Self.noTargetDescriptor, labels: [("upstream", upstream)]).increment()
+    }
+
+    func canaryAborted(route: String) {
+        registry.makeCounter(descriptor: Self.canaryAbortsDescriptor, labels: [("route", route)]).increment()
     }
 
     func policyReloaded(succeeded: Bool) {

@@ -199,7 +199,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             if let key = plan.idempotencyKey {
                 let idempotent = IdempotentRequest(key: key, token: runtime.identifiers.token(), method: head.method.rawValue, target: head.target)
                 request.idempotency = idempotent
-                claiming = snapshot.idempotency.claimRequest(idempotent, routeTimeout: plan.route.requestTimeout)
+                claiming = snapshot.idempotency.claimRequest(idempotent, routeTimeout: plan.requestTimeout)
             }
             admit(request, partner: plan.partner, cost: plan.route.policy.cost, quota: true, claiming: claiming)
         }
@@ -237,7 +237,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .failure:
             return .failed
         case .success(.claimed):
-            request.snapshot.idempotency.claimWon(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, on: eventLoop)
+            request.snapshot.idempotency.claimWon(idempotent, partner: plan.partner.id, routeTimeout: plan.requestTimeout, on: eventLoop)
             if live { settle(request, .new) }
             return .claimed
         case .success(.inProgress(let milliseconds)):
@@ -252,7 +252,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func claim(_ request: PartnerRequest) {
         guard let idempotent = request.idempotency, let plan = request.plan else { return }
-        request.snapshot.idempotency.claim(idempotent, partner: plan.partner.id, routeTimeout: plan.route.requestTimeout, on: eventLoop) {
+        request.snapshot.idempotency.claim(idempotent, partner: plan.partner.id, routeTimeout: plan.requestTimeout, on: eventLoop) {
             [self] result in
             perform(request.machine.claimAnswered(claimAnswer(result, request)), request)
         }
@@ -348,7 +348,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             request.collected = context?.channel.allocator.buffer(capacity: 0)
             return perform(request.machine.dispatch(.task), request)
         }
-        guard let upstream = request.snapshot.upstreams[plan.route.upstream.name] else {
+        guard let upstream = request.snapshot.upstreams[plan.upstream.name] else {
             runtime.logger.error("no client for upstream", metadata: ["request_id": .string(request.record.requestID)])
             return perform(request.machine.reject(Problem(.internalError, detail: "The gateway could not handle this request."), headers: []), request)
         }
@@ -369,7 +369,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.collected = nil
         let call = UpstreamCall(
             runtime: upstream, request: UpstreamRequest(head: head, target: plan.target, partner: plan.partner.id, body: callBody, retryable: retryable),
-            timeout: plan.route.requestTimeout,
+            timeout: plan.requestTimeout,
             eventLoop: eventLoop, logger: runtime.logger, delegate: self
         )
         request.call = call

@@ -11,6 +11,9 @@ enum RequestFinisher {
         runtime.metrics.requestFinished(partner: record.partner, version: record.version, route: record.route, status: status, duration: duration, on: eventLoop)
         runtime.usage.count(record, status: status, duration: duration, on: eventLoop)
         runtime.accessLog.record(record, status: status, duration: duration, on: eventLoop)
+        if let canary = record.canary, let route = record.route, record.target != nil {
+            runtime.canaryCallEnded(canary, route: route, failed: status >= 500)
+        }
     }
 
     /// A malformed request answered before it had a record; call on `eventLoop`, its connection's loop.

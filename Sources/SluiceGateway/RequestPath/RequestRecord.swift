@@ -19,6 +19,8 @@ struct RequestRecord {
     var version: String?
     var route: String?
     var upstream: String?
+    /// The route's canary, when the request went to it (its outcome counts toward `abort_on`).
+    var canary: CanarySplit?
     /// The upstream target of the call's last try (`http://host:port`).
     var target: String?
     var status = 0

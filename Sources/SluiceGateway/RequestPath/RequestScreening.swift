@@ -88,7 +88,9 @@ enum RequestScreening {
             parameters = captured
         }
         record.route = route.id
-        record.upstream = route.upstream.name
+        let (upstream, canary) = route.upstream(for: partner.id)
+        record.upstream = upstream.name
+        record.canary = canary
 
         guard let bodyLength = declaredBodyLength(head) else {
             return .reject(Problem(.invalidRequest, detail: "Content-Length is not valid."), headers: [])
@@ -124,7 +126,7 @@ enum RequestScreening {
         let target = route.upstreamPath.render(parameters) + record.query
         return .forward(
             ForwardPlan(
-                partner: partner, version: versionRules, route: route, target: target, bodyLength: bodyLength, idempotencyKey: idempotencyKey,
+                partner: partner, version: versionRules, route: route, upstream: upstream, canary: canary, target: target, bodyLength: bodyLength, idempotencyKey: idempotencyKey,
                 async: async
             )
         )

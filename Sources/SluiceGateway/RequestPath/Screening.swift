@@ -5,6 +5,10 @@ struct ForwardPlan {
     let partner: Partner
     let version: VersionRules
     let route: Route
+    /// The route's upstream, or its canary's for a partner on the canary.
+    let upstream: UpstreamPolicy
+    /// Set when the request goes to the route's canary.
+    let canary: CanarySplit?
     /// Upstream path and query (without the upstream's base path), e.g. `/api/orders/17?expand=lines`.
     let target: String
     let bodyLength: RequestBodyLength
@@ -12,6 +16,9 @@ struct ForwardPlan {
     let idempotencyKey: String?
     /// Set when the request becomes a task (202) instead of being forwarded.
     let async: AsyncAcceptance?
+
+    /// The route's request timeout on the upstream the request goes to.
+    var requestTimeout: Duration { route.requestTimeout(on: upstream) }
 }
 
 /// Why a request becomes a task.

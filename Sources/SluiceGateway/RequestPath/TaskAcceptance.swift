@@ -25,20 +25,23 @@ enum TaskAcceptance {
         let body = request.collected.map { Data($0.readableBytesView) } ?? Data()
         request.collected = nil
         let taskRequest = TaskRequest(
-            method: request.head.method.rawValue, upstream: plan.route.upstream.name, pathAndQuery: plan.target, headers: headers, body: body,
-            timeoutMilliseconds: plan.route.requestTimeout.milliseconds
+            method: request.head.method.rawValue, upstream: plan.upstream.name, pathAndQuery: plan.target, headers: headers, body: body,
+            timeoutMilliseconds: plan.requestTimeout.milliseconds
         )
         let record = TaskRecord(
             id: id, partner: plan.partner.id, version: plan.version.version.name, route: plan.route.id,
-            lifecycle: TaskLifecycle(acceptedAt: tasks.clock(), instance: tasks.instance, requestID: request.record.requestID),
-            traceparent: forwarding.traceparent
+            lifecycle: TaskLifecycle(
+                acceptedAt: tasks.clock(), instance: tasks.instance, requestID: request.record.requestID,
+                note: plan.canary.map { "runs on the route's canary upstream '\($0.upstream.name)'" }
+            ),
+            traceparent: forwarding.traceparent, upstream: plan.upstream.name
         )
         return (record, taskRequest)
     }
 
     /// The 202: where to poll, how soon, and `Preference-Applied` when the partner asked for it.
     static func accepted(_ record: TaskRecord, _ plan: ForwardPlan) -> PartnerRequestStateMachine.Answer {
-        var headers = [("Location", TaskDocument.statusPath(record)), ("Retry-After", String(TaskControl.pollHint(routeTimeout: plan.route.requestTimeout)))]
+        var headers = [("Location", TaskDocument.statusPath(record)), ("Retry-After", String(TaskControl.pollHint(routeTimeout: plan.requestTimeout)))]
         if plan.async == .requested { headers.append(("Preference-Applied", "respond-async")) }
         return .document(status: 202, body: Array(TaskDocument.accepted(record)), headers: headers)
     }

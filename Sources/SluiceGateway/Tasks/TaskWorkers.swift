@@ -145,6 +145,13 @@ final class TaskWorkers: Service, Sendable {
             )
             running.withLock { $0[claim] = exchange }
             let outcome = await exchange.outcome
+            if let canary = runtime.snapshots.load().rules.routes[started.route]?.canary, canary.upstream.name == request.upstream {
+                switch outcome {
+                case .response(let result): runtime.canaryCallEnded(canary, route: started.route, failed: result.status >= 500)
+                case .failed(.unavailable), .cancelled: break
+                case .failed, .broken: runtime.canaryCallEnded(canary, route: started.route, failed: true)
+                }
+            }
             switch outcome {
             case .response(let result): span?.end(status: result.status)
             case .failed(let failure): span?.end(status: nil, failure: Self.describe(failure))
