@@ -42,6 +42,8 @@ public final class Gateway: Sendable {
         public var usageFlushInterval: Duration = .seconds(1)
         /// How often ended spans are exported (with `tracing.otlp_endpoint`).
         public var traceExportInterval: Duration = .seconds(1)
+        /// How upstream target names become addresses (tests map names to loopback addresses).
+        public var resolver: HostResolver = UpstreamPool.systemResolver
 
         public init() {}
     }
@@ -71,7 +73,7 @@ public final class Gateway: Sendable {
             group: eventLoopGroup, leaseDuration: options.leaseDuration, claimMargin: options.claimLeaseMargin, clock: options.storeClock,
             metrics: metrics, logger: logger
         )
-        let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock)
+        let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock, resolver: options.resolver)
         let instance = InstanceName.make()
         let wakeUp = WorkerWakeUp()
         let identifiers = IdentifierGenerator()
@@ -106,6 +108,7 @@ public final class Gateway: Sendable {
         // Stopped after everything that ends spans.
         if let traceExport { services.append(traceExport) }
         services.append(pool)
+        services.append(TargetNameRefresher(pool: pool, snapshots: runtime.snapshots, logger: logger))
         services.append(HealthProber(upstreams: { runtime.snapshots.load().upstreams }, eventLoopGroup: eventLoopGroup, logger: logger))
         services.append(stores)
         services.append(UsageFlusher(counter: usage, runtime: runtime, interval: options.usageFlushInterval))

@@ -45,6 +45,8 @@ struct AccessLogLineTests {
         record.route = "get-order"
         record.status = 502
         record.upstreamError = "refused by \"orders\"\n"
+        record.upstream = "orders"
+        record.target = "http://orders.internal:8080 (192.168.100.200)"
         var line = ""
         AccessLog.render(record, status: 502, duration: .microseconds(1_500), level: .warning, into: &line)
         #expect(line.hasSuffix("}\n") && line.split(separator: "\n").count == 1)
@@ -56,6 +58,7 @@ struct AccessLogLineTests {
         #expect(object["error"] as? String == "refused by \"orders\"\n")
         #expect(object["duration_ms"] as? Double == 1.5)
         #expect(object["partner"] as? String == "acme" && object["route"] as? String == "get-order" && object["version"] == nil)
+        #expect(object["target"] as? String == "http://orders.internal:8080 (192.168.100.200)", "policy addresses are not phone numbers")
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import SluiceGateway
 import Synchronization
 import Testing
 import TestSupport
@@ -223,6 +224,75 @@ struct UpstreamPoolTests {
         }
     }
 
+    // MARK: - Names
+
+    @Test func aNameStandsForEveryAddressAndFollowsItsChanges() async throws {
+        let dns = FakeDNS()
+        let port = try freePort()
+        try await withDemoUpstream(host: "127.0.0.1", port: port) { _ in
+            try await withDemoUpstream(host: "127.0.0.2", port: port) { _ in
+                try await withDemoUpstream(host: "127.0.0.3", port: port) { _ in
+                    dns.answer("pricing.test", ["127.0.0.1", "127.0.0.2"])
+                    try await GatewayHarness.with({ policies in
+                        policies.upstreams["pool"] = "targets:\n  - { url: http://pricing.test:\(port) }\ndns_refresh: 100ms"
+                        policies.addRoutes(Self.routes[0], "{ id: pool-slow, versions: [v2], method: GET, path: /pool-slow, upstream: pool, upstream_path: /slow }")
+                    }, resolver: dns.resolver) { gateway in
+                        func label(_ ip: String) -> String { "http://pricing.test:\(port) (\(ip))" }
+                        #expect(try await upstreamStatus(gateway).compactMap { $0["target"] as? String } == [label("127.0.0.1"), label("127.0.0.2")])
+                        #expect(try await send(gateway, "/v2/pool", count: 40) == [200: 40])
+                        let first = try answered(gateway)
+                        #expect(first[label("127.0.0.1"), default: 0] > 0 && first[label("127.0.0.2"), default: 0] > 0, "\(first)")
+
+                        // Calls in flight when their address goes away finish; new ones go to the new addresses.
+                        try await withThrowingTaskGroup(of: Int.self) { slow in
+                            for _ in 0..<4 { slow.addTask { try await gateway.partner(.GET, "/v2/pool-slow?ms=500").status } }
+                            try await eventually("the slow calls are in flight") {
+                                try await upstreamStatus(gateway).reduce(0) { $0 + ($1["in_flight"] as? Int ?? 0) } == 4
+                            }
+                            dns.answer("pricing.test", ["127.0.0.2", "127.0.0.3"])
+                            try await eventually("the pool follows the name") {
+                                try await upstreamStatus(gateway).compactMap { $0["target"] as? String } == [label("127.0.0.2"), label("127.0.0.3")]
+                            }
+                            #expect(try await slow.reduce(into: [Int]()) { $0.append($1) } == [200, 200, 200, 200])
+                        }
+                        let before = try answered(gateway)
+                        #expect(try await send(gateway, "/v2/pool", count: 40) == [200: 40])
+                        let after = try answered(gateway)
+                        #expect(after[label("127.0.0.1")] == before[label("127.0.0.1")], "the removed address gets no new call")
+                        #expect(after[label("127.0.0.3"), default: 0] > 0, "\(after)")
+
+                        // A name that resolves to nothing keeps its last addresses.
+                        dns.answer("pricing.test", [])
+                        try await eventually("the empty answer was seen") {
+                            try gateway.logLines().contains { $0["message"] as? String == "upstream target name resolved to nothing; its last addresses stay" }
+                        }
+                        #expect(try await upstreamStatus(gateway).count == 2)
+                        #expect(try await send(gateway, "/v2/pool", count: 10) == [200: 10])
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func aNameThatDoesNotResolveYetIsAWarningAnd503sUntilItDoes() async throws {
+        let dns = FakeDNS()
+        try await withDemoUpstream { port in
+            try await GatewayHarness.with({ policies in
+                policies.upstreams["pool"] = "url: http://later.test:\(port)\ndns_refresh: 100ms"
+                policies.addRoutes(Self.routes[0])
+            }, resolver: dns.resolver) { gateway in
+                #expect(try gateway.logLines().contains {
+                    $0["message"] as? String == "upstream target name does not resolve; it has no target until it does" && $0["name"] as? String == "later.test"
+                })
+                let early = try await gateway.partner(.GET, "/v2/pool")
+                try expectProblem(early, 503, "upstream-unavailable", path: "/v2/pool")
+                #expect(early.header("Retry-After") != nil)
+                dns.answer("later.test", ["127.0.0.1"])
+                try await eventually("the name resolves") { try await gateway.partner(.GET, "/v2/pool").status == 200 }
+            }
+        }
+    }
+
     // MARK: - Reload
 
     @Test func aReloadAddingATargetKeepsTheOthersHealth() async throws {
@@ -258,4 +328,17 @@ private final class LoadCounts: Sendable {
     let sent = Atomic<Int>(0)
     let failures = Atomic<Int>(0)
     let running = Atomic<Bool>(true)
+}
+
+/// A resolver the test answers for: each name stands for the addresses the test set last.
+private final class FakeDNS: Sendable {
+    private let answers = Mutex<[String: [String]]>([:])
+
+    func answer(_ name: String, _ addresses: [String]) {
+        answers.withLock { $0[name] = addresses }
+    }
+
+    var resolver: HostResolver {
+        { name in self.answers.withLock { $0[name] ?? [] } }
+    }
 }

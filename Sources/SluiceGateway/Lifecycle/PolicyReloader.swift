@@ -21,8 +21,9 @@ struct PolicyReloader: Sendable {
     func reload(reason: String) -> Outcome {
         do {
             let policy = try PolicyLoader.load(directory: directory, environment: environment)
-            let snapshot = try factory.make(policy)
-            let previous = runtime.snapshots.store(snapshot)
+            // Built under the holder's lock: a change of resolved targets waits, and then
+            // builds on this snapshot.
+            let previous = try runtime.snapshots.update { _ throws(PolicyErrors) in try factory.make(policy) }
             runtime.policyStatus.withLock { $0 = .init() }
             runtime.metrics.policyReloaded(succeeded: true)
             runtime.logger.info(

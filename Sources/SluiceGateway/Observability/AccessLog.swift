@@ -86,8 +86,9 @@ final class AccessLog: Sendable {
         line += ",\"trace_id\":\""
         line += record.trace.traceID
         line += "\""
-        if let upstream = record.upstream { field("upstream", upstream, into: &line) }
-        if let target = record.target { field("target", target, into: &line) }
+        // From the policies, never partner data; an IPv4 address would look like a phone number.
+        if let upstream = record.upstream { field("upstream", upstream, masked: false, into: &line) }
+        if let target = record.target { field("target", target, masked: false, into: &line) }
         if let upstreamDuration = record.upstreamDuration {
             line += ",\"upstream_ms\":"
             line += String(upstreamDuration.fractionalMilliseconds)
@@ -101,11 +102,11 @@ final class AccessLog: Sendable {
         JSONValue.appendQuoted(SensitiveDataMask.maskPath(path), to: &line)
     }
 
-    private static func field(_ key: StaticString, _ value: String, into line: inout String) {
+    private static func field(_ key: StaticString, _ value: String, masked: Bool = true, into line: inout String) {
         line += ",\""
         line += key.description
         line += "\":"
-        JSONValue.appendQuoted(SensitiveDataMask.mask(value), to: &line)
+        JSONValue.appendQuoted(masked ? SensitiveDataMask.mask(value) : value, to: &line)
     }
 
     /// The same fields as logger metadata.

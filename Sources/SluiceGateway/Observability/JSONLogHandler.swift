@@ -13,7 +13,11 @@ public struct JSONLogHandler: LogHandler {
     private let output: LogOutput
 
     /// Values of these keys are identifiers or numbers, never personal data.
-    private static let unmaskedKeys: Set<String> = ["request_id", "trace_id", "status", "duration_ms", "upstream_ms", "bytes_in", "bytes_out"]
+    /// Values that never hold partner data: the gateway's own ids and numbers, and upstream
+    /// names and addresses from the policies (an IPv4 address looks like a phone number).
+    private static let unmaskedKeys: Set<String> = [
+        "request_id", "trace_id", "status", "duration_ms", "upstream_ms", "bytes_in", "bytes_out", "upstream", "target", "canary_upstream", "addresses",
+    ]
 
     public init(label: String, output: LogOutput = .standardOutput) {
         self.output = output

@@ -78,6 +78,12 @@ final class GatewaySnapshot: Sendable {
         self.tasks = tasks
     }
 
+    /// The same snapshot with other upstream runtimes (target names resolved again); the
+    /// rules, and with them a canary's abort, stay.
+    func replacingUpstreams(_ upstreams: [String: UpstreamRuntime]) -> GatewaySnapshot {
+        GatewaySnapshot(rules: rules, tlsContext: tlsContext, upstreams: upstreams, admission: admission, idempotency: idempotency, tasks: tasks)
+    }
+
     /// What TLS 1.2 offers (SPEC §3): ECDHE key exchange with AEAD ciphers only — no CBC
     /// (LUCKY13), no RSA key exchange. TLS 1.3's suites are fixed by BoringSSL (all AEAD).
     static let tls12CipherSuites: [NIOTLSCipher] = [

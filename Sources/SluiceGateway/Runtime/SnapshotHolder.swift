@@ -43,9 +43,17 @@ final class SnapshotHolder<Value: AnyObject & Sendable>: Sendable {
     /// Replaces the value for every later `load()`; returns the value it replaced.
     @discardableResult
     func store(_ value: Value) -> Value {
-        current.withLock { state in
+        update { _ in value }
+    }
+
+    /// Replaces the value with what `make` builds from it, one update at a time (a reload and a
+    /// change of resolved targets cannot undo each other); returns the value it replaced.
+    /// Readers are not held up: they take the lock only after a swap.
+    @discardableResult
+    func update<Failure: Error>(_ make: (Value) throws(Failure) -> Value) throws(Failure) -> Value {
+        try current.withLock { state throws(Failure) in
             let previous = state.value
-            state = (state.generation + 1, value)
+            state = (state.generation + 1, try make(previous))
             generation.store(state.generation, ordering: .releasing)
             return previous
         }

@@ -5,7 +5,10 @@ import SluiceCore
 final class UpstreamClient: Sendable {
     /// What decides whether a reload can keep the client (and its warm connections).
     struct Settings: Hashable {
+        /// Where to connect (for a target given by name: one of the addresses it resolved to).
         var address: UpstreamPolicy.Address
+        /// The name a resolved address stands for: the `Host` and the TLS server name.
+        var serverName: String?
         var connectTimeout: Duration
         var maxInFlight: Int
     }
@@ -18,9 +21,11 @@ final class UpstreamClient: Sendable {
     init(settings: Settings, eventLoopGroup: any EventLoopGroup) throws {
         self.settings = settings
         connections = try UpstreamConnectionPool(
-            address: settings.address, connectTimeout: settings.connectTimeout, maxIdlePerLoop: settings.maxInFlight, group: eventLoopGroup
+            address: settings.address, serverName: settings.serverName, connectTimeout: settings.connectTimeout, maxIdlePerLoop: settings.maxInFlight,
+            group: eventLoopGroup
         )
-        let host = settings.address.host.contains(":") ? "[\(settings.address.host)]" : settings.address.host
+        let name = settings.serverName ?? settings.address.host
+        let host = name.contains(":") ? "[\(name)]" : name
         let defaultPort = settings.address.useTLS ? 443 : 80
         authority = settings.address.port == defaultPort ? host : "\(host):\(settings.address.port)"
     }

@@ -18,6 +18,8 @@ final class UpstreamConnectionPool: Sendable {
     }
 
     private let address: UpstreamPolicy.Address
+    /// The TLS server name (SNI and certificate check): the target's name, nil for an IP literal.
+    private let serverHostname: String?
     private let connectTimeout: Duration
     private let maxIdlePerLoop: Int
     private let tlsContext: NIOSSLContext?
@@ -26,8 +28,10 @@ final class UpstreamConnectionPool: Sendable {
 
     static let idleTimeout: TimeAmount = .seconds(60)
 
-    init(address: UpstreamPolicy.Address, connectTimeout: Duration, maxIdlePerLoop: Int, group: any EventLoopGroup) throws {
+    init(address: UpstreamPolicy.Address, serverName: String?, connectTimeout: Duration, maxIdlePerLoop: Int, group: any EventLoopGroup) throws {
         self.address = address
+        let name = serverName ?? address.host
+        serverHostname = name.isIPAddress ? nil : name
         self.connectTimeout = connectTimeout
         self.maxIdlePerLoop = maxIdlePerLoop
         if address.useTLS {
@@ -64,7 +68,7 @@ final class UpstreamConnectionPool: Sendable {
 
     private func connect(on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamConnection> {
         let tlsContext = tlsContext
-        let serverHostname = address.host.isIPAddress ? nil : address.host
+        let serverHostname = serverHostname
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import Prometheus
@@ -8,6 +9,9 @@ import Synchronization
 /// Monotonic time as circuit breakers and retry budgets read it.
 public typealias UptimeClock = @Sendable () -> ContinuousClock.Instant
 
+/// Turns a host name into its addresses (A and AAAA records, as IP literals); blocking.
+public typealias HostResolver = @Sendable (_ host: String) -> [String]
+
 /// Owns every upstream's runtime. A reload keeps a runtime (breaker state, budget, bulkhead)
 /// whose upstream settings did not change, and a client whose connection settings did not;
 /// replaced clients are shut down once no call uses them any more.
@@ -16,6 +20,8 @@ final class UpstreamPool: Service, Sendable {
         var targets: [TargetKey: UpstreamTarget] = [:]
         var runtimes: [String: UpstreamRuntime] = [:]
         var retired: [UpstreamClient] = []
+        /// The addresses each target name resolved to last, and when.
+        var resolved: [String: (addresses: [String], at: ContinuousClock.Instant)] = [:]
     }
 
     /// A target is kept across reloads by upstream and settings (its connections, bulkhead, counts).
@@ -29,51 +35,66 @@ final class UpstreamPool: Service, Sendable {
     private let metrics: GatewayMetrics
     private let logger: Logger
     private let clock: UptimeClock
+    let resolver: HostResolver
 
-    /// - Parameter clock: What circuit breakers, retry budgets and target health read as now.
-    init(eventLoopGroup: any EventLoopGroup, metrics: GatewayMetrics, logger: Logger, clock: @escaping UptimeClock) {
+    /// - Parameters:
+    ///   - clock: What circuit breakers, retry budgets and target health read as now.
+    ///   - resolver: How target names become addresses (`getaddrinfo` unless a test injects one).
+    init(
+        eventLoopGroup: any EventLoopGroup, metrics: GatewayMetrics, logger: Logger, clock: @escaping UptimeClock,
+        resolver: @escaping HostResolver = UpstreamPool.systemResolver
+    ) {
         self.eventLoopGroup = eventLoopGroup
         self.metrics = metrics
         self.logger = logger
         self.clock = clock
+        self.resolver = resolver
     }
 
     /// Runtimes for every upstream of `policy`, by upstream name; an upstream whose client
-    /// cannot be set up (TLS) is a policy problem at its location.
+    /// cannot be set up (TLS) is a policy problem at its location. A target given by name
+    /// stands for every address it resolved to (last resolution; resolved now if never); a name
+    /// that resolves to nothing is logged and has no target until it does.
     func runtimes(for policy: PolicySet) throws(PolicyErrors) -> [String: UpstreamRuntime] {
-        try state.withLock { state throws(PolicyErrors) in
+        let names = Set(policy.upstreams.values.flatMap { $0.targets.map(\.address.host) }.filter { !$0.isIPAddress })
+        let unknown = names.filter { name in state.withLock { $0.resolved[name] == nil } }
+        let fresh = unknown.map { ($0, resolver($0)) }
+        for (name, addresses) in fresh where addresses.isEmpty {
+            logger.warning("upstream target name does not resolve; it has no target until it does", metadata: ["name": .string(name)])
+        }
+        return try state.withLock { state throws(PolicyErrors) in
+            for (name, addresses) in fresh where state.resolved[name] == nil { state.resolved[name] = (addresses, .now) }
             var targets: [TargetKey: UpstreamTarget] = [:]
             var runtimes: [String: UpstreamRuntime] = [:]
             for (name, upstream) in policy.upstreams {
                 var pool: [UpstreamTarget] = []
+                var weights: [Int] = []
                 for target in upstream.targets {
-                    let key = TargetKey(
-                        upstream: name,
-                        settings: UpstreamTarget.Settings(
-                            client: UpstreamClient.Settings(address: target.address, connectTimeout: upstream.connectTimeout, maxInFlight: upstream.maxInFlight),
-                            queueTimeout: upstream.queueTimeout
-                        )
-                    )
-                    if let known = targets[key] ?? state.targets[key] {
-                        pool.append(known)
-                        targets[key] = known
-                        continue
-                    }
-                    do {
-                        let client = try UpstreamClient(settings: key.settings.client, eventLoopGroup: eventLoopGroup)
-                        let made = UpstreamTarget(settings: key.settings, upstream: name, client: client, metrics: metrics)
-                        pool.append(made)
-                        targets[key] = made
-                    } catch {
-                        throw PolicyErrors([PolicyProblem(target.location, "upstream \(name): cannot set up a client for \(target.address): \(error)")])
+                    for key in Self.keys(of: target, upstream: upstream, resolved: state.resolved) where pool.count < TargetSet.capacity {
+                        if let known = targets[key] ?? state.targets[key] {
+                            pool.append(known)
+                            weights.append(target.weight)
+                            targets[key] = known
+                            continue
+                        }
+                        do {
+                            let client = try UpstreamClient(settings: key.settings.client, eventLoopGroup: eventLoopGroup)
+                            let made = UpstreamTarget(settings: key.settings, upstream: name, client: client, metrics: metrics)
+                            pool.append(made)
+                            weights.append(target.weight)
+                            targets[key] = made
+                        } catch {
+                            throw PolicyErrors([PolicyProblem(target.location, "upstream \(name): cannot set up a client for \(target.address): \(error)")])
+                        }
                     }
                 }
                 let existing = state.runtimes[name]
-                if let existing, existing.targets.elementsEqual(pool, by: ===), Self.sameSettings(existing.policy, upstream) {
+                if let existing, existing.targets.elementsEqual(pool, by: ===), existing.weights == weights, Self.sameSettings(existing.policy, upstream) {
                     runtimes[name] = existing
                 } else {
                     runtimes[name] = UpstreamRuntime(
-                        policy: upstream, targets: pool, previous: existing, eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: clock
+                        policy: upstream, targets: pool, weights: weights, previous: existing, eventLoopGroup: eventLoopGroup, metrics: metrics,
+                        logger: logger, clock: clock
                     )
                 }
             }
@@ -82,6 +103,94 @@ final class UpstreamPool: Service, Sendable {
             state.runtimes = runtimes
             return runtimes
         }
+    }
+
+    /// The target keys of one policy target: itself for an IP literal, one per address for a name.
+    private static func keys(
+        of target: UpstreamPolicy.Target, upstream: UpstreamPolicy, resolved: [String: (addresses: [String], at: ContinuousClock.Instant)]
+    ) -> [TargetKey] {
+        func key(_ address: UpstreamPolicy.Address, serverName: String?) -> TargetKey {
+            TargetKey(
+                upstream: upstream.name,
+                settings: UpstreamTarget.Settings(
+                    client: UpstreamClient.Settings(
+                        address: address, serverName: serverName, connectTimeout: upstream.connectTimeout, maxInFlight: upstream.maxInFlight
+                    ),
+                    queueTimeout: upstream.queueTimeout
+                )
+            )
+        }
+        let name = target.address.host
+        guard !name.isIPAddress else { return [key(target.address, serverName: nil)] }
+        return (resolved[name]?.addresses ?? []).map { ip in
+            var address = target.address
+            address.host = ip
+            return key(address, serverName: name)
+        }
+    }
+
+    /// The target names of `policy` whose last resolution is older than their upstream's
+    /// `dns_refresh`.
+    func namesDue(in policy: PolicySet, now: ContinuousClock.Instant) -> [String] {
+        var refresh: [String: Duration] = [:]
+        for upstream in policy.upstreams.values {
+            for target in upstream.targets where !target.address.host.isIPAddress {
+                refresh[target.address.host] = min(refresh[target.address.host] ?? upstream.dnsRefresh, upstream.dnsRefresh)
+            }
+        }
+        return state.withLock { state in
+            refresh.filter { name, every in (state.resolved[name]?.at).map { $0.advanced(by: every) <= now } ?? true }.map(\.key).sorted()
+        }
+    }
+
+    /// The addresses `name` resolved to last (none if never).
+    func lastAddresses(of name: String) -> [String] {
+        state.withLock { $0.resolved[name]?.addresses ?? [] }
+    }
+
+    /// Records a name's new resolution; true when its addresses changed (the runtimes need
+    /// making again: added addresses join, removed ones drain).
+    func resolved(_ name: String, to addresses: [String], at now: ContinuousClock.Instant) -> Bool {
+        state.withLock { state in
+            let before = state.resolved[name]?.addresses
+            state.resolved[name] = (addresses, now)
+            return before.map(Set.init) != Set(addresses)
+        }
+    }
+
+    /// `getaddrinfo` for TCP: every distinct IPv4 and IPv6 address, in the order given.
+    static let systemResolver: HostResolver = { host in
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &list) == 0, let first = list else { return [] }
+        defer { freeaddrinfo(list) }
+        var addresses: [String] = []
+        for entry in sequence(first: first, next: { $0.pointee.ai_next }) {
+            guard let socketAddress = entry.pointee.ai_addr, let ip = UpstreamPool.text(of: socketAddress), !addresses.contains(ip) else { continue }
+            addresses.append(ip)
+        }
+        return addresses
+    }
+
+    /// The IP literal of an IPv4 or IPv6 socket address.
+    private static func text(of address: UnsafePointer<sockaddr>) -> String? {
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        let written: UnsafePointer<CChar>? =
+            switch Int32(address.pointee.sa_family) {
+            case AF_INET:
+                address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { v4 in
+                    withUnsafePointer(to: v4.pointee.sin_addr) { inet_ntop(AF_INET, $0, &buffer, socklen_t(buffer.count)) }
+                }
+            case AF_INET6:
+                address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { v6 in
+                    withUnsafePointer(to: v6.pointee.sin6_addr) { inet_ntop(AF_INET6, $0, &buffer, socklen_t(buffer.count)) }
+                }
+            default: nil
+            }
+        guard written != nil else { return nil }
+        return String(cString: buffer)
     }
 
     private static func sameSettings(_ a: UpstreamPolicy, _ b: UpstreamPolicy) -> Bool {

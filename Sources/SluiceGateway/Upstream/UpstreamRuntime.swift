@@ -11,7 +11,7 @@ import Synchronization
 final class UpstreamRuntime: RetryAllowance, Sendable {
     let policy: UpstreamPolicy
     let targets: [UpstreamTarget]
-    private let weights: [Int]
+    let weights: [Int]
     private let targetHashes: [UInt64]
     let health: Mutex<PoolHealth<ContinuousClock.Instant>>
     /// The targets calls may use now (`PoolHealth.eligible`), published for lock-free picks.
@@ -30,16 +30,19 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
 
     var name: String { policy.name }
 
-    /// - Parameter previous: The runtime this one replaces; its targets' health carries over.
+    /// - Parameters:
+    ///   - targets: The pool's targets (a target given by name: one per address it resolved to).
+    ///   - weights: Each target's weight.
+    ///   - previous: The runtime this one replaces; its targets' health carries over.
     init(
-        policy: UpstreamPolicy, targets: [UpstreamTarget], previous: UpstreamRuntime?, eventLoopGroup: any EventLoopGroup,
+        policy: UpstreamPolicy, targets: [UpstreamTarget], weights: [Int], previous: UpstreamRuntime?, eventLoopGroup: any EventLoopGroup,
         metrics: GatewayMetrics, logger: Logger, clock: @escaping UptimeClock
     ) {
         self.policy = policy
         self.targets = targets
         self.clock = clock
         origin = clock()
-        weights = policy.targets.map(\.weight)
+        self.weights = weights
         targetHashes = targets.map { StableHash.of($0.label) }
         var health = PoolHealth<ContinuousClock.Instant>(count: targets.count, health: policy.health, panicThreshold: policy.panicThreshold)
         if let previous {

@@ -20,7 +20,7 @@ extension UpstreamRuntime {
             let name = state.probedDown ? "down" : state.ejectedUntil != nil ? "ejected" : "healthy"
             return .object([
                 ("target", .string(target.label)),
-                ("weight", .int(policy.targets[index].weight)),
+                ("weight", .int(weights[index])),
                 ("state", .string(name)),
                 ("eligible", .bool(eligible.contains(index))),
                 ("in_flight", .int(target.inFlight.load(ordering: .relaxed))),

@@ -15,7 +15,8 @@ final class UpstreamTarget: Sendable {
     let settings: Settings
     let client: UpstreamClient
     let bulkhead: Bulkhead
-    /// The target's label in metrics, logs and the admin API (`http://host:port`).
+    /// The target's label in metrics, logs and the admin API: `http://host:port`, and for an
+    /// address a name resolved to, `http://name:port (address)`.
     let label: String
     /// Calls on this target now (least_request reads it).
     let inFlight = Atomic<Int>(0)
@@ -31,8 +32,9 @@ final class UpstreamTarget: Sendable {
         self.client = client
         bulkhead = Bulkhead(limit: settings.client.maxInFlight, queueTimeout: settings.queueTimeout)
         let address = settings.client.address
-        let host = address.host.contains(":") ? "[\(address.host)]" : address.host
-        label = "\(address.useTLS ? "https" : "http")://\(host):\(address.port)"
+        let name = settings.client.serverName ?? address.host
+        let host = name.contains(":") ? "[\(name)]" : name
+        label = "\(address.useTLS ? "https" : "http")://\(host):\(address.port)" + (settings.client.serverName == nil ? "" : " (\(address.host))")
         let counters = metrics.targetRequests(upstream: upstream, target: label)
         okTries = counters.ok
         failedTries = counters.failed

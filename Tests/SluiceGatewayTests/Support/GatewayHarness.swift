@@ -30,6 +30,7 @@ struct GatewayHarness {
     ///     (default: the real clocks).
     ///   - shutdownTimeout: The drain limit when `body` is done (running tasks get half of it).
     ///   - usageFlushInterval: How often usage counts go to the store.
+    ///   - resolver: How upstream target names resolve (default: the system's).
     ///   - claimLeaseMargin: How much longer than its route's timeout an idempotency claim lasts.
     static func with(
         _ configure: (inout TestPolicies) -> Void = { _ in },
@@ -37,6 +38,7 @@ struct GatewayHarness {
         shutdownTimeout: Duration = .seconds(30),
         usageFlushInterval: Duration = .milliseconds(100),
         claimLeaseMargin: Duration = .seconds(60),
+        resolver: HostResolver? = nil,
         _ body: (GatewayHarness) async throws -> Void
     ) async throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-test-\(UUID().uuidString)")
@@ -60,6 +62,7 @@ struct GatewayHarness {
             options.usageFlushInterval = usageFlushInterval
             options.claimLeaseMargin = claimLeaseMargin
             options.logOutput = output
+            if let resolver { options.resolver = resolver }
             if let clock {
                 options.storeClock = clock.epochClock
                 options.resilienceClock = clock.instantClock

@@ -32,11 +32,11 @@ func withListeningService<T: Sendable>(
     }
 }
 
-/// Runs a demo upstream on a free loopback port while `body` runs.
-func withDemoUpstream<T: Sendable>(_ body: (Int) async throws -> T) async throws -> T {
+/// Runs a demo upstream on `host` (default 127.0.0.1) and `port` (default: a free one) while `body` runs.
+func withDemoUpstream<T: Sendable>(host: String = "127.0.0.1", port: Int = 0, _ body: (Int) async throws -> T) async throws -> T {
     var logger = Logger(label: "demo-upstream")
     logger.logLevel = .critical
     return try await withListeningService({ onListening in
-        DemoUpstream(port: 0, logger: logger) { onListening($0) }
+        DemoUpstream(host: host, port: port, logger: logger) { onListening($0) }
     }, body)
 }
