@@ -1,4 +1,5 @@
 import Foundation
+import SluiceCore
 import Testing
 import TestSupport
 
@@ -52,6 +53,34 @@ struct CanaryTests {
             #expect(try await gateway.partner(.GET, "/v2/canary/200").status == 200)
             #expect(try upstreams(gateway).last == "next")
             #expect(try await gateway.metric(#"sluice_canary_aborts_total{route="canary-status"}"#) == 1)
+        }
+    }
+
+    @Test func twoInstancesPutEachPartnerOnTheSameSide() async throws {
+        // A share between the two partners' buckets: one is on the canary, the other is not.
+        let (acme, globex) = (CanarySplit.bucket(of: "acme"), CanarySplit.bucket(of: "globex"))
+        let share = String(format: "%.2f%%", Double(max(acme, globex)) / 100)
+        let onCanary = acme < globex ? "acme" : "globex"
+        let route = "{ id: canary-share, versions: [v2], method: GET, path: /share, upstream: main, upstream_path: /api/echo, canary: { upstream: next, share: \(share) } }"
+        try await withDemoUpstream { next in
+            let configure: (inout TestPolicies) -> Void = { policies in
+                policies.upstreams["next"] = "url: http://127.0.0.1:\(next)"
+                policies.addRoutes(route)
+            }
+            try await GatewayHarness.with(configure) { first in
+                try await GatewayHarness.with(configure) { second in
+                    for gateway in [first, second] {
+                        for key in [TestKeys.acme, TestKeys.globex] {
+                            for _ in 0..<3 { #expect(try await gateway.partner(.GET, "/v2/share", key: key).status == 200) }
+                        }
+                        let sides = try gateway.logLines().filter { $0["route"] as? String == "canary-share" && $0["status"] != nil }
+                            .reduce(into: [String: Set<String>]()) { sides, line in
+                                sides[line["partner"] as? String ?? "", default: []].insert(line["upstream"] as? String ?? "")
+                            }
+                        #expect(sides == [onCanary: ["next"], (onCanary == "acme" ? "globex" : "acme"): ["main"]], "share \(share): \(sides)")
+                    }
+                }
+            }
         }
     }
 
