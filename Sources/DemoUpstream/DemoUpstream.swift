@@ -22,10 +22,17 @@ import SluiceCore
 public struct DemoUpstream: Service {
     private let server: Server<HTTP1Channel>
 
-    /// - Parameter onListening: Called with the bound port (useful with port 0).
-    public init(host: String = "127.0.0.1", port: Int, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) {
+    /// - Parameters:
+    ///   - delay: Added before every answer (a slower instance of a backend, for load tests).
+    ///   - onListening: Called with the bound port (useful with port 0).
+    public init(
+        host: String = "127.0.0.1", port: Int, delay: Duration = .zero, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) {
         server = Server(
-            childChannelSetup: HTTP1Channel(responder: { request, writer, _ in try await Self.respond(request, writer) }),
+            childChannelSetup: HTTP1Channel(responder: { request, writer, _ in
+                if delay > .zero { try await Task.sleep(for: delay) }
+                try await Self.respond(request, writer)
+            }),
             configuration: ServerConfiguration(address: .hostname(host, port: port), backlog: 1024),
             onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
             eventLoopGroup: MultiThreadedEventLoopGroup.singleton,

@@ -16,15 +16,19 @@ struct DemoUpstreamCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on.")
     var host = "127.0.0.1"
 
+    @Option(name: .customLong("delay-ms"), help: "Milliseconds added before every answer (a slower instance, for load tests).")
+    var delayMilliseconds = 0
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
+        guard (0...60_000).contains(delayMilliseconds) else { throw ValidationError("--delay-ms must be 0-60000") }
     }
 
     func run() async throws {
         EventLoopConcurrency.install()
         var logger = Logger(label: "demo-upstream")
         logger.logLevel = .warning
-        let upstream = DemoUpstream(host: host, port: port, logger: logger) { port in
+        let upstream = DemoUpstream(host: host, port: port, delay: .milliseconds(delayMilliseconds), logger: logger) { port in
             // Unbuffered: scripts and tests wait for this line.
             FileHandle.standardOutput.write(Data("demo upstream listening on http://\(host):\(port)\n".utf8))
         }

@@ -52,6 +52,10 @@ struct CLITests {
             let result = try await SluiceProcess.run(["serve", "--threads", threads])
             #expect(result.code == 1, "--threads \(threads)")
         }
+        for delay in ["-1", "soon", "60001"] {
+            let result = try await SluiceProcess.run(["demo-upstream", "--port", "0", "--delay-ms", delay])
+            #expect(result.code == 1 && result.stderr.contains("delay-ms"), "--delay-ms \(delay): \(result.stderr)")
+        }
         #expect(try await SluiceProcess.run(["--help"]).code == 0)
     }
 
