@@ -234,11 +234,15 @@ struct UpstreamPoolTests {
                 try await withDemoUpstream(host: "127.0.0.3", port: port) { _ in
                     dns.answer("pricing.test", ["127.0.0.1", "127.0.0.2"])
                     try await GatewayHarness.with({ policies in
-                        policies.upstreams["pool"] = "targets:\n  - { url: http://pricing.test:\(port) }\ndns_refresh: 100ms"
+                        policies.upstreams["pool"] = "targets:\n  - { url: http://pricing.test:\(port) }\ndns_refresh: 100ms\n"
+                            + "health:\n  active: { path: /healthz, interval: 100ms, timeout: 1s, healthy: 1, unhealthy: 3 }"
                         policies.addRoutes(Self.routes[0], "{ id: pool-slow, versions: [v2], method: GET, path: /pool-slow, upstream: pool, upstream_path: /slow }")
                     }, resolver: dns.resolver) { gateway in
                         func label(_ ip: String) -> String { "http://pricing.test:\(port) (\(ip))" }
                         #expect(try await upstreamStatus(gateway).compactMap { $0["target"] as? String } == [label("127.0.0.1"), label("127.0.0.2")])
+                        try await eventually("each address is probed") {
+                            try await upstreamStatus(gateway).allSatisfy { ($0["last_probe"] as? [String: Any])?["good"] as? Bool == true }
+                        }
                         #expect(try await send(gateway, "/v2/pool", count: 40) == [200: 40])
                         let first = try answered(gateway)
                         #expect(first[label("127.0.0.1"), default: 0] > 0 && first[label("127.0.0.2"), default: 0] > 0, "\(first)")

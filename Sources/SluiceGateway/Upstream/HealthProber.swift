@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Logging
 import NIOCore
+import NIOSSL
 import ServiceLifecycle
 import SluiceCore
 import Synchronization
@@ -74,10 +75,23 @@ final class HealthProber: Service, Sendable {
         return max(.milliseconds(1), min(most, ContinuousClock.now.duration(to: next)))
     }
 
-    /// One probe: whether `target` answered `GET path` with a 2xx within the timeout.
+    /// One probe: whether `target` answered `GET path` with a 2xx within the timeout. It goes
+    /// to the target's address; for an address a name resolved to, with the name as `Host`
+    /// (over TLS the certificate chain is checked, its name cannot be: the URL holds the address).
     private static func probe(_ target: UpstreamTarget, _ active: UpstreamPolicy.Health.Active, client: HTTPClient) async -> Bool {
-        var request = HTTPClientRequest(url: target.label + active.path)
+        let settings = target.settings.client
+        let address = settings.address
+        let host = address.host.contains(":") ? "[\(address.host)]" : address.host
+        var request = HTTPClientRequest(url: "\(address.useTLS ? "https" : "http")://\(host):\(address.port)\(active.path)")
         request.headers.add(name: "User-Agent", value: "Sluice-Health/1")
+        if settings.serverName != nil {
+            request.headers.add(name: "Host", value: target.client.authority)
+            if address.useTLS {
+                var tls = TLSConfiguration.makeClientConfiguration()
+                tls.certificateVerification = .noHostnameVerification
+                request.tlsConfiguration = tls
+            }
+        }
         do {
             let response = try await client.execute(request, timeout: TimeAmount(active.timeout))
             guard (200..<300).contains(response.status.code) else { return false }
