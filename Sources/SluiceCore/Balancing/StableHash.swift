@@ -21,6 +21,7 @@ public enum StableHash {
         (Double(hash >> 11) + 0.5) / Double(UInt64(1) << 53)
     }
 
+    /// A bijection on UInt64 (the splitmix64 finalizer).
     static func mix(_ value: UInt64) -> UInt64 {
         var z = value
         z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9

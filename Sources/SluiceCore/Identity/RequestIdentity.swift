@@ -17,7 +17,7 @@ public final class IdentifierGenerator: Sendable {
     /// 64 bits, unique within this instance.
     public func next64() -> UInt64 {
         let count = counter.add(1, ordering: .relaxed).newValue
-        return mix(count ^ keys.0) ^ keys.1
+        return StableHash.mix(count ^ keys.0) ^ keys.1
     }
 
     /// 32 lower-case hex characters; also used as the trace id of traces this gateway starts.
@@ -45,14 +45,6 @@ public final class IdentifierGenerator: Sendable {
     /// 16 hex characters for a W3C span (parent) id.
     public func spanID() -> String {
         Hex.encode(next64())
-    }
-
-    /// A bijection on UInt64 (the splitmix64 finalizer).
-    private func mix(_ value: UInt64) -> UInt64 {
-        var x = value
-        x = (x ^ (x >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        x = (x ^ (x >> 27)) &* 0x94d0_49bb_1331_11eb
-        return x ^ (x >> 31)
     }
 }
 
