@@ -360,6 +360,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func startCall(_ request: PartnerRequest, _ body: PartnerRequestStateMachine.CallBody) {
         guard let (upstream, head, retryable) = request.upstream, let plan = request.plan else { return }
+        request.upstream = nil  // the call holds the only copy of the head: a try on another target changes it in place
         let callBody: UpstreamRequest.Body =
             switch body {
             case .none: .none

@@ -20,14 +20,18 @@ enum UpstreamDispatch {
         )
     }
 
-    /// The head to send to `upstream` (its path and `Host` are the target's, set per try) and how the body goes with it: small bodies of requests
-    /// that may be retried are read whole first (a retry sends them again), others stream.
+    /// The head to send to `upstream` and how the body goes with it: small bodies of requests
+    /// that may be retried are read whole first (a retry sends them again), others stream. Its
+    /// path and `Host` are the first target's; a try on another target changes them (so a
+    /// one-target upstream's head is never copied).
     static func prepare(
         _ request: PartnerRequest, _ plan: ForwardPlan, upstream: UpstreamRuntime, connection: PartnerConnection, runtime: GatewayRuntime
     ) -> (head: HTTPRequestHead, retryable: Bool, dispatch: PartnerRequestStateMachine.Dispatch) {
         let head = request.head
-        var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: plan.target)
+        let first = upstream.targets.first?.client
+        var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: first?.path(for: plan.target) ?? plan.target)
         upstreamHead.headers.reserveCapacity(head.headers.count + 8)
+        if let first { upstreamHead.headers.add(name: "Host", value: first.authority) }
         let traceparent = request.tracing.startUpstream(upstream.name, record: request.record, tracing: runtime.tracing, identifiers: runtime.identifiers)
         HeaderRewriter.forwardRequest(head.headers, forwardingContext(request, plan, connection: connection, traceparent: traceparent)) {
             upstreamHead.headers.add(name: $0, value: $1)

@@ -230,9 +230,11 @@ final class UpstreamCall: UpstreamConnectionUser {
     private func write(_ send: UpstreamCallStateMachine.Send, wakeAt deadline: NIODeadline) {
         guard let connection, let target else { return }
         connection.timer.wake(noLaterThan: deadline)
+        // Changed only for a target other than the one the head was made for (no copy otherwise).
         let client = runtime.targets[target].client
-        request.head.uri = client.path(for: request.target)
-        request.head.headers.replaceOrAdd(name: "Host", value: client.authority)
+        let path = client.path(for: request.target)
+        if request.head.uri != path { request.head.uri = path }
+        if request.head.headers.first(name: "Host") != client.authority { request.head.headers.replaceOrAdd(name: "Host", value: client.authority) }
         connection.write(.head(request.head), promise: nil)
         switch (send, request.body) {
         case (.whole, .whole(let body)):
