@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import SluiceCore
 
@@ -60,6 +61,60 @@ struct BalancerTests {
         eligible.remove(0)
         for _ in 0..<1_000 { #expect(BalancerRules.leastRequest(eligible, weights: Self.weights, inFlight: { _ in 0 }, using: &random) != 0) }
         #expect(BalancerRules.leastRequest(TargetSet(), weights: Self.weights, inFlight: { _ in 0 }, using: &random) == nil)
+    }
+
+    /// Latencies within `markedlySlower` of each other change nothing: the idle pool still follows the weights.
+    @Test func leastRequestIgnoresSmallLatencyDifferences() {
+        var random = SplitMix64(seed: 42)
+        var counts = [0, 0, 0]
+        let latency = [1_000_000, 2_000_000, 2_900_000].map { LatencyEstimate(nanoseconds: $0, sampledAt: 0) }
+        for _ in 0..<50_000 {
+            counts[BalancerRules.leastRequest(.all(3), weights: Self.weights, inFlight: { _ in 0 }, latency: { latency[$0] }, now: { 0 }, using: &random)!] += 1
+        }
+        let shares = counts.map { Double($0) / 50_000 }
+        #expect(abs(shares[0] - 0.6) < 0.03 && abs(shares[1] - 0.2) < 0.03 && abs(shares[2] - 0.2) < 0.03, "\(shares)")
+    }
+
+    /// A target 10× slower takes a call only when the other has about ten times its calls in
+    /// flight (each counting the new call): at 4 against 0 it gets none, at 20 against 0 it
+    /// wins every draw it is in.
+    @Test func leastRequestAvoidsAMarkedlySlowerTarget() {
+        let latency = [1_000_000, 1_000_000, 10_000_000].map { LatencyEstimate(nanoseconds: $0, sampledAt: 0) }
+        for (busy, slowWins) in [(4, false), (20, true)] {
+            var random = SplitMix64(seed: 9)
+            var counts = [0, 0, 0]
+            let inFlight = [busy, busy, 0]
+            for _ in 0..<9_000 {
+                counts[BalancerRules.leastRequest(.all(3), weights: [1, 1, 1], inFlight: { inFlight[$0] }, latency: { latency[$0] }, now: { 0 }, using: &random)!] += 1
+            }
+            // Two of the three pairs hold the slow target.
+            if slowWins { #expect(abs(Double(counts[2]) / 9_000 - 2.0 / 3) < 0.03, "\(counts)") } else { #expect(counts[2] == 0, "\(counts)") }
+        }
+    }
+
+    /// A slow target's estimate fades while it gets no calls: two seconds later (10 ms → 1.4 ms)
+    /// it is no longer markedly slower and takes its share again.
+    @Test func aSlowTargetIsTriedAgainOnceItsEstimateFades() {
+        let latency = [LatencyEstimate(nanoseconds: 1_000_000, sampledAt: 2_000_000_000), LatencyEstimate(nanoseconds: 10_000_000, sampledAt: 0)]
+        var random = SplitMix64(seed: 3)
+        var counts = [0, 0]
+        for _ in 0..<1_000 {
+            counts[BalancerRules.leastRequest(.all(2), weights: [1, 1], inFlight: { [3, 0][$0] }, latency: { latency[$0] }, now: { 2_000_000_000 }, using: &random)!] += 1
+        }
+        #expect(counts == [0, 1_000])
+        var early = SplitMix64(seed: 3)
+        let soon = BalancerRules.leastRequest(.all(2), weights: [1, 1], inFlight: { [3, 0][$0] }, latency: { latency[$0] }, now: { 100_000_000 }, using: &early)
+        #expect(soon == 0)
+    }
+
+    @Test func latencyEstimateMovesATwentiethPerSampleAndFades() {
+        var estimate = LatencyEstimate.none.adding(sample: 1_000_000, at: 0)
+        #expect(estimate.nanoseconds == 1_000_000)
+        estimate = estimate.adding(sample: 21_000_000, at: 0)
+        #expect(estimate.nanoseconds == 2_000_000)
+        #expect(abs(estimate.faded(at: 1_000_000_000) - 2_000_000 * exp(-1.0)) < 1)
+        #expect(estimate.faded(at: -5) == 2_000_000)
+        #expect(LatencyEstimate.none.adding(sample: -3, at: 0).nanoseconds == 1)
     }
 
     /// Smooth: weights 5, 1, 1 interleave instead of running five in a row.

@@ -160,10 +160,39 @@ struct UpstreamCallStateMachineTests {
     @Test func stalePooledConnectionIsReplaced() {
         var call = machine(attempts: 0)
         sent(&call)
-        guard let stale = end(call.connectionClosed(wasPooled: true)), case .reconnect = stale.next else { Issue.record("not replaced"); return }
+        guard let stale = end(call.connectionClosed(wasPooled: true, anotherTarget: true)), case .reconnect = stale.next else { Issue.record("not replaced"); return }
         #expect(stale.outcome == nil)
         guard case .send = call.connected() else { Issue.record("not sent again"); return }
-        guard let broke = end(call.connectionClosed(wasPooled: false)), case .fail(.unreachable) = broke.next else { Issue.record("a fresh connection's close is a failure"); return }
+        guard let broke = end(call.connectionClosed(wasPooled: false, anotherTarget: false)), case .fail(.unreachable) = broke.next else {
+            Issue.record("a fresh connection's close is a failure")
+            return
+        }
+    }
+
+    /// A connection that breaks before the answer under a request that may go twice: one try
+    /// on another target (a target failure), then a 502; never for a request that may not.
+    @Test func aBrokenConnectionTriesAnotherTargetOnce() {
+        var call = machine(attempts: 0)
+        sent(&call)
+        guard let first = end(call.connectionClosed(wasPooled: false, anotherTarget: true)), case .retry(let wait, .connectionBroke) = first.next else {
+            Issue.record("no try elsewhere")
+            return
+        }
+        #expect(wait == .zero && first.targetFailed == true && first.outcome == .failure && call.retriesSoFar == 0)
+        guard case .acquireSlot = call.backoffElapsed() else { Issue.record("no slot for the try elsewhere"); return }
+        _ = call.slotDecided(granted: true)
+        _ = call.breakerAnswered(refusedFor: nil, now: start)
+        _ = call.connected()
+        guard let second = end(call.connectionClosed(wasPooled: false, anotherTarget: true)), case .fail(.unreachable) = second.next else {
+            Issue.record("a second try elsewhere")
+            return
+        }
+        var once = machine(retryable: false, attempts: 0)
+        sent(&once)
+        guard let post = end(once.connectionClosed(wasPooled: false, anotherTarget: true)), case .fail(.unreachable) = post.next else {
+            Issue.record("a POST went twice")
+            return
+        }
     }
 
     /// No head by the deadline is a 504; a streamed body that stops for `body_timeout` is cut off.

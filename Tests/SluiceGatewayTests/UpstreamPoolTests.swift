@@ -1,4 +1,6 @@
+import AsyncHTTPClient
 import Foundation
+import NIOHTTP1
 import SluiceGateway
 import Synchronization
 import Testing
@@ -146,6 +148,41 @@ struct UpstreamPoolTests {
                     #expect(load.failures.load(ordering: .relaxed) == 0, "of \(load.sent.load(ordering: .relaxed)) GETs")
                     #expect(try await state(of: doomed.label, gateway) == "healthy")
                 }
+            }
+        }
+    }
+
+    /// GETs already sent to a target that is killed before it answers are answered by another
+    /// target (one try elsewhere); a POST in the same spot is a 502 (it may not go twice).
+    @Test func callsInFlightOnAKilledTargetGoElsewhereWhenTheyMayGoTwice() async throws {
+        let doomed = try TargetProcess()
+        try await doomed.start()
+        try await withDemoUpstream { other in
+            try await GatewayHarness.with({ policies in
+                policies.upstreams["pool"] = Self.upstream([(doomed.url, 1), ("http://127.0.0.1:\(other)", 1)], settings: "")
+                policies.addRoutes(
+                    "{ id: pool-slow, versions: [v2], method: GET, path: /pool-slow, upstream: pool, upstream_path: /slow }",
+                    "{ id: pool-slow-post, versions: [v2], method: POST, path: /pool-slow, upstream: pool, upstream_path: /slow }"
+                )
+            }) { gateway in
+                let calls = Task {
+                    try await withThrowingTaskGroup(of: (String, Int).self) { group in
+                        for index in 0..<8 {
+                            let method: HTTPMethod = index < 6 ? .GET : .POST
+                            group.addTask { (method.rawValue, try await gateway.partner(method, "/v2/pool-slow?ms=1500").status) }
+                        }
+                        return try await group.reduce(into: [String: [Int: Int]]()) { $0[$1.0, default: [:]][$1.1, default: 0] += 1 }
+                    }
+                }
+                try await eventually("calls wait on both targets") {
+                    let inFlight = try await self.upstreamStatus(gateway).compactMap { $0["in_flight"] as? Int }
+                    return inFlight.count == 2 && inFlight.allSatisfy { $0 >= 1 } && inFlight.reduce(0, +) == 8
+                }
+                let onDoomed = try await upstreamStatus(gateway).first { $0["target"] as? String == doomed.label }?["in_flight"] as? Int ?? 0
+                try await doomed.kill()
+                let statuses = try await calls.value
+                #expect(statuses["GET"] == [200: 6], "\(statuses), \(onDoomed) on the killed target")
+                #expect((statuses["POST"]?[200] ?? 0) + (statuses["POST"]?[502] ?? 0) == 2, "\(statuses)")
             }
         }
     }

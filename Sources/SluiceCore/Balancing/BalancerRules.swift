@@ -3,19 +3,46 @@ import Foundation
 /// How a call picks one of the eligible targets (SPEC §7 `balancer`). Pure functions over
 /// positions, weights and in-flight counts; the gateway keeps the state.
 public enum BalancerRules {
+    /// A target whose latency estimate is more than this many times another's is markedly slower.
+    public static let markedlySlower = 3.0
+
     /// `least_request`: two targets drawn at random in proportion to their weights; the one with
     /// fewer calls in flight per unit of weight wins (ties: the first drawn). Idle pools so
-    /// follow the weights, busy ones drain toward the least loaded target.
+    /// follow the weights, busy ones drain toward the least loaded target. When one of the two
+    /// is markedly slower (its faded latency estimate over `markedlySlower` times the other's),
+    /// each side counts the new call too and the slower one's count is multiplied by the
+    /// latency ratio: a target 10× slower takes a call only when the other has about ten times
+    /// its calls in flight.
+    /// - Parameters:
+    ///   - latency: A target's latency estimate (`LatencyEstimate.none` when not tracked).
+    ///   - now: The clock the estimates were sampled on; read only when the estimates differ markedly.
     public static func leastRequest(
-        _ eligible: TargetSet, weights: [Int], inFlight: (Int) -> Int, using random: inout some RandomNumberGenerator
+        _ eligible: TargetSet, weights: [Int], inFlight: (Int) -> Int, latency: (Int) -> LatencyEstimate = { _ in .none },
+        now: () -> Int64 = { 0 }, using random: inout some RandomNumberGenerator
     ) -> Int? {
         guard let first = weightedDraw(eligible, weights: weights, using: &random) else { return nil }
         var rest = eligible
         rest.remove(first)
         guard let second = weightedDraw(rest, weights: weights, using: &random) else { return first }
         // inFlight / weight, compared without division (idle targets tie: the weighted draw decides).
-        let firstLoad = inFlight(first) * weights[second]
-        let secondLoad = inFlight(second) * weights[first]
+        var firstLoad = Double(inFlight(first) * weights[second])
+        var secondLoad = Double(inFlight(second) * weights[first])
+        let firstLatency = latency(first)
+        let secondLatency = latency(second)
+        if firstLatency.isKnown, secondLatency.isKnown,
+            Double(max(firstLatency.nanoseconds, secondLatency.nanoseconds)) > markedlySlower * Double(min(firstLatency.nanoseconds, secondLatency.nanoseconds))
+        {
+            let at = now()
+            let firstFaded = max(firstLatency.faded(at: at), 1)
+            let secondFaded = max(secondLatency.faded(at: at), 1)
+            if firstFaded > markedlySlower * secondFaded {
+                firstLoad = (firstLoad + Double(weights[second])) * firstFaded / secondFaded
+                secondLoad += Double(weights[first])
+            } else if secondFaded > markedlySlower * firstFaded {
+                secondLoad = (secondLoad + Double(weights[first])) * secondFaded / firstFaded
+                firstLoad += Double(weights[second])
+            }
+        }
         return secondLoad < firstLoad ? second : first
     }
 

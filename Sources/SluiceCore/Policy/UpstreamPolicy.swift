@@ -39,10 +39,14 @@ public struct UpstreamPolicy: Sendable, Equatable {
     public enum RetryCondition: Sendable, Hashable, CustomStringConvertible {
         case connectError
         case status(Int)
+        /// Not a policy value: a pool's one try elsewhere after a connection broke under a
+        /// request that may go twice.
+        case connectionBroke
 
         public var description: String {
             switch self {
             case .connectError: "connect-error"
+            case .connectionBroke: "connection-broke"
             case .status(let code): String(code)
             }
         }

@@ -36,7 +36,9 @@ enum UpstreamDispatch {
         HeaderRewriter.forwardRequest(head.headers, forwardingContext(request, plan, connection: connection, traceparent: traceparent)) {
             upstreamHead.headers.add(name: $0, value: $1)
         }
-        let retryable = upstream.policy.retries.attempts > 0
+        // A request that may go twice is kept for a retry, or for the one try elsewhere when a
+        // pool's connection breaks under it.
+        let retryable = (upstream.policy.retries.attempts > 0 || upstream.targets.count > 1)
             && RetryRules.mayRetry(method: head.method.rawValue, hasIdempotencyKey: head.headers.contains(name: "idempotency-key"))
         switch plan.bodyLength {
         case .none:

@@ -90,7 +90,7 @@ final class UpstreamCall: UpstreamConnectionUser {
     }
 
     func connectionClosed(_ connection: UpstreamConnection) {
-        perform(machine.connectionClosed(wasPooled: connection.requestsServed > 1))
+        perform(machine.connectionClosed(wasPooled: connection.requestsServed > 1, anotherTarget: anotherTargetLeft()))
     }
 
     func connectionTimerFired(_ connection: UpstreamConnection) {
@@ -131,7 +131,10 @@ final class UpstreamCall: UpstreamConnectionUser {
         case .respondStreaming(let head, let outcome, let targetFailed, let wakeAt):
             connection?.timer.wake(noLaterThan: wakeAt)
             recordTicket(outcome)
-            if let target { runtime.tryEnded(on: target, failed: targetFailed) }
+            if let target {
+                runtime.tryAnswered(on: target, started: tryStarted)
+                runtime.tryEnded(on: target, failed: targetFailed)
+            }
             delegate?.upstreamCall(self, respondedWith: head, body: .streaming)
         case .deliver(let chunk):
             delegate?.upstreamCall(self, received: chunk)
@@ -211,13 +214,17 @@ final class UpstreamCall: UpstreamConnectionUser {
                     guard case .connecting = call.machine.state else { return connection.close() }  // the call ended meanwhile
                     call.use(connection)
                 case .failure(let error):
-                    var tried = call.tried
-                    if let target = call.target { tried.insert(target) }
-                    let another = call.runtime.hasAnotherTarget(than: tried)
-                    call.perform(call.machine.connectFailed(timedOut: Self.isConnectTimeout(error), anotherTarget: another, call.retryContext()))
+                    call.perform(call.machine.connectFailed(timedOut: Self.isConnectTimeout(error), anotherTarget: call.anotherTargetLeft(), call.retryContext()))
                 }
             }
         }
+    }
+
+    /// Whether the upstream has a target this call has not tried (the current one counts as tried).
+    private func anotherTargetLeft() -> Bool {
+        var tried = tried
+        if let target { tried.insert(target) }
+        return runtime.hasAnotherTarget(than: tried)
     }
 
     private func use(_ connection: UpstreamConnection) {
@@ -254,7 +261,10 @@ final class UpstreamCall: UpstreamConnectionUser {
     /// call retries, goes on, or ends (then the slot is given back and waiting chunks fail).
     private func endTry(_ end: UpstreamCallStateMachine.TryEnd) {
         if let outcome = end.outcome { recordTicket(outcome) }
-        if let target { runtime.tryEnded(on: target, failed: end.targetFailed) }
+        if let target {
+            if end.sampledLatency { runtime.tryAnswered(on: target, started: tryStarted) }
+            runtime.tryEnded(on: target, failed: end.targetFailed)
+        }
         if let connection {
             switch end.connection {
             case .keep:

@@ -77,6 +77,15 @@ struct UpstreamCallStateMachine {
         var targetFailed: Bool?
         var connection: ConnectionFate
         var next: Next
+
+        /// Whether the try's length says how fast the target answers: a whole answer, an
+        /// answer retried for its status, or a timeout (a failed connect says nothing).
+        var sampledLatency: Bool {
+            switch next {
+            case .respondWhole, .retry(_, .status), .fail(.timeout): true
+            default: false
+            }
+        }
     }
 
     /// How the request goes out on a connection.
@@ -121,7 +130,8 @@ struct UpstreamCallStateMachine {
     private let retries: UpstreamPolicy.Retries
     private let bodyTimeout: TimeAmount
     private var retried = 0
-    /// The one free try on another target after a connection could not be made was used.
+    /// The one free try on another target (after a connection could not be made, or broke
+    /// under a request that may go twice) was used.
     private var failedOver = false
     /// The request's end went out on the current try (its connection may be reused).
     private var requestComplete = false
@@ -280,13 +290,20 @@ struct UpstreamCallStateMachine {
         }
     }
 
-    /// The connection closed under the call; `wasPooled` when it had served earlier requests.
-    mutating func connectionClosed(wasPooled: Bool) -> Action {
+    /// The connection closed under the call; `wasPooled` when it had served earlier requests,
+    /// `anotherTarget` when the upstream has a target this call did not try yet.
+    mutating func connectionClosed(wasPooled: Bool, anotherTarget: Bool) -> Action {
         switch state {
         case .awaitingHead where wasPooled && !bodyConsumed:
             // Closed by the upstream just before it was used: a fresh one, not a retry.
             state = .connecting
             return .endTry(TryEnd(outcome: nil, targetFailed: nil, connection: .keep, next: .reconnect))
+        case .awaitingHead where retryable && anotherTarget && !failedOver && !bodyConsumed,
+            .readingWhole where retryable && anotherTarget && !failedOver && !bodyConsumed:
+            // Nothing reached the partner and the request may go twice: once more, elsewhere.
+            failedOver = true
+            state = .backingOff
+            return .endTry(TryEnd(outcome: .failure, targetFailed: true, connection: .close, next: .retry(after: .zero, condition: .connectionBroke)))
         case .awaitingHead, .readingWhole:
             return tryFailed(.broke, retry: nil)
         case .streaming:

@@ -18,7 +18,9 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
     private let eligibleBits: Atomic<UInt64>
     /// Nanoseconds after `origin` when an ejection ends (`Int64.max`: none under way).
     private let nextReturn = Atomic<Int64>(.max)
-    private let origin: ContinuousClock.Instant
+    /// What `nextReturn` and the targets' latency samples count from (one for every runtime,
+    /// as targets outlive runtimes).
+    private static let origin = ContinuousClock.now
     private let draws = Atomic<UInt64>(0)
     private let roundRobin: LoopLocal<SmoothRoundRobin>?
     let breaker: Mutex<CircuitBreaker<ContinuousClock.Instant>>
@@ -41,7 +43,6 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
         self.policy = policy
         self.targets = targets
         self.clock = clock
-        origin = clock()
         self.weights = weights
         targetHashes = targets.map { StableHash.of($0.label) }
         var health = PoolHealth<ContinuousClock.Instant>(count: targets.count, health: policy.health, panicThreshold: policy.panicThreshold)
@@ -79,7 +80,10 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
         switch policy.balancer {
         case .leastRequest:
             var random = SplitMix64(seed: draws.wrappingAdd(1, ordering: .relaxed).newValue)
-            return BalancerRules.leastRequest(eligible, weights: weights, inFlight: { self.targets[$0].inFlight.load(ordering: .relaxed) }, using: &random)
+            return BalancerRules.leastRequest(
+                eligible, weights: weights, inFlight: { self.targets[$0].inFlight.load(ordering: .relaxed) }, latency: { self.targets[$0].latency },
+                now: { self.nanoseconds(self.clock()) }, using: &random
+            )
         case .roundRobin:
             let weights = weights
             if let pick = roundRobin?.update(on: eventLoop, { $0.pick(eligible, weights: weights) }) { return pick }
@@ -87,6 +91,14 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
         case .partnerHash:
             return BalancerRules.partnerHash(eligible, weights: weights, targetHashes: targetHashes, partner: partner)
         }
+    }
+
+    /// A try on `target` that started at `started` got its answer (or timed out): a latency
+    /// sample when least_request picks among several targets.
+    func tryAnswered(on target: Int, started: ContinuousClock.Instant) {
+        guard policy.balancer == .leastRequest, targets.count > 1 else { return }
+        let now = ContinuousClock.now
+        targets[target].answered(after: now - started, at: nanoseconds(clock()))
     }
 
     /// No target could take a call: counted.
@@ -146,7 +158,7 @@ final class UpstreamRuntime: RetryAllowance, Sendable {
     }
 
     private func nanoseconds(_ instant: ContinuousClock.Instant) -> Int64 {
-        let elapsed = origin.duration(to: instant).components
+        let elapsed = Self.origin.duration(to: instant).components
         return elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000
     }
 

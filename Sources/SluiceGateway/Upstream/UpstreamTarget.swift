@@ -20,12 +20,28 @@ final class UpstreamTarget: Sendable {
     let label: String
     /// Calls on this target now (least_request reads it).
     let inFlight = Atomic<Int>(0)
+    /// The latency estimate least_request weighs (`LatencyEstimate`), in two atomics written
+    /// without a lock: a sample lost among concurrent ones does not matter.
+    private let latencyNanoseconds = Atomic<Int>(0)
+    private let latencySampledAt = Atomic<Int64>(0)
     /// Gateway-visible failures in a row (passive health).
     let failureStreak = Atomic<Int>(0)
     let okTries: Counter
     let failedTries: Counter
 
     var address: UpstreamPolicy.Address { settings.client.address }
+
+    var latency: LatencyEstimate {
+        LatencyEstimate(nanoseconds: latencyNanoseconds.load(ordering: .relaxed), sampledAt: latencySampledAt.load(ordering: .relaxed))
+    }
+
+    /// A try on this target got its answer (or timed out) after `elapsed`, at `now` nanoseconds.
+    func answered(after elapsed: Duration, at now: Int64) {
+        let components = elapsed.components
+        let next = latency.adding(sample: Int(components.seconds) * 1_000_000_000 + Int(components.attoseconds / 1_000_000_000), at: now)
+        latencyNanoseconds.store(next.nanoseconds, ordering: .relaxed)
+        latencySampledAt.store(next.sampledAt, ordering: .relaxed)
+    }
 
     init(settings: Settings, upstream: String, client: UpstreamClient, metrics: GatewayMetrics) {
         self.settings = settings
