@@ -75,12 +75,12 @@ struct BalancerTests {
         #expect(abs(shares[0] - 0.6) < 0.03 && abs(shares[1] - 0.2) < 0.03 && abs(shares[2] - 0.2) < 0.03, "\(shares)")
     }
 
-    /// A target 10× slower takes a call only when the other has about ten times its calls in
-    /// flight (each counting the new call): at 4 against 0 it gets none, at 20 against 0 it
+    /// A target 10× slower takes a call only when the other has about 10² times its calls in
+    /// flight (each counting the new call): at 20 against 0 it gets none, at 120 against 0 it
     /// wins every draw it is in.
     @Test func leastRequestAvoidsAMarkedlySlowerTarget() {
         let latency = [1_000_000, 1_000_000, 10_000_000].map { LatencyEstimate(nanoseconds: $0, sampledAt: 0) }
-        for (busy, slowWins) in [(4, false), (20, true)] {
+        for (busy, slowWins) in [(20, false), (120, true)] {
             var random = SplitMix64(seed: 9)
             var counts = [0, 0, 0]
             let inFlight = [busy, busy, 0]
@@ -92,18 +92,18 @@ struct BalancerTests {
         }
     }
 
-    /// A slow target's estimate fades while it gets no calls: two seconds later (10 ms → 1.4 ms)
+    /// A slow target's estimate fades while it gets no calls: ten seconds later (10 ms → 1.4 ms)
     /// it is no longer markedly slower and takes its share again.
     @Test func aSlowTargetIsTriedAgainOnceItsEstimateFades() {
-        let latency = [LatencyEstimate(nanoseconds: 1_000_000, sampledAt: 2_000_000_000), LatencyEstimate(nanoseconds: 10_000_000, sampledAt: 0)]
+        let latency = [LatencyEstimate(nanoseconds: 1_000_000, sampledAt: 10_000_000_000), LatencyEstimate(nanoseconds: 10_000_000, sampledAt: 0)]
         var random = SplitMix64(seed: 3)
         var counts = [0, 0]
         for _ in 0..<1_000 {
-            counts[BalancerRules.leastRequest(.all(2), weights: [1, 1], inFlight: { [3, 0][$0] }, latency: { latency[$0] }, now: { 2_000_000_000 }, using: &random)!] += 1
+            counts[BalancerRules.leastRequest(.all(2), weights: [1, 1], inFlight: { [3, 0][$0] }, latency: { latency[$0] }, now: { 10_000_000_000 }, using: &random)!] += 1
         }
         #expect(counts == [0, 1_000])
         var early = SplitMix64(seed: 3)
-        let soon = BalancerRules.leastRequest(.all(2), weights: [1, 1], inFlight: { [3, 0][$0] }, latency: { latency[$0] }, now: { 100_000_000 }, using: &early)
+        let soon = BalancerRules.leastRequest(.all(2), weights: [1, 1], inFlight: { [3, 0][$0] }, latency: { latency[$0] }, now: { 500_000_000 }, using: &early)
         #expect(soon == 0)
     }
 
@@ -112,7 +112,7 @@ struct BalancerTests {
         #expect(estimate.nanoseconds == 1_000_000)
         estimate = estimate.adding(sample: 21_000_000, at: 0)
         #expect(estimate.nanoseconds == 2_000_000)
-        #expect(abs(estimate.faded(at: 1_000_000_000) - 2_000_000 * exp(-1.0)) < 1)
+        #expect(abs(estimate.faded(at: 5_000_000_000) - 2_000_000 * exp(-1.0)) < 1)
         #expect(estimate.faded(at: -5) == 2_000_000)
         #expect(LatencyEstimate.none.adding(sample: -3, at: 0).nanoseconds == 1)
     }

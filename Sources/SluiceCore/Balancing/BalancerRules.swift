@@ -10,9 +10,10 @@ public enum BalancerRules {
     /// fewer calls in flight per unit of weight wins (ties: the first drawn). Idle pools so
     /// follow the weights, busy ones drain toward the least loaded target. When one of the two
     /// is markedly slower (its faded latency estimate over `markedlySlower` times the other's),
-    /// each side counts the new call too and the slower one's count is multiplied by the
-    /// latency ratio: a target 10× slower takes a call only when the other has about ten times
-    /// its calls in flight.
+    /// each side counts the new call too and the slower one's count is multiplied by the square
+    /// of the latency ratio: a target 4× slower takes a call only when the other has about 16
+    /// times its calls in flight. (The ratio alone is not enough: the answer times a gateway
+    /// measures include its own queueing, which shrinks the ratio under load.)
     /// - Parameters:
     ///   - latency: A target's latency estimate (`LatencyEstimate.none` when not tracked).
     ///   - now: The clock the estimates were sampled on; read only when the estimates differ markedly.
@@ -36,10 +37,12 @@ public enum BalancerRules {
             let firstFaded = max(firstLatency.faded(at: at), 1)
             let secondFaded = max(secondLatency.faded(at: at), 1)
             if firstFaded > markedlySlower * secondFaded {
-                firstLoad = (firstLoad + Double(weights[second])) * firstFaded / secondFaded
+                let ratio = firstFaded / secondFaded
+                firstLoad = (firstLoad + Double(weights[second])) * ratio * ratio
                 secondLoad += Double(weights[first])
             } else if secondFaded > markedlySlower * firstFaded {
-                secondLoad = (secondLoad + Double(weights[first])) * secondFaded / firstFaded
+                let ratio = secondFaded / firstFaded
+                secondLoad = (secondLoad + Double(weights[first])) * ratio * ratio
                 firstLoad += Double(weights[second])
             }
         }

@@ -2,8 +2,8 @@ import Foundation
 
 /// A target's recent answer time as `least_request` weighs it: a moving average of its
 /// samples (each moves it a twentieth of the way) that fades toward zero while the target gets no
-/// calls (time constant one second), so a target avoided for being slow is tried again soon
-/// after it stops getting calls, and its next answers say whether it still is.
+/// calls (time constant five seconds), so a target avoided for being slow is tried again within
+/// seconds, and its next answers say whether it still is.
 public struct LatencyEstimate: Sendable, Equatable {
     /// The estimate in nanoseconds; 0: no sample yet.
     public var nanoseconds: Int
@@ -14,7 +14,7 @@ public struct LatencyEstimate: Sendable, Equatable {
     /// How far one sample moves the estimate.
     static let sampleWeight = 0.05
     /// The fading time constant, in nanoseconds.
-    static let fadeNanoseconds = 1e9
+    static let fadeNanoseconds = 5e9
 
     public init(nanoseconds: Int, sampledAt: Int64) {
         self.nanoseconds = nanoseconds
