@@ -73,6 +73,33 @@ struct PolicyDecodingTests {
         #expect(try RedisURL.parse("redis://127.0.0.1").get().port == 6379)
     }
 
+    /// A Sentinel URL: sentinels (default port 26379, IPv6 in brackets), master name, database,
+    /// credentials for Redis and a password of the sentinels' own; none of them prints.
+    @Test func sentinelURLParses() throws {
+        let url = try RedisURL.parse("rediss+sentinel://app:s3cret@s1:26380,[::1],10.0.0.3:26381/orders/2?sentinel_password=p%40ss").get()
+        #expect(url.useTLS && url.database == 2 && url.username == "app" && url.password == "s3cret")
+        let sentinels = [RedisURL.Endpoint(host: "s1", port: 26380), RedisURL.Endpoint(host: "::1", port: 26379), RedisURL.Endpoint(host: "10.0.0.3", port: 26381)]
+        #expect(url.topology == .sentinel(master: "orders", sentinels: sentinels, username: nil, password: "p@ss"))
+        #expect(url.description == "rediss+sentinel://app:***@s1:26380,[::1]:26379,10.0.0.3:26381/orders/2")
+        let plain = try RedisURL.parse("redis+sentinel://127.0.0.1/mymaster").get()
+        #expect(!plain.useTLS && plain.database == 0 && plain.password == nil)
+        #expect(plain.topology == .sentinel(master: "mymaster", sentinels: [.init(host: "127.0.0.1", port: 26379)], username: nil, password: nil))
+    }
+
+    /// Malformed Sentinel URLs say what is wrong and never echo a password.
+    @Test(arguments: [
+        ("redis+sentinel:///mymaster", "no sentinel"), ("redis+sentinel://s1:26379", "missing the master name"),
+        ("redis+sentinel://s1:99999/m", "sentinel port must be 1-65535"), ("redis+sentinel://s1:x/m", "sentinel port"),
+        ("redis+sentinel://s1,,s2/m", "without a host"), ("redis+sentinel://s1/m/x", "expected /MASTER_NAME[/DB]"),
+        ("redis+sentinel://s1/m/1/2", "expected /MASTER_NAME[/DB]"), ("redis+sentinel://s1/m?sentinel_pw=hunter2", "unknown parameter"),
+        ("redis+sentinel://s1/m#f", "fragment"), ("redis+sentinel://[::1/m", "unclosed"),
+    ])
+    func malformedSentinelURLIsRejected(_ example: (text: String, reason: String)) {
+        guard case .failure(let problem) = RedisURL.parse(example.text) else { Issue.record("\(example.text) parsed"); return }
+        #expect(problem.message.contains(example.reason), "\(problem.message)")
+        #expect(!problem.message.contains("hunter2"))
+    }
+
     /// Malformed Redis URLs are rejected with a reason.
     @Test(arguments: ["127.0.0.1:6379", "redis://", "redis://host:99999", "redis://host/db", "redis://host?x=1", "tcp://host"])
     func malformedRedisURLIsRejected(_ text: String) {

@@ -33,7 +33,12 @@ struct PolicyErrorTests {
             "policies/gateway.yaml:5:33: listen.trusted_proxies: expected an address or CIDR network like 10.0.0.0/8 or 2001:db8::/32, got '192.168.1.300'",
             "policies/gateway.yaml:5:48: listen.trusted_proxies: expected an address or CIDR network like 10.0.0.0/8 or 2001:db8::/32, got '2001:db8::/129'",
         ]),
-        ("bad-redis-url", ["policies/gateway.yaml:10:10: store.redis: scheme must be redis or rediss, got 'http'"]),
+        ("bad-redis-url", ["policies/gateway.yaml:10:10: store.redis: scheme must be redis, rediss, redis+sentinel or rediss+sentinel, got 'http'"]),
+        ("bad-sentinel", [
+            "policies/gateway.yaml:10:10: store.redis: sentinel port must be 1-65535, got '70000'",
+            "policies/gateway.yaml:11:15: store.durability must be one of primary, replicated, got 'always'",
+            "policies/gateway.yaml:12:20: store.replica_timeout must be more than 0 and at most 10s",
+        ]),
         ("bad-path-template", [
             "policies/routes.yaml:15:11: route 'get-order' path: path '/orders/{id': a parameter must be a whole segment like {id}, got '{id'"
         ]),

@@ -6,7 +6,8 @@ import Synchronization
 import TestSupport
 
 enum StoreKind: String, CaseIterable, Sendable {
-    case memory, redis
+    /// The embedded store, one Redis, and the primary of the shared Sentinel set.
+    case memory, redis, sentinel
 }
 
 /// What both stores are: the contract suites run against this.
@@ -18,8 +19,8 @@ func withStore(_ kind: StoreKind, clock: ManualClock, _ body: (any StoreUnderTes
     switch kind {
     case .memory:
         try await body(MemoryStore(clock: clock.epochClock))
-    case .redis:
-        let client = try await makeRedisClient()
+    case .redis, .sentinel:
+        let client = try await makeRedisClient(url: kind == .sentinel ? try await SentinelSet.shared().url() : nil)
         let store = RedisStore(client: client, keyPrefix: "test-\(UUID().uuidString.prefix(8))", clock: clock.epochClock)
         do {
             try await body(store)

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,6 +16,8 @@ public final class RedisServer: @unchecked Sendable {
     private var process: ChildProcess?
 
     public var url: String { "redis://127.0.0.1:\(port)/0" }
+    /// The running process's id (nil while stopped).
+    public var pid: pid_t? { process?.pid }
 
     private init(port: Int, tlsPort: Int?, arguments: [String]) {
         self.port = port

@@ -33,6 +33,14 @@ public struct GatewayPolicy: Sendable, Equatable {
         case deny
     }
 
+    /// Which writes wait for a replica (SPEC §8 `durability`).
+    public enum Durability: String, Sendable, CaseIterable {
+        /// Acknowledged by the primary alone (a failover can lose the last writes).
+        case primary
+        /// The writes a partner is told about wait for one replica (`WAIT 1 replica_timeout`).
+        case replicated
+    }
+
     public struct Store: Sendable, Equatable {
         /// nil = the embedded in-memory store (one instance only).
         public var redis: RedisURL?
@@ -45,6 +53,9 @@ public struct GatewayPolicy: Sendable, Equatable {
         /// Deadline of bulk store work on its own connections (task accepts with their bodies,
         /// the worker's read of a request, results, webhook messages; default 5s).
         public var bulkTimeout: Duration = .seconds(5)
+        public var durability: Durability = .primary
+        /// With `replicated`: how long a write waits for one replica.
+        public var replicaTimeout: Duration = .milliseconds(200)
         /// CA certificate (PEM) trusted for a `rediss://` server; nil = the system's roots.
         public var tlsCAPath: String?
         /// Where the store section is (gateway.yaml), for problems found when connecting.
@@ -222,6 +233,16 @@ extension GatewayPolicy {
                 item.report("store.bulk_timeout must be at least store.timeout (\(store.timeout.milliseconds)ms)")
             } else {
                 store.bulkTimeout = timeout
+            }
+        }
+        if let durability = map.optional("durability")?.oneOf(Durability.self, "store.durability") {
+            store.durability = durability
+        }
+        if let item = map.optional("replica_timeout"), let timeout = item.duration("store.replica_timeout") {
+            if timeout <= .zero || timeout > .seconds(10) {
+                item.report("store.replica_timeout must be more than 0 and at most 10s")
+            } else {
+                store.replicaTimeout = timeout
             }
         }
         if let path = map.optional("tls_ca")?.string("store.tls_ca") {

@@ -1,25 +1,56 @@
 import Foundation
 
-/// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS).
+/// Where the store's Redis is (SPEC §8): `redis://[user:pass@]host:port/db` (or `rediss://`,
+/// TLS) for one Redis, `redis+sentinel://[user:pass@]s1:26379,s2:26379/MASTER[/DB]` (or
+/// `rediss+sentinel://`) for the primary a set of sentinels names. The credentials are the
+/// Redis's; sentinels that want a password of their own get `?sentinel_password=…` (and
+/// `sentinel_user=…`).
 public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
+    /// A host and port.
+    public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
+    /// How the Redis to use is found.
+    public enum Topology: Sendable, Equatable {
+        /// One Redis at `host:port`.
+        case single
+        /// The primary the sentinels know as `master`; `host:port` is the first sentinel.
+        case sentinel(master: String, sentinels: [Endpoint], username: String?, password: String?)
+    }
+
     public var useTLS: Bool
     public var host: String
     public var port: Int
     public var username: String?
     public var password: String?
     public var database: Int
+    public var topology: Topology = .single
 
     public struct ParseProblem: Error, Equatable {
         public var message: String
     }
 
+    public static let sentinelPort = 26379
+
     public static func parse(_ text: String) -> Result<RedisURL, ParseProblem> {
         func fail(_ message: String) -> Result<RedisURL, ParseProblem> { .failure(ParseProblem(message: message)) }
+        if text.hasPrefix("redis+sentinel://") || text.hasPrefix("rediss+sentinel://") {
+            return parseSentinel(text)
+        }
         guard let components = URLComponents(string: text), let scheme = components.scheme else {
             return fail("expected redis://[user:pass@]host:port/db, got '\(masked(text))'")
         }
         guard scheme == "redis" || scheme == "rediss" else {
-            return fail("scheme must be redis or rediss, got '\(scheme)'")
+            return fail("scheme must be redis, rediss, redis+sentinel or rediss+sentinel, got '\(scheme)'")
         }
         guard let host = components.host, !host.isEmpty else { return fail("missing host in '\(masked(text))'") }
         let port = components.port ?? 6379
@@ -47,13 +78,110 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         )
     }
 
-    /// The URL without the password, for logs.
-    public var description: String {
-        let credentials = username.map { "\($0):***@" } ?? (password == nil ? "" : ":***@")
-        return "\(useTLS ? "rediss" : "redis")://\(credentials)\(host):\(port)/\(database)"
+    /// `redis+sentinel://[user:pass@]host[:port],host[:port]…/MASTER[/DB][?sentinel_user=…&sentinel_password=…]`
+    private static func parseSentinel(_ text: String) -> Result<RedisURL, ParseProblem> {
+        func fail(_ message: String) -> Result<RedisURL, ParseProblem> { .failure(ParseProblem(message: message)) }
+        let useTLS = text.hasPrefix("rediss+")
+        var rest = Substring(text.dropFirst(useTLS ? "rediss+sentinel://".count : "redis+sentinel://".count))
+        if rest.contains("#") { return fail("a fragment is not supported") }
+        var query: Substring?
+        if let mark = rest.firstIndex(of: "?") {
+            query = rest[rest.index(after: mark)...]
+            rest = rest[..<mark]
+        }
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        var authority = rest[..<slash]
+        let path = rest[slash...].split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        var username: String?
+        var password: String?
+        if let at = authority.lastIndex(of: "@") {
+            let credentials = authority[..<at]
+            authority = authority[authority.index(after: at)...]
+            if let colon = credentials.firstIndex(of: ":") {
+                username = String(credentials[..<colon]).removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 }
+                password = String(credentials[credentials.index(after: colon)...]).removingPercentEncoding
+            } else {
+                username = String(credentials).removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 }
+            }
+        }
+        guard !authority.isEmpty else { return fail("no sentinel in '\(masked(text))'") }
+        var sentinels: [Endpoint] = []
+        for item in authority.split(separator: ",", omittingEmptySubsequences: false) {
+            switch endpoint(item) {
+            case .success(let found): sentinels.append(found)
+            case .failure(let problem): return .failure(problem)
+            }
+        }
+        guard let master = path.first, !master.isEmpty else {
+            return fail("missing the master name: expected redis+sentinel://host:port,…/MASTER_NAME[/DB]")
+        }
+        var database = 0
+        if path.count > 1 {
+            guard path.count == 2, let number = Int(path[path.index(after: path.startIndex)]), number >= 0 else {
+                return fail("expected /MASTER_NAME[/DB] after the sentinels, got '\(path.joined(separator: "/"))'")
+            }
+            database = number
+        }
+        var sentinelUser: String?
+        var sentinelPassword: String?
+        for pair in (query ?? "").split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            let value = parts.count == 2 ? String(parts[1]).removingPercentEncoding : nil
+            switch parts.first {
+            case "sentinel_password": sentinelPassword = value
+            case "sentinel_user": sentinelUser = value
+            default: return fail("unknown parameter '\(parts.first ?? "")' (sentinel_user and sentinel_password are known)")
+            }
+        }
+        return .success(
+            RedisURL(
+                useTLS: useTLS, host: sentinels[0].host, port: sentinels[0].port, username: username, password: password, database: database,
+                topology: .sentinel(master: String(master.removingPercentEncoding ?? String(master)), sentinels: sentinels, username: sentinelUser, password: sentinelPassword)
+            )
+        )
     }
 
+    /// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to the sentinel port.
+    private static func endpoint(_ text: Substring) -> Result<Endpoint, ParseProblem> {
+        func fail(_ message: String) -> Result<Endpoint, ParseProblem> { .failure(ParseProblem(message: message)) }
+        var host = text
+        var portText: Substring?
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return fail("unclosed '[' in sentinel '\(text)'") }
+            host = text[text.index(after: text.startIndex)..<close]
+            let after = text[text.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":") else { return fail("bad sentinel '\(text)'") }
+                portText = after.dropFirst()
+            }
+        } else if let colon = text.lastIndex(of: ":") {
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty else { return fail("a sentinel without a host in the list") }
+        guard host.allSatisfy({ $0.isLetter || $0.isNumber || "-._:".contains($0) }) else { return fail("bad sentinel host '\(host)'") }
+        var port = sentinelPort
+        if let portText {
+            guard let number = Int(portText), (1...65535).contains(number) else { return fail("sentinel port must be 1-65535, got '\(portText)'") }
+            port = number
+        }
+        return .success(Endpoint(host: String(host), port: port))
+    }
+
+    /// The URL without the passwords, for logs.
+    public var description: String {
+        let credentials = username.map { "\($0):***@" } ?? (password == nil ? "" : ":***@")
+        switch topology {
+        case .single:
+            return "\(useTLS ? "rediss" : "redis")://\(credentials)\(Endpoint(host: host, port: port))/\(database)"
+        case .sentinel(let master, let sentinels, _, _):
+            return "\(useTLS ? "rediss" : "redis")+sentinel://\(credentials)\(sentinels.map(\.description).joined(separator: ","))/\(master)/\(database)"
+        }
+    }
+
+    /// `text` without its credentials and query (a sentinel password may be there).
     private static func masked(_ text: String) -> String {
+        let text = text.split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
         guard let at = text.lastIndex(of: "@"), let schemeEnd = text.range(of: "://") else { return text }
         return text[..<schemeEnd.upperBound] + "***" + text[at...]
     }

@@ -183,6 +183,7 @@ struct AdminAPI {
             ("routes", .int(policy.routes.routes.count)),
             ("upstreams", .array(policy.upstreams.keys.sorted().map { .string($0) })),
             ("versions", .array(policy.routes.versions.map { .string($0.name) })),
+            ("store", storeStatus(snapshot.admission.backend, settings: policy.gateway.store)),
         ]
         if let error = status.lastError {
             members.append(("last_error", .object([("at", .string(status.lastErrorAt?.formatted(.iso8601) ?? "")), ("problems", .array(error.map { .string($0) }))])))
@@ -190,6 +191,25 @@ struct AdminAPI {
             members.append(("last_error", .null))
         }
         return JSONValue.object(members).rendered
+    }
+
+    /// The store in use: its kind, durability, and for Redis the primary the gateway talks to
+    /// and its last change (a Sentinel failover).
+    private func storeStatus(_ backend: StoreBackend, settings: GatewayPolicy.Store) -> JSONValue {
+        guard let primary = backend.primary else {
+            return .object([("kind", .string("embedded")), ("durability", .string(settings.durability.rawValue))])
+        }
+        let (endpoint, change) = primary.current
+        let lastChange: JSONValue = change.map { change in
+            .object([
+                ("reason", .string(change.reason.rawValue)), ("old", change.old.map { .string($0.description) } ?? .null),
+                ("new", .string(change.new.description)), ("at", .string(change.at.formatted(.iso8601))),
+            ])
+        } ?? .null
+        return .object([
+            ("kind", .string(primary.isSentinel ? "sentinel" : "redis")), ("durability", .string(settings.durability.rawValue)),
+            ("primary", endpoint.map { .string($0.description) } ?? .null), ("last_change", lastChange),
+        ])
     }
 
     /// A problem document; its `request_id` is also in `X-Request-Id`, as on the partner listener.

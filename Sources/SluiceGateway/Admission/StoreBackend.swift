@@ -27,6 +27,11 @@ final class StoreBackend: Sendable {
     /// The Redis clients: the request path's fast lane and the bulk lane (`RedisStore.bulk`).
     let redis: RedisClient?
     let bulkRedis: RedisClient?
+    /// Where the Redis clients' connections go (a Sentinel-found primary follows failovers).
+    let primary: RedisPrimary?
+    /// The `+switch-master` subscription of a Sentinel store, from `connect` to `shutdown`.
+    private let watcher = Mutex<Task<Void, Never>?>(nil)
+    private let watchLoop: any EventLoop
     /// Per-instance limits while the shared store is unreachable.
     let local: MemoryStore
     let breaker = StoreBreaker()
@@ -36,25 +41,31 @@ final class StoreBackend: Sendable {
     /// Idempotency claims held (claim token → claim).
     let claims: HeldRegistry<HeldClaim>
 
-    init(settings: Settings, group: any EventLoopGroup, clock: @escaping EpochClock, metrics: GatewayMetrics) throws {
+    init(settings: Settings, group: any EventLoopGroup, clock: @escaping EpochClock, metrics: GatewayMetrics, logger: Logger) throws {
         self.settings = settings
         local = MemoryStore(clock: clock)
         leases = HeldRegistry(group: group)
         localLeases = HeldRegistry(group: group)
         claims = HeldRegistry(group: group)
+        watchLoop = group.any()
         if let url = settings.redis {
             let calls = metrics.storeCalls
+            let primary = try RedisStore.makePrimary(url: url, tlsCA: settings.tlsCAPath, logger: logger) { change in
+                metrics.storeTopologyChanged(reason: change.reason.rawValue)
+            }
             let client = try RedisStore.makeClient(
-                url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group, onCommand: { calls.increment() }
+                url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group, primary: primary, onCommand: { calls.increment() }
             )
             let bulk = try RedisStore.makeClient(
-                url: url, tlsCA: settings.tlsCAPath, timeout: settings.bulkTimeout, group: group, onCommand: { calls.increment() }
+                url: url, tlsCA: settings.tlsCAPath, timeout: settings.bulkTimeout, group: group, primary: primary, onCommand: { calls.increment() }
             )
+            self.primary = primary
             redis = client
             bulkRedis = bulk
             store = RedisStore(client: client, bulk: bulk)
             embedded = nil
         } else {
+            primary = nil
             redis = nil
             bulkRedis = nil
             let memory = MemoryStore(clock: clock)
@@ -69,14 +80,28 @@ final class StoreBackend: Sendable {
         return (try? await redis.send(["PING"])) == .status("PONG")
     }
 
-    /// Opens the Redis connections now (instead of on first use).
+    /// Opens the Redis connections now (instead of on first use); on Sentinel, starts following
+    /// its failover announcements.
     func connect() async {
+        if let primary, primary.isSentinel {
+            let loop = watchLoop
+            let timeout = max(settings.timeout * 4, .milliseconds(250))
+            watcher.withLock { watcher in
+                if watcher == nil { watcher = Task { await primary.watch(on: loop, timeout: timeout) } }
+            }
+        }
         await redis?.connect()
         await bulkRedis?.connect()
     }
 
-    /// Closes the Redis connections.
+    /// Stops following failovers and closes the Redis connections.
     func shutdown() async {
+        let watching = watcher.withLock { watcher in
+            defer { watcher = nil }
+            return watcher
+        }
+        watching?.cancel()
+        await watching?.value
         await redis?.shutdown()
         await bulkRedis?.shutdown()
     }

@@ -36,7 +36,7 @@ final class StoreRegistry: Service, Sendable {
         if let existing = current.withLock({ $0 }), existing.settings == settings { return existing }
         let backend: StoreBackend
         do {
-            backend = try StoreBackend(settings: settings, group: group, clock: clock, metrics: metrics)
+            backend = try StoreBackend(settings: settings, group: group, clock: clock, metrics: metrics, logger: logger)
         } catch {
             let location = store.location ?? SourceLocation(file: "gateway.yaml", line: 1, column: 1)
             throw PolicyErrors([PolicyProblem(location, "store: cannot set up the Redis client: \(error)")])

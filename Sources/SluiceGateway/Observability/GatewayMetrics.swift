@@ -23,6 +23,9 @@ final class GatewayMetrics: Sendable {
     private static var reloadDescriptor: MetricNameDescriptor { descriptor("policy_reload", "total", "Policy reloads by result (ok or error).") }
     private static var rejectionsDescriptor: MetricNameDescriptor { descriptor("ratelimit_rejections", "total", "Requests refused by rate, quota or concurrency limits.") }
     private static var storeCallsDescriptor: MetricNameDescriptor { descriptor("store_calls", "total", "Commands sent to the rate-limit store (Redis round trips).") }
+    private static var topologyChangesDescriptor: MetricNameDescriptor {
+        descriptor("store_topology_changes", "total", "Changes of the Redis primary by reason: switch-master, readonly, rediscovered.")
+    }
     private static var storeErrorsDescriptor: MetricNameDescriptor { descriptor("store_errors", "total", "Failed or timed-out calls to the store (request path and background loops).") }
     private static var fallbackDescriptor: MetricNameDescriptor { descriptor("ratelimit", "fallback", "1 while the store is unreachable and on_redis_failure applies.") }
     private static var breakerStateDescriptor: MetricNameDescriptor { descriptor("breaker", "state", "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.") }
@@ -157,6 +160,10 @@ final class GatewayMetrics: Sendable {
 
     func upstreamRetried(upstream: String) {
         registry.makeCounter(descriptor: Self.retriesDescriptor, labels: [("upstream", upstream)]).increment()
+    }
+
+    func storeTopologyChanged(reason: String) {
+        registry.makeCounter(descriptor: Self.topologyChangesDescriptor, labels: [("reason", reason)]).increment()
     }
 
     func storeFailed() {

@@ -26,8 +26,12 @@ struct RedisScript: Sendable {
 ///   calls fail at once instead of waiting for a connect timeout.
 /// - `redis://` and `rediss://` (TLS via swift-nio-ssl); `AUTH` and `SELECT` on connect, and
 ///   the client's scripts are loaded on every new connection.
+/// - `redis+sentinel://`: connections go to the primary `RedisPrimary` names (confirmed with
+///   `ROLE`); when it changes, connections of the old one are replaced on their next use.
 public final class RedisClient: Sendable {
     private let url: RedisURL
+    /// Where connections go; shared by every client of one store.
+    public let primary: RedisPrimary
     /// Loaded on every new connection, so the first `EVALSHA` finds them.
     private let scripts: [RedisScript]
     private let tls: NIOSSLContext?
@@ -46,26 +50,21 @@ public final class RedisClient: Sendable {
     ///   - tlsCA: PEM file of the CA that signed a `rediss://` server's certificate (default: system roots).
     ///   - timeout: Deadline of every call.
     ///   - group: One connection is opened per event loop of this group, when first used.
-    public convenience init(url: RedisURL, tlsCA: String? = nil, timeout: Duration, group: any EventLoopGroup) throws {
-        try self.init(url: url, tlsCA: tlsCA, timeout: timeout, scripts: [], group: group, onCommand: nil)
+    ///   - primary: Shared with the store's other clients (made for `url` when nil).
+    public convenience init(url: RedisURL, tlsCA: String? = nil, timeout: Duration, group: any EventLoopGroup, primary: RedisPrimary? = nil) throws {
+        try self.init(url: url, tlsCA: tlsCA, timeout: timeout, scripts: [], group: group, primary: primary, onCommand: nil)
     }
 
     init(
-        url: RedisURL, tlsCA: String?, timeout: Duration, scripts: [RedisScript], group: any EventLoopGroup,
+        url: RedisURL, tlsCA: String?, timeout: Duration, scripts: [RedisScript], group: any EventLoopGroup, primary: RedisPrimary?,
         onCommand: (@Sendable () -> Void)?
     ) throws {
         self.url = url
         self.onCommand = onCommand
         self.scripts = scripts
         self.timeout = timeout
-        if url.useTLS {
-            var configuration = TLSConfiguration.makeClientConfiguration()
-            configuration.minimumTLSVersion = .tlsv12
-            if let tlsCA { configuration.trustRoots = .file(tlsCA) }
-            tls = try NIOSSLContext(configuration: configuration)
-        } else {
-            tls = nil
-        }
+        tls = try Self.tlsContext(for: url, ca: tlsCA)
+        self.primary = primary ?? RedisPrimary(url: url, tls: tls)
         locals = LoopLocal(group: group) { LoopConnection(eventLoop: $0) }
         eventLoops = locals.eventLoops
         defaultEventLoop = eventLoops[0]
@@ -88,7 +87,7 @@ public final class RedisClient: Sendable {
         }
         let deadline = NIODeadline.now() + TimeAmount(timeout)
         switch local.state {
-        case .ready(let connection) where connection.isActive:
+        case .ready(let connection, let generation) where connection.isActive && generation == primary.generation:
             onCommand?()
             return connection.send(arguments, deadline: deadline)
         default:
@@ -127,7 +126,7 @@ public final class RedisClient: Sendable {
             let connection = try? await local.eventLoop.submit { () -> RedisConnection? in
                 defer { local.state = .idle(failures: 0) }
                 switch local.state {
-                case .ready(let connection): return connection
+                case .ready(let connection, _): return connection
                 default: return nil
                 }
             }.get()
@@ -140,22 +139,28 @@ public final class RedisClient: Sendable {
         let eventLoop = local.eventLoop
         let opening: EventLoopFuture<RedisConnection>
         switch local.state {
-        case .ready(let connection) where connection.isActive:
+        case .ready(let connection, let generation) where connection.isActive && generation == primary.generation:
             return eventLoop.makeSucceededFuture(connection)
         case .connecting(let future, _):
             opening = future
         case .backingOff(let until, _, let reason) where NIODeadline.now() < until:
             return eventLoop.makeFailedFuture(RedisError.unavailable(reason))
-        case .ready, .idle, .backingOff:
+        case .ready(let old, _):
+            // Lost, or of a primary that is no more: a new one (to wherever the primary is now).
+            if old.isActive { old.channel.close(promise: nil) } else { primary.connectionFailed() }
+            fallthrough
+        case .idle, .backingOff:
             let failures = local.failures
+            let generation = primary.generation
             let future = open(on: eventLoop)
             local.state = .connecting(future, failures: failures)
             future.whenComplete { result in
                 guard case .connecting(let current, let failures) = local.state, current === future else { return }
                 switch result {
                 case .success(let connection):
-                    local.state = .ready(connection)
+                    local.state = .ready(connection, generation: generation)
                 case .failure(let error):
+                    self.primary.connectionFailed()
                     let backoff = Self.backoff(afterFailures: failures + 1)
                     local.state = .backingOff(until: .now() + TimeAmount(backoff), failures: failures + 1, reason: "\(error)")
                 }
@@ -176,24 +181,54 @@ public final class RedisClient: Sendable {
         return promise.futureResult
     }
 
-    /// Connects on `eventLoop`, authenticates, selects the database and loads the scripts.
+    /// Connects on `eventLoop` to the primary, authenticates, confirms it is the primary
+    /// (Sentinel: `ROLE`), selects the database and loads the scripts.
     private func open(on eventLoop: any EventLoop) -> EventLoopFuture<RedisConnection> {
         let setupTimeout = max(timeout * 4, .milliseconds(250))
         let commands: [[String]] =
             (url.password.map { password in [url.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]] } ?? [])
             + (url.database != 0 ? [["SELECT", String(url.database)]] : [])
             + scripts.map { ["SCRIPT", "LOAD", $0.source] }
-        return RedisConnection.connect(host: url.host, port: url.port, tls: tls, connectTimeout: setupTimeout, on: eventLoop)
-            .flatMap { connection in
-                let deadline = NIODeadline.now() + TimeAmount(setupTimeout)
-                let setup = commands.reduce(eventLoop.makeSucceededVoidFuture()) { previous, command in
-                    previous.flatMap { connection.send(command, deadline: deadline).map { _ in } }
-                }
-                return setup.map { connection }.flatMapErrorThrowing { error in
-                    connection.channel.close(promise: nil)
-                    throw error
+        return primary.endpoint(on: eventLoop, timeout: setupTimeout).flatMap { endpoint in
+            self.open(endpoint, commands: commands, setupTimeout: setupTimeout, on: eventLoop)
+        }
+    }
+
+    /// Connects to `endpoint` and runs the setup `commands`; on Sentinel, `ROLE` must say `master`.
+    private func open(
+        _ endpoint: RedisURL.Endpoint, commands: [[String]], setupTimeout: Duration, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<RedisConnection> {
+        let primary = primary
+        let onReadOnly: (@Sendable () -> Void)? = primary.isSentinel ? { @Sendable in primary.answeredReadOnly() } : nil
+        let connecting = RedisConnection.connect(
+            host: endpoint.host, port: endpoint.port, tls: tls, connectTimeout: setupTimeout, on: eventLoop, onReadOnly: onReadOnly
+        )
+        return connecting.flatMap { (connection: RedisConnection) -> EventLoopFuture<RedisConnection> in
+            let deadline = NIODeadline.now() + TimeAmount(setupTimeout)
+            var setup: EventLoopFuture<Void> = commands.reduce(eventLoop.makeSucceededVoidFuture()) { previous, command in
+                previous.flatMap { connection.send(command, deadline: deadline).map { _ in } }
+            }
+            if primary.isSentinel {
+                setup = setup.flatMap { connection.send(["ROLE"], deadline: deadline) }.flatMapThrowing { (reply: RedisReply) in
+                    guard case .array(let parts) = reply, case .string(let role) = parts.first, role == Array("master".utf8) else {
+                        throw RedisError.unavailable("\(endpoint) is not the primary (ROLE: \(reply))")
+                    }
                 }
             }
+            return setup.map { connection }.flatMapErrorThrowing { error in
+                connection.channel.close(promise: nil)
+                throw error
+            }
+        }
+    }
+
+    /// The TLS context of a `rediss://` URL (its sentinels too), nil for plain ones.
+    static func tlsContext(for url: RedisURL, ca: String?) throws -> NIOSSLContext? {
+        guard url.useTLS else { return nil }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = .tlsv12
+        if let ca { configuration.trustRoots = .file(ca) }
+        return try NIOSSLContext(configuration: configuration)
     }
 
     /// 50 ms doubling to at most 2 s, with up to 25% jitter so instances do not reconnect in step.
@@ -210,7 +245,8 @@ private final class LoopConnection: @unchecked Sendable {
     enum State {
         case idle(failures: Int)
         case connecting(EventLoopFuture<RedisConnection>, failures: Int)
-        case ready(RedisConnection)
+        /// Open, to the primary of `generation` (`RedisPrimary.generation`).
+        case ready(RedisConnection, generation: Int)
         case backingOff(until: NIODeadline, failures: Int, reason: String)
     }
 

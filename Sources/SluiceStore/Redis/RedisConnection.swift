@@ -51,12 +51,22 @@ final class RedisCommandHandler: ChannelInboundHandler {
     }
 
     private let decoder = RedisReplyDecoder()
+    /// Replies nobody asked for go here on a subscribed connection (pub/sub messages); without
+    /// it they are a protocol violation.
+    private let onPush: (@Sendable (RedisReply) -> Void)?
+    /// Told of every `READONLY` answer: the Redis was demoted to a replica.
+    private let onReadOnly: (@Sendable () -> Void)?
     private var waiting = CircularBuffer<Waiting>(initialCapacity: 64)
     private var context: ChannelHandlerContext?
     private var deadlineTimer: Scheduled<Void>?
     private var failure: RedisError?
     /// The commands of this event-loop tick, written and flushed together at its end.
     private var outbound: ByteBuffer?
+
+    init(onPush: (@Sendable (RedisReply) -> Void)? = nil, onReadOnly: (@Sendable () -> Void)? = nil) {
+        self.onPush = onPush
+        self.onReadOnly = onReadOnly
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -88,9 +98,12 @@ final class RedisCommandHandler: ChannelInboundHandler {
             try buffer.withUnsafeReadableBytes { try decoder.feed($0) }
             while let reply = try decoder.next() {
                 guard let next = waiting.popFirst() else {
-                    throw RedisProtocolError(message: "a reply nobody asked for")
+                    guard let onPush else { throw RedisProtocolError(message: "a reply nobody asked for") }
+                    onPush(reply)
+                    continue
                 }
                 if case .error(let message) = reply {
+                    if message.hasPrefix("READONLY") { onReadOnly?() }
                     next.promise.fail(RedisError.server(message))
                 } else {
                     next.promise.succeed(reply)
@@ -146,9 +159,11 @@ final class RedisConnection: Sendable {
 
     var isActive: Bool { channel.isActive }
 
-    /// Opens a connection on `eventLoop` (TLS when `tls` is given).
+    /// Opens a connection on `eventLoop` (TLS when `tls` is given); `onPush` takes the
+    /// messages of a subscription, `onReadOnly` hears of `READONLY` answers.
     static func connect(
-        host: String, port: Int, tls: NIOSSLContext?, connectTimeout: Duration, on eventLoop: any EventLoop
+        host: String, port: Int, tls: NIOSSLContext?, connectTimeout: Duration, on eventLoop: any EventLoop,
+        onPush: (@Sendable (RedisReply) -> Void)? = nil, onReadOnly: (@Sendable () -> Void)? = nil
     ) -> EventLoopFuture<RedisConnection> {
         ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
@@ -160,7 +175,7 @@ final class RedisConnection: Sendable {
                             try NIOSSLClientHandler(context: tls, serverHostname: (try? SocketAddress(ipAddress: host, port: 0)) == nil ? host : nil)
                         )
                     }
-                    try channel.pipeline.syncOperations.addHandler(RedisCommandHandler())
+                    try channel.pipeline.syncOperations.addHandler(RedisCommandHandler(onPush: onPush, onReadOnly: onReadOnly))
                 }
             }
             .connect(host: host, port: port)

@@ -1,3 +1,4 @@
+public import Logging
 public import NIOCore
 public import SluiceCore
 import Synchronization
@@ -73,12 +74,21 @@ public final class RedisStore: AdmissionStore {
     /// A client for this store: it loads the admission, idempotency and task scripts whenever it opens a connection.
     /// - Parameter onCommand: Called for every command sent to Redis (to count round trips).
     public static func makeClient(
-        url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, onCommand: (@Sendable () -> Void)? = nil
+        url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, primary: RedisPrimary? = nil,
+        onCommand: (@Sendable () -> Void)? = nil
     ) throws -> RedisClient {
         try RedisClient(
             url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew] + IdempotencyScripts.all + TaskScripts.all + [UsageScripts.add], group: group,
-            onCommand: onCommand
+            primary: primary, onCommand: onCommand
         )
+    }
+
+    /// The primary every client of one store shares (`RedisPrimary`); `onChange` hears of
+    /// every change of primary.
+    public static func makePrimary(
+        url: RedisURL, tlsCA: String?, logger: Logger, onChange: @escaping @Sendable (RedisPrimary.Change) -> Void
+    ) throws -> RedisPrimary {
+        RedisPrimary(url: url, tls: try RedisClient.tlsContext(for: url, ca: tlsCA), logger: logger, onChange: onChange)
     }
 
     /// - Parameters:
