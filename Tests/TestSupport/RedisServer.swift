@@ -40,10 +40,15 @@ public final class RedisServer: @unchecked Sendable {
 
     /// Starts a new redis-server on a free loopback port (and a TLS port with `tls`), with
     /// optional `extraArguments` such as `--requirepass`.
-    public static func start(tls: (certificate: String, key: String)? = nil, extraArguments: [String] = []) async throws -> RedisServer {
-        var arguments = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"]
+    /// - Parameter port: The port (default: a free one from the ephemeral range).
+    public static func start(tls: (certificate: String, key: String)? = nil, port: Int? = nil, extraArguments: [String] = []) async throws -> RedisServer {
+        // A directory of its own: a replica writes the primary's snapshot there (a Redis
+        // started in a directory with a dump.rdb would load another test's keys).
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-redis-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var arguments = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning", "--dir", directory.path]
         var tlsPort: Int?
-        let port = try freePort()
+        let port = try port ?? freePort()
         arguments += ["--port", String(port)]
         if let tls {
             let chosen = try freePort()
@@ -80,6 +85,24 @@ public final class RedisServer: @unchecked Sendable {
     /// Lets a paused server run again (SIGCONT).
     public func resume() {
         process?.signal(SIGCONT)
+    }
+
+    deinit {
+        process?.signal(SIGCONT)
+        process?.signal(SIGKILL)
+    }
+
+    /// Whether a loopback listener could take `port` now.
+    static func isFree(port: Int) -> Bool {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
     }
 
     private static func accepts(port: Int) -> Bool {

@@ -12,7 +12,7 @@ import Glibc
 public final class SentinelSet: @unchecked Sendable {
     public static let masterName = "sluice"
 
-    /// The Redis servers, the first the primary at start.
+    /// The Redis servers, the first the primary at start, the others its replicas.
     public let servers: [RedisServer]
     public let sentinelPorts: [Int]
     private var sentinels: [ChildProcess]
@@ -45,10 +45,15 @@ public final class SentinelSet: @unchecked Sendable {
     /// - Parameters:
     ///   - password: `requirepass` of both Redis servers (the sentinels are told it).
     ///   - sentinelPassword: `requirepass` of the sentinels.
-    public static func start(password: String? = nil, sentinelPassword: String? = nil) async throws -> SentinelSet {
+    ///   - replicas: How many replicas (two: the promoted one still has a replica, as
+    ///     `durability: replicated` needs after a failover).
+    public static func start(password: String? = nil, sentinelPassword: String? = nil, replicas: Int = 1) async throws -> SentinelSet {
         let auth = password.map { ["--requirepass", $0, "--masterauth", $0] } ?? []
-        let primary = try await RedisServer.start(extraArguments: auth)
-        let replica = try await RedisServer.start(extraArguments: auth + ["--replicaof", "127.0.0.1", String(primary.port)])
+        let primary = try await RedisServer.start(port: try reservedPort(), extraArguments: auth)
+        var servers = [primary]
+        for _ in 0..<replicas {
+            servers.append(try await RedisServer.start(port: try reservedPort(), extraArguments: auth + ["--replicaof", "127.0.0.1", String(primary.port)]))
+        }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-sentinel-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var ports: [Int] = []
@@ -57,7 +62,7 @@ public final class SentinelSet: @unchecked Sendable {
             throw RedisServerMissing()
         }
         for index in 0..<3 {
-            let port = try freePort()
+            let port = try reservedPort()
             var lines = [
                 "port \(port)", "bind 127.0.0.1", "daemonize no", "loglevel warning", "dir \(directory.path)",
                 "sentinel monitor \(masterName) 127.0.0.1 \(primary.port) 2",
@@ -72,16 +77,34 @@ public final class SentinelSet: @unchecked Sendable {
             processes.append(try ChildProcess(executable: executable, [config.path, "--sentinel"]))
             ports.append(port)
         }
-        let set = SentinelSet(servers: [primary, replica], sentinelPorts: ports, sentinels: processes, directory: directory)
+        let set = SentinelSet(servers: servers, sentinelPorts: ports, sentinels: processes, directory: directory)
+        try await eventually(timeout: .seconds(30), "the replicas are in sync with the primary") {
+            for replica in servers.dropFirst() {
+                let info = await cli(port: replica.port, ["INFO", "replication"], password: password)
+                guard info.contains("master_link_status:up") else { return false }
+            }
+            return true
+        }
         try await eventually(timeout: .seconds(30), "the sentinels know the replica and each other") {
             for port in ports {
                 let sentinels = await set.sentinelCommand(port, ["SENTINEL", "sentinels", masterName], password: sentinelPassword)
-                let replicas = await set.sentinelCommand(port, ["SENTINEL", "replicas", masterName], password: sentinelPassword)
-                guard Self.entries(sentinels) == 2, Self.entries(replicas) == 1, !replicas.contains("s_down") else { return false }
+                let known = await set.sentinelCommand(port, ["SENTINEL", "replicas", masterName], password: sentinelPassword)
+                guard Self.entries(sentinels) == 2, Self.entries(known) == replicas, !known.contains("s_down") else { return false }
             }
             return true
         }
         return set
+    }
+
+    /// A free loopback port below the ephemeral range that `freePort` draws from: a killed
+    /// primary's port is then not handed to another test's Redis while sentinels still watch
+    /// it (they would make that Redis a replica of this set).
+    private static func reservedPort() throws -> Int {
+        for _ in 0..<100 {
+            let port = Int.random(in: 20_000..<30_000)
+            if RedisServer.isFree(port: port) { return port }
+        }
+        return try freePort()
     }
 
     /// The port of the Redis the sentinels name as primary now (nil when none answers).
@@ -119,6 +142,7 @@ public final class SentinelSet: @unchecked Sendable {
     }
 
     deinit {
+        // The sentinels go first: they would otherwise reconfigure whatever takes a port next.
         for process in sentinels { process.signal(SIGKILL) }
         try? FileManager.default.removeItem(at: directory)
     }

@@ -17,6 +17,8 @@ final class StoreBackend: Sendable {
         var timeout: Duration
         var bulkTimeout: Duration
         var tlsCAPath: String?
+        var durability: GatewayPolicy.Durability = .primary
+        var replicaTimeout: Duration = .milliseconds(200)
     }
 
     let settings: Settings
@@ -32,6 +34,8 @@ final class StoreBackend: Sendable {
     /// The `+switch-master` subscription of a Sentinel store, from `connect` to `shutdown`.
     private let watcher = Mutex<Task<Void, Never>?>(nil)
     private let watchLoop: any EventLoop
+    private let metrics: GatewayMetrics
+    private let logger: Logger
     /// Per-instance limits while the shared store is unreachable.
     let local: MemoryStore
     let breaker = StoreBreaker()
@@ -48,16 +52,21 @@ final class StoreBackend: Sendable {
         localLeases = HeldRegistry(group: group)
         claims = HeldRegistry(group: group)
         watchLoop = group.any()
+        self.metrics = metrics
+        self.logger = logger
         if let url = settings.redis {
             let calls = metrics.storeCalls
             let primary = try RedisStore.makePrimary(url: url, tlsCA: settings.tlsCAPath, logger: logger) { change in
                 metrics.storeTopologyChanged(reason: change.reason.rawValue)
             }
+            let replicaTimeout = settings.durability == .replicated ? settings.replicaTimeout : nil
             let client = try RedisStore.makeClient(
-                url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group, primary: primary, onCommand: { calls.increment() }
+                url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group, primary: primary, replicaTimeout: replicaTimeout,
+                onCommand: { calls.increment() }
             )
             let bulk = try RedisStore.makeClient(
-                url: url, tlsCA: settings.tlsCAPath, timeout: settings.bulkTimeout, group: group, primary: primary, onCommand: { calls.increment() }
+                url: url, tlsCA: settings.tlsCAPath, timeout: settings.bulkTimeout, group: group, primary: primary, replicaTimeout: replicaTimeout,
+                onCommand: { calls.increment() }
             )
             self.primary = primary
             redis = client
@@ -92,6 +101,22 @@ final class StoreBackend: Sendable {
         }
         await redis?.connect()
         await bulkRedis?.connect()
+        await checkReplicas()
+    }
+
+    /// With `durability: replicated`: counts the primary's replicas (`sluice_store_replicas`) and
+    /// warns when there are none — then every durable write fails after `replica_timeout`.
+    private func checkReplicas() async {
+        guard settings.durability == .replicated, let redis, case .string(let bytes)? = try? await redis.send(["INFO", "replication"]) else { return }
+        let line = String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isNewline).first { $0.hasPrefix("connected_slaves:") }
+        let replicas = line.flatMap { Int($0.dropFirst("connected_slaves:".count)) } ?? 0
+        metrics.storeReplicas(replicas)
+        if replicas == 0 {
+            logger.warning(
+                "store.durability is replicated but the Redis primary has no replica: writes partners are told about will fail (503) until one connects",
+                metadata: ["redis": .string(settings.redis?.description ?? "")]
+            )
+        }
     }
 
     /// Stops following failovers and closes the Redis connections.

@@ -32,7 +32,10 @@ final class StoreRegistry: Service, Sendable {
 
     func backend(for policy: PolicySet) throws(PolicyErrors) -> StoreBackend {
         let store = policy.gateway.store
-        let settings = StoreBackend.Settings(redis: store.redis, timeout: store.timeout, bulkTimeout: store.bulkTimeout, tlsCAPath: store.tlsCAPath)
+        let settings = StoreBackend.Settings(
+            redis: store.redis, timeout: store.timeout, bulkTimeout: store.bulkTimeout, tlsCAPath: store.tlsCAPath, durability: store.durability,
+            replicaTimeout: store.replicaTimeout
+        )
         if let existing = current.withLock({ $0 }), existing.settings == settings { return existing }
         let backend: StoreBackend
         do {

@@ -23,6 +23,9 @@ final class GatewayMetrics: Sendable {
     private static var reloadDescriptor: MetricNameDescriptor { descriptor("policy_reload", "total", "Policy reloads by result (ok or error).") }
     private static var rejectionsDescriptor: MetricNameDescriptor { descriptor("ratelimit_rejections", "total", "Requests refused by rate, quota or concurrency limits.") }
     private static var storeCallsDescriptor: MetricNameDescriptor { descriptor("store_calls", "total", "Commands sent to the rate-limit store (Redis round trips).") }
+    private static var replicasDescriptor: MetricNameDescriptor {
+        descriptor("store_replicas", "", "Replicas the Redis primary had when the gateway connected (durability: replicated).")
+    }
     private static var topologyChangesDescriptor: MetricNameDescriptor {
         descriptor("store_topology_changes", "total", "Changes of the Redis primary by reason: switch-master, readonly, rediscovered.")
     }
@@ -160,6 +163,11 @@ final class GatewayMetrics: Sendable {
 
     func upstreamRetried(upstream: String) {
         registry.makeCounter(descriptor: Self.retriesDescriptor, labels: [("upstream", upstream)]).increment()
+    }
+
+    /// Replicas the primary had when the gateway connected (with `durability: replicated`).
+    func storeReplicas(_ count: Int) {
+        registry.makeGauge(descriptor: Self.replicasDescriptor).set(to: Double(count))
     }
 
     func storeTopologyChanged(reason: String) {

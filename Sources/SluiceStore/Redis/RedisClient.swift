@@ -43,6 +43,8 @@ public final class RedisClient: Sendable {
     /// The loops of the client's group, each with a connection of its own.
     let eventLoops: [any EventLoop]
     private let isShutDown = Atomic<Bool>(false)
+    /// With `durability: replicated`: how long a durable write waits for one replica (nil: it does not wait).
+    private let replicaTimeout: Duration?
     /// Called for every command sent (one round trip each; pipelined, so not one wait each).
     private let onCommand: (@Sendable () -> Void)?
 
@@ -51,15 +53,19 @@ public final class RedisClient: Sendable {
     ///   - timeout: Deadline of every call.
     ///   - group: One connection is opened per event loop of this group, when first used.
     ///   - primary: Shared with the store's other clients (made for `url` when nil).
-    public convenience init(url: RedisURL, tlsCA: String? = nil, timeout: Duration, group: any EventLoopGroup, primary: RedisPrimary? = nil) throws {
-        try self.init(url: url, tlsCA: tlsCA, timeout: timeout, scripts: [], group: group, primary: primary, onCommand: nil)
+    ///   - replicaTimeout: With `durability: replicated`, how long durable writes wait for a replica.
+    public convenience init(
+        url: RedisURL, tlsCA: String? = nil, timeout: Duration, group: any EventLoopGroup, primary: RedisPrimary? = nil, replicaTimeout: Duration? = nil
+    ) throws {
+        try self.init(url: url, tlsCA: tlsCA, timeout: timeout, scripts: [], group: group, primary: primary, replicaTimeout: replicaTimeout, onCommand: nil)
     }
 
     init(
         url: RedisURL, tlsCA: String?, timeout: Duration, scripts: [RedisScript], group: any EventLoopGroup, primary: RedisPrimary?,
-        onCommand: (@Sendable () -> Void)?
+        replicaTimeout: Duration? = nil, onCommand: (@Sendable () -> Void)?
     ) throws {
         self.url = url
+        self.replicaTimeout = replicaTimeout
         self.onCommand = onCommand
         self.scripts = scripts
         self.timeout = timeout
@@ -77,15 +83,20 @@ public final class RedisClient: Sendable {
 
     /// Sends a command on `eventLoop`'s connection; the future completes on `eventLoop`.
     public func send(_ arguments: [String], on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
+        send(arguments, on: eventLoop, longer: .zero)
+    }
+
+    /// `send` with a deadline `longer` than the client's timeout (a write that waits for a replica).
+    private func send(_ arguments: [String], on eventLoop: any EventLoop, longer: Duration) -> EventLoopFuture<RedisReply> {
         guard let local = locals[eventLoop] else {
             let fallback = defaultEventLoop
-            return fallback.flatSubmit { self.send(arguments, on: fallback) }.hop(to: eventLoop)
+            return fallback.flatSubmit { self.send(arguments, on: fallback, longer: longer) }.hop(to: eventLoop)
         }
-        guard eventLoop.inEventLoop else { return eventLoop.flatSubmit { self.send(arguments, on: eventLoop) } }
+        guard eventLoop.inEventLoop else { return eventLoop.flatSubmit { self.send(arguments, on: eventLoop, longer: longer) } }
         guard !isShutDown.load(ordering: .relaxed) else {
             return eventLoop.makeFailedFuture(RedisError.unavailable("client shut down"))
         }
-        let deadline = NIODeadline.now() + TimeAmount(timeout)
+        let deadline = NIODeadline.now() + TimeAmount(timeout + longer)
         switch local.state {
         case .ready(let connection, let generation) where connection.isActive && generation == primary.generation:
             onCommand?()
@@ -99,14 +110,26 @@ public final class RedisClient: Sendable {
     }
 
     /// Runs a script by `EVALSHA`, loading it first when Redis answers `NOSCRIPT`; the future
-    /// completes on `eventLoop`.
-    func evaluate(_ script: RedisScript, keys: [String], arguments: [String], on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
+    /// completes on `eventLoop`. A `durable` write on a client with a `replicaTimeout`
+    /// (`durability: replicated`) has `WAIT 1 replica_timeout` right behind it in the same
+    /// flush and succeeds only when a replica has it (else `RedisError.notReplicated`).
+    func evaluate(_ script: RedisScript, keys: [String], arguments: [String], durable: Bool = true, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
         let command = ["EVALSHA", script.sha1, String(keys.count)] + keys + arguments
-        return send(command, on: eventLoop).flatMapError { error in
+        let replicaWait = durable ? replicaTimeout : nil
+        let runs = { () -> EventLoopFuture<RedisReply> in
+            guard let replicaWait else { return self.send(command, on: eventLoop) }
+            let write = self.send(command, on: eventLoop, longer: replicaWait)
+            let wait = self.send(["WAIT", "1", String(replicaWait.milliseconds)], on: eventLoop, longer: replicaWait)
+            return write.and(wait).flatMapThrowing { reply, acknowledged in
+                guard case .integer(let replicas) = acknowledged, replicas >= 1 else { throw RedisError.notReplicated }
+                return reply
+            }
+        }
+        return runs().flatMapError { error in
             guard case RedisError.server(let message) = error, message.hasPrefix("NOSCRIPT") else {
                 return eventLoop.makeFailedFuture(error)
             }
-            return self.send(["SCRIPT", "LOAD", script.source], on: eventLoop).flatMap { _ in self.send(command, on: eventLoop) }
+            return self.send(["SCRIPT", "LOAD", script.source], on: eventLoop).flatMap { _ in runs() }
         }
     }
 

@@ -13,6 +13,9 @@ public enum RedisError: Error, Equatable, CustomStringConvertible {
     case connectionLost(String)
     /// Redis answered with an error reply.
     case server(String)
+    /// `durability: replicated`: the primary applied the write but no replica confirmed it
+    /// within `replica_timeout` (a failover now could lose it).
+    case notReplicated
     /// The bytes from Redis were not RESP.
     case protocolViolation(String)
 
@@ -22,6 +25,7 @@ public enum RedisError: Error, Equatable, CustomStringConvertible {
         case .unavailable(let reason): "Redis is unavailable: \(reason)"
         case .connectionLost(let reason): "the Redis connection was lost: \(reason)"
         case .server(let message): "Redis error: \(message)"
+        case .notReplicated: "no Redis replica confirmed the write in time"
         case .protocolViolation(let message): "Redis protocol error: \(message)"
         }
     }
@@ -31,7 +35,7 @@ public enum RedisError: Error, Equatable, CustomStringConvertible {
     /// it is retried. Nothing sent, or an error reply, applied nothing.
     public var mayHaveBeenApplied: Bool {
         switch self {
-        case .timeout, .connectionLost, .protocolViolation: true
+        case .timeout, .connectionLost, .protocolViolation, .notReplicated: true
         case .unavailable, .server: false
         }
     }

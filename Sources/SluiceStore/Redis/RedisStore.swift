@@ -75,11 +75,11 @@ public final class RedisStore: AdmissionStore {
     /// - Parameter onCommand: Called for every command sent to Redis (to count round trips).
     public static func makeClient(
         url: RedisURL, tlsCA: String?, timeout: Duration, group: any EventLoopGroup, primary: RedisPrimary? = nil,
-        onCommand: (@Sendable () -> Void)? = nil
+        replicaTimeout: Duration? = nil, onCommand: (@Sendable () -> Void)? = nil
     ) throws -> RedisClient {
         try RedisClient(
             url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew] + IdempotencyScripts.all + TaskScripts.all + [UsageScripts.add], group: group,
-            primary: primary, onCommand: onCommand
+            primary: primary, replicaTimeout: replicaTimeout, onCommand: onCommand
         )
     }
 
@@ -208,7 +208,7 @@ public final class RedisStore: AdmissionStore {
             case (true, false): IdempotencyScripts.admitClaiming
             case (true, true): IdempotencyScripts.admitClaimingAndBatch
             }
-        client.evaluate(script, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+        client.evaluate(script, keys: keys, arguments: arguments, durable: false, on: eventLoop).whenComplete { result in
             let answers = result.flatMap { reply in
                 Result { try Self.answers(from: reply, for: requests, claiming: claiming, riding: riding) }
             }
@@ -300,7 +300,7 @@ public final class RedisStore: AdmissionStore {
         let arguments = [String(leaseDuration.milliseconds), clock.map { String($0()) } ?? ""] + leases
         let keys = keys(partner)
         let eventLoop = defaultEventLoop
-        _ = try await client.evaluate(AdmissionScripts.renew, keys: [keys.state, keys.leases], arguments: arguments, on: eventLoop).get()
+        _ = try await client.evaluate(AdmissionScripts.renew, keys: [keys.state, keys.leases], arguments: arguments, durable: false, on: eventLoop).get()
     }
 
     /// Parses the script's reply: seven comma-separated integers per request, `;` between requests.

@@ -83,7 +83,7 @@ extension RedisStore: UsageStore {
         }
         let eventLoop = client.defaultEventLoop
         let replies = calls.enumerated().map { index, call in
-            client.evaluate(UsageScripts.add, keys: ["\(usageBase):batch:\(batchID):\(index)"] + call.keys, arguments: call.arguments, on: eventLoop)
+            client.evaluate(UsageScripts.add, keys: ["\(usageBase):batch:\(batchID):\(index)"] + call.keys, arguments: call.arguments, durable: false, on: eventLoop)
         }
         for reply in replies { _ = try await reply.get() }
     }

@@ -1,0 +1,92 @@
+import Foundation
+import Synchronization
+import Testing
+import TestSupport
+
+/// A gateway on a Redis Sentinel set (SPEC §8): tasks accepted under a failover all finish,
+/// `durability: replicated` never answers 202 for a write no replica has, and the admin API
+/// and metrics show the change of primary. Each test has a Sentinel set of its own.
+@Suite(.serialized)
+struct SentinelGatewayTests {
+    private static func configure(_ url: String, durability: String) -> (inout TestPolicies) -> Void {
+        { policies in
+            TaskTests.addRoutes(&policies)
+            policies.useRedis(url, onFailure: "local", timeout: "1s")
+            policies.files["gateway.yaml"]! += "  durability: \(durability)\n  replica_timeout: 500ms\ntasks: { workers: 4, lease: 2s }\n"
+        }
+    }
+
+    /// kill -9 of the primary (which has two replicas) while partners keep sending tasks: during the gap accepts answer
+    /// 503 + Retry-After, after it 202 again, and every task answered 202 — before, during and
+    /// after — finishes (`durability: replicated`: none is lost with the old primary). The
+    /// admin API names the new primary; the change is counted and logged once.
+    @Test func everyAcceptedTaskFinishesAcrossAFailover() async throws {
+        let sentinels = try await SentinelSet.start(replicas: 2)
+        try await GatewayHarness.with(Self.configure(sentinels.url(), durability: "replicated")) { gateway in
+            let load = AcceptLoad()
+            try await withThrowingTaskGroup(of: Void.self) { senders in
+                for _ in 0..<3 {
+                    senders.addTask {
+                        while load.sending.load(ordering: .relaxed) {
+                            let answer = try await gateway.acceptTask("/v2/price-calculations?ms=1")
+                            if answer.status == 202, let id = try answer.json()["task_id"] as? String {
+                                load.accepted.withLock { $0.append(id) }
+                            } else {
+                                #expect(answer.status == 503 && answer.header("Retry-After") != nil, "\(answer.status)")
+                                load.refused.add(1, ordering: .relaxed)
+                                try await Task.sleep(for: .milliseconds(50))
+                            }
+                        }
+                    }
+                }
+                try await eventually("tasks are accepted") { load.accepted.withLock { $0.count } >= 20 }
+                try await sentinels.servers[0].stop()
+                let atKill = load.accepted.withLock { $0.count }
+                try await eventually(timeout: .seconds(30), "tasks are accepted on the new primary") { load.accepted.withLock { $0.count } >= atKill + 20 }
+                load.sending.store(false, ordering: .relaxed)
+                try await senders.waitForAll()
+            }
+            let ids = load.accepted.withLock { $0 }
+            for id in ids {
+                #expect(try await gateway.finishedTask("/v2/tasks/\(id)", timeout: .seconds(20))["status"] as? String == "succeeded", "\(id)")
+            }
+            let store = try #require(try await gateway.send(.GET, gateway.admin + "/admin/policies", key: TestKeys.viewerToken).json()["store"] as? [String: Any])
+            #expect(store["kind"] as? String == "sentinel" && store["durability"] as? String == "replicated")
+            let promoted = try #require(await sentinels.primaryPort())
+            #expect(promoted != sentinels.servers[0].port)
+            #expect(store["primary"] as? String == "127.0.0.1:\(promoted)")
+            #expect((store["last_change"] as? [String: Any])?["new"] as? String == "127.0.0.1:\(promoted)")
+            // One line per change of primary, the first from the killed one (a loaded machine can
+            // make the sentinels fail over twice: then there are two).
+            let changes = try gateway.logLines().filter { $0["message"] as? String == "the Redis primary changed" }
+            #expect((1...2).contains(changes.count), "\(changes)")
+            #expect(changes.first?["old"] as? String == "127.0.0.1:\(sentinels.servers[0].port)", "\(changes)")
+            let counted = try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text
+                .split(separator: "\n").filter { $0.hasPrefix("sluice_store_topology_changes_total{") }
+            #expect(!counted.isEmpty)
+            print("sentinel failover: \(ids.count) tasks accepted, \(load.refused.load(ordering: .relaxed)) accepts refused during the gap, all finished")
+        }
+    }
+
+    /// `durability: replicated` with the replica frozen: the accept is applied on the primary
+    /// but no replica confirms it, so the partner gets 503 + Retry-After, not 202; once the
+    /// replica runs again, accepts answer 202.
+    @Test func noReplicaInTimeMeans503NotAccepted() async throws {
+        let sentinels = try await SentinelSet.start()
+        try await GatewayHarness.with(Self.configure(sentinels.url(), durability: "replicated")) { gateway in
+            #expect(try await gateway.acceptTask("/v2/price-calculations?ms=1").status == 202)
+            sentinels.servers[1].pause()
+            let refused = try await gateway.acceptTask("/v2/price-calculations?ms=1")
+            sentinels.servers[1].resume()
+            #expect(refused.status == 503 && refused.header("Retry-After") != nil, "\(refused.status)")
+            try await eventually("accepts answer 202 again") { try await gateway.acceptTask("/v2/price-calculations?ms=1").status == 202 }
+        }
+    }
+}
+
+/// What the senders of a failover test share.
+private final class AcceptLoad: Sendable {
+    let accepted = Mutex<[String]>([])
+    let refused = Atomic<Int>(0)
+    let sending = Atomic<Bool>(true)
+}
