@@ -82,6 +82,36 @@ struct SentinelGatewayTests {
             try await eventually("accepts answer 202 again") { try await gateway.acceptTask("/v2/price-calculations?ms=1").status == 202 }
         }
     }
+
+    /// Sentinels all unreachable at start: the gateway starts in its fallback (`/readyz` 200 and
+    /// degraded, partners served by local limits) and connects once they answer.
+    @Test func startsInTheFallbackUntilTheSentinelsAnswer() async throws {
+        let sentinels = try await SentinelSet.start()
+        try await sentinels.stopSentinels()
+        try await GatewayHarness.with(Self.configure(sentinels.url(), durability: "primary")) { gateway in
+            let ready = try await gateway.send(.GET, gateway.admin + "/readyz", key: nil)
+            #expect(ready.status == 200 && ready.text == #"{"status":"ready","degraded":true}"#)
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+            let store = try #require(try await gateway.send(.GET, gateway.admin + "/admin/policies", key: TestKeys.viewerToken).json()["store"] as? [String: Any])
+            #expect(store["kind"] as? String == "sentinel" && store["primary"] is NSNull)
+            try await sentinels.restartSentinels()
+            try await eventually(timeout: .seconds(20), "the gateway finds the primary") {
+                try await gateway.send(.GET, gateway.admin + "/readyz", key: nil).text == #"{"status":"ready"}"#
+            }
+            #expect(try await gateway.acceptTask("/v2/price-calculations?ms=1").status == 202)
+        }
+    }
+
+    /// `durability: replicated` on a Redis without replicas: allowed, warned at start, shown as
+    /// `sluice_store_replicas 0`.
+    @Test func replicatedWithoutReplicasIsWarned() async throws {
+        let redis = try await RedisServer.start()
+        try await GatewayHarness.with(Self.configure(redis.url, durability: "replicated")) { gateway in
+            try await eventually("the replicas are counted") { try await gateway.metric("sluice_store_replicas") == 0 }
+            let warnings = try gateway.logLines().filter { ($0["message"] as? String)?.hasPrefix("store.durability is replicated but") == true }
+            #expect(warnings.count == 1)
+        }
+    }
 }
 
 /// What the senders of a failover test share.

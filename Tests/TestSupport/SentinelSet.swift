@@ -17,12 +17,31 @@ public final class SentinelSet: @unchecked Sendable {
     public let sentinelPorts: [Int]
     private var sentinels: [ChildProcess]
     private let directory: URL
+    private let executable: String
 
-    private init(servers: [RedisServer], sentinelPorts: [Int], sentinels: [ChildProcess], directory: URL) {
+    private init(servers: [RedisServer], sentinelPorts: [Int], sentinels: [ChildProcess], directory: URL, executable: String) {
         self.servers = servers
         self.sentinelPorts = sentinelPorts
         self.sentinels = sentinels
         self.directory = directory
+        self.executable = executable
+    }
+
+    /// Kills every sentinel (the Redis servers go on): nobody can say which is the primary.
+    public func stopSentinels() async throws {
+        for process in sentinels {
+            process.signal(SIGKILL)
+            _ = try await process.exitCode()
+        }
+        sentinels = []
+    }
+
+    /// Starts the sentinels again from their (rewritten) configurations and waits until they answer.
+    public func restartSentinels() async throws {
+        sentinels = try (0..<sentinelPorts.count).map { index in
+            try ChildProcess(executable: executable, [directory.appendingPathComponent("sentinel-\(index).conf").path, "--sentinel"])
+        }
+        try await eventually("the sentinels answer again") { await primaryPort() != nil }
     }
 
     /// `redis+sentinel://…/sluice/DB`, with `credentials` (`user:pass@` or `:pass@`) and a query when given.
@@ -77,7 +96,7 @@ public final class SentinelSet: @unchecked Sendable {
             processes.append(try ChildProcess(executable: executable, [config.path, "--sentinel"]))
             ports.append(port)
         }
-        let set = SentinelSet(servers: servers, sentinelPorts: ports, sentinels: processes, directory: directory)
+        let set = SentinelSet(servers: servers, sentinelPorts: ports, sentinels: processes, directory: directory, executable: executable)
         try await eventually(timeout: .seconds(30), "the replicas are in sync with the primary") {
             for replica in servers.dropFirst() {
                 let info = await cli(port: replica.port, ["INFO", "replication"], password: password)
