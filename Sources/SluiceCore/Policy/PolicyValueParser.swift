@@ -88,7 +88,7 @@ public enum PolicyValueParser {
     }
 }
 
-/// A host and port to listen on.
+/// A host and port: an address to listen on, or a server to reach (`RedisURL.Endpoint`).
 public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
     public var host: String
     public var port: Int

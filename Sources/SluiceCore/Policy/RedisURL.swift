@@ -6,18 +6,8 @@ import Foundation
 /// Redis's; sentinels that want a password of their own get `?sentinel_password=…` (and
 /// `sentinel_user=…`).
 public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
-    /// A host and port.
-    public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
-        public var host: String
-        public var port: Int
-
-        public init(host: String, port: Int) {
-            self.host = host
-            self.port = port
-        }
-
-        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-    }
+    /// A host and port (a sentinel, the primary).
+    public typealias Endpoint = ListenAddress
 
     /// How the Redis to use is found.
     public enum Topology: Sendable, Equatable {
