@@ -8,63 +8,84 @@ import TestSupport
 /// and metrics show the change of primary. Each test has a Sentinel set of its own.
 @Suite(.serialized)
 struct SentinelGatewayTests {
-    private static func configure(_ url: String, durability: String) -> (inout TestPolicies) -> Void {
+    private static func configure(_ url: String, durability: String, receiverPort: Int? = nil) -> (inout TestPolicies) -> Void {
         { policies in
             TaskTests.addRoutes(&policies)
             policies.useRedis(url, onFailure: "local", timeout: "1s")
             policies.files["gateway.yaml"]! += "  durability: \(durability)\n  replica_timeout: 500ms\ntasks: { workers: 4, lease: 2s }\n"
+            if let receiverPort { policies.addWebhook(url: "http://127.0.0.1:\(receiverPort)/hook") }
         }
     }
 
     /// kill -9 of the primary (which has two replicas) while partners keep sending tasks: during the gap accepts answer
     /// 503 + Retry-After, after it 202 again, and every task answered 202 — before, during and
-    /// after — finishes (`durability: replicated`: none is lost with the old primary). The
-    /// admin API names the new primary; the change is counted and logged once.
+    /// after — finishes and its signed webhook is delivered (`durability: replicated`: none is
+    /// lost with the old primary). The admin API names the new primary; the change is counted
+    /// and logged.
     @Test func everyAcceptedTaskFinishesAcrossAFailover() async throws {
         let sentinels = try await SentinelSet.start(replicas: 2)
-        try await GatewayHarness.with(Self.configure(sentinels.url(), durability: "replicated")) { gateway in
-            let load = AcceptLoad()
-            try await withThrowingTaskGroup(of: Void.self) { senders in
-                for _ in 0..<3 {
-                    senders.addTask {
-                        while load.sending.load(ordering: .relaxed) {
-                            let answer = try await gateway.acceptTask("/v2/price-calculations?ms=1")
-                            if answer.status == 202, let id = try answer.json()["task_id"] as? String {
-                                load.accepted.withLock { $0.append(id) }
-                            } else {
-                                #expect(answer.status == 503 && answer.header("Retry-After") != nil, "\(answer.status)")
-                                load.refused.add(1, ordering: .relaxed)
-                                try await Task.sleep(for: .milliseconds(50))
+        try await withWebhookReceiver { receiver, receiverPort in
+            try await GatewayHarness.with(Self.configure(sentinels.url(), durability: "replicated", receiverPort: receiverPort)) { gateway in
+                let load = AcceptLoad()
+                try await withThrowingTaskGroup(of: Void.self) { senders in
+                    for _ in 0..<3 {
+                        senders.addTask {
+                            while load.sending.load(ordering: .relaxed) {
+                                let answer = try await gateway.acceptTask("/v2/price-calculations?ms=1")
+                                if answer.status == 202, let id = try answer.json()["task_id"] as? String {
+                                    load.accepted.withLock { $0.append(id) }
+                                } else {
+                                    #expect(answer.status == 503 && answer.header("Retry-After") != nil, "\(answer.status)")
+                                    load.refused.add(1, ordering: .relaxed)
+                                    try await Task.sleep(for: .milliseconds(50))
+                                }
                             }
                         }
                     }
+                    try await eventually("tasks are accepted") { load.accepted.withLock { $0.count } >= 20 }
+                    try await sentinels.servers[0].stop()
+                    let atKill = load.accepted.withLock { $0.count }
+                    try await eventually(timeout: .seconds(30), "tasks are accepted on the new primary") { load.accepted.withLock { $0.count } >= atKill + 20 }
+                    load.sending.store(false, ordering: .relaxed)
+                    try await senders.waitForAll()
                 }
-                try await eventually("tasks are accepted") { load.accepted.withLock { $0.count } >= 20 }
-                try await sentinels.servers[0].stop()
-                let atKill = load.accepted.withLock { $0.count }
-                try await eventually(timeout: .seconds(30), "tasks are accepted on the new primary") { load.accepted.withLock { $0.count } >= atKill + 20 }
-                load.sending.store(false, ordering: .relaxed)
-                try await senders.waitForAll()
+                let ids = load.accepted.withLock { $0 }
+                for id in ids {
+                    #expect(try await gateway.finishedTask("/v2/tasks/\(id)", timeout: .seconds(20))["status"] as? String == "succeeded", "\(id)")
+                }
+                let store = try #require(try await gateway.send(.GET, gateway.admin + "/admin/policies", key: TestKeys.viewerToken).json()["store"] as? [String: Any])
+                #expect(store["kind"] as? String == "sentinel" && store["durability"] as? String == "replicated")
+                let promoted = try #require(await sentinels.primaryPort())
+                #expect(promoted != sentinels.servers[0].port)
+                #expect(store["primary"] as? String == "127.0.0.1:\(promoted)")
+                #expect((store["last_change"] as? [String: Any])?["new"] as? String == "127.0.0.1:\(promoted)")
+                // One line per change of primary, the first from the killed one (a loaded machine can
+                // make the sentinels fail over twice: then there are two).
+                let changes = try gateway.logLines().filter { $0["message"] as? String == "the Redis primary changed" }
+                #expect((1...2).contains(changes.count), "\(changes)")
+                #expect(changes.first?["old"] as? String == "127.0.0.1:\(sentinels.servers[0].port)", "\(changes)")
+                let counted = try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text
+                    .split(separator: "\n").filter { $0.hasPrefix("sluice_store_topology_changes_total{") }
+                #expect(!counted.isEmpty)
+                try await eventually(timeout: .seconds(20), "every task's webhook is delivered") {
+                    Set(receiver.deliveries.map(\.id)).isSuperset(of: ids.map { "msg_" + $0.dropFirst(4) })
+                }
+                #expect(receiver.deliveries.allSatisfy { $0.verified })
+                print("sentinel failover: \(ids.count) tasks accepted, \(load.refused.load(ordering: .relaxed)) accepts refused during the gap, all finished and delivered")
             }
-            let ids = load.accepted.withLock { $0 }
-            for id in ids {
-                #expect(try await gateway.finishedTask("/v2/tasks/\(id)", timeout: .seconds(20))["status"] as? String == "succeeded", "\(id)")
-            }
-            let store = try #require(try await gateway.send(.GET, gateway.admin + "/admin/policies", key: TestKeys.viewerToken).json()["store"] as? [String: Any])
-            #expect(store["kind"] as? String == "sentinel" && store["durability"] as? String == "replicated")
-            let promoted = try #require(await sentinels.primaryPort())
-            #expect(promoted != sentinels.servers[0].port)
-            #expect(store["primary"] as? String == "127.0.0.1:\(promoted)")
-            #expect((store["last_change"] as? [String: Any])?["new"] as? String == "127.0.0.1:\(promoted)")
-            // One line per change of primary, the first from the killed one (a loaded machine can
-            // make the sentinels fail over twice: then there are two).
-            let changes = try gateway.logLines().filter { $0["message"] as? String == "the Redis primary changed" }
-            #expect((1...2).contains(changes.count), "\(changes)")
-            #expect(changes.first?["old"] as? String == "127.0.0.1:\(sentinels.servers[0].port)", "\(changes)")
-            let counted = try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text
-                .split(separator: "\n").filter { $0.hasPrefix("sluice_store_topology_changes_total{") }
-            #expect(!counted.isEmpty)
-            print("sentinel failover: \(ids.count) tasks accepted, \(load.refused.load(ordering: .relaxed)) accepts refused during the gap, all finished")
+        }
+    }
+
+    /// A master name the sentinels do not know: logged, `/readyz` degraded, partners served by
+    /// the fallback.
+    @Test func anUnknownMasterNameIsDegradedNotDown() async throws {
+        let url = try await SentinelSet.shared().url().replacingOccurrences(of: "/\(SentinelSet.masterName)/", with: "/nobody/")
+        try await GatewayHarness.with(Self.configure(url, durability: "primary")) { gateway in
+            let ready = try await gateway.send(.GET, gateway.admin + "/readyz", key: nil)
+            #expect(ready.status == 200 && ready.text == #"{"status":"ready","degraded":true}"#)
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+            let lines = try gateway.logLines().filter { $0["message"] as? String == "cannot find the Redis primary" }
+            #expect(lines.contains { ($0["error"] as? String)?.contains("does not know the master 'nobody'") == true }, "\(lines)")
         }
     }
 
