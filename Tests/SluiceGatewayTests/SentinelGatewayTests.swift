@@ -76,6 +76,37 @@ struct SentinelGatewayTests {
         }
     }
 
+    /// Two gateways share one bucket on Sentinel; after kill -9 of the primary (the gap served by
+    /// the local fallback) they share it again on the new primary, without a restart.
+    @Test func sharedLimitsApplyAgainAfterAFailover() async throws {
+        let sentinels = try await SentinelSet.start()
+        let configure: (inout TestPolicies) -> Void = { policies in
+            policies.setPlan("{ rate: { per_second: 0.01, burst: 50 } }")
+            policies.useRedis(sentinels.url(), onFailure: "local", instances: 2, timeout: "1s")
+        }
+        func remaining(_ gateway: GatewayHarness) async throws -> Int? {
+            let header = try await gateway.partner(.GET, "/v2/orders/1").header("RateLimit") ?? ""
+            return header.split(separator: ";").first { $0.hasPrefix("r=") }.flatMap { Int($0.dropFirst(2)) }
+        }
+        try await GatewayHarness.with(configure) { first in
+            try await GatewayHarness.with(configure) { second in
+                let before = try #require(try await remaining(first))
+                #expect(try await remaining(second) == before - 1, "one bucket for both")
+                try await sentinels.servers[0].stop()
+                // During the gap each gateway has its local share (50 / 2); the shared bucket on
+                // the new primary (what the replica had, or a fresh one) holds more than that.
+                var after = 0
+                try await eventually(timeout: .seconds(30), "both gateways use the shared bucket on the new primary") {
+                    guard try await remaining(second) ?? 0 > 25 else { return false }
+                    after = try await remaining(first) ?? 0
+                    return after > 25
+                }
+                let next = try await remaining(second)
+                #expect(next == after - 1, "one bucket for both again: \(after) then \(String(describing: next))")
+            }
+        }
+    }
+
     /// A master name the sentinels do not know: logged, `/readyz` degraded, partners served by
     /// the fallback.
     @Test func anUnknownMasterNameIsDegradedNotDown() async throws {
