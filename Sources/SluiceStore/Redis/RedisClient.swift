@@ -116,20 +116,23 @@ public final class RedisClient: Sendable {
     func evaluate(_ script: RedisScript, keys: [String], arguments: [String], durable: Bool = true, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
         let command = ["EVALSHA", script.sha1, String(keys.count)] + keys + arguments
         let replicaWait = durable ? replicaTimeout : nil
-        let runs = { () -> EventLoopFuture<RedisReply> in
-            guard let replicaWait else { return self.send(command, on: eventLoop) }
-            let write = self.send(command, on: eventLoop, longer: replicaWait)
-            let wait = self.send(["WAIT", "1", String(replicaWait.milliseconds)], on: eventLoop, longer: replicaWait)
-            return write.and(wait).flatMapThrowing { reply, acknowledged in
-                guard case .integer(let replicas) = acknowledged, replicas >= 1 else { throw RedisError.notReplicated }
-                return reply
-            }
-        }
-        return runs().flatMapError { error in
+        return run(command, replicaWait: replicaWait, on: eventLoop).flatMapError { error in
             guard case RedisError.server(let message) = error, message.hasPrefix("NOSCRIPT") else {
                 return eventLoop.makeFailedFuture(error)
             }
-            return self.send(["SCRIPT", "LOAD", script.source], on: eventLoop).flatMap { _ in runs() }
+            return self.send(["SCRIPT", "LOAD", script.source], on: eventLoop).flatMap { _ in self.run(command, replicaWait: replicaWait, on: eventLoop) }
+        }
+    }
+
+    /// Sends `command`; with `replicaWait`, `WAIT 1` goes right behind it and a write no replica
+    /// confirmed fails as `RedisError.notReplicated`.
+    private func run(_ command: [String], replicaWait: Duration?, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
+        guard let replicaWait else { return send(command, on: eventLoop) }
+        let write = send(command, on: eventLoop, longer: replicaWait)
+        let wait = send(["WAIT", "1", String(replicaWait.milliseconds)], on: eventLoop, longer: replicaWait)
+        return write.and(wait).flatMapThrowing { reply, acknowledged in
+            guard case .integer(let replicas) = acknowledged, replicas >= 1 else { throw RedisError.notReplicated }
+            return reply
         }
     }
 
