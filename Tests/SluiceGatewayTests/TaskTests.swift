@@ -182,6 +182,37 @@ struct TaskTests {
         }
     }
 
+    /// The whole body reaches the upstream however it arrived — also when it came while the
+    /// request still waited for admission (a Redis round trip) and was held: as a task's
+    /// request, and as the kept body of a PUT or keyed POST (which a retry may send again).
+    @Test(arguments: [false, true])
+    func bodiesHeldDuringAdmissionReachTheUpstream(onRedis: Bool) async throws {
+        let url = onRedis ? try await TaskDatabase.url() : nil
+        let recorder = RecordingUpstream()
+        try await withRecordingUpstream(recorder, settings: "retries: { attempts: 1 }", { policies in
+            Self.addRoutes(&policies)
+            policies.addRoutes("{ id: put-order, versions: [v2], method: PUT, path: \"/orders/{id}\", upstream: main }")
+            if let url { policies.useRedis(url, timeout: "2s") }
+        }) { gateway in
+            let body = String(repeating: "x", count: 1_000)
+            for index in 0..<4 {
+                #expect(try await gateway.partner(.PUT, "/v2/orders/\(index)", body: .bytes(ByteBuffer(string: body))).status == 200)
+            }
+            var ids: [String] = []
+            for index in 0..<4 {
+                let accepted = try await gateway.partner(.POST, "/v2/price-calculations?n=\(index)", body: .bytes(ByteBuffer(string: body)))
+                ids.append(try #require(try accepted.json()["task_id"] as? String))
+            }
+            for id in ids { _ = try await gateway.finishedTask("/v2/tasks/\(id)") }
+            for index in 0..<4 {
+                let keyed = try await gateway.partner(.POST, "/v2/orders", headers: [("Idempotency-Key", "held-\(index)")], body: .bytes(ByteBuffer(string: body)))
+                #expect(keyed.status == 200)
+            }
+            #expect(recorder.requests.count == 12)
+            #expect(recorder.requests.map(\.bytes) == Array(repeating: 1_000, count: 12))
+        }
+    }
+
     /// Two instances on Redis: a task accepted by one is read (and cancelled or finished) through the other.
     @Test func otherInstanceSeesTheTask() async throws {
         let url = try await TaskDatabase.url()

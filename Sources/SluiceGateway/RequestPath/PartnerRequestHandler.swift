@@ -280,6 +280,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
                 perform(request.machine.taskLookedUp(answer), request)
             }
         case .startCall(let body):
+            request.settleHeldChunks()  // a body kept whole may have arrived while the request waited
             startCall(request, body)
         case .sendHeldBody(let end):
             let held = request.held
@@ -289,6 +290,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .endCallBody:
             request.call?.endBody()
         case .storeTask:
+            request.settleHeldChunks()
             storeTask(request)
         case .compare(let record):
             let matches = request.idempotency?.matches(record) == true
