@@ -39,6 +39,9 @@ final class TaskTable: Sendable {
         var held: [String: Held] = [:]
         var nextEntry = 1
         var writesSinceSweep = 0
+        /// Deduplicated requests: fingerprint → the task identical requests get, and until when
+        /// the entry is kept.
+        var fingerprints: [String: (task: TaskID, expires: Int64)] = [:]
     }
 
     private let state = Mutex(State())
@@ -48,16 +51,35 @@ final class TaskTable: Sendable {
         self.clock = clock
     }
 
-    func accept(_ record: TaskRecord, request: TaskRequest, retentionMilliseconds: Int64) -> Bool {
+    func accept(_ record: TaskRecord, request: TaskRequest, retentionMilliseconds: Int64, dedupe: TaskDedupe?) -> TaskAcceptOutcome {
         let now = clock()
         return state.withLock { state in
-            if let existing = state.tasks[record.id], existing.expires > now { return false }
-            if let until = state.voided[record.id], until > now { return false }
+            if let dedupe, let prior = state.fingerprints[dedupe.fingerprint], prior.expires > now,
+                let stored = state.tasks[prior.task], stored.expires > now,
+                Self.answersDuplicates(stored.record, window: dedupe.window, now: now)
+            {
+                return .duplicate(of: prior.task)
+            }
+            if let existing = state.tasks[record.id], existing.expires > now { return .refused }
+            if let until = state.voided[record.id], until > now { return .refused }
             state.tasks[record.id] = Stored(record: record, request: request, expires: now + retentionMilliseconds)
             state.queue.append((entry: String(state.nextEntry), task: record.id))
             state.nextEntry += 1
+            if let dedupe {
+                state.fingerprints[dedupe.fingerprint] = (record.id, now + max(dedupe.window.milliseconds, retentionMilliseconds))
+            }
             Self.sweepNowAndThen(&state, now: now)
-            return true
+            return .accepted
+        }
+    }
+
+    /// Whether an identical request still gets `record`: while it is queued or running, and once
+    /// it succeeded, until `window` after its accept (failed and cancelled tasks are not reused).
+    private static func answersDuplicates(_ record: TaskRecord, window: Duration, now: Int64) -> Bool {
+        switch record.lifecycle.status {
+        case .queued, .running: true
+        case .succeeded: now - record.lifecycle.createdAt < window.milliseconds
+        case .failed, .cancelled: false
         }
     }
 
@@ -251,16 +273,19 @@ final class TaskTable: Sendable {
         state.tasks = state.tasks.filter { $0.value.expires > now }
         state.messages = state.messages.filter { $0.value.expires > now }
         state.voided = state.voided.filter { $0.value > now }
+        state.fingerprints = state.fingerprints.filter { $0.value.expires > now }
     }
 }
 
 extension MemoryStore: TaskStore {
     public func acceptTask(
-        _ record: TaskRecord, request: TaskRequest, retention: Duration, on eventLoop: any EventLoop,
-        completion: @escaping (Result<Bool, any Error>) -> Void
+        _ record: TaskRecord, request: TaskRequest, retention: Duration, dedupe: TaskDedupe?, on eventLoop: any EventLoop,
+        completion: @escaping (Result<TaskAcceptOutcome, any Error>) -> Void
     ) {
-        completion(.success(tasks.accept(record, request: request, retentionMilliseconds: retention.milliseconds)))
+        completion(.success(tasks.accept(record, request: request, retentionMilliseconds: retention.milliseconds, dedupe: dedupe)))
     }
+
+    public func newTaskID(for dedupe: TaskDedupe?) -> TaskID { TaskID.random() }
 
     public func resolveAccept(
         _ id: TaskID, withdraw: Bool, on eventLoop: any EventLoop, completion: @escaping (Result<AcceptResolution, any Error>) -> Void

@@ -60,11 +60,19 @@ public struct TaskCensus: Sendable, Equatable {
 /// exactly once, like the admission and idempotency stores; the workers' operations are async.
 public protocol TaskStore: Sendable {
     /// Stores a new task and its request and enqueues it, in one atomic step (nothing is half
-    /// written). Completes with false, changing nothing, when a task with that id exists.
+    /// written). Completes with `.refused`, changing nothing, when a task with that id exists.
+    /// With `dedupe`, decided in the same step: while an identical request's task is queued or
+    /// running, or succeeded no longer than `dedupe.window` after its accept, nothing is stored
+    /// and the answer is `.duplicate(of:)` that task; else the task is stored and becomes the one
+    /// identical requests get. The record's id must then come from `newTaskID(for:)`.
     func acceptTask(
-        _ record: TaskRecord, request: TaskRequest, retention: Duration, on eventLoop: any EventLoop,
-        completion: @escaping (Result<Bool, any Error>) -> Void
+        _ record: TaskRecord, request: TaskRequest, retention: Duration, dedupe: TaskDedupe?, on eventLoop: any EventLoop,
+        completion: @escaping (Result<TaskAcceptOutcome, any Error>) -> Void
     )
+
+    /// A fresh id for a task accepted with `dedupe` (the store may need it where the
+    /// fingerprint lives).
+    func newTaskID(for dedupe: TaskDedupe?) -> TaskID
 
     /// Settles an accept whose answer was lost (a timeout or a dropped connection: it may or may
     /// not have been applied). A task that is not stored is voided: a late accept of the id is
@@ -118,9 +126,15 @@ public protocol TaskStore: Sendable {
 }
 
 extension TaskStore {
-    /// `acceptTask(…, on:, completion:)` on the store's default event loop.
+    /// `acceptTask(…, on:, completion:)` on the store's default event loop, without dedupe:
+    /// whether the task was stored.
     public func acceptTask(_ record: TaskRecord, request: TaskRequest, retention: Duration) async throws -> Bool {
-        try await defaultEventLoop.run { acceptTask(record, request: request, retention: retention, on: $0, completion: $1) }
+        try await acceptTask(record, request: request, retention: retention, dedupe: nil) == .accepted
+    }
+
+    /// `acceptTask(…, on:, completion:)` on the store's default event loop.
+    public func acceptTask(_ record: TaskRecord, request: TaskRequest, retention: Duration, dedupe: TaskDedupe?) async throws -> TaskAcceptOutcome {
+        try await defaultEventLoop.run { acceptTask(record, request: request, retention: retention, dedupe: dedupe, on: $0, completion: $1) }
     }
 
     /// `task(…, on:, completion:)` on the store's default event loop.

@@ -27,6 +27,8 @@ struct PolicyDecodingTests {
         let price = try #require(policy.routes.routes.first { $0.id == "price" })
         #expect(price.async == .always && price.cost == 5 && price.idempotency == .required)
         #expect(price.requestTimeout == .seconds(1_800))
+        #expect(price.dedupe == .seconds(6 * 3_600))
+        #expect(policy.routes.routes.allSatisfy { $0.id == "price" || $0.dedupe == nil })
         let getOrder = try #require(policy.routes.routes.first { $0.id == "get-order" })
         #expect(getOrder.idempotency == nil)
         #expect(policy.routes.routes.first { $0.id == "create-order" }?.idempotency == .optional)

@@ -62,6 +62,11 @@ struct PolicyErrorTests {
             "policies/routes.yaml:27:24: route 'price' canary names unknown partner 'nobody'",
             "policies/routes.yaml:28:46: route 'price' canary abort_on min_calls must be at least 1, got 0",
         ]),
+        ("bad-dedupe", [
+            "policies/routes.yaml:11:13: route 'create-order' dedupe applies to async routes only (async: always or on-request)",
+            "policies/routes.yaml:23:13: route 'price' dedupe must be greater than 0",
+            "policies/routes.yaml:30:13: expected a duration like 250ms, 5s, 2m, 1h or 30d for route 'quote' dedupe, got 'a while'",
+        ]),
         ("route-unknown-upstream", ["policies/routes.yaml:22:15: route 'price' names unknown upstream 'pricng'"]),
         ("route-unknown-version", ["policies/routes.yaml:19:16: route 'price' names unknown version 'v3'"]),
         ("unknown-route-upstream-param", [

@@ -268,6 +268,84 @@ struct TaskStoreContractTests {
             #expect(try await store.taskCensus(retention: retention) == TaskCensus())
         }
     }
+
+    /// A task for `dedupe`, its id minted by the store (a deduplicated task lives beside its fingerprint).
+    private func dedupedTask(_ store: any StoreUnderTest, _ dedupe: TaskDedupe, _ clock: ManualClock) -> (TaskRecord, TaskRequest) {
+        var (record, request) = newTask(clock)
+        record.id = store.newTaskID(for: dedupe)
+        return (record, request)
+    }
+
+    /// An identical request gets the first task while it is queued or running, and once it
+    /// succeeded until the window (counted from its accept) is over; a failed or cancelled task
+    /// is never reused; another fingerprint is a task of its own. A duplicate stores nothing.
+    @Test(arguments: StoreKind.allCases)
+    func identicalRequestsShareATaskWhileItMayStillAnswer(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let dedupe = TaskDedupe(partner: "acme", method: "POST", pathAndQuery: "/v2/price", body: Data("{\"part\":\"A-1\"}".utf8), window: .seconds(3_600))
+            let other = TaskDedupe(partner: "acme", method: "POST", pathAndQuery: "/v2/price", body: Data("{\"part\":\"A-2\"}".utf8), window: .seconds(3_600))
+            let (first, request) = dedupedTask(store, dedupe, clock)
+            #expect(try await store.acceptTask(first, request: request, retention: retention, dedupe: dedupe) == .accepted)
+            let (second, _) = dedupedTask(store, dedupe, clock)
+            #expect(try await store.acceptTask(second, request: request, retention: retention, dedupe: dedupe) == .duplicate(of: first.id))
+            #expect(try await store.task(second.id) == nil, "a duplicate stores nothing")
+            let (distinct, _) = dedupedTask(store, other, clock)
+            #expect(try await store.acceptTask(distinct, request: request, retention: retention, dedupe: other) == .accepted)
+
+            let running = try await start(first, in: store, clock)
+            clock.advance(7_200_000)  // past the window: a running task still answers
+            #expect(try await store.acceptTask(dedupedTask(store, dedupe, clock).0, request: request, retention: retention, dedupe: dedupe) == .duplicate(of: first.id))
+            var succeeded = running
+            _ = succeeded.lifecycle.finish(succeeded: true, at: clock.now, instance: "gw-b")
+            #expect(try await store.replaceTask(succeeded, from: running.revision, retention: retention))
+            let (afterWindow, _) = dedupedTask(store, dedupe, clock)
+            #expect(try await store.acceptTask(afterWindow, request: request, retention: retention, dedupe: dedupe) == .accepted, "succeeded, but accepted more than the window ago")
+
+            let runningAgain = try await start(afterWindow, in: store, clock)
+            var done = runningAgain
+            _ = done.lifecycle.finish(succeeded: true, at: clock.now + 1_000, instance: "gw-b")
+            #expect(try await store.replaceTask(done, from: runningAgain.revision, retention: retention))
+            clock.advance(1_800_000)  // inside the window
+            #expect(try await store.acceptTask(dedupedTask(store, dedupe, clock).0, request: request, retention: retention, dedupe: dedupe) == .duplicate(of: afterWindow.id))
+
+            clock.advance(3_600_000)
+            let (toFail, _) = dedupedTask(store, dedupe, clock)
+            #expect(try await store.acceptTask(toFail, request: request, retention: retention, dedupe: dedupe) == .accepted)
+            let failing = try await start(toFail, in: store, clock)
+            var failed = failing
+            _ = failed.lifecycle.finish(succeeded: false, at: clock.now, instance: "gw-b")
+            #expect(try await store.replaceTask(failed, from: failing.revision, retention: retention))
+            let (toCancel, _) = dedupedTask(store, dedupe, clock)
+            #expect(try await store.acceptTask(toCancel, request: request, retention: retention, dedupe: dedupe) == .accepted, "a failed task is not reused")
+            var cancelled = toCancel
+            _ = cancelled.lifecycle.cancel(at: clock.now, instance: "gw-c")
+            #expect(try await store.replaceTask(cancelled, from: toCancel.revision, retention: retention))
+            let (afterCancel, _) = dedupedTask(store, dedupe, clock)
+            #expect(try await store.acceptTask(afterCancel, request: request, retention: retention, dedupe: dedupe) == .accepted, "a cancelled task is not reused")
+        }
+    }
+
+    /// Identical accepts racing each other make one task: the store decides in one step.
+    @Test(arguments: StoreKind.allCases)
+    func racingIdenticalAcceptsMakeOneTask(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            let dedupe = TaskDedupe(partner: "acme", method: "POST", pathAndQuery: "/v2/price?model=7", body: Data([1, 2, 3]), window: .seconds(60))
+            let outcomes = try await withThrowingTaskGroup(of: (TaskID, TaskAcceptOutcome).self) { group in
+                for _ in 0..<20 {
+                    let (record, request) = dedupedTask(store, dedupe, clock)
+                    group.addTask { (record.id, try await store.acceptTask(record, request: request, retention: retention, dedupe: dedupe)) }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            let accepted = outcomes.filter { $0.1 == .accepted }.map(\.0)
+            try #require(accepted.count == 1)
+            #expect(outcomes.filter { $0.1 == .duplicate(of: accepted[0]) }.count == 19)
+            #expect(try await store.takeTasks(consumer: "w", limit: 64, lease: .seconds(30)).map(\.task) == accepted)
+        }
+    }
+
 }
 
 /// The Redis layout of tasks: shard hash tags, TTLs, and a queue that survives losing its group.

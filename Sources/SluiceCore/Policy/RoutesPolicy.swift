@@ -49,6 +49,9 @@ public struct RoutePolicy: Sendable, Equatable {
     public var idempotency: IdempotencyMode?
     /// A share of partners sent to another upstream (SPEC §7).
     public var canary: Canary?
+    /// `dedupe:` on an async route: how long after its accept a succeeded task still answers an
+    /// identical request (SPEC §9); nil = every request is a task of its own.
+    public var dedupe: Duration?
     public var location: SourceLocation
 
     /// `canary:` — partners sent to another upstream instead of the route's own.
@@ -195,7 +198,12 @@ extension RoutesPolicy {
         let idempotencyValue = map.optional("idempotency")
         let idempotency = idempotencyValue?.oneOf(RoutePolicy.IdempotencyMode.self, "\(context) idempotency")
         let canary = map.optional("canary").flatMap { readCanary($0, route: upstream, upstreams: upstreams, context: "\(context) canary") }
+        let dedupeValue = map.optional("dedupe")
+        let dedupe = dedupeValue?.duration("\(context) dedupe")
         map.finish()
+        if dedupe != nil, (async ?? .never) == .never, let dedupeValue {
+            dedupeValue.report("\(context) dedupe applies to async routes only (async: always or on-request)")
+        }
 
         let bodyMethod = method == "POST" || method == "PATCH"
         if idempotency != nil, !bodyMethod, let method, let idempotencyValue {
@@ -214,6 +222,7 @@ extension RoutesPolicy {
             cost: cost ?? 1,
             idempotency: bodyMethod ? (idempotency ?? .optional) : nil,
             canary: canary,
+            dedupe: (async ?? .never) == .never ? nil : dedupe,
             location: item.location
         )
     }

@@ -25,15 +25,30 @@ public struct TaskID: Sendable, Hashable, Codable, CustomStringConvertible {
         return random(using: &generator)
     }
 
+    /// A new random id in queue shard `shard` of `count` (drawn until one lands there: `count`
+    /// draws on average).
+    public static func random(inShard shard: Int, of count: Int) -> TaskID {
+        var generator = SystemRandomNumberGenerator()
+        while true {
+            let id = random(using: &generator)
+            if id.shard(of: count) == shard { return id }
+        }
+    }
+
     /// The queue shard (0..<`count`) the task lives in: the same for every instance (FNV-1a of
     /// the id, not Swift's per-process seeded hash).
     public func shard(of count: Int) -> Int {
+        Self.fnv1a(text.utf8) % count
+    }
+
+    /// 32-bit FNV-1a of `bytes`, as a non-negative Int.
+    static func fnv1a(_ bytes: some Sequence<UInt8>) -> Int {
         var hash: UInt32 = 2_166_136_261
-        for byte in text.utf8 {
+        for byte in bytes {
             hash ^= UInt32(byte)
             hash = hash &* 16_777_619
         }
-        return Int(hash % UInt32(count))
+        return Int(hash)
     }
 
     public var description: String { text }

@@ -66,6 +66,9 @@ final class GatewayMetrics: Sendable {
     private static var canaryAbortsDescriptor: MetricNameDescriptor {
         descriptor("canary_aborts", "total", "Route canaries given up because their error rate passed abort_on (share 0 until a reload).")
     }
+    private static var deduplicatedDescriptor: MetricNameDescriptor {
+        descriptor("tasks_deduplicated", "total", "Async requests answered with an identical earlier request's task (dedupe:), by route.")
+    }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
     }
@@ -234,6 +237,10 @@ final class GatewayMetrics: Sendable {
 
     func canaryAborted(route: String) {
         registry.makeCounter(descriptor: Self.canaryAbortsDescriptor, labels: [("route", route)]).increment()
+    }
+
+    func taskDeduplicated(route: String) {
+        registry.makeCounter(descriptor: Self.deduplicatedDescriptor, labels: [("route", route)]).increment()
     }
 
     func policyReloaded(succeeded: Bool) {

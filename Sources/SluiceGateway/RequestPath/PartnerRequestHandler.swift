@@ -399,13 +399,17 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// any) follows the task whatever became of the request, with `settled`.
     private func storeTask(_ request: PartnerRequest) {
         guard let plan = request.plan else { return }
-        let (record, taskRequest) = TaskAcceptance.make(request, plan, connection: connection, runtime: runtime)
-        let accepted = TaskAcceptance.accepted(record, plan)
+        let (record, taskRequest, dedupe) = TaskAcceptance.make(request, plan, connection: connection, runtime: runtime)
+        var accepted = TaskAcceptance.accepted(record, plan)
         request.snapshot.tasks.accept(
-            record, request: taskRequest, on: eventLoop,
+            record, request: taskRequest, dedupe: dedupe, on: eventLoop,
             answered: { [self] answer in
-                if answer == .accepted { request.record.taskAccepted = true }
-                perform(request.machine.taskAnswered(answer == .accepted ? accepted : TaskAcceptance.unavailable), request)
+                switch answer {
+                case .accepted: request.record.taskAccepted = true
+                case .duplicate(let earlier): accepted = TaskAcceptance.accepted(earlier, plan)
+                case .unavailable: break
+                }
+                perform(request.machine.taskAnswered(answer == .unavailable ? TaskAcceptance.unavailable : accepted), request)
             },
             settled: { [self] settlement in
                 guard let idempotent = request.idempotency, let partner = request.plan?.partner.id else { return }

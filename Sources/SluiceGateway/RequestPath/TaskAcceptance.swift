@@ -6,12 +6,18 @@ import SluiceCore
 /// <task id>`), and the 202 the partner gets (kept for the request's own `Idempotency-Key` once
 /// the task exists, whatever became of the request).
 enum TaskAcceptance {
-    /// The task record and request for `request`, whose body was read whole.
+    /// The task record and request for `request`, whose body was read whole, and its dedupe
+    /// when the route has `dedupe:` (partner, method, the path and query as sent, the body).
     static func make(
         _ request: PartnerRequest, _ plan: ForwardPlan, connection: PartnerConnection, runtime: GatewayRuntime
-    ) -> (TaskRecord, TaskRequest) {
+    ) -> (TaskRecord, TaskRequest, TaskDedupe?) {
         let tasks = request.snapshot.tasks
-        let id = TaskID.random()
+        let body = request.collected.map { Data($0.readableBytesView) } ?? Data()
+        request.collected = nil
+        let dedupe = plan.route.policy.dedupe.map {
+            TaskDedupe(partner: plan.partner.id, method: request.head.method.rawValue, pathAndQuery: request.head.target, body: body, window: $0)
+        }
+        let id = tasks.store.newTaskID(for: dedupe)
         // The task's runs join the accepting request's trace (as children of its span when tracing).
         let traceparent = request.tracing.serverTraceparent(runtime.tracing)
             ?? RequestIdentity.traceparent(request.record.trace, spanID: runtime.identifiers.next64())
@@ -22,8 +28,6 @@ enum TaskAcceptance {
             headers.append(TaskHeader(name, value))
         }
         headers.append(TaskHeader("Idempotency-Key", id.text))
-        let body = request.collected.map { Data($0.readableBytesView) } ?? Data()
-        request.collected = nil
         let taskRequest = TaskRequest(
             method: request.head.method.rawValue, upstream: plan.upstream.name, pathAndQuery: plan.target, headers: headers, body: body,
             timeoutMilliseconds: plan.requestTimeout.milliseconds
@@ -36,7 +40,7 @@ enum TaskAcceptance {
             ),
             traceparent: forwarding.traceparent, upstream: plan.upstream.name
         )
-        return (record, taskRequest)
+        return (record, taskRequest, dedupe)
     }
 
     /// The 202: where to poll, how soon, and `Preference-Applied` when the partner asked for it.

@@ -42,7 +42,7 @@ struct SnapshotFactory: Sendable {
         )
         let tasks = TaskControl(
             store: backend.store, retention: policy.gateway.tasks.retention, instance: instance, wakeWorkers: wakeWorkers, clock: clock,
-            logger: logger
+            metrics: metrics, logger: logger
         )
         return GatewaySnapshot(
             rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: try pool.runtimes(for: policy), admission: admission,

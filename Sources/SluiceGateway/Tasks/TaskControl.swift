@@ -17,6 +17,7 @@ struct TaskControl: Sendable {
     /// Wakes this instance's workers (a task was just accepted here).
     let wakeWorkers: @Sendable () -> Void
     let clock: EpochClock
+    let metrics: GatewayMetrics
     let logger: Logger
 
     /// What a status read or a cancel found.
@@ -36,6 +37,8 @@ struct TaskControl: Sendable {
     enum AcceptAnswer: Equatable {
         /// The task is stored: 202.
         case accepted
+        /// An identical request's task answers it (the route's `dedupe:`): 202 with that task.
+        case duplicate(TaskRecord)
         /// It is not stored, or it is not known yet whether it is: 503.
         case unavailable
     }
@@ -54,17 +57,21 @@ struct TaskControl: Sendable {
     /// became of it before the partner is answered: a stored task is accepted after all. If the
     /// store cannot say, the partner gets 503 and the gateway keeps asking, this time taking back
     /// a stored task nothing has touched (so the 503 stays true), until the store answers.
+    /// With `dedupe`, an identical request's task (queued, running, or succeeded within the
+    /// window) answers instead, and nothing is stored.
     func accept(
-        _ record: TaskRecord, request: TaskRequest, on eventLoop: any EventLoop, answered: @escaping (AcceptAnswer) -> Void,
-        settled: @escaping (Settlement) -> Void
+        _ record: TaskRecord, request: TaskRequest, dedupe: TaskDedupe?, on eventLoop: any EventLoop,
+        answered: @escaping (AcceptAnswer) -> Void, settled: @escaping (Settlement) -> Void
     ) {
-        store.acceptTask(record, request: request, retention: retention, on: eventLoop) { result in
+        store.acceptTask(record, request: request, retention: retention, dedupe: dedupe, on: eventLoop) { result in
             switch result {
-            case .success(true):
+            case .success(.accepted):
                 wakeWorkers()
                 answered(.accepted)
                 settled(true)
-            case .success(false):
+            case .success(.duplicate(let earlier)):
+                answerDuplicate(earlier, route: record.route, on: eventLoop, answered: answered, settled: settled)
+            case .success(.refused):
                 // The id was taken (practically never) or voided: nothing was stored.
                 answered(.unavailable)
                 settled(false)
@@ -74,6 +81,23 @@ struct TaskControl: Sendable {
                 answered(.unavailable)
                 settled(false)
             }
+        }
+    }
+
+    /// Answers with an identical request's task as it is now. Gone meanwhile (it expired): 503,
+    /// and the partner's next try makes a task of its own.
+    private func answerDuplicate(
+        _ id: TaskID, route: String, on eventLoop: any EventLoop, answered: @escaping (AcceptAnswer) -> Void,
+        settled: @escaping (Settlement) -> Void
+    ) {
+        store.task(id, .status, on: eventLoop) { result in
+            guard case .success(let earlier?) = result else {
+                answered(.unavailable)
+                return settled(false)
+            }
+            metrics.taskDeduplicated(route: route)
+            answered(.duplicate(earlier))
+            settled(true)
         }
     }
 

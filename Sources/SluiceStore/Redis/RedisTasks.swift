@@ -26,17 +26,42 @@ extension RedisStore: TaskStore, WebhookStore {
     private var now: String { clock.map { String($0()) } ?? "" }
 
     public func acceptTask(
-        _ record: TaskRecord, request: TaskRequest, retention: Duration, on eventLoop: any EventLoop,
-        completion: @escaping (Result<Bool, any Error>) -> Void
+        _ record: TaskRecord, request: TaskRequest, retention: Duration, dedupe: TaskDedupe?, on eventLoop: any EventLoop,
+        completion: @escaping (Result<TaskAcceptOutcome, any Error>) -> Void
     ) {
         let shard = record.id.shard(of: Self.taskShards)
-        let keys = [taskKey(record.id), queueKey(shard), indexKey(shard), statusKeys(shard)[0]]
-        let arguments = [
-            record.encoded(), request.encoded(), String(retention.milliseconds), record.id.text, String(record.revision), clock.map { String($0()) } ?? "",
+        var keys = [taskKey(record.id), queueKey(shard), indexKey(shard), statusKeys(shard)[0]]
+        var arguments = [
+            record.encoded(), request.encoded(), String(retention.milliseconds), record.id.text, String(record.revision), now,
         ]
-        bulk.evaluate(TaskScripts.accept, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
-            completion(result.map { $0 == .integer(1) })
+        var script = TaskScripts.accept
+        if let dedupe {
+            guard dedupe.shard(of: Self.taskShards) == shard else {
+                return completion(.failure(RedisError.protocolViolation("a deduplicated task's id must come from newTaskID(for:)")))
+            }
+            let statuses = statusKeys(shard)
+            keys += [statuses[1], statuses[2], "\(taskShardBase(shard)):dedupe:\(dedupe.fingerprint)"]
+            arguments.append(String(dedupe.window.milliseconds))
+            script = TaskScripts.acceptDeduplicated
         }
+        bulk.evaluate(script, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+            completion(result.flatMap { reply in
+                switch reply {
+                case .integer(1): .success(.accepted)
+                case .integer(0): .success(.refused)
+                case .string(let bytes):
+                    TaskID(String(decoding: bytes, as: UTF8.self)).map { .success(.duplicate(of: $0)) }
+                        ?? .failure(RedisError.protocolViolation("unexpected accept reply \(reply)"))
+                default: .failure(RedisError.protocolViolation("unexpected accept reply \(reply)"))
+                }
+            })
+        }
+    }
+
+    /// A deduplicated task lives in its fingerprint's shard, so that one script sees both.
+    public func newTaskID(for dedupe: TaskDedupe?) -> TaskID {
+        guard let dedupe else { return TaskID.random() }
+        return TaskID.random(inShard: dedupe.shard(of: Self.taskShards), of: Self.taskShards)
     }
 
     public func resolveAccept(

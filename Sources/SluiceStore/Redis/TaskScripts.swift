@@ -9,14 +9,13 @@
 /// accept time ms, for listing; trimmed to the retention), `…:webhook:MSG` (a webhook message as
 /// JSON), `…:webhooks:due` (sorted set: message id → due ms), `…:webhooks:dead` (sorted set:
 /// message id → when it died), `…:status:S` for each status S (sorted set: task id → when it
-/// entered S; counted and trimmed to the retention for `sluice_tasks`).
+/// entered S; counted and trimmed to the retention for `sluice_tasks`), `…:dedupe:FINGERPRINT` (the
+/// task identical requests get and its accept time; a deduplicated task lives in its
+/// fingerprint's shard).
 enum TaskScripts {
-    /// KEYS: task, queue, index, status:queued. ARGV: record, request, retention ms, id,
-    /// revision, now ms ('' = Redis TIME). Returns 1, or 0 when the task exists.
-    static let accept = RedisScript(
-        """
-        \(AdmissionScripts.now(argument: 6))
-        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+    /// Stores and enqueues a task. KEYS: task, queue, index, status:queued. ARGV: record,
+    /// request, retention ms, id, revision. Needs `now`.
+    private static let store = """
         local retention = tonumber(ARGV[3])
         redis.call('HSET', KEYS[1], 'r', ARGV[5], 'j', ARGV[1], 'q', ARGV[2])
         redis.call('PEXPIRE', KEYS[1], retention)
@@ -26,6 +25,37 @@ enum TaskScripts {
         redis.call('PEXPIRE', KEYS[3], retention)
         redis.call('ZADD', KEYS[4], now, ARGV[4])
         redis.call('PEXPIRE', KEYS[4], retention)
+        """
+
+    /// KEYS: task, queue, index, status:queued. ARGV: record, request, retention ms, id,
+    /// revision, now ms ('' = Redis TIME). Returns 1, or 0 when the task exists.
+    static let accept = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 6))
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        \(store)
+        return 1
+        """
+    )
+
+    /// `accept` deduplicated (the task is in its fingerprint's shard). KEYS: task, queue, index,
+    /// status:queued, status:running, status:succeeded, the fingerprint (a string: the task id
+    /// identical requests get, a space, its accept time ms). ARGV: as `accept`, then the window
+    /// ms. Returns the earlier task's id while it is queued or running, or succeeded within the
+    /// window after its accept; else `accept`'s 1 or 0 (a stored task becomes the fingerprint's).
+    static let acceptDeduplicated = RedisScript(
+        """
+        \(AdmissionScripts.now(argument: 6))
+        local prior = redis.call('GET', KEYS[7])
+        if prior then
+          local space = string.find(prior, ' ', 1, true)
+          local id, at = string.sub(prior, 1, space - 1), tonumber(string.sub(prior, space + 1))
+          if redis.call('ZSCORE', KEYS[4], id) or redis.call('ZSCORE', KEYS[5], id) then return id end
+          if redis.call('ZSCORE', KEYS[6], id) and now - at < tonumber(ARGV[7]) then return id end
+        end
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        \(store)
+        redis.call('SET', KEYS[7], ARGV[4] .. ' ' .. now, 'PX', math.max(retention, tonumber(ARGV[7])))
         return 1
         """
     )
