@@ -30,6 +30,11 @@ struct PolicyDecodingTests {
         #expect(price.dedupe == .seconds(6 * 3_600))
         #expect(policy.routes.routes.allSatisfy { $0.id == "price" || $0.dedupe == nil })
         let getOrder = try #require(policy.routes.routes.first { $0.id == "get-order" })
+        #expect(
+            getOrder.cache
+                == RouteCache(ttl: .seconds(30), scope: .partner, vary: ["accept-language"], staleWhileRevalidate: .seconds(10), staleIfError: .seconds(300), maxBody: 1 << 20)
+        )
+        #expect(policy.routes.routes.allSatisfy { $0.id == "get-order" || $0.cache == nil })
         #expect(getOrder.idempotency == nil)
         #expect(policy.routes.routes.first { $0.id == "create-order" }?.idempotency == .optional)
 

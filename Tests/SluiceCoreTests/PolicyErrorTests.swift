@@ -62,6 +62,16 @@ struct PolicyErrorTests {
             "policies/routes.yaml:27:24: route 'price' canary names unknown partner 'nobody'",
             "policies/routes.yaml:28:46: route 'price' canary abort_on min_calls must be at least 1, got 0",
         ]),
+        ("bad-cache", [
+            "policies/routes.yaml:11:12: route 'create-order' cache applies to GET and HEAD routes only, not POST",
+            "policies/routes.yaml:17:19: route 'get-order' cache ttl must be greater than 0",
+            "policies/routes.yaml:17:30: route 'get-order' cache scope must be one of partner, shared, got 'everyone'",
+            "policies/routes.yaml:17:50: route 'get-order' cache max_body must be at most 64MiB",
+            "policies/routes.yaml:17:64: route 'get-order' cache vary: 'Accept Language' is not a header name",
+            "policies/routes.yaml:23:47: expected a duration like 250ms, 5s, 2m, 1h or 30d for route 'list-orders' cache stale_while_revalidate, got '-5s'",
+            "policies/routes.yaml:23:68: expected a duration like 250ms, 5s, 2m, 1h or 30d for route 'list-orders' cache stale_if_error, got 'forever'",
+            "policies/routes.yaml:23:77: unknown key 'max_age' in route 'list-orders' cache",
+        ]),
         ("bad-dedupe", [
             "policies/routes.yaml:11:13: route 'create-order' dedupe applies to async routes only (async: always or on-request)",
             "policies/routes.yaml:23:13: route 'price' dedupe must be greater than 0",

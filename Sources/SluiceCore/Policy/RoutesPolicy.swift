@@ -52,6 +52,8 @@ public struct RoutePolicy: Sendable, Equatable {
     /// `dedupe:` on an async route: how long after its accept a succeeded task still answers an
     /// identical request (SPEC §9); nil = every request is a task of its own.
     public var dedupe: Duration?
+    /// `cache:` on a GET route: answers kept in the store and served to later requests (SPEC §9).
+    public var cache: RouteCache?
     public var location: SourceLocation
 
     /// `canary:` — partners sent to another upstream instead of the route's own.
@@ -200,7 +202,12 @@ extension RoutesPolicy {
         let canary = map.optional("canary").flatMap { readCanary($0, route: upstream, upstreams: upstreams, context: "\(context) canary") }
         let dedupeValue = map.optional("dedupe")
         let dedupe = dedupeValue?.duration("\(context) dedupe")
+        let cacheValue = map.optional("cache")
+        let cache = cacheValue.flatMap { RouteCache.read($0, context: "\(context) cache") }
         map.finish()
+        if cache != nil, let method, method != "GET", method != "HEAD", let cacheValue {
+            cacheValue.report("\(context) cache applies to GET and HEAD routes only, not \(method)")
+        }
         if dedupe != nil, (async ?? .never) == .never, let dedupeValue {
             dedupeValue.report("\(context) dedupe applies to async routes only (async: always or on-request)")
         }
@@ -223,6 +230,7 @@ extension RoutesPolicy {
             idempotency: bodyMethod ? (idempotency ?? .optional) : nil,
             canary: canary,
             dedupe: (async ?? .never) == .never ? nil : dedupe,
+            cache: method == "GET" || method == "HEAD" ? cache : nil,
             location: item.location
         )
     }
