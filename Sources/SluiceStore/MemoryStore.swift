@@ -16,6 +16,7 @@ public final class MemoryStore: AdmissionStore {
     let idempotency = IdempotencyTable()
     let tasks: TaskTable
     let usageTable: UsageTable
+    let responses: ResponseCacheTable
     private let clock: EpochClock
     public let defaultEventLoop: any EventLoop
 
@@ -26,6 +27,7 @@ public final class MemoryStore: AdmissionStore {
         self.clock = clock
         tasks = TaskTable(clock: clock)
         usageTable = UsageTable(clock: clock)
+        responses = ResponseCacheTable(clock: clock)
         self.defaultEventLoop = defaultEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
     }
 

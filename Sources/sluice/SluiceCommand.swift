@@ -9,7 +9,7 @@ struct SluiceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "Sluice, the partner API gateway.",
-        subcommands: [Serve.self, Policies.self, Keys.self, Report.self, Tasks.self, Webhooks.self, DemoUpstreamCommand.self]
+        subcommands: [Serve.self, Policies.self, Keys.self, Report.self, Tasks.self, Webhooks.self, Cache.self, DemoUpstreamCommand.self]
     )
 
     static func main() async {

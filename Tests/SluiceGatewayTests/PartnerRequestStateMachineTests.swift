@@ -31,6 +31,7 @@ struct PartnerRequestStateMachineTests {
         case .problem(let problem, _): return problem.status == status
         case .replay(let record): return record.status == status
         case .document(let documentStatus, _, _): return documentStatus == status
+        case .cached(let cached): return (cached.notModified ? 304 : cached.response.status) == status
         }
     }
 

@@ -11,7 +11,7 @@ enum StoreKind: String, CaseIterable, Sendable {
 }
 
 /// What both stores are: the contract suites run against this.
-typealias StoreUnderTest = ClaimingAdmissionStore & TaskStore & WebhookStore & UsageStore
+typealias StoreUnderTest = ClaimingAdmissionStore & TaskStore & WebhookStore & UsageStore & ResponseCacheStore
 
 /// A fresh store of `kind` reading `clock`; Redis stores use the shared test Redis with a key
 /// prefix of their own, so tests never see each other's keys.

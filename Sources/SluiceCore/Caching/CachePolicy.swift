@@ -15,7 +15,7 @@ public enum CachePolicy {
     }
 
     /// How long a stored answer is fresh, and how long after that it may still be answered.
-    public struct Freshness: Sendable, Equatable {
+    public struct Freshness: Sendable, Equatable, Codable {
         /// From the answer's generation (its `Age` counts against it), milliseconds.
         public var lifetime: Int64
         public var staleWhileRevalidate: Int64

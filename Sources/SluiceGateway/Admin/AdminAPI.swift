@@ -15,7 +15,7 @@ struct AdminAPI {
     static let paths: [(path: String, methods: [HTTPRequest.Method])] = [
         ("/healthz", [.get]), ("/readyz", [.get]), ("/metrics", [.get]), ("/openapi.yaml", [.get]), ("/admin/policies", [.get]),
         ("/admin/policies/reload", [.post]), ("/admin/tasks", [.get]), ("/admin/webhooks/dead", [.get]),
-        ("/admin/webhooks/dead/:id/redrive", [.post]), ("/admin/usage", [.get]), ("/admin/upstreams", [.get]),
+        ("/admin/webhooks/dead/:id/redrive", [.post]), ("/admin/usage", [.get]), ("/admin/upstreams", [.get]), ("/admin/cache", [.delete]),
     ]
 
     /// The router behind a check that answers 405 for a method a served path does not declare
@@ -105,6 +105,25 @@ struct AdminAPI {
                 return problemResponse(Self.storeUnavailable(error), request)
             }
             return json(.accepted, JSONValue.object([("webhook_id", .string(id)), ("status", .string("scheduled"))]).rendered)
+        }
+        router.delete("/admin/cache") { request, _ in
+            if let denied = authorize(request, needs: .operator) { return denied }
+            let parameters = request.uri.queryParameters
+            let (route, partner) = (parameters.get("route"), parameters.get("partner"))
+            let snapshot = runtime.snapshots.load()
+            do {
+                let purged = try await CachePurge(policy: snapshot.policy, store: snapshot.store).purge(route: route, partner: partner)
+                runtime.logger.info("cache purged", metadata: ["route": .string(route ?? ""), "partner": .string(partner ?? "*"), "purged": "\(purged)"])
+                return json(.ok, JSONValue.object([("route", .string(route ?? "")), ("partner", partner.map { .string($0) } ?? .null), ("purged", .int(purged))]).rendered)
+            } catch let refusal as CachePurge.Refusal {
+                let problem = switch refusal {
+                case .missingRoute: Problem(.invalidRequest, detail: refusal.description + ".")
+                default: Problem(.notFound, detail: refusal.description + ".")
+                }
+                return problemResponse(problem, request)
+            } catch {
+                return problemResponse(Self.storeUnavailable(error), request)
+            }
         }
         router.get("/admin/usage") { request, _ in
             if let denied = authorize(request, needs: .viewer) { return denied }

@@ -6,7 +6,7 @@ import SluiceStore
 import Synchronization
 
 /// Everything the gateway keeps in its store.
-typealias SharedStore = ClaimingAdmissionStore & TaskStore & WebhookStore & UsageStore
+typealias SharedStore = ClaimingAdmissionStore & TaskStore & WebhookStore & UsageStore & ResponseCacheStore
 
 /// The store a policy names (embedded or Redis), the per-instance fallback used while Redis is
 /// unreachable, and the breaker between them. It outlives reloads that keep the store

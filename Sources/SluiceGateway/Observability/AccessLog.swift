@@ -69,6 +69,7 @@ final class AccessLog: Sendable {
         line += String(record.bytesIn)
         line += ",\"bytes_out\":"
         line += String(record.bytesOut)
+        if let cache = record.cache { field("cache", cache, into: &line) }
         if record.clientGone { line += ",\"client_gone\":true" }
         line += ",\"duration_ms\":"
         line += String(duration.fractionalMilliseconds)
@@ -131,6 +132,7 @@ final class AccessLog: Sendable {
         if let error = record.upstreamError { metadata["error"] = .string(error) }
         if record.clientGone { metadata["client_gone"] = .stringConvertible(true) }
         if let idempotency = record.idempotency { metadata["idempotency"] = .string(idempotency.rawValue) }
+        if let cache = record.cache { metadata["cache"] = .string(cache) }
         return metadata
     }
 }

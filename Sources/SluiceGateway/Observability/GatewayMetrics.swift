@@ -69,6 +69,9 @@ final class GatewayMetrics: Sendable {
     private static var deduplicatedDescriptor: MetricNameDescriptor {
         descriptor("tasks_deduplicated", "total", "Async requests answered with an identical earlier request's task (dedupe:), by route.")
     }
+    private static var cacheDescriptor: MetricNameDescriptor {
+        descriptor("cache", "total", "Requests on cached routes by result: hit, miss, stale, revalidated, coalesced, bypass.")
+    }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
     }
@@ -237,6 +240,10 @@ final class GatewayMetrics: Sendable {
 
     func canaryAborted(route: String) {
         registry.makeCounter(descriptor: Self.canaryAbortsDescriptor, labels: [("route", route)]).increment()
+    }
+
+    func cacheResult(route: String, result: String) {
+        registry.makeCounter(descriptor: Self.cacheDescriptor, labels: [("route", route), ("result", result)]).increment()
     }
 
     func taskDeduplicated(route: String) {

@@ -20,6 +20,8 @@ final class PartnerRequest {
     var admission: Admission?
     /// Set for a request with an `Idempotency-Key` on a POST or PATCH route.
     var idempotency: IdempotentRequest?
+    /// Set for a GET or HEAD on a route with `cache:` (stage 4b).
+    var cache: CacheExchange?
     /// The upstream, the rewritten head and whether it may be sent twice (stage 5).
     var upstream: (runtime: UpstreamRuntime, head: HTTPRequestHead, retryable: Bool)?
     var call: UpstreamCall?

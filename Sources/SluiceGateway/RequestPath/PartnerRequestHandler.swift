@@ -338,6 +338,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// The request leaves the handler: the watchdog hears the rest of it.
     private func retire(_ request: PartnerRequest) {
+        request.cache?.end()
         request.watchdog.close(connection.watchdog)
         if self.request === request { self.request = nil }
     }
@@ -350,14 +351,61 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             request.collected = context?.channel.allocator.buffer(capacity: 0)
             return perform(request.machine.dispatch(.task), request)
         }
+        if request.cache == nil, let cache = plan.route.policy.cache, request.head.method == .GET || request.head.method == .HEAD {
+            return lookUpCache(request, plan, cache)
+        }
         guard let upstream = request.snapshot.upstreams[plan.upstream.name] else {
             runtime.logger.error("no client for upstream", metadata: ["request_id": .string(request.record.requestID)])
             return perform(request.machine.reject(Problem(.internalError, detail: "The gateway could not handle this request."), headers: []), request)
         }
-        let (head, retryable, dispatch) = UpstreamDispatch.prepare(request, plan, upstream: upstream, connection: connection, runtime: runtime)
+        var (head, retryable, dispatch) = UpstreamDispatch.prepare(request, plan, upstream: upstream, connection: connection, runtime: runtime)
+        if let exchange = request.cache, exchange.mode != .bypass {
+            // The cache asks the upstream for the whole answer (revalidating its own entry); the
+            // partner's conditional request is answered from the entry, not forwarded.
+            for name in ["if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"] { head.headers.remove(name: name) }
+            for (name, value) in exchange.validators { head.headers.add(name: name, value: value) }
+        }
         request.upstream = (upstream, head, retryable)
         if case .known(let length) = plan.bodyLength, dispatch == .collected { request.collected = context?.channel.allocator.buffer(capacity: length) }
         perform(request.machine.dispatch(dispatch), request)
+    }
+
+    // MARK: - Stage 4b: the response cache
+
+    /// Answers from the cache, or goes on to the upstream (`dispatch` again, with the exchange
+    /// set) when the entry is missing, stale or the request asked to revalidate.
+    private func lookUpCache(_ request: PartnerRequest, _ plan: ForwardPlan, _ cache: RouteCache) {
+        let caching = request.snapshot.caching
+        let exchange = caching.exchange(request.head, plan: plan, cache: cache)
+        request.cache = exchange
+        guard exchange.mode != .bypass else { return dispatch(request) }
+        caching.lookUp(exchange, on: eventLoop) { [self] decision in
+            switch decision {
+            case .answer(let answer, let refresh):
+                if refresh { refreshInBackground(request, plan, exchange) }
+                request.record.cache = exchange.result.rawValue
+                perform(request.machine.cacheAnswered(answer), request)
+            case .forward:
+                dispatch(request)
+            }
+        }
+    }
+
+    /// Stale-while-revalidate: the entry is refreshed by a call of its own, like a task's.
+    private func refreshInBackground(_ request: PartnerRequest, _ plan: ForwardPlan, _ exchange: CacheExchange) {
+        guard let upstream = request.snapshot.upstreams[plan.upstream.name] else { return request.snapshot.caching.fills.finish(exchange.key, with: nil) }
+        var headers: [TaskHeader] = []
+        let forwarding = UpstreamDispatch.forwardingContext(
+            request, plan, connection: connection, traceparent: RequestIdentity.traceparent(request.record.trace, spanID: runtime.identifiers.next64())
+        )
+        HeaderRewriter.forwardRequest(request.head.headers, forwarding) { name, value in
+            guard !name.lowercased().hasPrefix("if-") else { return }
+            headers.append(TaskHeader(name, value))
+        }
+        let refresh = TaskRequest(
+            method: "GET", upstream: upstream.name, pathAndQuery: plan.target, headers: headers, body: Data(), timeoutMilliseconds: plan.requestTimeout.milliseconds
+        )
+        request.snapshot.caching.refresh(exchange, request: refresh, partner: plan.partner.id, upstream: upstream, on: eventLoop)
     }
 
     private func startCall(_ request: PartnerRequest, _ body: PartnerRequestStateMachine.CallBody) {
@@ -460,8 +508,24 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func upstreamCall(_ call: UpstreamCall, respondedWith upstreamHead: HTTPResponseHead, body: UpstreamResponseBody) {
-        guard let request, request.call === call, let context, request.machine.upstreamResponded() else { return }
+        guard let request, request.call === call, let context else { return }
+        var cacheStatus: String?
+        if let exchange = request.cache {
+            let (instead, status) = exchange.upstreamResponded(status: Int(upstreamHead.status.code), headers: upstreamHead.headers)
+            request.record.cache = exchange.result.rawValue
+            if let instead {
+                // A 304 revalidated the entry, or a 5xx meets a stale entry that may answer on error.
+                request.call = nil
+                call.cancel()
+                request.record.target = call.targetLabel
+                request.tracing.upstreamEnded(status: Int(upstreamHead.status.code))
+                return perform(request.machine.cacheAnswered(instead), request)
+            }
+            cacheStatus = status
+        }
+        guard request.machine.upstreamResponded() else { return }
         var headers = ResponseShaping.forwarded(upstreamHead.headers, request.record, date: runtime.dates.current)
+        if let cacheStatus { headers.add(name: "Cache-Status", value: cacheStatus) }
         if request.machine.closeAfterResponse && !isHTTP2 { headers.replaceOrAdd(name: "Connection", value: "close") }
         let head = HTTPResponseHead(version: responseVersion(request), status: upstreamHead.status, headers: headers)
         request.record.status = Int(upstreamHead.status.code)
@@ -474,6 +538,10 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             // Head and a small body go out in one write.
             request.record.bytesOut = buffer?.readableBytes ?? 0
             if let buffer { request.idempotency?.responseBodyArrived(buffer) }
+            if let exchange = request.cache {
+                if let buffer { exchange.bodyArrived(buffer) }
+                exchange.responseEnded()
+            }
             request.call = nil
             context.write(wrapOutboundOut(.head(head)), promise: nil)
             if let buffer { context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
@@ -487,6 +555,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard let request, request.call === call, let context else { return }
         request.record.bytesOut += chunk.readableBytes
         request.idempotency?.responseBodyArrived(chunk)
+        request.cache?.bodyArrived(chunk)
         context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
         if !context.channel.isWritable { call.pauseResponse(true) }
     }
@@ -494,6 +563,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     func upstreamCallFinished(_ call: UpstreamCall) {
         guard let request, request.call === call else { return }
         request.call = nil
+        request.cache?.responseEnded()
         perform(request.machine.answerWritten(), request)
     }
 
@@ -503,6 +573,10 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
         request.record.target = call.targetLabel
         request.record.upstreamError = "\(failure)"
         request.tracing.upstreamEnded(status: nil, failure: "\(failure)")
+        if let exchange = request.cache, let stale = exchange.answerOnFailure() {
+            request.record.cache = exchange.result.rawValue
+            return perform(request.machine.cacheAnswered(stale), request)
+        }
         perform(request.machine.upstreamFailed(failure), request)
     }
 
@@ -551,6 +625,10 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             status = documentStatus
             headers = ResponseShaping.document(bodyBytes: bytes.count, extra: extra, request.record, date: runtime.dates.current)
             body = context.channel.allocator.buffer(bytes: bytes)
+        case .cached(let answer):
+            status = answer.notModified ? 304 : answer.response.status
+            headers = ResponseShaping.cached(answer, request.record, date: runtime.dates.current)
+            body = answer.notModified || answer.response.body.isEmpty ? nil : context.channel.allocator.buffer(bytes: answer.response.body)
         }
         request.record.status = status
         request.record.bytesOut = body?.readableBytes ?? 0

@@ -97,6 +97,18 @@ struct PartnerRequestStateMachine {
         case replay(IdempotencyRecord)
         /// A JSON document: a task's 202, status or cancel.
         case document(status: Int, body: [UInt8], headers: [(String, String)])
+        /// An answer from the response cache.
+        case cached(CachedAnswer)
+    }
+
+    /// A cached entry as it answers one request.
+    struct CachedAnswer {
+        let response: CachedResponse
+        /// 304 to the partner's own conditional request.
+        let notModified: Bool
+        /// Seconds (`Age`).
+        let age: Int64
+        let cacheStatus: String
     }
 
     /// What admission decided, as the request needs it.
@@ -490,6 +502,12 @@ struct PartnerRequestStateMachine {
         case false?: return .releaseClaim
         case nil: return .none
         }
+    }
+
+    /// The response cache answers (a hit, a revalidated or stale entry) instead of the call.
+    mutating func cacheAnswered(_ answer: CachedAnswer) -> Action {
+        guard stage == .calling, ending == nil, !responseStarted else { return .none }
+        return self.answer(.cached(answer))
     }
 
     /// The task status read or cancel came back with this answer.

@@ -36,6 +36,8 @@ struct RequestRecord {
     var taskAccepted = false
     /// What the request's `Idempotency-Key` led to, for the access log.
     var idempotency: IdempotencyResult?
+    /// What the response cache did for it (`CacheExchange.Result`), for the access log.
+    var cache: String?
     /// What every response to this request carries besides `X-Request-Id`: the version's
     /// `Deprecation`/`Sunset`, the `RateLimit` fields and a refusal's `Retry-After`.
     private var versionHeaders: (deprecation: String?, sunset: String?) = (nil, nil)

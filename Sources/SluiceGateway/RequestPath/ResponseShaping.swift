@@ -92,6 +92,30 @@ extension ResponseShaping {
         return headers
     }
 
+    /// A cached answer's headers: the stored upstream headers (with the origin's `Date`), its
+    /// `Content-Length`, `Age` and `Cache-Status`, and the request's own. A 304 keeps only the
+    /// headers RFC 9110 §15.4.5 lists, and has no body.
+    static func cached(_ answer: PartnerRequestStateMachine.CachedAnswer, _ request: RequestRecord, date: String) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(answer.response.headers.count + RequestRecord.responseHeaderCount + 4)
+        var hasDate = false
+        for header in answer.response.headers {
+            let name = header.name.lowercased()
+            if name == "content-length" || name == "age" || (answer.notModified && !notModifiedHeaders.contains(name)) { continue }
+            if name == "date" { hasDate = true }
+            headers.add(name: header.name, value: header.value)
+        }
+        if !hasDate { headers.add(name: "Date", value: date) }
+        if !answer.notModified { headers.add(name: "Content-Length", value: String(answer.response.body.count)) }
+        headers.add(name: "Age", value: String(answer.age))
+        headers.add(name: "Cache-Status", value: answer.cacheStatus)
+        request.addResponseHeaders(to: &headers)
+        return headers
+    }
+
+    /// What a 304 carries of the stored answer (RFC 9110 §15.4.5).
+    private static let notModifiedHeaders: Set<String> = ["cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified"]
+
     /// The answer to a retry whose original response body was too large to keep.
     static func notReplayable(_ record: IdempotencyRecord) -> (Problem, [(String, String)]) {
         let problem = Problem(

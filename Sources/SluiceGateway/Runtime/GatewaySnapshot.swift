@@ -44,9 +44,10 @@ struct SnapshotFactory: Sendable {
             store: backend.store, retention: policy.gateway.tasks.retention, instance: instance, wakeWorkers: wakeWorkers, clock: clock,
             metrics: metrics, logger: logger
         )
+        let caching = ResponseCaching(store: backend.store, fills: CacheFills(), clock: clock, metrics: metrics, logger: logger)
         return GatewaySnapshot(
             rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: try pool.runtimes(for: policy), admission: admission,
-            idempotency: idempotency, tasks: tasks
+            idempotency: idempotency, tasks: tasks, caching: caching
         )
     }
 }
@@ -61,6 +62,7 @@ final class GatewaySnapshot: Sendable {
     let admission: AdmissionControl
     let idempotency: IdempotencyControl
     let tasks: TaskControl
+    let caching: ResponseCaching
 
     var policy: PolicySet { rules.policy }
     /// The store the policies name (shared by admission, idempotency, tasks and usage).
@@ -68,7 +70,7 @@ final class GatewaySnapshot: Sendable {
 
     fileprivate init(
         rules: GatewayRules, tlsContext: NIOSSLContext?, upstreams: [String: UpstreamRuntime], admission: AdmissionControl,
-        idempotency: IdempotencyControl, tasks: TaskControl
+        idempotency: IdempotencyControl, tasks: TaskControl, caching: ResponseCaching
     ) {
         self.rules = rules
         self.tlsContext = tlsContext
@@ -76,12 +78,13 @@ final class GatewaySnapshot: Sendable {
         self.admission = admission
         self.idempotency = idempotency
         self.tasks = tasks
+        self.caching = caching
     }
 
     /// The same snapshot with other upstream runtimes (target names resolved again); the
     /// rules, and with them a canary's abort, stay.
     func replacingUpstreams(_ upstreams: [String: UpstreamRuntime]) -> GatewaySnapshot {
-        GatewaySnapshot(rules: rules, tlsContext: tlsContext, upstreams: upstreams, admission: admission, idempotency: idempotency, tasks: tasks)
+        GatewaySnapshot(rules: rules, tlsContext: tlsContext, upstreams: upstreams, admission: admission, idempotency: idempotency, tasks: tasks, caching: caching)
     }
 
     /// What TLS 1.2 offers (SPEC §3): ECDHE key exchange with AEAD ciphers only — no CBC

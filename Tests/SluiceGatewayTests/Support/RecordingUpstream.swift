@@ -1,3 +1,4 @@
+import HTTPTypes
 import HummingbirdCore
 import Logging
 import NIOCore
@@ -13,11 +14,16 @@ final class RecordingUpstream: Sendable {
         var path: String
         var bytes: Int
         var complete: Bool
+        /// The request's headers (lowercased names).
+        var headers: [(String, String)] = []
+
+        func header(_ name: String) -> String? { headers.first { $0.0 == name }?.1 }
     }
 
     private struct Script {
         var status = 200
         var body = ""
+        var headers: [(String, String)] = []
         var delay: Duration = .zero
         var holding = false
         var held: [CheckedContinuation<Void, Never>] = []
@@ -35,10 +41,11 @@ final class RecordingUpstream: Sendable {
     var heldCount: Int { script.withLock { $0.held.count } }
 
     /// From now on, answers `status` with `body` (default empty) after `delay`.
-    func reply(_ status: Int, body: String = "", after delay: Duration = .zero) {
+    func reply(_ status: Int, body: String = "", headers: [(String, String)] = [], after delay: Duration = .zero) {
         script.withLock {
             $0.status = status
             $0.body = body
+            $0.headers = headers
             $0.delay = delay
         }
     }
@@ -51,7 +58,7 @@ final class RecordingUpstream: Sendable {
     /// Lets held answers (and later ones) go.
     func release() {
         let held = script.withLock { script in
-            defer { script = Script(status: script.status, body: script.body, delay: script.delay) }
+            defer { script = Script(status: script.status, body: script.body, headers: script.headers, delay: script.delay) }
             return script.held
         }
         for continuation in held { continuation.resume() }
@@ -67,14 +74,19 @@ final class RecordingUpstream: Sendable {
                     for try await chunk in request.body { bytes += chunk.readableBytes }
                     complete = true
                 } catch {}
-                let record = Received(path: request.head.path ?? "", bytes: bytes, complete: complete)
+                let record = Received(
+                    path: request.head.path ?? "", bytes: bytes, complete: complete,
+                    headers: request.head.headerFields.map { ($0.name.canonicalName, $0.value) }
+                )
                 self.received.withLock { $0.append(record) }
-                let (status, body, delay) = self.script.withLock { ($0.status, $0.body, $0.delay) }
+                let (status, body, headers, delay) = self.script.withLock { ($0.status, $0.body, $0.headers, $0.delay) }
                 if delay > .zero { try await Task.sleep(for: delay) }
                 await self.waitWhileHeld()
+                var fields: HTTPFields = status == 304 ? [:] : [.contentLength: String(body.utf8.count)]
+                for (name, value) in headers { if let field = HTTPField.Name(name) { fields.append(HTTPField(name: field, value: value)) } }
                 try await writer.write(
-                    response: .init(status: .init(code: status), headerFields: [.contentLength: String(body.utf8.count)]),
-                    body: ResponseBody(byteBuffer: ByteBuffer(string: body))
+                    response: .init(status: .init(code: status), headerFields: fields),
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: status == 304 ? "" : body))
                 )
             }),
             configuration: ServerConfiguration(address: .hostname("127.0.0.1", port: 0)),

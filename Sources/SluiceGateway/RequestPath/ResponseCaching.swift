@@ -1,0 +1,361 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import SluiceCore
+import SluiceStore
+
+/// Stage 4b of the request path, the shared response cache (SPEC §9), for one policy snapshot:
+/// looks a GET up in the store, answers it from a fresh (or stale-while-revalidate) entry,
+/// and otherwise lets exactly one request per key fill it — within the instance by waiting on
+/// the first (`CacheFills`), across instances by the store's fill lock with a timeout, after
+/// which each goes alone.
+struct ResponseCaching: Sendable {
+    let store: any SharedStore
+    let fills: CacheFills
+    let clock: EpochClock
+    let metrics: GatewayMetrics
+    let logger: Logger
+    /// How long requests wait for another instance's fill before each goes alone.
+    static let fillLockTimeout: Duration = .seconds(10)
+    /// How often a request waiting on another instance's fill looks for the entry.
+    static let fillPollInterval: Duration = .milliseconds(20)
+
+    /// What the lookup decided.
+    enum Decision {
+        /// Answer from the cache; `refresh`: also refresh the entry in the background (once).
+        case answer(PartnerRequestStateMachine.CachedAnswer, refresh: Bool)
+        /// Call the upstream (filling the entry when `exchange.fills`).
+        case forward
+    }
+
+    /// The exchange of a GET or HEAD on a route with `cache:`.
+    func exchange(_ head: PartnerRequestHead, plan: ForwardPlan, cache: RouteCache) -> CacheExchange {
+        let requestHeaders = head.headers.map { (name: $0.name, value: $0.value) }
+        let vary = cache.vary.map { name in (name: name, value: Self.joined(head.headers[name])) }
+        let owner = cache.scope == .shared ? CacheEntryKey.sharedOwner : plan.partner.id
+        let hash = CacheKey.make(
+            route: "\(plan.route.id)#\(Self.tag(cache))", partner: cache.scope == .shared ? nil : plan.partner.id, pathAndQuery: head.target, vary: vary
+        )
+        return CacheExchange(
+            key: CacheEntryKey(route: plan.route.id, owner: owner, hash: hash), cache: cache, mode: CachePolicy.requestMode(requestHeaders),
+            requestHeaders: requestHeaders, fillable: head.method == .GET, caching: self
+        )
+    }
+
+    /// Looks the exchange's key up and decides; `decided` runs once, on `eventLoop`.
+    func lookUp(_ exchange: CacheExchange, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
+        store.cachedResponse(exchange.key, on: eventLoop) { result in
+            let now = clock()
+            guard case .success(let found?) = result, exchange.matchesVary(found) else {
+                if case .failure(let error) = result {
+                    logger.warning("cache lookup failed; the request goes to the upstream", metadata: ["error": .string("\(error)")])
+                }
+                return fill(exchange, on: eventLoop, decided: decided)
+            }
+            let age = CachePolicy.age(storedAt: found.storedAt, initialAge: found.initialAge, now: now)
+            switch CachePolicy.use(found.freshness, age: age, request: exchange.mode) {
+            case .fresh(let ttl):
+                exchange.result = .hit
+                decided(.answer(exchange.answer(found, age: age, status: CacheStatus.hit(ttl: ttl)), refresh: false))
+            case .staleWhileRevalidate:
+                exchange.result = .stale
+                // One refresh per key at a time: the refresh holds the key's fill until it ends.
+                let refresh = fills.begin(exchange.key, on: eventLoop) == nil
+                let status = CacheStatus.hit(ttl: found.freshness.lifetime - age, detail: "stale-while-revalidate")
+                decided(.answer(exchange.answer(found, age: age, status: status), refresh: refresh))
+            case .revalidate(let allowedOnError):
+                exchange.stale = found
+                exchange.staleAllowedOnError = allowedOnError
+                fill(exchange, on: eventLoop, decided: decided)
+            }
+        }
+    }
+
+    /// No usable entry: become the key's filler in this instance, or wait for the one there is.
+    private func fill(_ exchange: CacheExchange, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
+        // A HEAD's answer has no body to keep: it is answered from a GET's entry, never fills one.
+        guard exchange.mode != .bypass, exchange.fillable else { return decided(.forward) }
+        guard let waiting = fills.begin(exchange.key, on: eventLoop) else {
+            exchange.fills = true
+            return takeStoreLock(exchange, on: eventLoop, decided: decided)
+        }
+        waiting.assumeIsolated().whenComplete { result in
+            guard case .success(let entry?) = result, exchange.matchesVary(entry) else { return decided(.forward) }
+            exchange.result = .coalesced
+            let age = CachePolicy.age(storedAt: entry.storedAt, initialAge: entry.initialAge, now: clock())
+            decided(.answer(exchange.answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age)), refresh: false))
+        }
+    }
+
+    /// Across instances: the store's fill lock; without it, wait for the holder's entry.
+    private func takeStoreLock(_ exchange: CacheExchange, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
+        store.takeFillLock(exchange.key, for: Self.fillLockTimeout, on: eventLoop) { result in
+            guard case .success(false) = result else {
+                exchange.holdsStoreLock = (try? result.get()) == true
+                return decided(.forward)
+            }
+            waitForEntry(exchange, until: .now() + TimeAmount(Self.fillLockTimeout), on: eventLoop, decided: decided)
+        }
+    }
+
+    private func waitForEntry(_ exchange: CacheExchange, until deadline: NIODeadline, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
+        eventLoop.scheduleTask(in: TimeAmount(Self.fillPollInterval)) {
+            store.cachedResponse(exchange.key, on: eventLoop) { result in
+                if case .success(let entry?) = result, exchange.matchesVary(entry), exchange.stale.map({ entry.storedAt > $0.storedAt }) ?? true {
+                    exchange.result = .coalesced
+                    let age = CachePolicy.age(storedAt: entry.storedAt, initialAge: entry.initialAge, now: clock())
+                    let answer = exchange.answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age))
+                    exchange.finishFill(entry)
+                    return decided(.answer(answer, refresh: false))
+                }
+                guard NIODeadline.now() < deadline else { return decided(.forward) }
+                waitForEntry(exchange, until: deadline, on: eventLoop, decided: decided)
+            }
+        }
+    }
+
+    /// Refreshes a stale entry in the background (stale-while-revalidate): `request` (a GET
+    /// with the forwarded headers) goes to `upstream` like a task's call; a storable answer
+    /// replaces the entry. The key's fill (taken by the lookup) ends with it.
+    func refresh(_ exchange: CacheExchange, request: TaskRequest, partner: String, upstream: UpstreamRuntime, on eventLoop: any EventLoop) {
+        let call = TaskExchange.start(request, partner: partner, upstream: upstream, traceparent: nil, on: eventLoop, logger: logger)
+        let (key, cache, requestHeaders) = (exchange.key, exchange.cache, exchange.requestHeaders)
+        Task {
+            guard case .response(let answer) = await call.outcome else { return fills.finish(key, with: nil) }
+            let now = clock()
+            let pairs = answer.headers.map { (name: $0.name, value: $0.value) }
+            guard case .success(let freshness) = CachePolicy.storability(status: answer.status, headers: pairs, bodyLength: answer.body.count, route: cache, now: now),
+                let names = CachePolicy.varyNames(pairs)
+            else { return fills.finish(key, with: nil) }
+            let entry = CachedResponse(
+                status: answer.status, headers: answer.headers, body: answer.body, storedAt: now,
+                initialAge: answer.headers.first { $0.name.lowercased() == "age" }.flatMap { Int64($0.value) }.map { $0 * 1_000 } ?? 0,
+                freshness: freshness, varyNames: names, varyValues: names.map { CacheExchange.varyValue($0, in: requestHeaders) }
+            )
+            try? await store.storeResponse(entry, at: key, on: eventLoop)
+            fills.finish(key, with: entry)
+        }
+    }
+
+    /// A digest of the route's `cache:` block: a reload that changes it reaches new keys.
+    static func tag(_ cache: RouteCache) -> String {
+        String(CacheKey.make(route: "\(cache)", partner: nil, pathAndQuery: "", vary: []).prefix(12))
+    }
+
+    static func joined(_ values: [String]) -> String? {
+        values.isEmpty ? nil : values.joined(separator: ", ")
+    }
+}
+
+/// The fills running in this instance, by key: the first request of a key fills it, the others
+/// wait for its entry (or for nil: each then goes alone). Touched only on misses.
+final class CacheFills: Sendable {
+    private let waiting = NIOLockedValueBox<[CacheEntryKey: [EventLoopPromise<CachedResponse?>]]>([:])
+
+    /// nil: the caller fills the key (and must call `finish`); else what it waits for.
+    func begin(_ key: CacheEntryKey, on eventLoop: any EventLoop) -> EventLoopFuture<CachedResponse?>? {
+        waiting.withLockedValue { waiting in
+            guard waiting[key] != nil else {
+                waiting[key] = []
+                return nil
+            }
+            let promise = eventLoop.makePromise(of: CachedResponse?.self)
+            waiting[key]?.append(promise)
+            return promise.futureResult
+        }
+    }
+
+    /// The fill of `key` ended with `entry` (nil: nothing usable; each waiter goes alone).
+    func finish(_ key: CacheEntryKey, with entry: CachedResponse?) {
+        let promises = waiting.withLockedValue { $0.removeValue(forKey: key) } ?? []
+        for promise in promises { promise.succeed(entry) }
+    }
+}
+
+/// One cached route's request: its key, what the lookup found and, while it fills the entry,
+/// the upstream answer as it streams. Lives on the request's event loop.
+final class CacheExchange {
+    enum Result: String {
+        case hit, miss, stale, revalidated, coalesced, bypass
+    }
+
+    let key: CacheEntryKey
+    let cache: RouteCache
+    let mode: CachePolicy.RequestMode
+    let requestHeaders: [(name: String, value: String)]
+    /// A GET (a HEAD is answered from entries, never fills them).
+    let fillable: Bool
+    private let caching: ResponseCaching
+    var result: Result
+    /// A stale entry the upstream call revalidates (and answers with on error when allowed).
+    var stale: CachedResponse?
+    var staleAllowedOnError = false
+    /// This request fills the key in this instance (others wait on it).
+    var fills = false
+    var holdsStoreLock = false
+    private var capture: (status: Int, headers: [TaskHeader], freshness: CachePolicy.Freshness, varyNames: [String], body: [UInt8])?
+    private var ended = false
+
+    init(
+        key: CacheEntryKey, cache: RouteCache, mode: CachePolicy.RequestMode, requestHeaders: [(name: String, value: String)], fillable: Bool,
+        caching: ResponseCaching
+    ) {
+        self.key = key
+        self.fillable = fillable
+        self.cache = cache
+        self.mode = mode
+        self.requestHeaders = requestHeaders
+        self.caching = caching
+        result = mode == .bypass ? .bypass : .miss
+    }
+
+    /// Whether `entry` answers this request: the request's values of the upstream's `Vary` names
+    /// are the storing request's.
+    func matchesVary(_ entry: CachedResponse) -> Bool {
+        entry.varyNames.enumerated().allSatisfy { index, name in varyValue(name) == entry.varyValues[index] }
+    }
+
+    private func varyValue(_ name: String) -> String? {
+        Self.varyValue(name, in: requestHeaders)
+    }
+
+    /// The request's value of header `name` (lowercase; several lines joined), nil when absent.
+    static func varyValue(_ name: String, in headers: [(name: String, value: String)]) -> String? {
+        ResponseCaching.joined(headers.filter { $0.name.lowercased() == name }.map(\.value))
+    }
+
+    /// The answer from `entry`: 304 when the partner's own conditional request matches it.
+    func answer(_ entry: CachedResponse, age: Int64, status cacheStatus: String) -> PartnerRequestStateMachine.CachedAnswer {
+        let notModified = entry.status == 200 && CachePolicy.notModified(request: requestHeaders, etag: entry.header("etag"), lastModified: entry.header("last-modified"))
+        return PartnerRequestStateMachine.CachedAnswer(response: entry, notModified: notModified, age: max(0, age) / 1_000, cacheStatus: cacheStatus)
+    }
+
+    /// The validators to send upstream when revalidating a stale entry.
+    var validators: [(String, String)] {
+        guard let stale else { return [] }
+        return [("If-None-Match", stale.header("etag")), ("If-Modified-Since", stale.header("last-modified"))].compactMap { name, value in value.map { (name, $0) } }
+    }
+
+    /// The upstream answered. Returns an answer to give instead (a 304 that revalidated the
+    /// stale entry; a 5xx while the stale entry may answer on error), or nil and the
+    /// `Cache-Status` to add to the forwarded answer (the capture starts when it may be stored).
+    func upstreamResponded(status: Int, headers: HTTPHeaders) -> (instead: PartnerRequestStateMachine.CachedAnswer?, cacheStatus: String) {
+        let now = caching.clock()
+        if status == 304, var entry = stale {
+            let fresh = refreshed(&entry, with: headers, now: now)
+            result = .revalidated
+            caching.store.storeResponse(entry, at: key, on: caching.store.defaultEventLoop) { _ in }
+            finishFill(entry)
+            return (answer(entry, age: entry.initialAge, status: CacheStatus.forwarded(.stale, status: 304, stored: fresh)), "")
+        }
+        if status >= 500, let entry = stale, staleAllowedOnError {
+            finishFill(nil)
+            result = .stale
+            let age = CachePolicy.age(storedAt: entry.storedAt, initialAge: entry.initialAge, now: now)
+            return (answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age, detail: "stale-if-error")), "")
+        }
+        let reason: CacheStatus.Forward = mode == .bypass ? .bypass : stale != nil ? .stale : mode == .revalidate ? .request : .miss
+        guard fills || holdsStoreLock || mode == .revalidate, mode != .bypass, fillable else {
+            return (nil, CacheStatus.forwarded(reason, status: status, stored: false))
+        }
+        var kept: [TaskHeader] = []
+        let connection = headers["connection"]
+        let nominated = connection.isEmpty ? [] : HeaderRewriter.connectionNominated(values: connection)
+        for (name, value) in headers where HeaderRewriter.keepsResponseHeader(name, nominated: nominated) { kept.append(TaskHeader(name, value)) }
+        let pairs = kept.map { (name: $0.name, value: $0.value) }
+        let length = headers.first(name: "content-length").flatMap { Int($0) }
+        switch CachePolicy.storability(status: status, headers: pairs, bodyLength: length, route: cache, now: now) {
+        case .success(let freshness):
+            capture = (status, kept, freshness, CachePolicy.varyNames(pairs) ?? [], [])
+            return (nil, CacheStatus.forwarded(reason, status: status, stored: true))
+        case .failure(let notStored):
+            finishFill(nil)
+            return (nil, CacheStatus.forwarded(reason, status: status, stored: false, detail: notStored.rawValue))
+        }
+    }
+
+    /// Refreshes a revalidated entry from the 304's headers; whether it is fresh again.
+    private func refreshed(_ entry: inout CachedResponse, with headers: HTTPHeaders, now: Int64) -> Bool {
+        var merged = entry.headers.filter { header in !headers.contains(name: header.name) }
+        for (name, value) in headers where HeaderRewriter.keepsResponseHeader(name, nominated: []) && name.lowercased() != "content-length" {
+            merged.append(TaskHeader(name, value))
+        }
+        let pairs = merged.map { (name: $0.name, value: $0.value) }
+        guard case .success(let freshness) = CachePolicy.storability(status: entry.status, headers: pairs, bodyLength: entry.body.count, route: cache, now: now)
+        else { return false }
+        entry.headers = merged
+        entry.freshness = freshness
+        entry.storedAt = now
+        entry.initialAge = headers.first(name: "age").flatMap { Int64($0) }.map { $0 * 1_000 } ?? 0
+        return true
+    }
+
+    func bodyArrived(_ chunk: ByteBuffer) {
+        guard capture != nil else { return }
+        guard capture!.body.count + chunk.readableBytes <= cache.maxBody else {
+            capture = nil
+            return finishFill(nil)
+        }
+        capture!.body += chunk.readableBytesView
+    }
+
+    /// The upstream's answer ended whole: it is stored, and the requests waiting on it get it.
+    func responseEnded() {
+        guard let capture else { return finishFill(nil) }
+        self.capture = nil
+        let now = caching.clock()
+        var names: [String] = []
+        var values: [String?] = []
+        for name in capture.varyNames {
+            names.append(name)
+            values.append(varyValue(name))
+        }
+        let entry = CachedResponse(
+            status: capture.status, headers: capture.headers, body: Data(capture.body), storedAt: now,
+            initialAge: capture.headers.first { $0.name.lowercased() == "age" }.flatMap { Int64($0.value) }.map { $0 * 1_000 } ?? 0,
+            freshness: capture.freshness, varyNames: names, varyValues: values
+        )
+        let store = caching.store
+        let key = key
+        let release = holdsStoreLock
+        holdsStoreLock = false
+        store.storeResponse(entry, at: key, on: store.defaultEventLoop) { _ in
+            if release { store.releaseFillLock(key, on: store.defaultEventLoop) }
+        }
+        finishFill(entry)
+    }
+
+    /// Ends this request's fill (requests waiting on it get `entry`, or go alone on nil).
+    func finishFill(_ entry: CachedResponse?) {
+        if fills {
+            fills = false
+            caching.fills.finish(key, with: entry)
+        }
+        if holdsStoreLock, entry == nil {
+            holdsStoreLock = false
+            caching.store.releaseFillLock(key, on: caching.store.defaultEventLoop)
+        }
+    }
+
+    /// The request is over (however it ended): a fill it still held ends without an entry, and
+    /// the result is counted once.
+    func end() {
+        guard !ended else { return }
+        ended = true
+        capture = nil
+        finishFill(nil)
+        caching.metrics.cacheResult(route: key.route, result: result.rawValue)
+    }
+
+    /// On an upstream failure (connect error, timeout, open breaker): the stale entry when it may
+    /// answer on error.
+    func answerOnFailure() -> PartnerRequestStateMachine.CachedAnswer? {
+        finishFill(nil)
+        guard let entry = stale, staleAllowedOnError else { return nil }
+        result = .stale
+        let age = CachePolicy.age(storedAt: entry.storedAt, initialAge: entry.initialAge, now: caching.clock())
+        return answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age, detail: "stale-if-error"))
+    }
+}

@@ -1,0 +1,67 @@
+public import NIOCore
+public import SluiceCore
+
+/// The response cache on Redis. An entry is `PREFIX:{c:ROUTE:OWNER}:e:HASH` (the answer as
+/// JSON, expiring with its freshness plus the longer stale window) and its fill lock
+/// `PREFIX:{c:ROUTE:OWNER}:l:HASH` (`SET NX PX`). The hash tag is per route and owner, so one
+/// partner's entries of one route share a slot and a route's entries spread over its
+/// partners (a `shared` route's are one slot). Reads and writes are single commands on the
+/// request path's client; purges scan.
+extension RedisStore: ResponseCacheStore {
+    func cacheBase(route: String, owner: String) -> String { "\(keyPrefix):{c:\(route):\(owner)}" }
+    func cacheEntryKey(_ key: CacheEntryKey) -> String { "\(cacheBase(route: key.route, owner: key.owner)):e:\(key.hash)" }
+    func cacheLockKey(_ key: CacheEntryKey) -> String { "\(cacheBase(route: key.route, owner: key.owner)):l:\(key.hash)" }
+
+    public func cachedResponse(_ key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<CachedResponse?, any Error>) -> Void) {
+        bulk.send(["GET", cacheEntryKey(key)], on: eventLoop).whenComplete { result in
+            completion(result.flatMap { reply in
+                switch reply {
+                case .null: .success(nil)
+                case .string(let bytes):
+                    CachedResponse(encoded: bytes).map { .success($0) } ?? .failure(RedisError.protocolViolation("a cache entry that is not one"))
+                default: .failure(RedisError.protocolViolation("unexpected cache reply \(reply)"))
+                }
+            })
+        }
+    }
+
+    public func storeResponse(
+        _ response: CachedResponse, at key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<Void, any Error>) -> Void
+    ) {
+        bulk.send(["SET", cacheEntryKey(key), response.encoded(), "PX", String(response.keepMilliseconds)], on: eventLoop).whenComplete {
+            completion($0.map { _ in () })
+        }
+    }
+
+    public func takeFillLock(_ key: CacheEntryKey, for duration: Duration, on eventLoop: any EventLoop, completion: @escaping (Result<Bool, any Error>) -> Void) {
+        bulk.send(["SET", cacheLockKey(key), "1", "NX", "PX", String(max(1, duration.milliseconds))], on: eventLoop).whenComplete {
+            completion($0.map { $0 != .null })
+        }
+    }
+
+    public func releaseFillLock(_ key: CacheEntryKey, on eventLoop: any EventLoop) {
+        _ = bulk.send(["DEL", cacheLockKey(key)], on: eventLoop)
+    }
+
+    public func purgeCache(route: String, owner: String?) async throws -> Int {
+        let tag = owner.map { $0 == CacheEntryKey.sharedOwner ? "\\*" : $0 } ?? "*"
+        let pattern = "\(keyPrefix):{c:\(route):\(tag)}:e:*"
+        var cursor = "0"
+        var removed = 0
+        repeat {
+            guard case .array(let page) = try await bulk.send(["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"]), page.count == 2,
+                case .string(let next) = page[0], case .array(let keys) = page[1]
+            else { throw RedisError.protocolViolation("unexpected SCAN reply") }
+            cursor = String(decoding: next, as: UTF8.self)
+            let names = keys.compactMap { key -> String? in
+                guard case .string(let bytes) = key else { return nil }
+                return String(decoding: bytes, as: UTF8.self)
+            }
+            for name in names {
+                // One key per command: keys of different partners live in different slots.
+                if case .integer(let count) = try await bulk.send(["UNLINK", name]) { removed += Int(count) }
+            }
+        } while cursor != "0"
+        return removed
+    }
+}

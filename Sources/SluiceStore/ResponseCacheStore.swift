@@ -1,0 +1,104 @@
+public import Foundation
+public import NIOCore
+public import SluiceCore
+
+/// Where a cached answer lives: its route, whose it is (a partner id, or `*` for a route whose
+/// scope is `shared`) and the request's `CacheKey`. Purges go by route and owner.
+public struct CacheEntryKey: Sendable, Hashable {
+    public let route: String
+    public let owner: String
+    /// `CacheKey.make(…)`: 64 hex characters.
+    public let hash: String
+
+    public static let sharedOwner = "*"
+
+    public init(route: String, owner: String, hash: String) {
+        self.route = route
+        self.owner = owner
+        self.hash = hash
+    }
+}
+
+/// An upstream answer as the cache keeps it (SPEC §9).
+public struct CachedResponse: Sendable, Equatable, Codable {
+    public var status: Int
+    /// The upstream's headers, less hop-by-hop ones (the gateway's own are added when it answers).
+    public var headers: [TaskHeader]
+    public var body: Data
+    /// When the answer arrived (epoch ms).
+    public var storedAt: Int64
+    /// The upstream's `Age` when it arrived (ms).
+    public var initialAge: Int64
+    public var freshness: CachePolicy.Freshness
+    /// The upstream's `Vary` names (lowercase, sorted) and the storing request's values of them:
+    /// the entry answers only requests with the same values.
+    public var varyNames: [String]
+    public var varyValues: [String?]
+
+    public init(
+        status: Int, headers: [TaskHeader], body: Data, storedAt: Int64, initialAge: Int64, freshness: CachePolicy.Freshness,
+        varyNames: [String] = [], varyValues: [String?] = []
+    ) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.storedAt = storedAt
+        self.initialAge = initialAge
+        self.freshness = freshness
+        self.varyNames = varyNames
+        self.varyValues = varyValues
+    }
+
+    /// The value of header `name` (lowercase), if the answer has it.
+    public func header(_ name: String) -> String? {
+        headers.first { $0.name.lowercased() == name }?.value
+    }
+
+    /// How long the store keeps it: its freshness left plus the longer stale window and, when it
+    /// has a validator (`ETag`, `Last-Modified`), as long again as it was fresh (at least a
+    /// minute) to be revalidated with a 304 rather than fetched whole (at least 1 ms).
+    public var keepMilliseconds: Int64 {
+        let revalidation = header("etag") != nil || header("last-modified") != nil ? max(freshness.lifetime, 60_000) : 0
+        return max(1, freshness.lifetime - initialAge + max(freshness.staleWhileRevalidate, freshness.staleIfError, revalidation))
+    }
+}
+
+extension CachedResponse: StoredAsJSON {}
+
+/// The shared response cache (SPEC §9): entries every instance reads, a short lock per key so
+/// that concurrent misses across instances make one upstream call, and purges. The request-path
+/// operations take an event loop and complete there, exactly once.
+public protocol ResponseCacheStore: Sendable {
+    /// The entry at `key`, nil when there is none (or it expired).
+    func cachedResponse(_ key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<CachedResponse?, any Error>) -> Void)
+
+    /// Stores (or replaces) the entry, kept for `response.keepMilliseconds`.
+    func storeResponse(_ response: CachedResponse, at key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<Void, any Error>) -> Void)
+
+    /// Takes the key's fill lock for `duration` when nobody holds it: true for the taker, who
+    /// then calls the upstream and stores the answer; the others wait for the entry.
+    func takeFillLock(_ key: CacheEntryKey, for duration: Duration, on eventLoop: any EventLoop, completion: @escaping (Result<Bool, any Error>) -> Void)
+
+    /// Gives the fill lock back early (the answer was stored, or could not be).
+    func releaseFillLock(_ key: CacheEntryKey, on eventLoop: any EventLoop)
+
+    /// Removes the route's entries (only `owner`'s when given); returns how many.
+    func purgeCache(route: String, owner: String?) async throws -> Int
+}
+
+extension ResponseCacheStore {
+    /// `cachedResponse(…, on:, completion:)` on `eventLoop`, async.
+    public func cachedResponse(_ key: CacheEntryKey, on eventLoop: any EventLoop) async throws -> CachedResponse? {
+        try await eventLoop.run { cachedResponse(key, on: $0, completion: $1) }
+    }
+
+    /// `storeResponse(…, on:, completion:)` on `eventLoop`, async.
+    public func storeResponse(_ response: CachedResponse, at key: CacheEntryKey, on eventLoop: any EventLoop) async throws {
+        try await eventLoop.run { storeResponse(response, at: key, on: $0, completion: $1) }
+    }
+
+    /// `takeFillLock(…, on:, completion:)` on `eventLoop`, async.
+    public func takeFillLock(_ key: CacheEntryKey, for duration: Duration, on eventLoop: any EventLoop) async throws -> Bool {
+        try await eventLoop.run { takeFillLock(key, for: duration, on: $0, completion: $1) }
+    }
+}

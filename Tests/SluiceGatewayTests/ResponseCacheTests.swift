@@ -1,0 +1,270 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import TestSupport
+import Testing
+
+/// The shared response cache on the partner path (SPEC §9, issue 27), over real sockets with a
+/// scripted upstream, on the embedded store and on Redis: hits after a miss, partner scope,
+/// Vary, what is never stored, conditional requests, revalidation, stale-while-revalidate,
+/// stale-if-error, coalesced misses over two instances and reload invalidation.
+@Suite(.serialized)
+struct ResponseCacheTests {
+    private static let routes = [
+        "{ id: catalog, versions: [v2], method: GET, path: \"/catalog/{id}\", upstream: main, cache: { ttl: 30s, vary: [Accept-Language] } }",
+        "{ id: public, versions: [v2], method: GET, path: \"/public/{id}\", upstream: main, cache: { ttl: 30s, scope: shared } }",
+        "{ id: stale, versions: [v2], method: GET, path: \"/stale/{id}\", upstream: main, request_timeout: 300ms, cache: { ttl: 30s, stale_while_revalidate: 10s, stale_if_error: 5m } }",
+        "{ id: small, versions: [v2], method: GET, path: \"/small/{id}\", upstream: main, cache: { ttl: 30s, max_body: 10B } }",
+    ]
+    private static let etag = ("ETag", "\"v1\"")
+
+    /// One gateway (or two sharing a Redis database) in front of `recorder`.
+    private func withGateways(
+        _ count: Int = 1, onRedis: Bool, clock: ManualClock? = nil, _ recorder: RecordingUpstream, _ body: ([GatewayHarness]) async throws -> Void
+    ) async throws {
+        let url = onRedis ? try await TaskDatabase.url() : nil
+        var logger = Logger(label: "recorder")
+        logger.logLevel = .critical
+        try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { port in
+            let configure: (inout TestPolicies) -> Void = { policies in
+                policies.upstreams["main"] = "url: http://127.0.0.1:\(port)"
+                for route in Self.routes { policies.addRoutes(route) }
+                if let url { policies.useRedis(url, timeout: "2s") }
+            }
+            try await GatewayHarness.with(configure, clock: clock) { first in
+                guard count > 1 else { return try await body([first]) }
+                try await GatewayHarness.with(configure, clock: clock) { second in try await body([first, second]) }
+            }
+        }
+    }
+
+    private func get(_ gateway: GatewayHarness, _ path: String, key: String = TestKeys.acme, headers: [(String, String)] = []) async throws -> TestResponse {
+        try await gateway.partner(.GET, path, key: key, headers: headers)
+    }
+
+    /// A miss is stored and the next request is a hit with `Age` and `Cache-Status`: one
+    /// upstream call; a HEAD is answered from the GET's entry; the results are counted.
+    @Test(arguments: [false, true])
+    func hitAfterMissCallsTheUpstreamOnce(onRedis: Bool) async throws {
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{\"part\":\"A-1\"}", headers: [("Content-Type", "application/json"), Self.etag])
+        try await withGateways(onRedis: onRedis, recorder) { gateways in
+            let gateway = gateways[0]
+            let miss = try await get(gateway, "/v2/catalog/1")
+            #expect(miss.status == 200 && miss.text == "{\"part\":\"A-1\"}")
+            #expect(miss.header("Cache-Status") == "sluice; fwd=miss; fwd-status=200; stored")
+            try await eventually("the entry is stored") { try await get(gateway, "/v2/catalog/1").header("Cache-Status")?.hasPrefix("sluice; hit") == true }
+            let hit = try await get(gateway, "/v2/catalog/1")
+            #expect(hit.status == 200 && hit.text == "{\"part\":\"A-1\"}")
+            #expect(hit.header("Content-Type") == "application/json" && hit.header("ETag") == "\"v1\"")
+            #expect(hit.header("Age") != nil && hit.header("X-Request-Id") != nil && hit.header("RateLimit") != nil)
+            #expect(hit.header("Cache-Status")?.hasPrefix("sluice; hit; ttl=") == true)
+            let head = try await gateway.partner(.HEAD, "/v2/catalog/1")
+            #expect(head.status == 200 && head.body.readableBytes == 0 && head.header("Cache-Status")?.hasPrefix("sluice; hit") == true)
+            #expect(recorder.requests.count == 1)
+            #expect(try await gateway.metric("sluice_cache_total{route=\"catalog\",result=\"miss\"}") == 1)
+            #expect((try await gateway.metric("sluice_cache_total{route=\"catalog\",result=\"hit\"}") ?? 0) >= 3)
+        }
+    }
+
+    /// Partner A never gets partner B's entry; a `shared` route has one entry for both.
+    @Test func partnersNeverShareEntriesUnlessTheRouteIsShared() async throws {
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{}")
+        try await withGateways(onRedis: true, recorder) { gateways in
+            let gateway = gateways[0]
+            _ = try await get(gateway, "/v2/catalog/7")
+            let other = try await get(gateway, "/v2/catalog/7", key: TestKeys.globex)
+            #expect(other.header("Cache-Status")?.contains("fwd=miss") == true)
+            #expect(recorder.requests.count == 2)
+            _ = try await get(gateway, "/v2/public/7")
+            let shared = try await get(gateway, "/v2/public/7", key: TestKeys.globex)
+            #expect(shared.header("Cache-Status")?.hasPrefix("sluice; hit") == true)
+            #expect(recorder.requests.count == 3)
+        }
+    }
+
+    /// The route's `vary` headers and the upstream's `Vary` are part of what an entry answers.
+    @Test(arguments: [false, true])
+    func varyHeadersSeparateEntries(onRedis: Bool) async throws {
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{}", headers: [("Vary", "X-Tenant")])
+        try await withGateways(onRedis: onRedis, recorder) { gateways in
+            let gateway = gateways[0]
+            let german = [("Accept-Language", "de"), ("X-Tenant", "a")]
+            _ = try await get(gateway, "/v2/catalog/3", headers: german)
+            #expect(try await get(gateway, "/v2/catalog/3", headers: german).header("Cache-Status")?.hasPrefix("sluice; hit") == true)
+            let english = try await get(gateway, "/v2/catalog/3", headers: [("Accept-Language", "en"), ("X-Tenant", "a")])
+            #expect(english.header("Cache-Status")?.contains("fwd=miss") == true, "the route's vary header")
+            let otherTenant = try await get(gateway, "/v2/catalog/3", headers: [("Accept-Language", "de"), ("X-Tenant", "b")])
+            #expect(otherTenant.header("Cache-Status")?.contains("fwd=miss") == true, "the upstream's Vary")
+            #expect(recorder.requests.count == 3)
+        }
+    }
+
+    /// `no-store`, `private`, `Set-Cookie`, a 5xx and a body over `max_body` are never stored;
+    /// a request's `no-store` bypasses the cache.
+    @Test func whatIsNeverStored() async throws {
+        let recorder = RecordingUpstream()
+        try await withGateways(onRedis: false, recorder) { gateways in
+            let gateway = gateways[0]
+            let cases: [(headers: [(String, String)], status: Int, path: String, detail: String)] = [
+                ([("Cache-Control", "no-store")], 200, "/v2/catalog/10", "no-store"),
+                ([("Cache-Control", "private, max-age=60")], 200, "/v2/catalog/11", "private"),
+                ([("Set-Cookie", "session=1")], 200, "/v2/catalog/12", "set-cookie"),
+                ([], 500, "/v2/catalog/13", "status"),
+                ([], 200, "/v2/small/14", "too-large"),
+            ]
+            for example in cases {
+                recorder.reply(example.status, body: "{\"a\":\"bcdefghijk\"}", headers: example.headers)
+                let first = try await get(gateway, example.path)
+                #expect(first.header("Cache-Status") == "sluice; fwd=miss; fwd-status=\(example.status); detail=\(example.detail)", "\(example.path)")
+                let second = try await get(gateway, example.path)
+                #expect(second.header("Cache-Status")?.contains("fwd=miss") == true, "\(example.path) is not stored")
+            }
+            #expect(recorder.requests.count == 10)
+            recorder.reply(200, body: "{}")
+            _ = try await get(gateway, "/v2/catalog/15")
+            let bypass = try await get(gateway, "/v2/catalog/15", headers: [("Cache-Control", "no-store")])
+            #expect(bypass.header("Cache-Status") == "sluice; fwd=bypass; fwd-status=200")
+            #expect(recorder.requests.count == 12)
+        }
+    }
+
+    /// A partner's conditional request is answered 304 from a fresh entry (the upstream is not
+    /// asked); a stale entry is revalidated with its validators and a 304 refreshes it.
+    @Test(arguments: [false, true])
+    func conditionalRequestsAndRevalidation(onRedis: Bool) async throws {
+        let clock = ManualClock(.present)
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{\"v\":1}", headers: [Self.etag])
+        try await withGateways(onRedis: onRedis, clock: clock, recorder) { gateways in
+            let gateway = gateways[0]
+            _ = try await get(gateway, "/v2/catalog/20")
+            let notModified = try await get(gateway, "/v2/catalog/20", headers: [("If-None-Match", "\"v1\"")])
+            #expect(notModified.status == 304 && notModified.body.readableBytes == 0 && notModified.header("ETag") == "\"v1\"")
+            #expect(recorder.requests.count == 1)
+
+            clock.advance(31_000)
+            recorder.reply(304, headers: [Self.etag])
+            let revalidated = try await get(gateway, "/v2/catalog/20")
+            #expect(revalidated.status == 200 && revalidated.text == "{\"v\":1}")
+            #expect(revalidated.header("Cache-Status") == "sluice; fwd=stale; fwd-status=304; stored")
+            #expect(recorder.requests.count == 2)
+            #expect(recorder.requests.last?.header("if-none-match") == "\"v1\"")
+            let fresh = try await get(gateway, "/v2/catalog/20")
+            #expect(fresh.header("Cache-Status")?.hasPrefix("sluice; hit") == true, "the 304 made it fresh again")
+            #expect(recorder.requests.count == 2)
+
+            let forced = try await get(gateway, "/v2/catalog/20", headers: [("Cache-Control", "no-cache")])
+            #expect(forced.status == 200 && recorder.requests.count == 3, "no-cache revalidates a fresh entry")
+            #expect(try await gateway.metric("sluice_cache_total{route=\"catalog\",result=\"revalidated\"}") == 2)
+        }
+    }
+
+    /// Past its freshness, within `stale_while_revalidate`, an entry answers at once and one
+    /// background call refreshes it; within `stale_if_error`, it answers when the upstream fails
+    /// (a 5xx, a timeout).
+    @Test(arguments: [false, true])
+    func staleEntriesAnswerWhileRevalidatingAndOnErrors(onRedis: Bool) async throws {
+        let clock = ManualClock(.present)
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{\"v\":1}")
+        try await withGateways(onRedis: onRedis, clock: clock, recorder) { gateways in
+            let gateway = gateways[0]
+            _ = try await get(gateway, "/v2/stale/1")
+            clock.advance(35_000)
+            recorder.reply(200, body: "{\"v\":2}")
+            recorder.hold()
+            for _ in 0..<3 {
+                let stale = try await get(gateway, "/v2/stale/1")
+                #expect(stale.text == "{\"v\":1}")
+                #expect(stale.header("Cache-Status") == "sluice; hit; ttl=-5; detail=stale-while-revalidate")
+            }
+            try await eventually("the refresh is sent") { recorder.startedCount == 2 }
+            recorder.release()
+            try await eventually("the refreshed entry answers") { try await get(gateway, "/v2/stale/1").text == "{\"v\":2}" }
+            #expect(recorder.startedCount == 2, "one background refresh")
+
+            clock.advance(60_000)
+            recorder.reply(503, body: "{}")
+            let onError = try await get(gateway, "/v2/stale/1")
+            #expect(onError.status == 200 && onError.text == "{\"v\":2}")
+            #expect(onError.header("Cache-Status")?.hasSuffix("detail=stale-if-error") == true)
+            recorder.reply(200, body: "{}", after: .seconds(2))
+            let onTimeout = try await get(gateway, "/v2/stale/1")
+            #expect(onTimeout.status == 200 && onTimeout.text == "{\"v\":2}")
+            #expect(onTimeout.header("Cache-Status")?.hasSuffix("detail=stale-if-error") == true)
+            #expect((try await gateway.metric("sluice_cache_total{route=\"stale\",result=\"stale\"}") ?? 0) >= 5)
+        }
+    }
+
+    /// 50 concurrent misses for one key over two instances make one upstream call; every
+    /// request gets the answer.
+    @Test func concurrentMissesOverTwoInstancesMakeOneCall() async throws {
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{\"price\":12.5}", after: .milliseconds(500))
+        try await withGateways(2, onRedis: true, recorder) { gateways in
+            let answers = try await withThrowingTaskGroup(of: TestResponse.self) { group in
+                for index in 0..<50 { group.addTask { try await get(gateways[index % 2], "/v2/catalog/99") } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(answers.allSatisfy { $0.status == 200 && $0.text == "{\"price\":12.5}" })
+            #expect(recorder.requests.count == 1)
+            var coalesced = 0.0
+            for gateway in gateways { coalesced += try await gateway.metric("sluice_cache_total{route=\"catalog\",result=\"coalesced\"}") ?? 0 }
+            #expect(coalesced >= 1)
+        }
+    }
+
+    /// `DELETE /admin/cache` (operator) purges a route's entries, or one partner's; bad
+    /// requests are problems; `sluice cache purge` does the same against the store.
+    @Test func purgeByAdminAndCommandLine() async throws {
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{}")
+        try await withGateways(onRedis: true, recorder) { gateways in
+            let gateway = gateways[0]
+            let cached = { (key: String) in try await get(gateway, "/v2/catalog/8", key: key).header("Cache-Status")?.hasPrefix("sluice; hit") == true }
+            for key in [TestKeys.acme, TestKeys.globex] { _ = try await get(gateway, "/v2/catalog/8", key: key) }
+            let (acmeCached, globexCached) = (try await cached(TestKeys.acme), try await cached(TestKeys.globex))
+            #expect(acmeCached && globexCached)
+
+            let purge = { (query: String, token: String?) in try await gateway.send(.DELETE, gateway.admin + "/admin/cache" + query, key: token) }
+            #expect(try await purge("?route=catalog&partner=acme", TestKeys.viewerToken).status == 403)
+            let one = try await purge("?route=catalog&partner=acme", TestKeys.operatorToken)
+            #expect(one.status == 200)
+            #expect(try one.json()["purged"] as? Int == 1)
+            let (acmeAfter, globexAfter) = (try await cached(TestKeys.acme), try await cached(TestKeys.globex))
+            #expect(!acmeAfter && globexAfter)
+            try expectProblem(try await purge("", TestKeys.operatorToken), 400, "invalid-request", path: "/admin/cache")
+            try expectProblem(try await purge("?route=nope", TestKeys.operatorToken), 404, "not-found", path: "/admin/cache")
+            try expectProblem(try await purge("?route=get-order", TestKeys.operatorToken), 404, "not-found", path: "/admin/cache")
+            try expectProblem(
+                try await purge("?route=catalog&partner=nobody", TestKeys.operatorToken), 404, "not-found", path: "/admin/cache"
+            )
+
+            let cli = try await SluiceProcess.run(["cache", "purge", "--route", "catalog", "--policies", gateway.policies.directory.path])
+            #expect(cli.code == 0, "\(cli.stderr)")
+            #expect(cli.stdout.contains("purged 2 entries of route 'catalog'"))
+            #expect(try await cached(TestKeys.globex) == false)
+            let unknown = try await SluiceProcess.run(["cache", "purge", "--route", "nope", "--policies", gateway.policies.directory.path])
+            #expect(unknown.code == 1 && unknown.stderr.contains("no route has the id 'nope'"))
+        }
+    }
+
+    /// A reload that changes a route's `cache:` block invalidates its entries.
+    @Test func reloadChangingTheCacheBlockInvalidates() async throws {
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{}")
+        try await withGateways(onRedis: false, recorder) { gateways in
+            let gateway = gateways[0]
+            _ = try await get(gateway, "/v2/catalog/5")
+            #expect(try await get(gateway, "/v2/catalog/5").header("Cache-Status")?.hasPrefix("sluice; hit") == true)
+            let routes = gateway.policies.files["routes.yaml"]!.replacingOccurrences(of: "cache: { ttl: 30s, vary: [Accept-Language] }", with: "cache: { ttl: 60s, vary: [Accept-Language] }")
+            try gateway.policies.rewrite("routes.yaml", routes)
+            try await eventually("the edited route misses") { try await get(gateway, "/v2/catalog/5").header("Cache-Status")?.contains("fwd=miss") == true }
+            #expect(recorder.requests.count == 2)
+        }
+    }
+}
