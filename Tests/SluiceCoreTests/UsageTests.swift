@@ -87,15 +87,32 @@ struct UsageReportTests {
         ])
     }
 
+    /// A row an earlier gateway stored (eleven counters, before `cached`) still reads, with
+    /// `cached` 0; the stored form keeps the old counters' places.
+    @Test func rowsStoredBeforeTheCachedCounterStillRead() throws {
+        let old = try #require(UsageCounts(storedText: "5 4 1 0 0 0 0 2 1 100 900 3:2"))
+        #expect(old.requests == 5 && old.replayed == 2 && old.tasks == 1 && old.bytesOut == 900 && old.cached == 0)
+        #expect(old.latency.counts == [3: 2])
+        var now = old
+        now.cached = 3
+        #expect(now.storedText == "5 4 1 0 0 0 0 2 1 100 900 3 3:2")
+        #expect(UsageCounts(storedText: now.storedText) == now)
+        #expect(UsageCounts(storedText: "5 4 1") == nil)
+        #expect(UsageCounts(storedText: "1 2 3 4 5 6 7 8 9 10 11 12 13") == nil)
+    }
+
     @Test func csvHasTheSpecHeaderAndOneRowPerKeyInOrder() {
         let lines = report().csv().components(separatedBy: "\r\n")
-        #expect(lines[0] == "date,partner,version,route,requests,2xx,4xx,5xx,rate_limited,quota_rejected,concurrency_limited,replayed,tasks,bytes_in,bytes_out,p50_ms,p95_ms,p99_ms")
+        #expect(
+            lines[0]
+                == "date,partner,version,route,requests,2xx,4xx,5xx,rate_limited,quota_rejected,concurrency_limited,replayed,cached,tasks,bytes_in,bytes_out,p50_ms,p95_ms,p99_ms"
+        )
         #expect(lines.count == 4 && lines[3] == "")
-        #expect(lines[1].hasPrefix("2026-03-01,acme,v2,quote,1,1,0,0,0,0,0,0,1,10,90,"))
+        #expect(lines[1].hasPrefix("2026-03-01,acme,v2,quote,1,1,0,0,0,0,0,0,0,1,10,90,"))
         let orders = lines[2].split(separator: ",", omittingEmptySubsequences: false)
-        #expect(orders.prefix(15).joined(separator: ",") == "2026-03-02,acme,v2,orders,3,1,1,1,1,0,0,1,0,100,370")
-        #expect(orders.count == 18)
-        let p99 = Double(orders[17])!
+        #expect(orders.prefix(16).joined(separator: ",") == "2026-03-02,acme,v2,orders,3,1,1,1,1,0,0,1,0,0,100,370")
+        #expect(orders.count == 19)
+        let p99 = Double(orders[18])!
         #expect(abs(p99 - 30_000) / 30_000 <= 0.05)
     }
 

@@ -74,8 +74,8 @@ struct UsageTests {
                 let lines = csv.stdout.components(separatedBy: "\r\n")
                 #expect(lines.first == UsageReport.columns.joined(separator: ","))
                 #expect(lines.count == 7 && lines.last == "")
-                #expect(lines.contains { $0.hasPrefix("\(today),acme,v2,get-order,4,3,1,0,1,0,0,0,0,") })
-                #expect(lines.contains { $0.hasPrefix("\(today),acme,v2,create-order,2,2,0,0,0,0,0,1,0,28,") })
+                #expect(lines.contains { $0.hasPrefix("\(today),acme,v2,get-order,4,3,1,0,1,0,0,0,0,0,") })
+                #expect(lines.contains { $0.hasPrefix("\(today),acme,v2,create-order,2,2,0,0,0,0,0,1,0,0,28,") })
                 let globex = try await SluiceProcess.run(["report", "--from", today, "--to", today, "--partner", "globex", "--format", "json"] + policies)
                 let globexRows = try JSONSerialization.jsonObject(with: Data(globex.stdout.utf8)) as? [[String: Any]]
                 #expect(globexRows?.map { $0["route"] as? String } == ["get-order"])

@@ -24,6 +24,8 @@ public struct UsageEvent: Sendable {
     public var status: Int
     public var refusal: Refusal?
     public var replayed = false
+    /// Answered from the response cache.
+    public var cached = false
     public var taskAccepted = false
     public var bytesIn: Int
     public var bytesOut: Int
@@ -48,6 +50,7 @@ public struct UsageCounts: Sendable, Equatable {
     public var quotaRejected: Int64 = 0
     public var concurrencyLimited: Int64 = 0
     public var replayed: Int64 = 0
+    public var cached: Int64 = 0
     public var tasks: Int64 = 0
     public var bytesIn: Int64 = 0
     public var bytesOut: Int64 = 0
@@ -70,6 +73,7 @@ public struct UsageCounts: Sendable, Equatable {
         case nil: break
         }
         if event.replayed { replayed += 1 }
+        if event.cached { cached += 1 }
         if event.taskAccepted { tasks += 1 }
         bytesIn += Int64(event.bytesIn)
         bytesOut += Int64(event.bytesOut)
@@ -84,30 +88,39 @@ public struct UsageCounts: Sendable, Equatable {
         latency.merge(other.latency)
     }
 
-    /// The counters by their stored (and CSV) names (key paths are immutable values).
+    /// The counters by their CSV (and JSON) names, in report order (key paths are immutable values).
     nonisolated(unsafe) public static let counters: [(String, WritableKeyPath<UsageCounts, Int64>)] = [
         ("requests", \.requests), ("2xx", \.status2xx), ("4xx", \.status4xx), ("5xx", \.status5xx),
         ("rate_limited", \.rateLimited), ("quota_rejected", \.quotaRejected), ("concurrency_limited", \.concurrencyLimited),
-        ("replayed", \.replayed), ("tasks", \.tasks), ("bytes_in", \.bytesIn), ("bytes_out", \.bytesOut),
+        ("replayed", \.replayed), ("cached", \.cached), ("tasks", \.tasks), ("bytes_in", \.bytesIn), ("bytes_out", \.bytesOut),
     ]
 
-    /// The counts as the store keeps them: the counters in `counters` order, then
+    /// The counters in the order the store keeps them: a counter added later goes last, so rows
+    /// written by earlier gateways (which end before it) still read right.
+    nonisolated(unsafe) public static let storedCounters: [WritableKeyPath<UsageCounts, Int64>] = [
+        \.requests, \.status2xx, \.status4xx, \.status5xx, \.rateLimited, \.quotaRejected, \.concurrencyLimited, \.replayed, \.tasks,
+        \.bytesIn, \.bytesOut, \.cached,
+    ]
+
+    /// The counts as the store keeps them: the counters in `storedCounters` order, then
     /// `bucket:count` per latency bucket hit, space-separated.
     public var storedText: String {
-        var text = Self.counters.map { String(self[keyPath: $0.1]) }.joined(separator: " ")
+        var text = Self.storedCounters.map { String(self[keyPath: $0]) }.joined(separator: " ")
         for (index, count) in latency.counts.sorted(by: { $0.key < $1.key }) { text += " \(index):\(count)" }
         return text
     }
 
-    /// Reads `storedText`; nil when it is not in that form.
+    /// Reads `storedText` (also an earlier gateway's, with fewer counters: the missing ones are
+    /// 0); nil when it is not in that form.
     public init?(storedText text: String) {
         let tokens = text.split(separator: " ")
-        guard tokens.count >= Self.counters.count else { return nil }
-        for (token, (_, keyPath)) in zip(tokens, Self.counters) {
+        let plain = tokens.prefix { !$0.contains(":") }
+        guard plain.count >= 11, plain.count <= Self.storedCounters.count else { return nil }
+        for (token, keyPath) in zip(plain, Self.storedCounters) {
             guard let value = Int64(token) else { return nil }
             self[keyPath: keyPath] = value
         }
-        for token in tokens.dropFirst(Self.counters.count) {
+        for token in tokens.dropFirst(plain.count) {
             guard let colon = token.firstIndex(of: ":"), let index = Int(token[..<colon]), let count = Int64(token[token.index(after: colon)...])
             else { return nil }
             latency.add(bucket: index, count: count)

@@ -49,7 +49,7 @@ extension UsageReport {
             (Self.grouped(total.status5xx), "5xx"), (Self.grouped(total.limited), "limited (429)"),
             (Self.percent(errorShare), "error share (4xx+5xx)"),
             (total.latency.quantile(0.95).map { Self.milliseconds($0) + " ms" } ?? "–", "p95 latency"),
-            (Self.grouped(total.replayed), "replayed"), (Self.grouped(total.tasks), "tasks"),
+            (Self.grouped(total.replayed), "replayed"), (Self.grouped(total.cached), "cached"), (Self.grouped(total.tasks), "tasks"),
             (Self.bytes(total.bytesIn), "bytes in"), (Self.bytes(total.bytesOut), "bytes out"),
         ]
         var out = "<section>\n<h2>\(Self.escaped(partner))</h2>\n<div class=\"summary\">"
@@ -103,14 +103,14 @@ extension UsageReport {
     }
 
     private func table(rows: [Row]) -> String {
-        let headers = ["date", "version", "route", "requests", "2xx", "4xx", "5xx", "rate limited", "quota", "concurrency", "replayed", "tasks",
+        let headers = ["date", "version", "route", "requests", "2xx", "4xx", "5xx", "rate limited", "quota", "concurrency", "replayed", "cached", "tasks",
             "bytes in", "bytes out", "p50 ms", "p95 ms", "p99 ms"]
         var out = "<div class=\"rows\"><table><thead><tr>"
         for (index, header) in headers.enumerated() { out += index < 3 ? "<th class=\"l\">\(header)</th>" : "<th>\(header)</th>" }
         out += "</tr></thead><tbody>\n"
         for row in rows {
             let c = row.counts
-            let cells = [c.requests, c.status2xx, c.status4xx, c.status5xx, c.rateLimited, c.quotaRejected, c.concurrencyLimited, c.replayed, c.tasks,
+            let cells = [c.requests, c.status2xx, c.status4xx, c.status5xx, c.rateLimited, c.quotaRejected, c.concurrencyLimited, c.replayed, c.cached, c.tasks,
                 c.bytesIn, c.bytesOut].map(Self.grouped) + Self.quantiles.map { c.latency.quantile($0).map(Self.milliseconds) ?? "–" }
             out += "<tr><td class=\"l\">\(row.key.day.text)</td><td class=\"l\">\(Self.escaped(row.key.version))</td><td class=\"l\">\(Self.escaped(row.key.route))</td>"
             for cell in cells { out += "<td>\(cell)</td>" }

@@ -626,6 +626,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             headers = ResponseShaping.document(bodyBytes: bytes.count, extra: extra, request.record, date: runtime.dates.current)
             body = context.channel.allocator.buffer(bytes: bytes)
         case .cached(let answer):
+            request.record.answeredFromCache = true
             status = answer.notModified ? 304 : answer.response.status
             headers = ResponseShaping.cached(answer, request.record, date: runtime.dates.current)
             body = answer.notModified || answer.response.body.isEmpty ? nil : context.channel.allocator.buffer(bytes: answer.response.body)

@@ -38,6 +38,8 @@ struct RequestRecord {
     var idempotency: IdempotencyResult?
     /// What the response cache did for it (`CacheExchange.Result`), for the access log.
     var cache: String?
+    /// The answer came from a cached entry (usage's `cached`).
+    var answeredFromCache = false
     /// What every response to this request carries besides `X-Request-Id`: the version's
     /// `Deprecation`/`Sunset`, the `RateLimit` fields and a refusal's `Retry-After`.
     private var versionHeaders: (deprecation: String?, sunset: String?) = (nil, nil)
@@ -80,6 +82,7 @@ struct RequestRecord {
     func usageEvent(status: Int, duration: Duration) -> UsageEvent {
         var event = UsageEvent(status: status, bytesIn: bytesIn, bytesOut: bytesOut, microseconds: duration.microseconds)
         event.replayed = idempotency == .replayed
+        event.cached = answeredFromCache
         event.taskAccepted = taskAccepted
         if status == 429 {
             switch problem {

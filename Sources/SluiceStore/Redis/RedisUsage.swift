@@ -3,7 +3,7 @@ public import SluiceCore
 
 /// Usage on Redis, all under the hash tag `{usage}` (one slot: a flush is one script call).
 /// `PREFIX:{usage}:DAY:PARTNER` is a hash with one field per `version|route`, whose value is
-/// the row's counts as text — the eleven counters in CSV order, then `bucket:count` per latency
+/// the row's counts as text — the counters in `UsageCounts.storedCounters` order, then `bucket:count` per latency
 /// bucket, space-separated — merged by the script; `PREFIX:{usage}:DAY` is the set of partners
 /// with counts that day. Both expire `usage.retention` after the day ends.
 /// `PREFIX:{usage}:batch:ID` marks a flushed batch, so a retried flush is not counted twice.
@@ -14,16 +14,16 @@ enum UsageScripts {
     static let add = RedisScript(
         """
         if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
-        local counters = \(UsageCounts.counters.count)
+        local counters = \(UsageCounts.storedCounters.count)
         local function parse(text, sums, buckets)
           local i = 0
           for token in string.gmatch(text, '%S+') do
-            i = i + 1
-            if i <= counters then
+            local b, n = string.match(token, '^(%d+):(%d+)$')
+            if b then
+              buckets[b] = (buckets[b] or 0) + tonumber(n)
+            elseif i < counters then
+              i = i + 1
               sums[i] = (sums[i] or 0) + tonumber(token)
-            else
-              local b, n = string.match(token, '^(%d+):(%d+)$')
-              if b then buckets[b] = (buckets[b] or 0) + tonumber(n) end
             end
           end
         end
