@@ -49,6 +49,21 @@ public struct CachedResponse: Sendable, Equatable, Codable {
         self.varyValues = varyValues
     }
 
+    /// An upstream answer that arrived at `now`; its `Age` header is its initial age.
+    public static func arriving(
+        status: Int, headers: [TaskHeader], body: Data, at now: Int64, freshness: CachePolicy.Freshness, varyNames: [String], varyValues: [String?]
+    ) -> CachedResponse {
+        let age = headers.first { $0.name.lowercased() == "age" }.flatMap { Int64($0.value) }.map { $0 * 1_000 } ?? 0
+        return CachedResponse(
+            status: status, headers: headers, body: body, storedAt: now, initialAge: age, freshness: freshness, varyNames: varyNames, varyValues: varyValues
+        )
+    }
+
+    /// Its age at `now` (ms): the upstream's `Age` when it arrived plus the time since.
+    public func age(at now: Int64) -> Int64 {
+        CachePolicy.age(storedAt: storedAt, initialAge: initialAge, now: now)
+    }
+
     /// The value of header `name` (lowercase), if the answer has it.
     public func header(_ name: String) -> String? {
         headers.first { $0.name.lowercased() == name }?.value

@@ -1,6 +1,5 @@
 import AsyncHTTPClient
 import Foundation
-import Logging
 import NIOCore
 import SluiceCore
 import TestSupport
@@ -20,24 +19,11 @@ struct ResponseCacheTests {
     ]
     private static let etag = ("ETag", "\"v1\"")
 
-    /// One gateway (or two sharing a Redis database) in front of `recorder`.
+    /// One gateway (or two sharing a Redis database) in front of `recorder`, with the cached routes.
     private func withGateways(
         _ count: Int = 1, onRedis: Bool, clock: ManualClock? = nil, _ recorder: RecordingUpstream, _ body: ([GatewayHarness]) async throws -> Void
     ) async throws {
-        let url = onRedis ? try await TaskDatabase.url() : nil
-        var logger = Logger(label: "recorder")
-        logger.logLevel = .critical
-        try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { port in
-            let configure: (inout TestPolicies) -> Void = { policies in
-                policies.upstreams["main"] = "url: http://127.0.0.1:\(port)"
-                for route in Self.routes { policies.addRoutes(route) }
-                if let url { policies.useRedis(url, timeout: "2s") }
-            }
-            try await GatewayHarness.with(configure, clock: clock) { first in
-                guard count > 1 else { return try await body([first]) }
-                try await GatewayHarness.with(configure, clock: clock) { second in try await body([first, second]) }
-            }
-        }
+        try await SluiceGatewayTests.withGateways(count, onRedis: onRedis, clock: clock, in: recorder, routes: Self.routes, body)
     }
 
     private func get(_ gateway: GatewayHarness, _ path: String, key: String = TestKeys.acme, headers: [(String, String)] = []) async throws -> TestResponse {

@@ -1,6 +1,5 @@
 import AsyncHTTPClient
 import Foundation
-import Logging
 import NIOCore
 import TestSupport
 import Testing
@@ -13,24 +12,11 @@ struct TaskDedupeTests {
     private static let route =
         "{ id: price, versions: [v2], method: POST, path: /price-calculations, upstream: main, upstream_path: /price, async: always, dedupe: 1h }"
 
-    /// Gateways (one, or two sharing a Redis database) in front of `recorder`.
+    /// Gateways (one, or two sharing a Redis database) in front of `recorder`, with the route.
     private func withGateways(
         _ count: Int, onRedis: Bool, _ recorder: RecordingUpstream, _ body: ([GatewayHarness]) async throws -> Void
     ) async throws {
-        let url = onRedis ? try await TaskDatabase.url() : nil
-        var logger = Logger(label: "recorder")
-        logger.logLevel = .critical
-        try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { port in
-            let configure: (inout TestPolicies) -> Void = { policies in
-                policies.upstreams["main"] = "url: http://127.0.0.1:\(port)"
-                policies.addRoutes(Self.route)
-                if let url { policies.useRedis(url, timeout: "2s") }
-            }
-            try await GatewayHarness.with(configure) { first in
-                guard count > 1 else { return try await body([first]) }
-                try await GatewayHarness.with(configure) { second in try await body([first, second]) }
-            }
-        }
+        try await SluiceGatewayTests.withGateways(count, onRedis: onRedis, in: recorder, routes: [Self.route], body)
     }
 
     private func order(_ part: String) -> HTTPClientRequest.Body {

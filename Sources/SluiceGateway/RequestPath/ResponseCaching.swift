@@ -54,7 +54,7 @@ struct ResponseCaching: Sendable {
                 }
                 return fill(exchange, on: eventLoop, decided: decided)
             }
-            let age = CachePolicy.age(storedAt: found.storedAt, initialAge: found.initialAge, now: now)
+            let age = found.age(at: now)
             switch CachePolicy.use(found.freshness, age: age, request: exchange.mode) {
             case .fresh(let ttl):
                 exchange.result = .hit
@@ -84,7 +84,7 @@ struct ResponseCaching: Sendable {
         waiting.assumeIsolated().whenComplete { result in
             guard case .success(let entry?) = result, exchange.matchesVary(entry) else { return decided(.forward) }
             exchange.result = .coalesced
-            let age = CachePolicy.age(storedAt: entry.storedAt, initialAge: entry.initialAge, now: clock())
+            let age = entry.age(at: clock())
             decided(.answer(exchange.answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age)), refresh: false))
         }
     }
@@ -105,7 +105,7 @@ struct ResponseCaching: Sendable {
             store.cachedResponse(exchange.key, on: eventLoop) { result in
                 if case .success(let entry?) = result, exchange.matchesVary(entry), exchange.stale.map({ entry.storedAt > $0.storedAt }) ?? true {
                     exchange.result = .coalesced
-                    let age = CachePolicy.age(storedAt: entry.storedAt, initialAge: entry.initialAge, now: clock())
+                    let age = entry.age(at: clock())
                     let answer = exchange.answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age))
                     exchange.finishFill(entry)
                     return decided(.answer(answer, refresh: false))
@@ -129,10 +129,9 @@ struct ResponseCaching: Sendable {
             guard case .success(let freshness) = CachePolicy.storability(status: answer.status, headers: pairs, bodyLength: answer.body.count, route: cache, now: now),
                 let names = CachePolicy.varyNames(pairs)
             else { return fills.finish(key, with: nil) }
-            let entry = CachedResponse(
-                status: answer.status, headers: answer.headers, body: answer.body, storedAt: now,
-                initialAge: answer.headers.first { $0.name.lowercased() == "age" }.flatMap { Int64($0.value) }.map { $0 * 1_000 } ?? 0,
-                freshness: freshness, varyNames: names, varyValues: names.map { CacheExchange.varyValue($0, in: requestHeaders) }
+            let entry = CachedResponse.arriving(
+                status: answer.status, headers: answer.headers, body: answer.body, at: now, freshness: freshness, varyNames: names,
+                varyValues: names.map { CacheExchange.varyValue($0, in: requestHeaders) }
             )
             try? await store.storeResponse(entry, at: key, on: eventLoop)
             fills.finish(key, with: entry)
@@ -253,7 +252,7 @@ final class CacheExchange {
         if status >= 500, let entry = stale, staleAllowedOnError {
             finishFill(nil)
             result = .stale
-            let age = CachePolicy.age(storedAt: entry.storedAt, initialAge: entry.initialAge, now: now)
+            let age = entry.age(at: now)
             return (answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age, detail: "stale-if-error")), "")
         }
         let reason: CacheStatus.Forward = mode == .bypass ? .bypass : stale != nil ? .stale : mode == .revalidate ? .request : .miss
@@ -306,16 +305,9 @@ final class CacheExchange {
         guard let capture else { return finishFill(nil) }
         self.capture = nil
         let now = caching.clock()
-        var names: [String] = []
-        var values: [String?] = []
-        for name in capture.varyNames {
-            names.append(name)
-            values.append(varyValue(name))
-        }
-        let entry = CachedResponse(
-            status: capture.status, headers: capture.headers, body: Data(capture.body), storedAt: now,
-            initialAge: capture.headers.first { $0.name.lowercased() == "age" }.flatMap { Int64($0.value) }.map { $0 * 1_000 } ?? 0,
-            freshness: capture.freshness, varyNames: names, varyValues: values
+        let entry = CachedResponse.arriving(
+            status: capture.status, headers: capture.headers, body: Data(capture.body), at: now, freshness: capture.freshness,
+            varyNames: capture.varyNames, varyValues: capture.varyNames.map(varyValue)
         )
         let store = caching.store
         let key = key
@@ -355,7 +347,7 @@ final class CacheExchange {
         finishFill(nil)
         guard let entry = stale, staleAllowedOnError else { return nil }
         result = .stale
-        let age = CachePolicy.age(storedAt: entry.storedAt, initialAge: entry.initialAge, now: caching.clock())
+        let age = entry.age(at: caching.clock())
         return answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age, detail: "stale-if-error"))
     }
 }

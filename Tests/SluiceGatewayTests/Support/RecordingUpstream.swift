@@ -122,3 +122,25 @@ func withRecordingUpstream(
         }, clock: clock, body)
     }
 }
+
+/// One gateway (or two sharing a Redis database when `count` is 2) whose upstream `main` is
+/// `recorder`, with `routes` added (YAML flow mappings).
+func withGateways(
+    _ count: Int = 1, onRedis: Bool, clock: ManualClock? = nil, in recorder: RecordingUpstream, routes: [String],
+    _ body: ([GatewayHarness]) async throws -> Void
+) async throws {
+    let url = onRedis ? try await TaskDatabase.url() : nil
+    var logger = Logger(label: "recorder")
+    logger.logLevel = .critical
+    try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { port in
+        let configure: (inout TestPolicies) -> Void = { policies in
+            policies.upstreams["main"] = "url: http://127.0.0.1:\(port)"
+            for route in routes { policies.addRoutes(route) }
+            if let url { policies.useRedis(url, timeout: "2s") }
+        }
+        try await GatewayHarness.with(configure, clock: clock) { first in
+            guard count > 1 else { return try await body([first]) }
+            try await GatewayHarness.with(configure, clock: clock) { second in try await body([first, second]) }
+        }
+    }
+}
