@@ -126,14 +126,19 @@ final class ResponseCacheTable: Sendable {
 }
 
 extension MemoryStore: ResponseCacheStore {
-    public func cachedResponse(_ key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<CachedResponse?, any Error>) -> Void) {
-        completion(.success(responses.get(key)))
+    public func lookUpResponse(
+        _ key: CacheEntryKey, lockFor: Duration?, on eventLoop: any EventLoop, completion: @escaping (Result<CacheLookup, any Error>) -> Void
+    ) {
+        if let entry = responses.get(key) { return completion(.success(CacheLookup(entry: entry, locked: false))) }
+        completion(.success(CacheLookup(entry: nil, locked: lockFor.map { responses.takeLock(key, milliseconds: $0.milliseconds) } ?? false)))
     }
 
     public func storeResponse(
-        _ response: CachedResponse, at key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<Void, any Error>) -> Void
+        _ response: CachedResponse, at key: CacheEntryKey, releasingLock: Bool, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Void, any Error>) -> Void
     ) {
         responses.put(response, at: key)
+        if releasingLock { responses.releaseLock(key) }
         completion(.success(()))
     }
 

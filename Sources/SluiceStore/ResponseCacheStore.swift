@@ -84,11 +84,19 @@ extension CachedResponse: StoredAsJSON {}
 /// that concurrent misses across instances make one upstream call, and purges. The request-path
 /// operations take an event loop and complete there, exactly once.
 public protocol ResponseCacheStore: Sendable {
-    /// The entry at `key`, nil when there is none (or it expired).
-    func cachedResponse(_ key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<CachedResponse?, any Error>) -> Void)
+    /// The entry at `key` (nil when there is none or it expired); when there is none and
+    /// `lockFor` is given, the key's fill lock is taken for that long in the same step if nobody
+    /// holds it (`locked`: the caller now holds it, and calls the upstream and stores).
+    func lookUpResponse(
+        _ key: CacheEntryKey, lockFor: Duration?, on eventLoop: any EventLoop, completion: @escaping (Result<CacheLookup, any Error>) -> Void
+    )
 
-    /// Stores (or replaces) the entry, kept for `response.keepMilliseconds`.
-    func storeResponse(_ response: CachedResponse, at key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<Void, any Error>) -> Void)
+    /// Stores (or replaces) the entry, kept for `response.keepMilliseconds`; with
+    /// `releasingLock`, gives the key's fill lock back in the same step.
+    func storeResponse(
+        _ response: CachedResponse, at key: CacheEntryKey, releasingLock: Bool, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Void, any Error>) -> Void
+    )
 
     /// Takes the key's fill lock for `duration` when nobody holds it: true for the taker, who
     /// then calls the upstream and stores the answer; the others wait for the entry.
@@ -101,15 +109,36 @@ public protocol ResponseCacheStore: Sendable {
     func purgeCache(route: String, owner: String?) async throws -> Int
 }
 
+/// What a lookup found: the entry, or none and whether the caller took the fill lock.
+public struct CacheLookup: Sendable, Equatable {
+    public let entry: CachedResponse?
+    public let locked: Bool
+
+    public init(entry: CachedResponse?, locked: Bool) {
+        self.entry = entry
+        self.locked = locked
+    }
+}
+
 extension ResponseCacheStore {
+    /// The entry at `key` (no lock taken).
+    public func cachedResponse(_ key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<CachedResponse?, any Error>) -> Void) {
+        lookUpResponse(key, lockFor: nil, on: eventLoop) { completion($0.map(\.entry)) }
+    }
+
     /// `cachedResponse(…, on:, completion:)` on `eventLoop`, async.
     public func cachedResponse(_ key: CacheEntryKey, on eventLoop: any EventLoop) async throws -> CachedResponse? {
         try await eventLoop.run { cachedResponse(key, on: $0, completion: $1) }
     }
 
+    /// `lookUpResponse(…, on:, completion:)` on `eventLoop`, async.
+    public func lookUpResponse(_ key: CacheEntryKey, lockFor: Duration?, on eventLoop: any EventLoop) async throws -> CacheLookup {
+        try await eventLoop.run { lookUpResponse(key, lockFor: lockFor, on: $0, completion: $1) }
+    }
+
     /// `storeResponse(…, on:, completion:)` on `eventLoop`, async.
-    public func storeResponse(_ response: CachedResponse, at key: CacheEntryKey, on eventLoop: any EventLoop) async throws {
-        try await eventLoop.run { storeResponse(response, at: key, on: $0, completion: $1) }
+    public func storeResponse(_ response: CachedResponse, at key: CacheEntryKey, releasingLock: Bool = false, on eventLoop: any EventLoop) async throws {
+        try await eventLoop.run { storeResponse(response, at: key, releasingLock: releasingLock, on: $0, completion: $1) }
     }
 
     /// `takeFillLock(…, on:, completion:)` on `eventLoop`, async.

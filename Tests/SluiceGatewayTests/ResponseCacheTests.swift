@@ -21,9 +21,10 @@ struct ResponseCacheTests {
 
     /// One gateway (or two sharing a Redis database) in front of `recorder`, with the cached routes.
     private func withGateways(
-        _ count: Int = 1, onRedis: Bool, clock: ManualClock? = nil, _ recorder: RecordingUpstream, _ body: ([GatewayHarness]) async throws -> Void
+        _ count: Int = 1, onRedis: Bool, clock: ManualClock? = nil, _ recorder: RecordingUpstream, settings: String = "",
+        _ body: ([GatewayHarness]) async throws -> Void
     ) async throws {
-        try await SluiceGatewayTests.withGateways(count, onRedis: onRedis, clock: clock, in: recorder, routes: Self.routes, body)
+        try await SluiceGatewayTests.withGateways(count, onRedis: onRedis, clock: clock, in: recorder, settings: settings, routes: Self.routes, body)
     }
 
     private func get(_ gateway: GatewayHarness, _ path: String, key: String = TestKeys.acme, headers: [(String, String)] = []) async throws -> TestResponse {
@@ -193,6 +194,30 @@ struct ResponseCacheTests {
             #expect(onTimeout.status == 200 && onTimeout.text == "{\"v\":2}")
             #expect(onTimeout.header("Cache-Status")?.hasSuffix("detail=stale-if-error") == true)
             try await eventually("stale answers are counted") { (try await gateway.metric("sluice_cache_total{route=\"stale\",result=\"stale\"}") ?? 0) >= 5 }
+        }
+    }
+
+    /// With the upstream's breaker open (no call is made), a stale entry within
+    /// `stale_if_error` answers.
+    @Test func staleEntriesAnswerWhileTheBreakerIsOpen() async throws {
+        let clock = ManualClock(.present)
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{\"v\":1}")
+        let breaker = "circuit_breaker: { window: 4, min_calls: 2, failure_rate: 50%, open_for: 60s }"
+        try await withGateways(onRedis: false, clock: clock, recorder, settings: breaker) { gateways in
+            let gateway = gateways[0]
+            _ = try await get(gateway, "/v2/stale/1")
+            clock.advance(60_000)
+            recorder.reply(503, body: "{}")
+            for _ in 0..<2 { #expect(try await get(gateway, "/v2/stale/1").text == "{\"v\":1}") }
+            try await eventually("the breaker opens") { try await gateway.metric("sluice_breaker_state{upstream=\"main\"}") == 1 }
+            let calls = recorder.requests.count
+            let whileOpen = try await get(gateway, "/v2/stale/1")
+            #expect(whileOpen.status == 200 && whileOpen.text == "{\"v\":1}")
+            #expect(whileOpen.header("Cache-Status")?.hasSuffix("detail=stale-if-error") == true)
+            #expect(recorder.requests.count == calls, "no call while the breaker is open")
+            let uncached = try await get(gateway, "/v2/catalog/1")
+            #expect(uncached.status == 503, "a route without an entry gets the open breaker's 503")
         }
     }
 

@@ -38,6 +38,22 @@ struct ResponseCacheStoreContractTests {
         }
     }
 
+    /// A lookup that finds nothing takes the fill lock in the same step (once); storing with
+    /// `releasingLock` gives it back; a lookup that finds the entry takes nothing.
+    @Test(arguments: StoreKind.allCases)
+    func lookupsTakeTheFillLockWhenTheyMiss(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            #expect(try await store.lookUpResponse(key(), lockFor: .seconds(30), on: eventLoop) == CacheLookup(entry: nil, locked: true))
+            #expect(try await store.lookUpResponse(key(), lockFor: .seconds(30), on: eventLoop) == CacheLookup(entry: nil, locked: false))
+            #expect(try await store.lookUpResponse(key(), lockFor: nil, on: eventLoop) == CacheLookup(entry: nil, locked: false))
+            let entry = response("{}", storedAt: clock.now)
+            try await store.storeResponse(entry, at: key(), releasingLock: true, on: eventLoop)
+            #expect(try await store.lookUpResponse(key(), lockFor: .seconds(30), on: eventLoop) == CacheLookup(entry: entry, locked: false))
+            #expect(try await store.takeFillLock(key(), for: .seconds(30), on: eventLoop), "the store released the lock")
+        }
+    }
+
     @Test(arguments: StoreKind.allCases)
     func oneFillLockPerKeyUntilReleased(_ kind: StoreKind) async throws {
         let clock = ManualClock(.present)

@@ -44,17 +44,22 @@ struct ResponseCaching: Sendable {
         )
     }
 
-    /// Looks the exchange's key up and decides; `decided` runs once, on `eventLoop`.
+    /// Looks the exchange's key up and decides; `decided` runs once, on `eventLoop`. A GET
+    /// that finds no entry takes the key's fill lock in the same store step.
     func lookUp(_ exchange: CacheExchange, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
-        store.cachedResponse(exchange.key, on: eventLoop) { result in
-            let now = clock()
-            guard case .success(let found?) = result, exchange.matchesVary(found) else {
-                if case .failure(let error) = result {
-                    logger.warning("cache lookup failed; the request goes to the upstream", metadata: ["error": .string("\(error)")])
-                }
-                return fill(exchange, on: eventLoop, decided: decided)
+        let lockFor = exchange.mode != .bypass && exchange.fillable ? Self.fillLockTimeout : nil
+        store.lookUpResponse(exchange.key, lockFor: lockFor, on: eventLoop) { result in
+            let lookup: CacheLookup
+            switch result {
+            case .success(let found): lookup = found
+            case .failure(let error):
+                logger.warning("cache lookup failed; the request goes to the upstream", metadata: ["error": .string("\(error)")])
+                return decided(.forward)
             }
-            let age = found.age(at: now)
+            guard let found = lookup.entry, exchange.matchesVary(found) else {
+                return fill(exchange, locked: lookup.entry == nil ? lookup.locked : nil, on: eventLoop, decided: decided)
+            }
+            let age = found.age(at: clock())
             switch CachePolicy.use(found.freshness, age: age, request: exchange.mode) {
             case .fresh(let ttl):
                 exchange.result = .hit
@@ -62,23 +67,31 @@ struct ResponseCaching: Sendable {
             case .staleWhileRevalidate:
                 exchange.result = .stale
                 // One refresh per key at a time: the refresh holds the key's fill until it ends.
-                let refresh = fills.begin(exchange.key, on: eventLoop) == nil
+                let refresh = fills.lead(exchange.key)
                 let status = CacheStatus.hit(ttl: found.freshness.lifetime - age, detail: "stale-while-revalidate")
                 decided(.answer(exchange.answer(found, age: age, status: status), refresh: refresh))
             case .revalidate(let allowedOnError):
                 exchange.stale = found
                 exchange.staleAllowedOnError = allowedOnError
-                fill(exchange, on: eventLoop, decided: decided)
+                fill(exchange, locked: nil, on: eventLoop, decided: decided)
             }
         }
     }
 
-    /// No usable entry: become the key's filler in this instance, or wait for the one there is.
-    private func fill(_ exchange: CacheExchange, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
+    /// No usable entry. `locked`: whether the lookup took the store's fill lock (nil: it did not
+    /// try). With the lock, this request fills the key; else it waits for this instance's fill
+    /// of the key, or for the lock holder's entry in the store, or (no lock tried) asks for it.
+    private func fill(_ exchange: CacheExchange, locked: Bool?, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
         // A HEAD's answer has no body to keep: it is answered from a GET's entry, never fills one.
         guard exchange.mode != .bypass, exchange.fillable else { return decided(.forward) }
+        if locked == true {
+            exchange.holdsStoreLock = true
+            exchange.fills = fills.lead(exchange.key)
+            return decided(.forward)
+        }
         guard let waiting = fills.begin(exchange.key, on: eventLoop) else {
             exchange.fills = true
+            guard locked == nil else { return waitForEntry(exchange, until: .now() + TimeAmount(Self.fillLockTimeout), on: eventLoop, decided: decided) }
             return takeStoreLock(exchange, on: eventLoop, decided: decided)
         }
         waiting.assumeIsolated().whenComplete { result in
@@ -152,6 +165,15 @@ struct ResponseCaching: Sendable {
 /// wait for its entry (or for nil: each then goes alone). Touched only on misses.
 final class CacheFills: Sendable {
     private let waiting = NIOLockedValueBox<[CacheEntryKey: [EventLoopPromise<CachedResponse?>]]>([:])
+
+    /// Whether the caller now fills `key` (and must call `finish`): false when a fill runs.
+    func lead(_ key: CacheEntryKey) -> Bool {
+        waiting.withLockedValue { waiting in
+            guard waiting[key] == nil else { return false }
+            waiting[key] = []
+            return true
+        }
+    }
 
     /// nil: the caller fills the key (and must call `finish`); else what it waits for.
     func begin(_ key: CacheEntryKey, on eventLoop: any EventLoop) -> EventLoopFuture<CachedResponse?>? {
@@ -245,7 +267,8 @@ final class CacheExchange {
         if status == 304, var entry = stale {
             let fresh = refreshed(&entry, with: headers, now: now)
             result = .revalidated
-            caching.store.storeResponse(entry, at: key, on: caching.store.defaultEventLoop) { _ in }
+            caching.store.storeResponse(entry, at: key, releasingLock: holdsStoreLock, on: caching.store.defaultEventLoop) { _ in }
+            holdsStoreLock = false
             finishFill(entry)
             return (answer(entry, age: entry.initialAge, status: CacheStatus.forwarded(.stale, status: 304, stored: fresh)), "")
         }
@@ -311,11 +334,8 @@ final class CacheExchange {
         )
         let store = caching.store
         let key = key
-        let release = holdsStoreLock
+        store.storeResponse(entry, at: key, releasingLock: holdsStoreLock, on: store.defaultEventLoop) { _ in }
         holdsStoreLock = false
-        store.storeResponse(entry, at: key, on: store.defaultEventLoop) { _ in
-            if release { store.releaseFillLock(key, on: store.defaultEventLoop) }
-        }
         finishFill(entry)
     }
 

@@ -12,13 +12,26 @@ extension RedisStore: ResponseCacheStore {
     func cacheEntryKey(_ key: CacheEntryKey) -> String { "\(cacheBase(route: key.route, owner: key.owner)):e:\(key.hash)" }
     func cacheLockKey(_ key: CacheEntryKey) -> String { "\(cacheBase(route: key.route, owner: key.owner)):l:\(key.hash)" }
 
-    public func cachedResponse(_ key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<CachedResponse?, any Error>) -> Void) {
-        bulk.send(["GET", cacheEntryKey(key)], on: eventLoop).whenComplete { result in
+    public func lookUpResponse(
+        _ key: CacheEntryKey, lockFor: Duration?, on eventLoop: any EventLoop, completion: @escaping (Result<CacheLookup, any Error>) -> Void
+    ) {
+        let reply: EventLoopFuture<RedisReply> =
+            if let lockFor {
+                bulk.evaluate(
+                    CacheScripts.lookUp, keys: [cacheEntryKey(key), cacheLockKey(key)], arguments: [String(max(1, lockFor.milliseconds))], durable: false,
+                    on: eventLoop
+                )
+            } else {
+                bulk.send(["GET", cacheEntryKey(key)], on: eventLoop)
+            }
+        reply.whenComplete { result in
             completion(result.flatMap { reply in
                 switch reply {
-                case .null: .success(nil)
+                case .null: .success(CacheLookup(entry: nil, locked: false))
+                case .integer(let locked): .success(CacheLookup(entry: nil, locked: locked == 1))
                 case .string(let bytes):
-                    CachedResponse(encoded: bytes).map { .success($0) } ?? .failure(RedisError.protocolViolation("a cache entry that is not one"))
+                    CachedResponse(encoded: bytes).map { .success(CacheLookup(entry: $0, locked: false)) }
+                        ?? .failure(RedisError.protocolViolation("a cache entry that is not one"))
                 default: .failure(RedisError.protocolViolation("unexpected cache reply \(reply)"))
                 }
             })
@@ -26,11 +39,13 @@ extension RedisStore: ResponseCacheStore {
     }
 
     public func storeResponse(
-        _ response: CachedResponse, at key: CacheEntryKey, on eventLoop: any EventLoop, completion: @escaping (Result<Void, any Error>) -> Void
+        _ response: CachedResponse, at key: CacheEntryKey, releasingLock: Bool, on eventLoop: any EventLoop,
+        completion: @escaping (Result<Void, any Error>) -> Void
     ) {
-        bulk.send(["SET", cacheEntryKey(key), response.encoded(), "PX", String(response.keepMilliseconds)], on: eventLoop).whenComplete {
-            completion($0.map { _ in () })
-        }
+        bulk.evaluate(
+            CacheScripts.store, keys: [cacheEntryKey(key), cacheLockKey(key)],
+            arguments: [response.encoded(), String(response.keepMilliseconds), releasingLock ? "1" : "0"], durable: false, on: eventLoop
+        ).whenComplete { completion($0.map { _ in () }) }
     }
 
     public func takeFillLock(_ key: CacheEntryKey, for duration: Duration, on eventLoop: any EventLoop, completion: @escaping (Result<Bool, any Error>) -> Void) {
@@ -64,4 +79,27 @@ extension RedisStore: ResponseCacheStore {
         } while cursor != "0"
         return removed
     }
+}
+
+/// The cache's scripts; both keys of each carry the same hash tag (one slot).
+enum CacheScripts {
+    /// KEYS: entry, fill lock. ARGV: lock ms. Returns the entry, else 1 when the lock was
+    /// taken, 0 when someone holds it.
+    static let lookUp = RedisScript(
+        """
+        local entry = redis.call('GET', KEYS[1])
+        if entry then return entry end
+        if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+        return 0
+        """
+    )
+
+    /// KEYS: entry, fill lock. ARGV: the entry, how long to keep it (ms), '1' to release the lock.
+    static let store = RedisScript(
+        """
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+        return 1
+        """
+    )
 }

@@ -251,5 +251,5 @@ enum TaskScripts {
         """
     )
 
-    static let all = [accept, resolveAccept, replace, take, renew, complete, requeue, takeDue, schedule, redrive, countDead, census]
+    static let all = [accept, acceptDeduplicated, resolveAccept, replace, take, renew, complete, requeue, takeDue, schedule, redrive, countDead, census]
 }

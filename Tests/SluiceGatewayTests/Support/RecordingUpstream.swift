@@ -124,9 +124,9 @@ func withRecordingUpstream(
 }
 
 /// One gateway (or two sharing a Redis database when `count` is 2) whose upstream `main` is
-/// `recorder`, with `routes` added (YAML flow mappings).
+/// `recorder` (with `settings`, YAML lines), with `routes` added (YAML flow mappings).
 func withGateways(
-    _ count: Int = 1, onRedis: Bool, clock: ManualClock? = nil, in recorder: RecordingUpstream, routes: [String],
+    _ count: Int = 1, onRedis: Bool, clock: ManualClock? = nil, in recorder: RecordingUpstream, settings: String = "", routes: [String],
     _ body: ([GatewayHarness]) async throws -> Void
 ) async throws {
     let url = onRedis ? try await TaskDatabase.url() : nil
@@ -134,7 +134,7 @@ func withGateways(
     logger.logLevel = .critical
     try await withListeningService({ recorder.server(logger: logger, onListening: $0) }) { port in
         let configure: (inout TestPolicies) -> Void = { policies in
-            policies.upstreams["main"] = "url: http://127.0.0.1:\(port)"
+            policies.upstreams["main"] = "url: http://127.0.0.1:\(port)\n" + settings
             for route in routes { policies.addRoutes(route) }
             if let url { policies.useRedis(url, timeout: "2s") }
         }
