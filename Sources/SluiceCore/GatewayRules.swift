@@ -27,12 +27,16 @@ public final class Route: Sendable {
     public let upstreamPath: PathTemplate
     /// The canary of this policy generation, when the route has one.
     public let canary: CanarySplit?
+    /// What the route's cache keys start with: its id and a digest of its `cache:` block (a
+    /// reload that changes the block reaches new keys); nil without a cache.
+    public let cacheKeyRoute: String?
 
     init(policy: RoutePolicy, upstream: UpstreamPolicy, canaryUpstream: UpstreamPolicy? = nil) {
         self.policy = policy
         self.upstream = upstream
         self.requestTimeout = policy.requestTimeout ?? upstream.requestTimeout
         self.upstreamPath = policy.upstreamPath ?? policy.path
+        cacheKeyRoute = policy.cache.map { "\(policy.id)#\($0.digest.prefix(16))" }
         if let canaryPolicy = policy.canary, let canaryUpstream {
             canary = CanarySplit(canaryPolicy, upstream: canaryUpstream)
         } else {

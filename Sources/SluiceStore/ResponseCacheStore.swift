@@ -20,7 +20,7 @@ public struct CacheEntryKey: Sendable, Hashable {
 }
 
 /// An upstream answer as the cache keeps it (SPEC §9).
-public struct CachedResponse: Sendable, Equatable, Codable {
+public struct CachedResponse: Sendable, Equatable {
     public var status: Int
     /// The upstream's headers, less hop-by-hop ones (the gateway's own are added when it answers).
     public var headers: [TaskHeader]
@@ -78,7 +78,121 @@ public struct CachedResponse: Sendable, Equatable, Codable {
     }
 }
 
-extension CachedResponse: StoredAsJSON {}
+extension CachedResponse {
+    /// The stored form, read on every hit, so plain to parse: length-prefixed fields
+    /// (`LENGTH:BYTES`) — a format tag, the numbers, the headers, the vary values (`-1:` for
+    /// none) — then the body as is when it is UTF-8 text (`t`), else base64 (`b`).
+    public func encoded() -> String {
+        var out = ""
+        func field(_ text: String) { out += "\(text.utf8.count):\(text)" }
+        for text in ["C1", String(status), String(storedAt), String(initialAge), String(freshness.lifetime), String(freshness.staleWhileRevalidate),
+            String(freshness.staleIfError), String(headers.count)]
+        {
+            field(text)
+        }
+        for header in headers {
+            field(header.name)
+            field(header.value)
+        }
+        field(String(varyNames.count))
+        for (name, value) in zip(varyNames, varyValues) {
+            field(name)
+            if let value { field(value) } else { out += "-1:" }
+        }
+        if let text = String(validating: body, as: UTF8.self) {
+            out += "t"
+            out += text
+        } else {
+            out += "b"
+            out += body.base64EncodedString()
+        }
+        return out
+    }
+
+    /// Reads `encoded()`; nil for anything else.
+    public init?(encoded bytes: some Collection<UInt8>) {
+        var reader = FieldReader(bytes: Array(bytes))
+        guard reader.text() == "C1", let status = reader.number(), let storedAt = reader.number(), let initialAge = reader.number(),
+            let lifetime = reader.number(), let whileRevalidate = reader.number(), let ifError = reader.number(), let headerCount = reader.number(),
+            (0...10_000).contains(headerCount)
+        else { return nil }
+        var headers: [TaskHeader] = []
+        headers.reserveCapacity(Int(headerCount))
+        for _ in 0..<headerCount {
+            guard let name = reader.text(), let value = reader.text() else { return nil }
+            headers.append(TaskHeader(name, value))
+        }
+        guard let varyCount = reader.number(), (0...1_000).contains(varyCount) else { return nil }
+        var names: [String] = []
+        var values: [String?] = []
+        for _ in 0..<varyCount {
+            guard let name = reader.text(), let value = reader.optionalText() else { return nil }
+            names.append(name)
+            values.append(value)
+        }
+        guard let body = reader.body() else { return nil }
+        self.init(
+            status: Int(status), headers: headers, body: body, storedAt: storedAt, initialAge: initialAge,
+            freshness: .init(lifetime: lifetime, staleWhileRevalidate: whileRevalidate, staleIfError: ifError), varyNames: names, varyValues: values
+        )
+    }
+
+    /// Reads `LENGTH:BYTES` fields from the front of a stored entry.
+    private struct FieldReader {
+        let bytes: [UInt8]
+        var index = 0
+
+        /// The next field's bytes; nil at a malformed field. `-1:` reads as an empty range flagged absent.
+        private mutating func field() -> (range: Range<Int>, absent: Bool)? {
+            var length = 0
+            var digits = 0
+            var negative = false
+            while index < bytes.count, bytes[index] != UInt8(ascii: ":") {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: "-"), digits == 0, !negative {
+                    negative = true
+                } else {
+                    guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte), digits < 10 else { return nil }
+                    length = length * 10 + Int(byte - UInt8(ascii: "0"))
+                    digits += 1
+                }
+                index += 1
+            }
+            guard index < bytes.count, digits > 0 else { return nil }
+            index += 1
+            if negative { return length == 1 ? (index..<index, true) : nil }
+            guard length <= bytes.count - index else { return nil }
+            defer { index += length }
+            return (index..<(index + length), false)
+        }
+
+        mutating func text() -> String? {
+            guard let (range, absent) = field(), !absent else { return nil }
+            return String(decoding: bytes[range], as: UTF8.self)
+        }
+
+        /// A text field, or nil inside for `-1:`; nil outside for a malformed one.
+        mutating func optionalText() -> String?? {
+            guard let (range, absent) = field() else { return nil }
+            return .some(absent ? nil : String(decoding: bytes[range], as: UTF8.self))
+        }
+
+        mutating func number() -> Int64? {
+            text().flatMap { Int64($0) }
+        }
+
+        /// The rest: `t` then the body as is, or `b` then base64.
+        mutating func body() -> Data? {
+            guard index < bytes.count else { return nil }
+            let rest = bytes[(index + 1)...]
+            switch bytes[index] {
+            case UInt8(ascii: "t"): return Data(rest)
+            case UInt8(ascii: "b"): return Data(base64Encoded: Data(rest))
+            default: return nil
+            }
+        }
+    }
+}
 
 /// The shared response cache (SPEC §9): entries every instance reads, a short lock per key so
 /// that concurrent misses across instances make one upstream call, and purges. The request-path

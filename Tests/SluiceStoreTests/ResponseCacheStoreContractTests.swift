@@ -123,3 +123,36 @@ struct MemoryResponseCacheTests {
         #expect(table.usage.entries == 0)
     }
 }
+
+/// The stored form of an entry: read on every hit, so it must round-trip anything an upstream
+/// sends and refuse anything else.
+struct CachedResponseEncodingTests {
+    private func entry(_ body: Data, headers: [TaskHeader] = [.init("ETag", "\"a:1\""), .init("X-Note", "12:34 tab\there")]) -> CachedResponse {
+        CachedResponse(
+            status: 203, headers: headers, body: body, storedAt: 1_796_000_000_123, initialAge: 5_000,
+            freshness: .init(lifetime: 30_000, staleWhileRevalidate: 0, staleIfError: 300_000), varyNames: ["accept-language", "x-tenant"],
+            varyValues: ["de, en", nil]
+        )
+    }
+
+    @Test func textAndBinaryBodiesRoundTrip() throws {
+        for body in [Data("{\"price\":12.5,\"note\":\"1:2\"}".utf8), Data([0, 255, 254, 10, 58]), Data(), Data("äöü €".utf8)] {
+            let original = entry(body)
+            let decoded = try #require(CachedResponse(encoded: Array(original.encoded().utf8)))
+            #expect(decoded == original)
+        }
+        #expect(entry(Data("{}".utf8)).encoded().hasSuffix("t{}"), "UTF-8 text is stored as is")
+        #expect(entry(Data([255])).encoded().hasSuffix("b/w=="), "anything else as base64")
+    }
+
+    @Test func malformedEntriesAreRefused() {
+        let good = Array(entry(Data("{}".utf8)).encoded().utf8)
+        for cut in [0, 1, 3, 10, good.count / 2] { #expect(CachedResponse(encoded: good.prefix(cut)) == nil, "cut at \(cut)") }
+        for bad in ["", "C2:xx", "2:C13:2001:1", "2:C199999999999:", "2:C1-5:", "{\"status\":200}"] {
+            #expect(CachedResponse(encoded: Array(bad.utf8)) == nil, "\(bad)")
+        }
+        var binary = Array(entry(Data([255])).encoded().utf8)
+        binary.append(UInt8(ascii: "!"))  // not base64 any more
+        #expect(CachedResponse(encoded: binary) == nil)
+    }
+}

@@ -24,7 +24,7 @@ public enum CacheKey {
             add(name)
             add(value)
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return SHA256Digest(hasher.finalize()).hex
     }
 }
 

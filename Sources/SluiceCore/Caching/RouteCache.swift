@@ -18,6 +18,14 @@ public struct RouteCache: Sendable, Equatable {
     public var staleIfError: Duration
     /// Larger answers are not stored.
     public var maxBody: Int
+    /// A digest of the settings above: part of every key, so that a reload that changes the
+    /// block reaches new keys.
+    public var digest: String {
+        CacheKey.make(
+            route: "\(ttl.milliseconds)|\(scope.rawValue)|\(staleWhileRevalidate.milliseconds)|\(staleIfError.milliseconds)|\(maxBody)", partner: nil,
+            pathAndQuery: "", vary: vary.map { ($0, nil) }
+        )
+    }
 
     /// The largest `max_body` a policy may set.
     public static let maxBodyLimit = 64 << 20

@@ -25,7 +25,7 @@ public struct TaskDedupe: Sendable, Hashable {
             hasher.update(data: Data(part.utf8))
         }
         hasher.update(data: Data(SHA256.hash(data: body)))
-        self.init(fingerprint: hasher.finalize().map { String(format: "%02x", $0) }.joined(), window: window)
+        self.init(fingerprint: SHA256Digest(hasher.finalize()).hex, window: window)
     }
 
     /// The queue shard (0..<`count`) of the fingerprint: a deduplicated task lives there, beside

@@ -16,6 +16,12 @@ final class GatewayMetrics: Sendable {
     /// Handles already made, one table per event loop: a request costs one dictionary lookup on
     /// its own loop (no lock) rather than the registry's name building, label checks and lock.
     private let requestHandles: LoopLocal<[RequestSeries: (Counter, DurationHistogram)]>
+    /// `sluice_cache_total` handles by route and result, per loop (a hit costs one lookup, no lock).
+    private let cacheHandles: LoopLocal<[CacheSeries: Counter]>
+
+    private struct CacheSeries: Hashable {
+        let route: String, result: String
+    }
 
     private static var requestsDescriptor: MetricNameDescriptor { descriptor("requests", "total", "Partner requests by partner, version, route and status code.") }
     private static var durationDescriptor: MetricNameDescriptor { descriptor("request_duration", "seconds", "Time from request head to the end of the response.") }
@@ -102,6 +108,7 @@ final class GatewayMetrics: Sendable {
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), group: any EventLoopGroup) {
         self.registry = registry
         requestHandles = LoopLocal(group: group) { _ in [:] }
+        cacheHandles = LoopLocal(group: group) { _ in [:] }
         storeCalls = registry.makeCounter(descriptor: Self.storeCallsDescriptor)
         idempotencyResults = IdempotencyResult.allCases.reduce(into: [:]) {
             $0[$1] = registry.makeCounter(descriptor: Self.idempotencyDescriptor, labels: [("result", $1.rawValue)])
@@ -242,8 +249,16 @@ final class GatewayMetrics: Sendable {
         registry.makeCounter(descriptor: Self.canaryAbortsDescriptor, labels: [("route", route)]).increment()
     }
 
-    func cacheResult(route: String, result: String) {
-        registry.makeCounter(descriptor: Self.cacheDescriptor, labels: [("route", route), ("result", result)]).increment()
+    func cacheResult(route: String, result: String, on eventLoop: any EventLoop) {
+        let series = CacheSeries(route: route, result: result)
+        let make = { [registry] in registry.makeCounter(descriptor: Self.cacheDescriptor, labels: [("route", route), ("result", result)]) }
+        let found = cacheHandles.update(on: eventLoop) { cache in
+            if let counter = cache[series] { return counter }
+            let counter = make()
+            cache[series] = counter
+            return counter
+        }
+        (found ?? make()).increment()
     }
 
     func taskDeduplicated(route: String) {

@@ -338,7 +338,7 @@ final class PartnerRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// The request leaves the handler: the watchdog hears the rest of it.
     private func retire(_ request: PartnerRequest) {
-        request.cache?.end()
+        request.cache?.end(on: eventLoop)
         request.watchdog.close(connection.watchdog)
         if self.request === request { self.request = nil }
     }

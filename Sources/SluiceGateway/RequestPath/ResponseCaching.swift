@@ -32,21 +32,22 @@ struct ResponseCaching: Sendable {
 
     /// The exchange of a GET or HEAD on a route with `cache:`.
     func exchange(_ head: PartnerRequestHead, plan: ForwardPlan, cache: RouteCache) -> CacheExchange {
-        let requestHeaders = head.headers.map { (name: $0.name, value: $0.value) }
+        let directives = ["cache-control", "pragma"].flatMap { name in head.headers[name].map { (name: name, value: $0) } }
         let vary = cache.vary.map { name in (name: name, value: Self.joined(head.headers[name])) }
         let owner = cache.scope == .shared ? CacheEntryKey.sharedOwner : plan.partner.id
         let hash = CacheKey.make(
-            route: "\(plan.route.id)#\(Self.tag(cache))", partner: cache.scope == .shared ? nil : plan.partner.id, pathAndQuery: head.target, vary: vary
+            route: plan.route.cacheKeyRoute ?? plan.route.id, partner: cache.scope == .shared ? nil : plan.partner.id, pathAndQuery: head.target, vary: vary
         )
         return CacheExchange(
-            key: CacheEntryKey(route: plan.route.id, owner: owner, hash: hash), cache: cache, mode: CachePolicy.requestMode(requestHeaders),
-            requestHeaders: requestHeaders, fillable: head.method == .GET, caching: self
+            key: CacheEntryKey(route: plan.route.id, owner: owner, hash: hash), cache: cache, mode: CachePolicy.requestMode(directives),
+            requestHeaders: head.headers, fillable: head.method == .GET, caching: self
         )
     }
 
     /// Looks the exchange's key up and decides; `decided` runs once, on `eventLoop`. A GET
     /// that finds no entry takes the key's fill lock in the same store step.
     func lookUp(_ exchange: CacheExchange, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
+        exchange.eventLoop = eventLoop
         let lockFor = exchange.mode != .bypass && exchange.fillable ? Self.fillLockTimeout : nil
         store.lookUpResponse(exchange.key, lockFor: lockFor, on: eventLoop) { result in
             let lookup: CacheLookup
@@ -151,11 +152,6 @@ struct ResponseCaching: Sendable {
         }
     }
 
-    /// A digest of the route's `cache:` block: a reload that changes it reaches new keys.
-    static func tag(_ cache: RouteCache) -> String {
-        String(CacheKey.make(route: "\(cache)", partner: nil, pathAndQuery: "", vary: []).prefix(12))
-    }
-
     static func joined(_ values: [String]) -> String? {
         values.isEmpty ? nil : values.joined(separator: ", ")
     }
@@ -205,7 +201,7 @@ final class CacheExchange {
     let key: CacheEntryKey
     let cache: RouteCache
     let mode: CachePolicy.RequestMode
-    let requestHeaders: [(name: String, value: String)]
+    let requestHeaders: HTTPHeaders
     /// A GET (a HEAD is answered from entries, never fills them).
     let fillable: Bool
     private let caching: ResponseCaching
@@ -216,11 +212,14 @@ final class CacheExchange {
     /// This request fills the key in this instance (others wait on it).
     var fills = false
     var holdsStoreLock = false
+    /// The request's loop: the entry is stored over its connection, so that a later lookup on
+    /// the same loop comes after the store.
+    var eventLoop: (any EventLoop)?
     private var capture: (status: Int, headers: [TaskHeader], freshness: CachePolicy.Freshness, varyNames: [String], body: [UInt8])?
     private var ended = false
 
     init(
-        key: CacheEntryKey, cache: RouteCache, mode: CachePolicy.RequestMode, requestHeaders: [(name: String, value: String)], fillable: Bool,
+        key: CacheEntryKey, cache: RouteCache, mode: CachePolicy.RequestMode, requestHeaders: HTTPHeaders, fillable: Bool,
         caching: ResponseCaching
     ) {
         self.key = key
@@ -242,14 +241,16 @@ final class CacheExchange {
         Self.varyValue(name, in: requestHeaders)
     }
 
-    /// The request's value of header `name` (lowercase; several lines joined), nil when absent.
-    static func varyValue(_ name: String, in headers: [(name: String, value: String)]) -> String? {
-        ResponseCaching.joined(headers.filter { $0.name.lowercased() == name }.map(\.value))
+    /// The request's value of header `name` (several lines joined), nil when absent.
+    static func varyValue(_ name: String, in headers: HTTPHeaders) -> String? {
+        ResponseCaching.joined(headers[name])
     }
 
     /// The answer from `entry`: 304 when the partner's own conditional request matches it.
     func answer(_ entry: CachedResponse, age: Int64, status cacheStatus: String) -> PartnerRequestStateMachine.CachedAnswer {
-        let notModified = entry.status == 200 && CachePolicy.notModified(request: requestHeaders, etag: entry.header("etag"), lastModified: entry.header("last-modified"))
+        let conditions = ["if-none-match", "if-modified-since"].flatMap { name in requestHeaders[name].map { (name: name, value: $0) } }
+        let notModified = entry.status == 200 && !conditions.isEmpty
+            && CachePolicy.notModified(request: conditions, etag: entry.header("etag"), lastModified: entry.header("last-modified"))
         return PartnerRequestStateMachine.CachedAnswer(response: entry, notModified: notModified, age: max(0, age) / 1_000, cacheStatus: cacheStatus)
     }
 
@@ -267,7 +268,7 @@ final class CacheExchange {
         if status == 304, var entry = stale {
             let fresh = refreshed(&entry, with: headers, now: now)
             result = .revalidated
-            caching.store.storeResponse(entry, at: key, releasingLock: holdsStoreLock, on: caching.store.defaultEventLoop) { _ in }
+            caching.store.storeResponse(entry, at: key, releasingLock: holdsStoreLock, on: eventLoop ?? caching.store.defaultEventLoop) { _ in }
             holdsStoreLock = false
             finishFill(entry)
             return (answer(entry, age: entry.initialAge, status: CacheStatus.forwarded(.stale, status: 304, stored: fresh)), "")
@@ -334,7 +335,7 @@ final class CacheExchange {
         )
         let store = caching.store
         let key = key
-        store.storeResponse(entry, at: key, releasingLock: holdsStoreLock, on: store.defaultEventLoop) { _ in }
+        store.storeResponse(entry, at: key, releasingLock: holdsStoreLock, on: eventLoop ?? store.defaultEventLoop) { _ in }
         holdsStoreLock = false
         finishFill(entry)
     }
@@ -347,18 +348,18 @@ final class CacheExchange {
         }
         if holdsStoreLock, entry == nil {
             holdsStoreLock = false
-            caching.store.releaseFillLock(key, on: caching.store.defaultEventLoop)
+            caching.store.releaseFillLock(key, on: eventLoop ?? caching.store.defaultEventLoop)
         }
     }
 
     /// The request is over (however it ended): a fill it still held ends without an entry, and
     /// the result is counted once.
-    func end() {
+    func end(on eventLoop: any EventLoop) {
         guard !ended else { return }
         ended = true
         capture = nil
         finishFill(nil)
-        caching.metrics.cacheResult(route: key.route, result: result.rawValue)
+        caching.metrics.cacheResult(route: key.route, result: result.rawValue, on: eventLoop)
     }
 
     /// On an upstream failure (connect error, timeout, open breaker): the stale entry when it may
