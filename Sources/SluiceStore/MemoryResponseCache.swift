@@ -1,5 +1,5 @@
 public import NIOCore
-public import SluiceCore
+import SluiceCore
 import Synchronization
 
 /// The embedded store's response cache: bounded by entries and bytes, the least recently used

@@ -1,5 +1,5 @@
 public import NIOCore
-public import SluiceCore
+import SluiceCore
 
 /// The response cache on Redis. An entry is `PREFIX:{c:ROUTE:OWNER}:e:HASH` (the answer as
 /// JSON, expiring with its freshness plus the longer stale window) and its fill lock
