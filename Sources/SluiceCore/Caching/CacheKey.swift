@@ -1,6 +1,3 @@
-import Crypto
-public import Foundation
-
 /// Where a cached answer is kept (SPEC §9): hex SHA-256 of the route, the partner (unless the
 /// route's scope is `shared`), GET for GET and HEAD (a HEAD is answered from the GET's entry),
 /// the path with query as sent, and the values of the vary headers. Each part is
@@ -10,21 +7,13 @@ public enum CacheKey {
     /// `vary`: request header names (lowercase) and the request's values of each (nil when
     /// absent; several lines joined by `, `), in the order given (callers sort them).
     public static func make(route: String, partner: String?, pathAndQuery: String, vary: [(name: String, value: String?)]) -> String {
-        var hasher = SHA256()
-        func add(_ part: String?) {
-            guard let part else { return withUnsafeBytes(of: UInt64.max) { hasher.update(bufferPointer: $0) } }
-            withUnsafeBytes(of: UInt64(part.utf8.count).bigEndian) { hasher.update(bufferPointer: $0) }
-            hasher.update(data: Data(part.utf8))
-        }
-        add(route)
-        add(partner)
-        add("GET")
-        add(pathAndQuery)
+        var digest = PartsDigest()
+        for part in [route, partner, "GET", pathAndQuery] { digest.add(part) }
         for (name, value) in vary {
-            add(name)
-            add(value)
+            digest.add(name)
+            digest.add(value)
         }
-        return SHA256Digest(hasher.finalize()).hex
+        return digest.hex()
     }
 }
 

@@ -1,4 +1,3 @@
-import Crypto
 public import Foundation
 
 /// What makes two async requests the same task (SPEC §9 Dedupe, a route's `dedupe:`): the same
@@ -19,13 +18,10 @@ public struct TaskDedupe: Sendable, Hashable {
     /// The dedupe of one request. Each part is length-prefixed, so no two different requests
     /// share their bytes (a partner cannot shape a path that reads as another partner's request).
     public init(partner: String, method: String, pathAndQuery: String, body: some DataProtocol, window: Duration) {
-        var hasher = SHA256()
-        for part in [partner, method, pathAndQuery] {
-            withUnsafeBytes(of: UInt64(part.utf8.count).bigEndian) { hasher.update(bufferPointer: $0) }
-            hasher.update(data: Data(part.utf8))
-        }
-        hasher.update(data: Data(SHA256.hash(data: body)))
-        self.init(fingerprint: SHA256Digest(hasher.finalize()).hex, window: window)
+        var digest = PartsDigest()
+        for part in [partner, method, pathAndQuery] { digest.add(part) }
+        digest.addDigest(of: body)
+        self.init(fingerprint: digest.hex(), window: window)
     }
 
     /// The queue shard (0..<`count`) of the fingerprint: a deduplicated task lives there, beside

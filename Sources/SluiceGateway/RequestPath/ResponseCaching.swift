@@ -98,8 +98,7 @@ struct ResponseCaching: Sendable {
         waiting.assumeIsolated().whenComplete { result in
             guard case .success(let entry?) = result, exchange.matchesVary(entry) else { return decided(.forward) }
             exchange.result = .coalesced
-            let age = entry.age(at: clock())
-            decided(.answer(exchange.answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age)), refresh: false))
+            decided(.answer(exchange.hit(entry, at: clock()), refresh: false))
         }
     }
 
@@ -119,8 +118,7 @@ struct ResponseCaching: Sendable {
             store.cachedResponse(exchange.key, on: eventLoop) { result in
                 if case .success(let entry?) = result, exchange.matchesVary(entry), exchange.stale.map({ entry.storedAt > $0.storedAt }) ?? true {
                     exchange.result = .coalesced
-                    let age = entry.age(at: clock())
-                    let answer = exchange.answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age))
+                    let answer = exchange.hit(entry, at: clock())
                     exchange.finishFill(entry)
                     return decided(.answer(answer, refresh: false))
                 }
@@ -246,6 +244,13 @@ final class CacheExchange {
         ResponseCaching.joined(headers[name])
     }
 
+    /// The answer from `entry` as a hit at `now` (`Cache-Status: sluice; hit; ttl=…`, negative
+    /// when stale, with `detail`).
+    func hit(_ entry: CachedResponse, at now: Int64, detail: String? = nil) -> PartnerRequestStateMachine.CachedAnswer {
+        let age = entry.age(at: now)
+        return answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age, detail: detail))
+    }
+
     /// The answer from `entry`: 304 when the partner's own conditional request matches it.
     func answer(_ entry: CachedResponse, age: Int64, status cacheStatus: String) -> PartnerRequestStateMachine.CachedAnswer {
         let conditions = ["if-none-match", "if-modified-since"].flatMap { name in requestHeaders[name].map { (name: name, value: $0) } }
@@ -276,8 +281,7 @@ final class CacheExchange {
         if status >= 500, let entry = stale, staleAllowedOnError {
             finishFill(nil)
             result = .stale
-            let age = entry.age(at: now)
-            return (answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age, detail: "stale-if-error")), "")
+            return (hit(entry, at: now, detail: "stale-if-error"), "")
         }
         let reason: CacheStatus.Forward = mode == .bypass ? .bypass : stale != nil ? .stale : mode == .revalidate ? .request : .miss
         guard fills || holdsStoreLock || mode == .revalidate, mode != .bypass, fillable else {
@@ -368,7 +372,6 @@ final class CacheExchange {
         finishFill(nil)
         guard let entry = stale, staleAllowedOnError else { return nil }
         result = .stale
-        let age = entry.age(at: caching.clock())
-        return answer(entry, age: age, status: CacheStatus.hit(ttl: entry.freshness.lifetime - age, detail: "stale-if-error"))
+        return hit(entry, at: caching.clock(), detail: "stale-if-error")
     }
 }
