@@ -28,7 +28,8 @@ struct Cache: AsyncParsableCommand {
             do {
                 let purged = try await purge.purge(route: route, partner: partner)
                 await close()
-                print("purged \(purged) entries of route '\(route)'" + (partner.map { " for partner '\($0)'" } ?? ""))
+                print("purged \(purged) entries of route '\(route)'" + (partner.map { " for partner '\($0)'" } ?? "")
+                    + "; running gateways stop answering from them within \(CachePurge.reachesRunningGatewaysWithin)")
             } catch let refusal as CachePurge.Refusal {
                 await close()
                 printError("sluice: \(refusal)")

@@ -21,6 +21,10 @@ public struct CachePurge: Sendable {
         }
     }
 
+    /// A purge drops the purging gateway's near copies at once; the other gateways on the store
+    /// stop answering from theirs within this.
+    public static let reachesRunningGatewaysWithin = RedisStore.nearCacheHold
+
     let policy: PolicySet
     let store: any ResponseCacheStore
 

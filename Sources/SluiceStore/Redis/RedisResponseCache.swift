@@ -6,15 +6,25 @@ import SluiceCore
 /// `PREFIX:{c:ROUTE:OWNER}:l:HASH` (`SET NX PX`). The hash tag is per route and owner, so one
 /// partner's entries of one route share a slot and a route's entries spread over its
 /// partners (a `shared` route's are one slot). Reads and writes are single commands on the
-/// request path's client; purges scan.
+/// bulk client; purges scan. Each event loop keeps near copies of the fresh entries it read
+/// or stored (`NearCacheEntries`): a hot key's hits ask Redis about once a second per loop.
 extension RedisStore: ResponseCacheStore {
+    /// How long an event loop answers a fresh entry from its near copy before asking Redis
+    /// again: another instance's purge or replacement of the entry is seen here within it.
+    public static let nearCacheHold: Duration = .seconds(1)
+
     func cacheBase(route: String, owner: String) -> String { "\(keyPrefix):{c:\(route):\(owner)}" }
     func cacheEntryKey(_ key: CacheEntryKey) -> String { "\(cacheBase(route: key.route, owner: key.owner)):e:\(key.hash)" }
     func cacheLockKey(_ key: CacheEntryKey) -> String { "\(cacheBase(route: key.route, owner: key.owner)):l:\(key.hash)" }
 
+    /// The near copies' clock: the injected one, else the wall clock.
+    private var nearNow: Int64 { (clock ?? MemoryStore.wallClock)() }
+
     public func lookUpResponse(
         _ key: CacheEntryKey, lockFor: Duration?, on eventLoop: any EventLoop, completion: @escaping (Result<CacheLookup, any Error>) -> Void
     ) {
+        let loop = loops[eventLoop]
+        if let near = loop?.nearCache.fresh(key, now: nearNow) { return completion(.success(CacheLookup(entry: near, locked: false))) }
         let reply: EventLoopFuture<RedisReply> =
             if let lockFor {
                 bulk.evaluate(
@@ -30,8 +40,10 @@ extension RedisStore: ResponseCacheStore {
                 case .null: .success(CacheLookup(entry: nil, locked: false))
                 case .integer(let locked): .success(CacheLookup(entry: nil, locked: locked == 1))
                 case .string(let bytes):
-                    CachedResponse(encoded: bytes).map { .success(CacheLookup(entry: $0, locked: false)) }
-                        ?? .failure(RedisError.protocolViolation("a cache entry that is not one"))
+                    CachedResponse(encoded: bytes).map { entry in
+                        loop?.nearCache.keep(entry, at: key, now: self.nearNow)
+                        return .success(CacheLookup(entry: entry, locked: false))
+                    } ?? .failure(RedisError.protocolViolation("a cache entry that is not one"))
                 default: .failure(RedisError.protocolViolation("unexpected cache reply \(reply)"))
                 }
             })
@@ -42,6 +54,7 @@ extension RedisStore: ResponseCacheStore {
         _ response: CachedResponse, at key: CacheEntryKey, releasingLock: Bool, on eventLoop: any EventLoop,
         completion: @escaping (Result<Void, any Error>) -> Void
     ) {
+        loops.update(on: eventLoop) { $0.nearCache.keep(response, at: key, now: nearNow) }
         bulk.evaluate(
             CacheScripts.store, keys: [cacheEntryKey(key), cacheLockKey(key)],
             arguments: [response.encoded(), String(response.keepMilliseconds), releasingLock ? "1" : "0"], durable: false, on: eventLoop
@@ -59,6 +72,7 @@ extension RedisStore: ResponseCacheStore {
     }
 
     public func purgeCache(route: String, owner: String?) async throws -> Int {
+        _ = await loops.collect { $0.nearCache.forget(route: route, owner: owner) }
         let tag = owner.map { $0 == CacheEntryKey.sharedOwner ? "\\*" : $0 } ?? "*"
         let pattern = "\(keyPrefix):{c:\(route):\(tag)}:e:*"
         var cursor = "0"

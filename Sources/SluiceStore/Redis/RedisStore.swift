@@ -51,6 +51,8 @@ public final class RedisStore: AdmissionStore {
         var idempotencyBatches: [String: IdempotencyBatch] = [:]
         /// A look at the batches is scheduled for the end of this tick.
         var idempotencyLookScheduled = false
+        /// Response-cache entries this loop read or stored lately.
+        var nearCache = NearCacheEntries()
     }
 
     /// Most requests per call (Lua's `unpack` limit and reply size stay small).
