@@ -251,12 +251,16 @@ final class TaskTable: Sendable {
         return state.withLock { state in
             var counts: [TaskStatus: Int] = [:]
             var oldestQueuedAt: Int64?
+            var byRoute: [String: Int64] = [:]
             for stored in state.tasks.values where stored.expires > now {
                 let lifecycle = stored.record.lifecycle
                 counts[lifecycle.status, default: 0] += 1
-                if lifecycle.status == .queued { oldestQueuedAt = min(oldestQueuedAt ?? lifecycle.updatedAt, lifecycle.updatedAt) }
+                if lifecycle.status == .queued {
+                    oldestQueuedAt = min(oldestQueuedAt ?? lifecycle.updatedAt, lifecycle.updatedAt)
+                    byRoute[stored.record.route] = min(byRoute[stored.record.route] ?? lifecycle.updatedAt, lifecycle.updatedAt)
+                }
             }
-            return TaskCensus(counts: counts, oldestQueuedAt: oldestQueuedAt)
+            return TaskCensus(counts: counts, oldestQueuedAt: oldestQueuedAt, oldestQueuedAtByRoute: byRoute)
         }
     }
 

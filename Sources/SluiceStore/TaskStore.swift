@@ -42,10 +42,17 @@ public struct TaskCensus: Sendable, Equatable {
     public var counts: [TaskStatus: Int]
     /// When the queued task that has waited longest entered the queue (epoch ms); nil when none is queued.
     public var oldestQueuedAt: Int64?
+    /// The same per route, for the routes that have queued tasks (on Redis: among the
+    /// `TaskCensus.routeScanLimit` longest-waiting tasks of each shard).
+    public var oldestQueuedAtByRoute: [String: Int64]
 
-    public init(counts: [TaskStatus: Int] = [:], oldestQueuedAt: Int64? = nil) {
+    /// How many of a shard's longest-waiting queued tasks a Redis census reads for their routes.
+    public static let routeScanLimit = 64
+
+    public init(counts: [TaskStatus: Int] = [:], oldestQueuedAt: Int64? = nil, oldestQueuedAtByRoute: [String: Int64] = [:]) {
         self.counts = TaskStatus.allCases.reduce(into: [:]) { $0[$1] = counts[$1] ?? 0 }
         self.oldestQueuedAt = oldestQueuedAt
+        self.oldestQueuedAtByRoute = oldestQueuedAtByRoute
     }
 }
 

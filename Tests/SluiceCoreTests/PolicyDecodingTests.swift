@@ -36,6 +36,9 @@ struct PolicyDecodingTests {
         )
         #expect(policy.routes.routes.allSatisfy { $0.id == "get-order" || $0.cache == nil })
         #expect(getOrder.idempotency == nil)
+        #expect(getOrder.slo == RouteSLO(targets: [(.p95, .milliseconds(300))]))
+        #expect(price.slo == RouteSLO(targets: [(.p95, .seconds(600)), (.p99, .seconds(1_200))]))
+        #expect(policy.routes.routes.allSatisfy { ["get-order", "price"].contains($0.id) || $0.slo == nil })
         #expect(policy.routes.routes.first { $0.id == "create-order" }?.idempotency == .optional)
 
         let acme = try #require(policy.partners.first { $0.id == "acme" })

@@ -77,6 +77,13 @@ struct PolicyErrorTests {
             "policies/routes.yaml:23:13: route 'price' dedupe must be greater than 0",
             "policies/routes.yaml:30:13: expected a duration like 250ms, 5s, 2m, 1h or 30d for route 'quote' dedupe, got 'a while'",
         ]),
+        ("bad-slo", [
+            "policies/routes.yaml:11:10: route 'get-order' slo needs a target: p95, p99 or both (like p95: 10m)",
+            "policies/routes.yaml:11:12: unknown key 'p90' in route 'get-order' slo (did you mean 'p95'?)",
+            "policies/routes.yaml:18:17: route 'price' slo p95 must be greater than 0",
+            "policies/routes.yaml:18:26: expected a duration like 250ms, 5s, 2m, 1h or 30d for route 'price' slo p99, got 'soon'",
+            "policies/routes.yaml:24:10: route 'quote' slo needs a target: p95, p99 or both (like p95: 10m)",
+        ]),
         ("route-unknown-upstream", ["policies/routes.yaml:22:15: route 'price' names unknown upstream 'pricng'"]),
         ("route-unknown-version", ["policies/routes.yaml:19:16: route 'price' names unknown version 'v3'"]),
         ("unknown-route-upstream-param", [

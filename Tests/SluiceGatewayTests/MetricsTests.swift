@@ -1,5 +1,6 @@
 import Foundation
 import NIOPosix
+import NIOSSL
 @testable import SluiceGateway
 import Testing
 import TestSupport
@@ -133,6 +134,43 @@ struct MetricsTests {
             #expect(requests.allSatisfy { !($0.labels["route"] ?? "").contains("/") })
             #expect(requests.contains { $0.labels == ["partner": "-", "version": "-", "route": "-", "code": "401"] })
             #expect(exposition.samples.contains { $0.name == "sluice_ratelimit_rejections_total" && $0.labels == ["partner": "acme", "reason": "rate"] })
+        }
+    }
+}
+
+/// The gauges that follow the policies: route SLOs (only routes with `slo:`) and when the
+/// partner listener's certificate and client CA expire; a reload replaces them.
+@Suite(.serialized)
+struct PolicyGaugeTests {
+    @Test func routeSLOsAndCertificateExpiryFollowThePolicies() async throws {
+        let slo = "slo: { p95: 10m, p99: 20m }"
+        try await GatewayHarness.with({ policies in
+            policies.addRoutes("{ id: price, versions: [v2], method: POST, path: /price-calculations, upstream: main, async: always, \(slo) }")
+        }) { gateway in
+            func gauges(_ name: String) async throws -> [String: Double] {
+                let exposition = MetricsTests.Exposition(try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text)
+                let samples = exposition.samples.filter { $0.name == name }
+                #expect(samples.isEmpty || exposition.types[name] == "gauge")
+                return samples.reduce(into: [:]) { found, sample in
+                    found[sample.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")] = sample.value
+                }
+            }
+            #expect(try await gauges("sluice_route_slo_seconds") == ["quantile=0.95,route=price": 600, "quantile=0.99,route=price": 1_200])
+            let server = try #require(try NIOSSLCertificate.fromPEMFile(gateway.pki.serverCertificatePath).first)
+            let ca = try #require(try NIOSSLCertificate.fromPEMFile(gateway.pki.caPath).first)
+            #expect(
+                try await gauges("sluice_tls_certificate_expiry_timestamp_seconds")
+                    == ["listener=https": Double(server.notValidAfter), "listener=https-client-ca": Double(ca.notValidAfter)]
+            )
+            #expect(Double(server.notValidAfter) > Date().timeIntervalSince1970, "the test certificate is valid now")
+
+            let routes = gateway.policies.files["routes.yaml"]!
+            try gateway.policies.rewrite("routes.yaml", routes.replacingOccurrences(of: slo, with: "slo: { p99: 15m }"))
+            try await eventually("the reload replaced the SLO series") {
+                try await gauges("sluice_route_slo_seconds") == ["quantile=0.99,route=price": 900]
+            }
+            try gateway.policies.rewrite("routes.yaml", routes.replacingOccurrences(of: ", \(slo)", with: ""))
+            try await eventually("a route without slo: exports none") { try await gauges("sluice_route_slo_seconds").isEmpty }
         }
     }
 }

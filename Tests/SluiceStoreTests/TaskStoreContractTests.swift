@@ -10,9 +10,9 @@ import TestSupport
 struct TaskStoreContractTests {
     private let retention: Duration = .seconds(7 * 86_400)
 
-    private func newTask(_ clock: ManualClock, partner: String = "acme", request id: String = "req-1") -> (TaskRecord, TaskRequest) {
+    private func newTask(_ clock: ManualClock, partner: String = "acme", route: String = "price", request id: String = "req-1") -> (TaskRecord, TaskRequest) {
         let record = TaskRecord(
-            id: TaskID.random(), partner: partner, version: "v2", route: "price",
+            id: TaskID.random(), partner: partner, version: "v2", route: route,
             lifecycle: TaskLifecycle(acceptedAt: clock.now, instance: "gw-a", requestID: id), traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         )
         let request = TaskRequest(
@@ -255,6 +255,7 @@ struct TaskStoreContractTests {
             #expect(census.counts == [.queued: 1, .running: 1, .succeeded: 1, .failed: 0, .cancelled: 1])
             #expect(census.oldestQueuedAt == tasks[3].lifecycle.createdAt)
             #expect(census.oldestQueuedAt != firstAccepted)
+            #expect(census.oldestQueuedAtByRoute == ["price": tasks[3].lifecycle.createdAt])
 
             clock.advance(1_000)
             var handedBack = running
@@ -263,6 +264,10 @@ struct TaskStoreContractTests {
             let after = try await store.taskCensus(retention: retention)
             #expect(after.counts[.queued] == 2 && after.counts[.running] == 0)
             #expect(after.oldestQueuedAt == tasks[3].lifecycle.createdAt)
+            let (quote, quoteRequest) = newTask(clock, route: "quote")
+            #expect(try await store.acceptTask(quote, request: quoteRequest, retention: retention))
+            let byRoute = try await store.taskCensus(retention: retention).oldestQueuedAtByRoute
+            #expect(byRoute == ["price": tasks[3].lifecycle.createdAt, "quote": quote.lifecycle.createdAt], "each route its own oldest")
 
             clock.advance(retention.milliseconds + 1)
             #expect(try await store.taskCensus(retention: retention) == TaskCensus())

@@ -54,6 +54,8 @@ public struct RoutePolicy: Sendable, Equatable {
     public var dedupe: Duration?
     /// `cache:` on a GET route: answers kept in the store and served to later requests (SPEC §9).
     public var cache: RouteCache?
+    /// `slo:` — latency targets by quantile (SPEC §10); nil = none, nothing exported.
+    public var slo: RouteSLO?
     public var location: SourceLocation
 
     /// `canary:` — partners sent to another upstream instead of the route's own.
@@ -204,6 +206,7 @@ extension RoutesPolicy {
         let dedupe = dedupeValue?.duration("\(context) dedupe")
         let cacheValue = map.optional("cache")
         let cache = cacheValue.flatMap { RouteCache.read($0, context: "\(context) cache") }
+        let slo = map.optional("slo").flatMap { RouteSLO.read($0, context: "\(context) slo") }
         map.finish()
         if cache != nil, let method, method != "GET", method != "HEAD", let cacheValue {
             cacheValue.report("\(context) cache applies to GET and HEAD routes only, not \(method)")
@@ -231,6 +234,7 @@ extension RoutesPolicy {
             canary: canary,
             dedupe: (async ?? .never) == .never ? nil : dedupe,
             cache: method == "GET" || method == "HEAD" ? cache : nil,
+            slo: slo,
             location: item.location
         )
     }

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Prometheus
 import SluiceCore
 import NIOCore
@@ -53,6 +54,9 @@ final class GatewayMetrics: Sendable {
     private static var queueOldestDescriptor: MetricNameDescriptor {
         descriptor("task_queue_oldest", "seconds", "How long the longest-waiting queued task has waited (0 when none waits).")
     }
+    private static var queueOldestByRouteDescriptor: MetricNameDescriptor {
+        descriptor("task_queue_oldest_by_route", "seconds", "How long each route's longest-waiting queued task has waited (0 when none of the route's waits).")
+    }
     private static var spansDroppedDescriptor: MetricNameDescriptor {
         descriptor("trace_spans_dropped", "total", "Spans not exported because the export queue was full.")
     }
@@ -77,6 +81,12 @@ final class GatewayMetrics: Sendable {
     }
     private static var cacheDescriptor: MetricNameDescriptor {
         descriptor("cache", "total", "Requests on cached routes by result: hit, miss, stale, revalidated, coalesced, bypass.")
+    }
+    private static var sloDescriptor: MetricNameDescriptor {
+        descriptor("route_slo", "seconds", "A route's latency target by quantile (slo: in routes.yaml); absent for routes without one.")
+    }
+    private static var certificateExpiryDescriptor: MetricNameDescriptor {
+        descriptor("tls_certificate_expiry_timestamp", "seconds", "When the listener's certificate (https) or the earliest of its client CA's certificates (https-client-ca) expires.")
     }
     private static func descriptor(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "sluice", metricName: metric, unitName: unit, helpText: help)
@@ -103,6 +113,16 @@ final class GatewayMetrics: Sendable {
     private let deadWebhooks: Gauge
     private let tasksByStatus: [TaskStatus: Gauge]
     private let queueOldest: Gauge
+    /// `sluice_task_queue_oldest_by_route_seconds` of every route that had a queued task.
+    private let queueOldestByRoute = NIOLockedValueBox<[String: Gauge]>([:])
+    /// The gauges that follow the policies (route SLOs, certificate expiry), by metric and
+    /// labels: a reload sets the new series and removes the ones the policies no longer have.
+    private let policyGauges = NIOLockedValueBox<[PolicySeries: Gauge]>([:])
+
+    private struct PolicySeries: Hashable {
+        let metric: String
+        let labels: [String]
+    }
 
     /// - Parameter group: The loops that finish requests (each keeps its own handle table).
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), group: any EventLoopGroup) {
@@ -157,10 +177,19 @@ final class GatewayMetrics: Sendable {
         deadWebhooks.set(to: Double(count))
     }
 
-    /// Sets `sluice_tasks{status}` and `sluice_task_queue_oldest_seconds` from the store's census.
+    /// Sets `sluice_tasks{status}`, `sluice_task_queue_oldest_seconds` and
+    /// `sluice_task_queue_oldest_by_route_seconds{route}` from the store's census (a route seen
+    /// before with nothing queued now reads 0).
     func taskCensus(_ census: TaskCensus, now: Int64) {
+        func waited(_ since: Int64?) -> Double { since.map { Double(max(0, now - $0)) / 1_000 } ?? 0 }
         for (status, count) in census.counts { tasksByStatus[status]?.set(to: Double(count)) }
-        queueOldest.set(to: census.oldestQueuedAt.map { Double(max(0, now - $0)) / 1_000 } ?? 0)
+        queueOldest.set(to: waited(census.oldestQueuedAt))
+        queueOldestByRoute.withLockedValue { gauges in
+            for route in census.oldestQueuedAtByRoute.keys where gauges[route] == nil {
+                gauges[route] = registry.makeGauge(descriptor: Self.queueOldestByRouteDescriptor, labels: [("route", route)])
+            }
+            for (route, gauge) in gauges { gauge.set(to: waited(census.oldestQueuedAtByRoute[route])) }
+        }
     }
 
     /// Observes how long a task spent in a phase (`sluice_task_duration_seconds{route,phase}`).
@@ -263,6 +292,33 @@ final class GatewayMetrics: Sendable {
 
     func taskDeduplicated(route: String) {
         registry.makeCounter(descriptor: Self.deduplicatedDescriptor, labels: [("route", route)]).increment()
+    }
+
+    /// Sets `sluice_route_slo_seconds{route,quantile}` and
+    /// `sluice_tls_certificate_expiry_timestamp_seconds{listener}` from a policy set just applied;
+    /// series of routes or listeners it no longer has go away.
+    func policyApplied(_ policy: PolicySet, certificateExpiries: [String: Double]) {
+        var wanted: [PolicySeries: (descriptor: MetricNameDescriptor, labels: [(String, String)], value: Double)] = [:]
+        for route in policy.routes.routes {
+            for target in route.slo?.targets ?? [] {
+                let labels = [("route", route.id), ("quantile", target.quantile.label)]
+                wanted[PolicySeries(metric: "slo", labels: labels.map(\.1))] = (Self.sloDescriptor, labels, Double(target.duration.milliseconds) / 1_000)
+            }
+        }
+        for (listener, expiry) in certificateExpiries {
+            wanted[PolicySeries(metric: "certificate", labels: [listener])] = (Self.certificateExpiryDescriptor, [("listener", listener)], expiry)
+        }
+        policyGauges.withLockedValue { gauges in
+            for (series, gauge) in gauges where wanted[series] == nil {
+                registry.unregisterGauge(gauge)
+                gauges[series] = nil
+            }
+            for (series, value) in wanted {
+                let gauge = gauges[series] ?? registry.makeGauge(descriptor: value.descriptor, labels: value.labels)
+                gauge.set(to: value.value)
+                gauges[series] = gauge
+            }
+        }
     }
 
     func policyReloaded(succeeded: Bool) {

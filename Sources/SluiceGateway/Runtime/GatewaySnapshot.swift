@@ -45,9 +45,11 @@ struct SnapshotFactory: Sendable {
             metrics: metrics, logger: logger
         )
         let caching = ResponseCaching(store: backend.store, fills: CacheFills(), clock: clock, metrics: metrics, logger: logger)
+        let upstreams = try pool.runtimes(for: policy)
+        metrics.policyApplied(policy, certificateExpiries: policy.gateway.tls.map(GatewaySnapshot.certificateExpiries) ?? [:])
         return GatewaySnapshot(
-            rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: try pool.runtimes(for: policy), admission: admission,
-            idempotency: idempotency, tasks: tasks, caching: caching
+            rules: GatewayRules(policy), tlsContext: tlsContext, upstreams: upstreams, admission: admission, idempotency: idempotency, tasks: tasks,
+            caching: caching
         )
     }
 }
@@ -94,6 +96,19 @@ final class GatewaySnapshot: Sendable {
         .TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, .TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
         .TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, .TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     ]
+
+    /// When the partner listener's certificate (`https`) and the earliest of its client CA's
+    /// certificates (`https-client-ca`) stop being valid, in seconds since the epoch
+    /// (`sluice_tls_certificate_expiry_timestamp_seconds{listener}`). Files that cannot be read
+    /// are left out (the TLS context reports them).
+    static func certificateExpiries(_ tls: GatewayPolicy.TLS) -> [String: Double] {
+        var expiries: [String: Double] = [:]
+        if let leaf = try? NIOSSLCertificate.fromPEMFile(tls.certificatePath).first { expiries["https"] = Double(leaf.notValidAfter) }
+        if let path = tls.clientCAPath, let earliest = (try? NIOSSLCertificate.fromPEMFile(path))?.map(\.notValidAfter).min() {
+            expiries["https-client-ca"] = Double(earliest)
+        }
+        return expiries
+    }
 
     /// TLS 1.2+ (AEAD suites only), ALPN h2 and http/1.1; with a client CA, client certificates are requested and,
     /// when presented, verified (a partner may still use an API key instead).

@@ -293,21 +293,25 @@ extension RedisStore: TaskStore, WebhookStore {
         let statuses = TaskStatus.allCases
         var counts: [TaskStatus: Int] = [:]
         var oldestQueuedAt: Int64?
+        var byRoute: [String: Int64] = [:]
         for shard in 0..<Self.taskShards {
-            let reply = try await bulk.evaluate(
-                TaskScripts.census, keys: statusKeys(shard), arguments: [String(retention.milliseconds), now], on: defaultEventLoop
-            ).get()
-            guard case .array(let items) = reply, items.count == statuses.count + 1 else {
-                throw RedisError.protocolViolation("unexpected census reply \(reply)")
-            }
-            let numbers = try items.map { item in
-                guard case .integer(let number) = item else { throw RedisError.protocolViolation("unexpected census reply \(reply)") }
+            let arguments = [String(retention.milliseconds), now, String(TaskCensus.routeScanLimit), "\(taskShardBase(shard)):task:"]
+            let reply = try await bulk.evaluate(TaskScripts.census, keys: statusKeys(shard), arguments: arguments, on: defaultEventLoop).get()
+            let malformed = RedisError.protocolViolation("unexpected census reply \(reply)")
+            guard case .array(let items) = reply, items.count > statuses.count, (items.count - statuses.count - 1) % 2 == 0 else { throw malformed }
+            let numbers = try items.prefix(statuses.count + 1).map { item in
+                guard case .integer(let number) = item else { throw malformed }
                 return number
             }
             for (status, count) in zip(statuses, numbers) { counts[status, default: 0] += Int(count) }
             if numbers[statuses.count] >= 0 { oldestQueuedAt = min(oldestQueuedAt ?? numbers[statuses.count], numbers[statuses.count]) }
+            for pair in stride(from: statuses.count + 1, to: items.count, by: 2) {
+                guard case .string(let name) = items[pair], case .integer(let at) = items[pair + 1] else { throw malformed }
+                let route = String(decoding: name, as: UTF8.self)
+                byRoute[route] = min(byRoute[route] ?? at, at)
+            }
         }
-        return TaskCensus(counts: counts, oldestQueuedAt: oldestQueuedAt)
+        return TaskCensus(counts: counts, oldestQueuedAt: oldestQueuedAt, oldestQueuedAtByRoute: byRoute)
     }
 
     static func strings(_ reply: RedisReply) -> [String] {

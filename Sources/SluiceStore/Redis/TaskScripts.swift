@@ -235,8 +235,10 @@ enum TaskScripts {
 
     /// Counts a shard's tasks by status after dropping entries older than the retention (their
     /// tasks expired). KEYS: the status sets, queued first. ARGV: retention ms, now ms ('' =
-    /// Redis TIME). Returns the counts in KEYS order, then when the oldest queued task entered
-    /// the queue (ms; -1 when none).
+    /// Redis TIME), how many of the longest-waiting queued tasks to read for their routes, the
+    /// shard's task key prefix (`…:task:`; same hash tag). Returns the counts in KEYS order, when
+    /// the oldest queued task entered the queue (ms; -1 when none), then route and time pairs:
+    /// each route's longest-waiting task among those read.
     static let census = RedisScript(
         """
         \(AdmissionScripts.now(argument: 2))
@@ -245,8 +247,19 @@ enum TaskScripts {
           redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[1]))
           out[i] = redis.call('ZCARD', KEYS[i])
         end
-        local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-        out[#KEYS + 1] = oldest[2] and math.floor(tonumber(oldest[2])) or -1
+        local waiting = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
+        out[#KEYS + 1] = waiting[2] and math.floor(tonumber(waiting[2])) or -1
+        local seen = {}
+        for i = 1, #waiting, 2 do
+          local record = redis.call('HGET', ARGV[4] .. waiting[i], 'j')
+          local ok, decoded = pcall(cjson.decode, record or '')
+          local route = ok and type(decoded) == 'table' and decoded['route']
+          if type(route) == 'string' and not seen[route] then
+            seen[route] = true
+            out[#out + 1] = route
+            out[#out + 1] = math.floor(tonumber(waiting[i + 1]))
+          end
+        end
         return out
         """
     )
