@@ -116,6 +116,11 @@ struct ReloadTests {
             ])
             let logged = try gateway.logLines().first { $0["message"] as? String == "policy reload failed; the running policies stay" }
             #expect(logged != nil)
+            #expect(try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text.contains("sluice_policy_reload_failing 1"))
+            try gateway.policies.rewrite("plans.yaml", gateway.policies.files["plans.yaml"]!)
+            try await eventually("a good reload clears sluice_policy_reload_failing") {
+                try await gateway.send(.GET, gateway.admin + "/metrics", key: nil).text.contains("sluice_policy_reload_failing 0")
+            }
         }
     }
 

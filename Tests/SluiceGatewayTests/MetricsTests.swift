@@ -66,7 +66,7 @@ struct MetricsTests {
 
     @Test func exposesEveryFamilyWithItsTypeAndLabels() async throws {
         try await GatewayHarness.with({ policies in
-            policies.setPlan("{ rate: { per_second: 0.01, burst: 3 } }")
+            policies.setPlan("{ rate: { per_second: 0.01, burst: 3 }, quota: { requests: 1000, per: day } }")
             policies.addRoutes("{ id: price, versions: [v2], method: POST, path: /price-calculations, upstream: main, upstream_path: /price, async: always }")
         }) { gateway in
             let accepted = try await gateway.acceptTask("/v2/price-calculations")
@@ -99,6 +99,8 @@ struct MetricsTests {
                 ("sluice_policy_reload_total", "counter", ["result"]),
                 ("sluice_idempotency_total", "counter", ["result"]),
                 ("sluice_task_queue_oldest_seconds", "gauge", []),
+                ("sluice_quota_used_ratio", "gauge", ["partner"]),
+                ("sluice_policy_reload_failing", "gauge", []),
             ]
             for (name, type, labels) in expected {
                 #expect(exposition.types[name] == type, "\(name)")
@@ -134,6 +136,8 @@ struct MetricsTests {
             #expect(requests.allSatisfy { !($0.labels["route"] ?? "").contains("/") })
             #expect(requests.contains { $0.labels == ["partner": "-", "version": "-", "route": "-", "code": "401"] })
             #expect(exposition.samples.contains { $0.name == "sluice_ratelimit_rejections_total" && $0.labels == ["partner": "acme", "reason": "rate"] })
+            // Three of acme's requests were admitted (the task and two GETs: a burst of 3), the third GET refused.
+            #expect(exposition.samples.contains { $0.name == "sluice_quota_used_ratio" && $0.labels == ["partner": "acme"] && $0.value == 3.0 / 1_000 })
         }
     }
 }

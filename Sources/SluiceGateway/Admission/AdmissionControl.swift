@@ -135,6 +135,9 @@ struct AdmissionControl: Sendable {
     private func record(
         _ decision: AdmissionDecision, limits: AdmissionLimits, partner: String, lease: String?, local: Bool, on eventLoop: any EventLoop
     ) -> Admission {
+        if let quota = limits.quota, quota > 0, let remaining = decision.quotaRemaining {
+            metrics.quotaUsed(partner: partner, ratio: Double(quota - min(quota, remaining)) / Double(quota), on: eventLoop)
+        }
         guard decision.verdict == .admitted else {
             metrics.rateLimitRejected(partner: partner, reason: decision.verdict.rawValue)
             return Admission(verdict: .refused(decision.verdict), limits: limits, decision: decision)

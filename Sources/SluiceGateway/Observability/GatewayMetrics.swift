@@ -20,6 +20,9 @@ final class GatewayMetrics: Sendable {
     /// `sluice_cache_total` handles by route and result, per loop (a hit costs one lookup, no lock).
     private let cacheHandles: LoopLocal<[CacheSeries: Counter]>
 
+    /// `sluice_quota_used_ratio` handles by partner, per loop.
+    private let quotaHandles: LoopLocal<[String: Gauge]>
+
     private struct CacheSeries: Hashable {
         let route: String, result: String
     }
@@ -82,6 +85,12 @@ final class GatewayMetrics: Sendable {
     private static var cacheDescriptor: MetricNameDescriptor {
         descriptor("cache", "total", "Requests on cached routes by result: hit, miss, stale, revalidated, coalesced, bypass.")
     }
+    private static var quotaUsedDescriptor: MetricNameDescriptor {
+        descriptor("quota_used", "ratio", "Share of the partner's quota (day or month) used, as of its latest admission decision on this instance.")
+    }
+    private static var reloadFailingDescriptor: MetricNameDescriptor {
+        descriptor("policy_reload", "failing", "1 while the latest policy reload failed (the running policies stay), else 0.")
+    }
     private static var sloDescriptor: MetricNameDescriptor {
         descriptor("route_slo", "seconds", "A route's latency target by quantile (slo: in routes.yaml); absent for routes without one.")
     }
@@ -129,6 +138,7 @@ final class GatewayMetrics: Sendable {
         self.registry = registry
         requestHandles = LoopLocal(group: group) { _ in [:] }
         cacheHandles = LoopLocal(group: group) { _ in [:] }
+        quotaHandles = LoopLocal(group: group) { _ in [:] }
         storeCalls = registry.makeCounter(descriptor: Self.storeCallsDescriptor)
         idempotencyResults = IdempotencyResult.allCases.reduce(into: [:]) {
             $0[$1] = registry.makeCounter(descriptor: Self.idempotencyDescriptor, labels: [("result", $1.rawValue)])
@@ -145,6 +155,7 @@ final class GatewayMetrics: Sendable {
         _ = registry.makeCounter(descriptor: Self.storeErrorsDescriptor)
         _ = registry.makeCounter(descriptor: Self.spansDroppedDescriptor)
         registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: 0.0)
+        registry.makeGauge(descriptor: Self.reloadFailingDescriptor).set(to: 0.0)
     }
 
     func rateLimitRejected(partner: String, reason: String) {
@@ -228,14 +239,7 @@ final class GatewayMetrics: Sendable {
     /// parts are labelled `-`.
     func requestFinished(partner: String?, version: String?, route: String?, status: Int, duration: Duration, on eventLoop: any EventLoop) {
         let series = RequestSeries(partner: partner ?? "-", version: version ?? "-", route: route ?? "-", status: status)
-        let found = requestHandles.update(on: eventLoop) { cache in
-            if let handles = cache[series] { return handles }
-            let handles = makeHandles(series)
-            cache[series] = handles
-            return handles
-        }
-        // A loop outside the group asks the registry, which hands out the same series.
-        let (counter, histogram) = found ?? makeHandles(series)
+        let (counter, histogram) = Self.handle(in: requestHandles, series, on: eventLoop) { makeHandles(series) }
         counter.increment()
         histogram.record(duration)
     }
@@ -280,14 +284,29 @@ final class GatewayMetrics: Sendable {
 
     func cacheResult(route: String, result: String, on eventLoop: any EventLoop) {
         let series = CacheSeries(route: route, result: result)
-        let make = { [registry] in registry.makeCounter(descriptor: Self.cacheDescriptor, labels: [("route", route), ("result", result)]) }
-        let found = cacheHandles.update(on: eventLoop) { cache in
-            if let counter = cache[series] { return counter }
-            let counter = make()
-            cache[series] = counter
-            return counter
-        }
-        (found ?? make()).increment()
+        Self.handle(in: cacheHandles, series, on: eventLoop) {
+            registry.makeCounter(descriptor: Self.cacheDescriptor, labels: [("route", route), ("result", result)])
+        }.increment()
+    }
+
+    /// Sets `sluice_quota_used_ratio{partner}` from an admission decision; call on `eventLoop`.
+    func quotaUsed(partner: String, ratio: Double, on eventLoop: any EventLoop) {
+        Self.handle(in: quotaHandles, partner, on: eventLoop) {
+            registry.makeGauge(descriptor: Self.quotaUsedDescriptor, labels: [("partner", partner)])
+        }.set(to: ratio)
+    }
+
+    /// `key`'s handle from `eventLoop`'s table, made once per loop: the request path takes no
+    /// lock. A loop outside the group asks the registry, which hands out the same series.
+    private static func handle<Key: Hashable, Handle>(
+        in table: LoopLocal<[Key: Handle]>, _ key: Key, on eventLoop: any EventLoop, make: () -> Handle
+    ) -> Handle {
+        table.update(on: eventLoop) { handles in
+            if let found = handles[key] { return found }
+            let made = make()
+            handles[key] = made
+            return made
+        } ?? make()
     }
 
     func taskDeduplicated(route: String) {
@@ -323,6 +342,7 @@ final class GatewayMetrics: Sendable {
 
     func policyReloaded(succeeded: Bool) {
         registry.makeCounter(descriptor: Self.reloadDescriptor, labels: [("result", succeeded ? "ok" : "error")]).increment()
+        registry.makeGauge(descriptor: Self.reloadFailingDescriptor).set(to: succeeded ? 0.0 : 1.0)
     }
 
     /// Prometheus text exposition.
