@@ -20,41 +20,49 @@ struct NearCacheTests {
         )
     }
 
-    @Test func anotherInstancesPurgeIsSeenWhenTheHoldEnds() async throws {
+    /// Two stores (as two gateways) on one Redis and key prefix, reading `clock`.
+    private func withTwoInstances(_ body: (_ writer: RedisStore, _ reader: RedisStore, ManualClock) async throws -> Void) async throws {
         let clock = ManualClock(.present)
         let client = try await makeRedisClient()
-        defer { Task { await client.shutdown() } }
         let prefix = "test-\(UUID().uuidString.prefix(8))"
-        let writer = RedisStore(client: client, keyPrefix: prefix, clock: clock.epochClock)
-        let reader = RedisStore(client: client, keyPrefix: prefix, clock: clock.epochClock)
-        let stored = entry(storedAt: clock.now)
-        try await writer.storeResponse(stored, at: key, on: eventLoop)
-        #expect(try await reader.cachedResponse(key, on: eventLoop) == stored)
+        do {
+            try await body(
+                RedisStore(client: client, keyPrefix: prefix, clock: clock.epochClock), RedisStore(client: client, keyPrefix: prefix, clock: clock.epochClock), clock
+            )
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+        await client.shutdown()
+    }
 
-        #expect(try await writer.purgeCache(route: "get-order", owner: nil) == 1)
-        #expect(try await writer.cachedResponse(key, on: eventLoop) == nil, "the purging instance drops its copy at once")
-        #expect(try await reader.cachedResponse(key, on: eventLoop) == stored, "the other answers from its copy, without Redis")
-        clock.advance(NearCacheEntries.holdMilliseconds - 1)
-        #expect(try await reader.cachedResponse(key, on: eventLoop) == stored)
-        clock.advance(1)
-        #expect(try await reader.cachedResponse(key, on: eventLoop) == nil, "after the hold, Redis is asked again")
+    @Test func anotherInstancesPurgeIsSeenWhenTheHoldEnds() async throws {
+        try await withTwoInstances { writer, reader, clock in
+            let stored = entry(storedAt: clock.now)
+            try await writer.storeResponse(stored, at: key, on: eventLoop)
+            #expect(try await reader.cachedResponse(key, on: eventLoop) == stored)
+
+            #expect(try await writer.purgeCache(route: "get-order", owner: nil) == 1)
+            #expect(try await writer.cachedResponse(key, on: eventLoop) == nil, "the purging instance drops its copy at once")
+            #expect(try await reader.cachedResponse(key, on: eventLoop) == stored, "the other answers from its copy, without Redis")
+            clock.advance(NearCacheEntries.holdMilliseconds - 1)
+            #expect(try await reader.cachedResponse(key, on: eventLoop) == stored)
+            clock.advance(1)
+            #expect(try await reader.cachedResponse(key, on: eventLoop) == nil, "after the hold, Redis is asked again")
+        }
     }
 
     @Test func aCopyAnswersOnlyWhileItsEntryIsFresh() async throws {
-        let clock = ManualClock(.present)
-        let client = try await makeRedisClient()
-        defer { Task { await client.shutdown() } }
-        let prefix = "test-\(UUID().uuidString.prefix(8))"
-        let writer = RedisStore(client: client, keyPrefix: prefix, clock: clock.epochClock)
-        let reader = RedisStore(client: client, keyPrefix: prefix, clock: clock.epochClock)
-        let first = entry(storedAt: clock.now, lifetime: 300)
-        try await writer.storeResponse(first, at: key, on: eventLoop)
-        #expect(try await reader.cachedResponse(key, on: eventLoop) == first)
-        let second = entry(storedAt: clock.now + 1, lifetime: 60_000)
-        try await writer.storeResponse(second, at: key, on: eventLoop)
-        #expect(try await reader.cachedResponse(key, on: eventLoop) == first, "held while fresh")
-        clock.advance(300)
-        #expect(try await reader.cachedResponse(key, on: eventLoop) == second, "stale: Redis decides, and the caller revalidates")
+        try await withTwoInstances { writer, reader, clock in
+            let first = entry(storedAt: clock.now, lifetime: 300)
+            try await writer.storeResponse(first, at: key, on: eventLoop)
+            #expect(try await reader.cachedResponse(key, on: eventLoop) == first)
+            let second = entry(storedAt: clock.now + 1, lifetime: 60_000)
+            try await writer.storeResponse(second, at: key, on: eventLoop)
+            #expect(try await reader.cachedResponse(key, on: eventLoop) == first, "held while fresh")
+            clock.advance(300)
+            #expect(try await reader.cachedResponse(key, on: eventLoop) == second, "stale: Redis decides, and the caller revalidates")
+        }
     }
 
     @Test func copiesAreBoundedByEntriesAndBytes() {
