@@ -167,6 +167,18 @@ struct PolicyGaugeTests {
                     == ["listener=https": Double(server.notValidAfter), "listener=https-client-ca": Double(ca.notValidAfter)]
             )
             #expect(Double(server.notValidAfter) > Date().timeIntervalSince1970, "the test certificate is valid now")
+            // A renewed certificate put in place: the reload updates the gauge.
+            let renewedUntil = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 + 10 * 86_400).rounded(.down))
+            let renewed = try gateway.pki.selfSignedServerCertificate("renewed", notAfter: renewedUntil)
+            let gatewayFile = gateway.policies.files["gateway.yaml"]!
+            try gateway.policies.rewrite(
+                "gateway.yaml",
+                gatewayFile.replacingOccurrences(of: gateway.pki.serverCertificatePath, with: renewed.certificate)
+                    .replacingOccurrences(of: gateway.pki.serverKeyPath, with: renewed.key)
+            )
+            try await eventually("the reload read the renewed certificate") {
+                try await gauges("sluice_tls_certificate_expiry_timestamp_seconds")["listener=https"] == renewedUntil.timeIntervalSince1970
+            }
 
             let routes = gateway.policies.files["routes.yaml"]!
             try gateway.policies.rewrite("routes.yaml", routes.replacingOccurrences(of: slo, with: "slo: { p99: 15m }"))

@@ -72,6 +72,22 @@ public struct TestPKI: Sendable {
         return configuration
     }
 
+    /// A self-signed server certificate for localhost valid until `notAfter` (whole seconds),
+    /// written into the PKI's folder as `NAME.crt` and `NAME.key` (a renewal, as far as the
+    /// gateway can tell).
+    public func selfSignedServerCertificate(_ name: String, notAfter: Date) throws -> (certificate: String, key: String) {
+        let key = P256.Signing.PrivateKey()
+        let subject = try DistinguishedName { CommonName("localhost") }
+        let certificate = try Certificate(
+            version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey), notValidBefore: Date() - 3_600, notValidAfter: notAfter,
+            issuer: subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions { Critical(BasicConstraints.notCertificateAuthority) }, issuerPrivateKey: .init(key)
+        )
+        let paths = (directory.appendingPathComponent("\(name).crt").path, directory.appendingPathComponent("\(name).key").path)
+        try write(certificate, key, paths.0, paths.1)
+        return paths
+    }
+
     private func makeClient(issuer: DistinguishedName, issuerKey: P256.Signing.PrivateKey, certificatePath: String, keyPath: String, now: Date) throws {
         let key = P256.Signing.PrivateKey()
         let certificate = try Certificate(
