@@ -110,6 +110,28 @@ struct PolicyDecodingTests {
         #expect(!problem.message.contains("hunter2"))
     }
 
+    /// A cluster URL names its seed nodes (default port 6379), database 0 only, TLS with `rediss+`.
+    @Test func clusterURL() throws {
+        let url = try RedisURL.parse("rediss+cluster://app:s3cret@n1:7000,[::1]:7001,n3/0").get()
+        #expect(url.useTLS && url.username == "app" && url.password == "s3cret" && url.database == 0)
+        #expect(url.topology == .cluster(seeds: [.init(host: "n1", port: 7000), .init(host: "::1", port: 7001), .init(host: "n3", port: 6379)]))
+        #expect(url.description == "rediss+cluster://app:***@n1:7000,[::1]:7001,n3:6379")
+        #expect(try RedisURL.parse("redis+cluster://127.0.0.1:7000").get().topology == .cluster(seeds: [.init(host: "127.0.0.1", port: 7000)]))
+    }
+
+    /// Malformed cluster URLs say what is wrong and never echo a password.
+    @Test(arguments: [
+        ("redis+cluster://", "no seed node"), ("redis+cluster://:hunter2@", "no seed node"), ("redis+cluster://n1:7000/1", "database 0 only"),
+        ("redis+cluster://n1:0", "seed node port must be 1-65535"), ("redis+cluster://n1:70000,n2:7001", "seed node port must be 1-65535"),
+        ("redis+cluster://n1:x", "seed node port"), ("redis+cluster://n1,,n2", "without a host"), ("redis+cluster://n1?x=1", "not supported"),
+        ("redis+cluster://u:hunter2@n1/db", "database 0 only"), ("redis+cluster://n1 n2", "bad seed node host"),
+    ])
+    func malformedClusterURLIsRejected(_ example: (text: String, reason: String)) {
+        guard case .failure(let problem) = RedisURL.parse(example.text) else { Issue.record("\(example.text) parsed"); return }
+        #expect(problem.message.contains(example.reason), "\(problem.message)")
+        #expect(!problem.message.contains("hunter2"))
+    }
+
     /// Malformed Redis URLs are rejected with a reason.
     @Test(arguments: ["127.0.0.1:6379", "redis://", "redis://host:99999", "redis://host/db", "redis://host?x=1", "tcp://host"])
     func malformedRedisURLIsRejected(_ text: String) {

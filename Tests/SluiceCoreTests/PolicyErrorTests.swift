@@ -33,7 +33,11 @@ struct PolicyErrorTests {
             "policies/gateway.yaml:5:33: listen.trusted_proxies: expected an address or CIDR network like 10.0.0.0/8 or 2001:db8::/32, got '192.168.1.300'",
             "policies/gateway.yaml:5:48: listen.trusted_proxies: expected an address or CIDR network like 10.0.0.0/8 or 2001:db8::/32, got '2001:db8::/129'",
         ]),
-        ("bad-redis-url", ["policies/gateway.yaml:10:10: store.redis: scheme must be redis, rediss, redis+sentinel or rediss+sentinel, got 'http'"]),
+        ("bad-redis-url", ["policies/gateway.yaml:10:10: store.redis: scheme must be redis, rediss, redis+sentinel, rediss+sentinel, redis+cluster or rediss+cluster, got 'http'"]),
+        ("bad-cluster", [
+            "policies/gateway.yaml:10:10: store.redis: a Redis Cluster has database 0 only, got '/2'",
+            "policies/gateway.yaml:24:11: tasks.shards must be at least 1, got 0",
+        ]),
         ("bad-sentinel", [
             "policies/gateway.yaml:10:10: store.redis: sentinel port must be 1-65535, got '70000'",
             "policies/gateway.yaml:11:15: store.durability must be one of primary, replicated, got 'always'",

@@ -166,9 +166,12 @@ struct SentinelGatewayTests {
     }
 }
 
-/// What the senders of a failover test share.
-private final class AcceptLoad: Sendable {
+/// What the senders of a failover or reshard test share.
+final class AcceptLoad: Sendable {
     let accepted = Mutex<[String]>([])
     let refused = Atomic<Int>(0)
     let sending = Atomic<Bool>(true)
+    /// Requests answered, and the statuses of those that were not what the test expects.
+    let answered = Atomic<Int>(0)
+    let unexpected = Mutex<[Int]>([])
 }

@@ -6,8 +6,9 @@ import Synchronization
 import TestSupport
 
 enum StoreKind: String, CaseIterable, Sendable {
-    /// The embedded store, one Redis, and the primary of the shared Sentinel set.
-    case memory, redis, sentinel
+    /// The embedded store, one Redis, the primary of the shared Sentinel set, and the shared
+    /// three-primary Redis Cluster.
+    case memory, redis, sentinel, cluster
 }
 
 /// What both stores are: the contract suites run against this.
@@ -19,8 +20,14 @@ func withStore(_ kind: StoreKind, clock: ManualClock, _ body: (any StoreUnderTes
     switch kind {
     case .memory:
         try await body(MemoryStore(clock: clock.epochClock))
-    case .redis, .sentinel:
-        let client = try await makeRedisClient(url: kind == .sentinel ? try await SentinelSet.shared().url() : nil)
+    case .redis, .sentinel, .cluster:
+        let url: String? =
+            switch kind {
+            case .sentinel: try await SentinelSet.shared().url()
+            case .cluster: try await ClusterSet.shared().url
+            default: nil
+            }
+        let client = try await makeRedisClient(url: url)
         let store = RedisStore(client: client, keyPrefix: "test-\(UUID().uuidString.prefix(8))", clock: clock.epochClock)
         do {
             try await body(store)

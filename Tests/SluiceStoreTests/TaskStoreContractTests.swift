@@ -372,7 +372,7 @@ struct TaskRedisLayoutTests {
     @Test func taskKeyHasTheShardTagAndATTL() async throws {
         let (store, client) = try await store()
         let (record, request) = sample()
-        let shard = record.id.shard(of: RedisStore.taskShards)
+        let shard = record.id.shard(of: store.taskShards)
         #expect(store.taskKey(record.id).hasPrefix("\(store.keyPrefix):{t:\(shard)}:"))
         #expect(store.queueKey(shard).hasPrefix("\(store.keyPrefix):{t:\(shard)}:"))
         #expect(try await store.acceptTask(record, request: request, retention: .seconds(3_600)))
@@ -387,7 +387,7 @@ struct TaskRedisLayoutTests {
         let (first, request) = sample()
         #expect(try await store.acceptTask(first, request: request, retention: .seconds(60)))
         #expect(try await store.takeTasks(consumer: "w", limit: 16, lease: .seconds(30)).map(\.task) == [first.id])
-        for shard in 0..<RedisStore.taskShards { _ = try await client.send(["DEL", store.queueKey(shard)]) }
+        for shard in 0..<store.taskShards { _ = try await client.send(["DEL", store.queueKey(shard)]) }
         let (second, _) = sample()
         #expect(try await store.acceptTask(second, request: request, retention: .seconds(60)))
         #expect(try await store.takeTasks(consumer: "w", limit: 16, lease: .seconds(30)).map(\.task) == [second.id])

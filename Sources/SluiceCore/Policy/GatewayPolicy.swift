@@ -76,6 +76,9 @@ public struct GatewayPolicy: Sendable, Equatable {
         /// over) before it fails instead of starting again.
         public var maxAttempts = 5
         public var retention: Duration = .seconds(7 * 86_400)
+        /// Queue shards in a Redis store: each is one hash slot, so on Redis Cluster they spread
+        /// over the primaries (64 covers a dozen of them). Every instance must use the same number.
+        public var shards = 64
     }
 
     public struct Idempotency: Sendable, Equatable {
@@ -278,6 +281,7 @@ extension GatewayPolicy {
         if let lease = map.optional("lease")?.duration("tasks.lease") { tasks.lease = lease }
         if let attempts = map.optional("max_attempts")?.int("tasks.max_attempts", min: 1, max: 100) { tasks.maxAttempts = attempts }
         if let retention = map.optional("retention")?.duration("tasks.retention") { tasks.retention = retention }
+        if let shards = map.optional("shards")?.int("tasks.shards", min: 1, max: 1_024) { tasks.shards = shards }
         map.finish()
         return tasks
     }

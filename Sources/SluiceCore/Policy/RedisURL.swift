@@ -2,9 +2,10 @@ import Foundation
 
 /// Where the store's Redis is (SPEC §8): `redis://[user:pass@]host:port/db` (or `rediss://`,
 /// TLS) for one Redis, `redis+sentinel://[user:pass@]s1:26379,s2:26379/MASTER[/DB]` (or
-/// `rediss+sentinel://`) for the primary a set of sentinels names. The credentials are the
-/// Redis's; sentinels that want a password of their own get `?sentinel_password=…` (and
-/// `sentinel_user=…`).
+/// `rediss+sentinel://`) for the primary a set of sentinels names,
+/// `redis+cluster://[user:pass@]n1:7000,n2:7001…` (or `rediss+cluster://`) for a Redis Cluster
+/// found through its seed nodes (database 0 only). The credentials are the Redis's; sentinels
+/// that want a password of their own get `?sentinel_password=…` (and `sentinel_user=…`).
 public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     /// A host and port (a sentinel, the primary).
     public typealias Endpoint = ListenAddress
@@ -15,6 +16,8 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         case single
         /// The primary the sentinels know as `master`; `host:port` is the first sentinel.
         case sentinel(master: String, sentinels: [Endpoint], username: String?, password: String?)
+        /// A Redis Cluster; its slot map is asked of these seed nodes (then of the nodes it names).
+        case cluster(seeds: [Endpoint])
     }
 
     public var useTLS: Bool
@@ -36,11 +39,14 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         if text.hasPrefix("redis+sentinel://") || text.hasPrefix("rediss+sentinel://") {
             return parseSentinel(text)
         }
+        if text.hasPrefix("redis+cluster://") || text.hasPrefix("rediss+cluster://") {
+            return parseCluster(text)
+        }
         guard let components = URLComponents(string: text), let scheme = components.scheme else {
             return fail("expected redis://[user:pass@]host:port/db, got '\(masked(text))'")
         }
         guard scheme == "redis" || scheme == "rediss" else {
-            return fail("scheme must be redis, rediss, redis+sentinel or rediss+sentinel, got '\(scheme)'")
+            return fail("scheme must be redis, rediss, redis+sentinel, rediss+sentinel, redis+cluster or rediss+cluster, got '\(scheme)'")
         }
         guard let host = components.host, !host.isEmpty else { return fail("missing host in '\(masked(text))'") }
         let port = components.port ?? 6379
@@ -80,27 +86,12 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
             rest = rest[..<mark]
         }
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
-        var authority = rest[..<slash]
         let path = rest[slash...].split(separator: "/", omittingEmptySubsequences: false).dropFirst()
-        var username: String?
-        var password: String?
-        if let at = authority.lastIndex(of: "@") {
-            let credentials = authority[..<at]
-            authority = authority[authority.index(after: at)...]
-            if let colon = credentials.firstIndex(of: ":") {
-                username = String(credentials[..<colon]).removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 }
-                password = String(credentials[credentials.index(after: colon)...]).removingPercentEncoding
-            } else {
-                username = String(credentials).removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 }
-            }
-        }
-        guard !authority.isEmpty else { return fail("no sentinel in '\(masked(text))'") }
-        var sentinels: [Endpoint] = []
-        for item in authority.split(separator: ",", omittingEmptySubsequences: false) {
-            switch endpoint(item) {
-            case .success(let found): sentinels.append(found)
-            case .failure(let problem): return .failure(problem)
-            }
+        let sentinels: [Endpoint]
+        let (username, password, authority) = credentials(rest[..<slash])
+        switch endpoints(authority, kind: "sentinel", defaultPort: sentinelPort) {
+        case .success(let found): sentinels = found
+        case .failure(let problem): return .failure(problem)
         }
         guard let master = path.first, !master.isEmpty else {
             return fail("missing the master name: expected redis+sentinel://host:port,…/MASTER_NAME[/DB]")
@@ -131,31 +122,86 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         )
     }
 
-    /// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to the sentinel port.
-    private static func endpoint(_ text: Substring) -> Result<Endpoint, ParseProblem> {
+    /// `redis+cluster://[user:pass@]host[:port],host[:port]…[/0]`: seed nodes, database 0 only.
+    private static func parseCluster(_ text: String) -> Result<RedisURL, ParseProblem> {
+        func fail(_ message: String) -> Result<RedisURL, ParseProblem> { .failure(ParseProblem(message: message)) }
+        let useTLS = text.hasPrefix("rediss+")
+        let rest = Substring(text.dropFirst(useTLS ? "rediss+cluster://".count : "redis+cluster://".count))
+        if rest.contains("#") || rest.contains("?") { return fail("query and fragment are not supported") }
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let path = rest[slash...].dropFirst()
+        if !path.isEmpty, path != "0" {
+            return fail("a Redis Cluster has database 0 only, got '/\(path)'")
+        }
+        let (username, password, authority) = credentials(rest[..<slash])
+        switch endpoints(authority, kind: "seed node", defaultPort: 6379) {
+        case .success(let seeds):
+            return .success(
+                RedisURL(
+                    useTLS: useTLS, host: seeds[0].host, port: seeds[0].port, username: username, password: password, database: 0,
+                    topology: .cluster(seeds: seeds)
+                )
+            )
+        case .failure(let problem):
+            return .failure(problem)
+        }
+    }
+
+    /// Splits `user:pass@hosts` into the (percent-decoded) credentials and the host list.
+    private static func credentials(_ authority: Substring) -> (username: String?, password: String?, hosts: Substring) {
+        guard let at = authority.lastIndex(of: "@") else { return (nil, nil, authority) }
+        let credentials = authority[..<at]
+        let hosts = authority[authority.index(after: at)...]
+        guard let colon = credentials.firstIndex(of: ":") else {
+            return (String(credentials).removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 }, nil, hosts)
+        }
+        let username = String(credentials[..<colon]).removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 }
+        return (username, String(credentials[credentials.index(after: colon)...]).removingPercentEncoding, hosts)
+    }
+
+    /// A comma-separated list of `kind`s (sentinels, seed nodes), at least one.
+    private static func endpoints(_ list: Substring, kind: String, defaultPort: Int) -> Result<[Endpoint], ParseProblem> {
+        guard !list.isEmpty else { return .failure(ParseProblem(message: "no \(kind) in the URL")) }
+        var found: [Endpoint] = []
+        for item in list.split(separator: ",", omittingEmptySubsequences: false) {
+            switch endpoint(item, kind: kind, defaultPort: defaultPort) {
+            case .success(let one): found.append(one)
+            case .failure(let problem): return .failure(problem)
+            }
+        }
+        return .success(found)
+    }
+
+    /// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to `defaultPort`.
+    private static func endpoint(_ text: Substring, kind: String, defaultPort: Int) -> Result<Endpoint, ParseProblem> {
         func fail(_ message: String) -> Result<Endpoint, ParseProblem> { .failure(ParseProblem(message: message)) }
         var host = text
         var portText: Substring?
         if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { return fail("unclosed '[' in sentinel '\(text)'") }
+            guard let close = text.firstIndex(of: "]") else { return fail("unclosed '[' in \(kind) '\(text)'") }
             host = text[text.index(after: text.startIndex)..<close]
             let after = text[text.index(after: close)...]
             if !after.isEmpty {
-                guard after.hasPrefix(":") else { return fail("bad sentinel '\(text)'") }
+                guard after.hasPrefix(":") else { return fail("bad \(kind) '\(text)'") }
                 portText = after.dropFirst()
             }
         } else if let colon = text.lastIndex(of: ":") {
             host = text[..<colon]
             portText = text[text.index(after: colon)...]
         }
-        guard !host.isEmpty else { return fail("a sentinel without a host in the list") }
-        guard host.allSatisfy({ $0.isLetter || $0.isNumber || "-._:".contains($0) }) else { return fail("bad sentinel host '\(host)'") }
-        var port = sentinelPort
+        guard !host.isEmpty else { return fail("a \(kind) without a host in the list") }
+        guard host.allSatisfy({ $0.isLetter || $0.isNumber || "-._:".contains($0) }) else { return fail("bad \(kind) host '\(host)'") }
+        var port = defaultPort
         if let portText {
-            guard let number = Int(portText), (1...65535).contains(number) else { return fail("sentinel port must be 1-65535, got '\(portText)'") }
+            guard let number = Int(portText), (1...65535).contains(number) else { return fail("\(kind) port must be 1-65535, got '\(portText)'") }
             port = number
         }
         return .success(Endpoint(host: String(host), port: port))
+    }
+
+    /// `AUTH` for the Redis (nil when the URL has no password).
+    public var authCommand: [String]? {
+        password.map { password in username.map { ["AUTH", $0, password] } ?? ["AUTH", password] }
     }
 
     /// The URL without the passwords, for logs.
@@ -166,6 +212,8 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
             return "\(useTLS ? "rediss" : "redis")://\(credentials)\(Endpoint(host: host, port: port))/\(database)"
         case .sentinel(let master, let sentinels, _, _):
             return "\(useTLS ? "rediss" : "redis")+sentinel://\(credentials)\(sentinels.map(\.description).joined(separator: ","))/\(master)/\(database)"
+        case .cluster(let seeds):
+            return "\(useTLS ? "rediss" : "redis")+cluster://\(credentials)\(seeds.map(\.description).joined(separator: ","))"
         }
     }
 

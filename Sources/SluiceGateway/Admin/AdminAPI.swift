@@ -218,6 +218,16 @@ struct AdminAPI {
         guard let primary = backend.primary else {
             return .object([("kind", .string("embedded")), ("durability", .string(settings.durability.rawValue))])
         }
+        if let cluster = primary.cluster {
+            let (map, changed) = cluster.current
+            return .object([
+                ("kind", .string("cluster")), ("durability", .string(settings.durability.rawValue)),
+                ("slots_covered", .int(map?.coveredSlots ?? 0)), ("primaries", .int(map?.primaries.count ?? 0)),
+                ("replicas", .int(map?.replicas ?? 0)),
+                ("nodes", .array((map?.primaries ?? []).map { .string($0.description) })),
+                ("last_change", changed.map { .string($0.formatted(.iso8601)) } ?? .null),
+            ])
+        }
         let (endpoint, change) = primary.current
         let lastChange: JSONValue = change.map { change in
             .object([

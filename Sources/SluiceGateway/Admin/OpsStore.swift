@@ -17,6 +17,6 @@ enum OpsStore {
         let client = try RedisStore.makeClient(
             url: url, tlsCA: settings.tlsCAPath, timeout: max(settings.timeout, minimumTimeout), group: MultiThreadedEventLoopGroup.singleton
         )
-        return (policy, RedisStore(client: client), client)
+        return (policy, RedisStore(client: client, taskShards: policy.gateway.tasks.shards), client)
     }
 }

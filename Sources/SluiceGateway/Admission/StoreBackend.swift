@@ -19,7 +19,11 @@ final class StoreBackend: Sendable {
         var tlsCAPath: String?
         var durability: GatewayPolicy.Durability = .primary
         var replicaTimeout: Duration = .milliseconds(200)
+        var taskShards = RedisStore.defaultTaskShards
     }
+
+    /// How often a cluster's slot map is read again besides on `MOVED` and lost connections.
+    static let clusterRefreshInterval: Duration = .seconds(5)
 
     let settings: Settings
     /// Admission decisions, idempotency keys, tasks and webhook messages.
@@ -56,9 +60,10 @@ final class StoreBackend: Sendable {
         self.logger = logger
         if let url = settings.redis {
             let calls = metrics.storeCalls
-            let primary = try RedisStore.makePrimary(url: url, tlsCA: settings.tlsCAPath, logger: logger) { change in
-                metrics.storeTopologyChanged(reason: change.reason.rawValue)
-            }
+            let primary = try RedisStore.makePrimary(
+                url: url, tlsCA: settings.tlsCAPath, logger: logger, onChange: { metrics.storeTopologyChanged(reason: $0.reason.rawValue) },
+                onClusterChange: { metrics.storeTopologyChanged(reason: $0.rawValue) }, onRedirect: { metrics.storeRedirected(kind: $0) }
+            )
             let replicaTimeout = settings.durability == .replicated ? settings.replicaTimeout : nil
             let client = try RedisStore.makeClient(
                 url: url, tlsCA: settings.tlsCAPath, timeout: settings.timeout, group: group, primary: primary, replicaTimeout: replicaTimeout,
@@ -71,7 +76,7 @@ final class StoreBackend: Sendable {
             self.primary = primary
             redis = client
             bulkRedis = bulk
-            store = RedisStore(client: client, bulk: bulk)
+            store = RedisStore(client: client, bulk: bulk, taskShards: settings.taskShards)
             embedded = nil
         } else {
             primary = nil
@@ -83,20 +88,33 @@ final class StoreBackend: Sendable {
         }
     }
 
-    /// Whether the store answers (always true for the embedded one).
+    /// Whether the store answers (always true for the embedded one); a cluster must have every
+    /// slot served and each primary answer.
     func isReachable() async -> Bool {
         guard let redis else { return true }
+        if let cluster = primary?.cluster {
+            guard let map = cluster.current.map, map.coversEverySlot,
+                let holders = try? await redis.keyHolders(), !holders.isEmpty
+            else { return false }
+            for node in holders where (try? await redis.send(["PING"], at: node)) != .status("PONG") { return false }
+            return true
+        }
         return (try? await redis.send(["PING"])) == .status("PONG")
     }
 
     /// Opens the Redis connections now (instead of on first use); on Sentinel, starts following
-    /// its failover announcements.
+    /// its failover announcements; on a cluster, reads the slot map every few seconds.
     func connect() async {
+        let loop = watchLoop
+        let timeout = max(settings.timeout * 4, .milliseconds(250))
         if let primary, primary.isSentinel {
-            let loop = watchLoop
-            let timeout = max(settings.timeout * 4, .milliseconds(250))
             watcher.withLock { watcher in
                 if watcher == nil { watcher = Task { await primary.watch(on: loop, timeout: timeout) } }
+            }
+        }
+        if let cluster = primary?.cluster {
+            watcher.withLock { watcher in
+                if watcher == nil { watcher = Task { await cluster.watch(on: loop, every: Self.clusterRefreshInterval, timeout: timeout) } }
             }
         }
         await redis?.connect()

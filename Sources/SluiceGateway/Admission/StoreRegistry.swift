@@ -34,7 +34,7 @@ final class StoreRegistry: Service, Sendable {
         let store = policy.gateway.store
         let settings = StoreBackend.Settings(
             redis: store.redis, timeout: store.timeout, bulkTimeout: store.bulkTimeout, tlsCAPath: store.tlsCAPath, durability: store.durability,
-            replicaTimeout: store.replicaTimeout
+            replicaTimeout: store.replicaTimeout, taskShards: policy.gateway.tasks.shards
         )
         if let existing = current.withLock({ $0 }), existing.settings == settings { return existing }
         let backend: StoreBackend

@@ -37,7 +37,13 @@ final class GatewayMetrics: Sendable {
         descriptor("store_replicas", "", "Replicas the Redis primary had when the gateway connected (durability: replicated).")
     }
     private static var topologyChangesDescriptor: MetricNameDescriptor {
-        descriptor("store_topology_changes", "total", "Changes of the Redis primary by reason: switch-master, readonly, rediscovered.")
+        descriptor(
+            "store_topology_changes", "total",
+            "Changes of the Redis primary (switch-master, readonly, rediscovered) or of a cluster's slot map (moved, refreshed), by reason."
+        )
+    }
+    private static var redirectsDescriptor: MetricNameDescriptor {
+        descriptor("store_redirects", "total", "Redis Cluster redirects followed, by kind: moved, ask.")
     }
     private static var storeErrorsDescriptor: MetricNameDescriptor { descriptor("store_errors", "total", "Failed or timed-out calls to the store (request path and background loops).") }
     private static var fallbackDescriptor: MetricNameDescriptor { descriptor("ratelimit", "fallback", "1 while the store is unreachable and on_redis_failure applies.") }
@@ -225,6 +231,11 @@ final class GatewayMetrics: Sendable {
 
     func storeTopologyChanged(reason: String) {
         registry.makeCounter(descriptor: Self.topologyChangesDescriptor, labels: [("reason", reason)]).increment()
+    }
+
+    /// A Redis Cluster node answered `MOVED` or `ASK` (rare: only while slots move).
+    func storeRedirected(kind: String) {
+        registry.makeCounter(descriptor: Self.redirectsDescriptor, labels: [("kind", kind)]).increment()
     }
 
     func storeFailed() {

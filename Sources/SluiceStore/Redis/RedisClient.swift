@@ -28,6 +28,8 @@ struct RedisScript: Sendable {
 ///   the client's scripts are loaded on every new connection.
 /// - `redis+sentinel://`: connections go to the primary `RedisPrimary` names (confirmed with
 ///   `ROLE`); when it changes, connections of the old one are replaced on their next use.
+/// - `redis+cluster://`: each loop has a connection per primary, and a command goes to the
+///   primary of its key's slot (`RedisCluster`), following `MOVED` and `ASK` (see `RedisClient+Cluster`).
 public final class RedisClient: Sendable {
     private let url: RedisURL
     /// Where connections go; shared by every client of one store.
@@ -35,18 +37,20 @@ public final class RedisClient: Sendable {
     /// Loaded on every new connection, so the first `EVALSHA` finds them.
     private let scripts: [RedisScript]
     private let tls: NIOSSLContext?
-    private let timeout: Duration
+    let timeout: Duration
     /// The connection of each event loop.
     private let locals: LoopLocal<LoopConnection>
+    /// On a cluster: each event loop's connections to the primaries and its copy of the slot map.
+    let clusterLoops: LoopLocal<ClusterLoop>?
     /// Where callers from outside the group are served.
     let defaultEventLoop: any EventLoop
     /// The loops of the client's group, each with a connection of its own.
     let eventLoops: [any EventLoop]
-    private let isShutDown = Atomic<Bool>(false)
+    let isShutDown = Atomic<Bool>(false)
     /// With `durability: replicated`: how long a durable write waits for one replica (nil: it does not wait).
     private let replicaTimeout: Duration?
     /// Called for every command sent (one round trip each; pipelined, so not one wait each).
-    private let onCommand: (@Sendable () -> Void)?
+    let onCommand: (@Sendable () -> Void)?
 
     /// - Parameters:
     ///   - tlsCA: PEM file of the CA that signed a `rediss://` server's certificate (default: system roots).
@@ -72,6 +76,7 @@ public final class RedisClient: Sendable {
         tls = try Self.tlsContext(for: url, ca: tlsCA)
         self.primary = primary ?? RedisPrimary(url: url, tls: tls)
         locals = LoopLocal(group: group) { LoopConnection(eventLoop: $0) }
+        clusterLoops = self.primary.cluster == nil ? nil : LoopLocal(group: group) { ClusterLoop(eventLoop: $0) }
         eventLoops = locals.eventLoops
         defaultEventLoop = eventLoops[0]
     }
@@ -97,6 +102,9 @@ public final class RedisClient: Sendable {
             return eventLoop.makeFailedFuture(RedisError.unavailable("client shut down"))
         }
         let deadline = NIODeadline.now() + TimeAmount(timeout + longer)
+        if let cluster = primary.cluster, let loop = clusterLoops?[eventLoop] {
+            return clusterSend(arguments, slot: Self.slot(of: arguments), cluster: cluster, loop: loop, deadline: deadline).map(\.reply)
+        }
         switch local.state {
         case .ready(let connection, let generation) where connection.isActive && generation == primary.generation:
             onCommand?()
@@ -120,7 +128,11 @@ public final class RedisClient: Sendable {
             guard case RedisError.server(let message) = error, message.hasPrefix("NOSCRIPT") else {
                 return eventLoop.makeFailedFuture(error)
             }
-            return self.send(["SCRIPT", "LOAD", script.source], on: eventLoop).flatMap { _ in self.run(command, replicaWait: replicaWait, on: eventLoop) }
+            let load = ["SCRIPT", "LOAD", script.source]
+            let loading =
+                self.primary.cluster == nil
+                ? self.send(load, on: eventLoop) : self.clusterExchange(load, slot: keys.first.map(HashSlot.of), on: eventLoop).map(\.reply)
+            return loading.flatMap { _ in self.run(command, replicaWait: replicaWait, on: eventLoop) }
         }
     }
 
@@ -128,16 +140,28 @@ public final class RedisClient: Sendable {
     /// confirmed fails as `RedisError.notReplicated`.
     private func run(_ command: [String], replicaWait: Duration?, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
         guard let replicaWait else { return send(command, on: eventLoop) }
-        let write = send(command, on: eventLoop, longer: replicaWait)
-        let wait = send(["WAIT", "1", String(replicaWait.milliseconds)], on: eventLoop, longer: replicaWait)
-        return write.and(wait).flatMapThrowing { reply, acknowledged in
-            guard case .integer(let replicas) = acknowledged, replicas >= 1 else { throw RedisError.notReplicated }
+        let waitCommand = ["WAIT", "1", String(replicaWait.milliseconds)]
+        let written: EventLoopFuture<(reply: RedisReply, then: RedisReply?)>
+        if primary.cluster != nil {
+            // The WAIT goes to the node that took the write, wherever redirects led it.
+            written = clusterExchange(command, slot: Self.slot(of: command), then: waitCommand, on: eventLoop, longer: replicaWait)
+        } else {
+            let write = send(command, on: eventLoop, longer: replicaWait)
+            let wait = send(waitCommand, on: eventLoop, longer: replicaWait)
+            written = write.and(wait).map { ($0, $1) }
+        }
+        return written.flatMapThrowing { reply, acknowledged in
+            guard case .integer(let replicas)? = acknowledged, replicas >= 1 else { throw RedisError.notReplicated }
             return reply
         }
     }
 
-    /// Opens every connection now (instead of on the first calls).
+    /// Opens every connection now (instead of on the first calls); on a cluster, one per primary per loop.
     public func connect() async {
+        if primary.cluster != nil {
+            await connectToPrimaries()
+            return
+        }
         await withTaskGroup(of: Void.self) { group in
             for local in eventLoops.compactMap({ locals[$0] }) {
                 group.addTask { _ = try? await self.send(["PING"], on: local.eventLoop).get() }
@@ -158,14 +182,27 @@ public final class RedisClient: Sendable {
             }.get()
             await connection?.close()
         }
+        await closeClusterConnections()
     }
 
-    /// The loop's connection, opening it when needed, by `deadline`. On the loop.
+    /// The loop's connection to the primary, opening it when needed, by `deadline`. On the loop.
     private func connection(_ local: LoopConnection, before deadline: NIODeadline) -> EventLoopFuture<RedisConnection> {
+        let primary = primary
+        return connection(local, generation: primary.generation, before: deadline, failed: { primary.connectionFailed() }) { eventLoop in
+            self.open(on: eventLoop)
+        }
+    }
+
+    /// `local`'s connection, opening it with `open` when needed (or when it is of an older
+    /// `generation`), by `deadline`; `failed` hears of each connection lost or not opened. On the loop.
+    func connection(
+        _ local: LoopConnection, generation current: Int, before deadline: NIODeadline, failed: @escaping @Sendable () -> Void,
+        open: (any EventLoop) -> EventLoopFuture<RedisConnection>
+    ) -> EventLoopFuture<RedisConnection> {
         let eventLoop = local.eventLoop
         let opening: EventLoopFuture<RedisConnection>
         switch local.state {
-        case .ready(let connection, let generation) where connection.isActive && generation == primary.generation:
+        case .ready(let connection, let generation) where connection.isActive && generation == current:
             return eventLoop.makeSucceededFuture(connection)
         case .connecting(let future, _):
             opening = future
@@ -173,12 +210,12 @@ public final class RedisClient: Sendable {
             return eventLoop.makeFailedFuture(RedisError.unavailable(reason))
         case .ready(let old, _):
             // Lost, or of a primary that is no more: a new one (to wherever the primary is now).
-            if old.isActive { old.channel.close(promise: nil) } else { primary.connectionFailed() }
+            if old.isActive { old.channel.close(promise: nil) } else { failed() }
             fallthrough
         case .idle, .backingOff:
             let failures = local.failures
-            let generation = primary.generation
-            let future = open(on: eventLoop)
+            let generation = current
+            let future = open(eventLoop)
             local.state = .connecting(future, failures: failures)
             future.whenComplete { result in
                 guard case .connecting(let current, let failures) = local.state, current === future else { return }
@@ -186,7 +223,7 @@ public final class RedisClient: Sendable {
                 case .success(let connection):
                     local.state = .ready(connection, generation: generation)
                 case .failure(let error):
-                    self.primary.connectionFailed()
+                    failed()
                     let backoff = Self.backoff(afterFailures: failures + 1)
                     local.state = .backingOff(until: .now() + TimeAmount(backoff), failures: failures + 1, reason: "\(error)")
                 }
@@ -210,14 +247,20 @@ public final class RedisClient: Sendable {
     /// Connects on `eventLoop` to the primary, authenticates, confirms it is the primary
     /// (Sentinel: `ROLE`), selects the database and loads the scripts.
     private func open(on eventLoop: any EventLoop) -> EventLoopFuture<RedisConnection> {
-        let setupTimeout = max(timeout * 4, .milliseconds(250))
-        let commands: [[String]] =
-            (url.password.map { password in [url.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]] } ?? [])
-            + (url.database != 0 ? [["SELECT", String(url.database)]] : [])
-            + scripts.map { ["SCRIPT", "LOAD", $0.source] }
-        return primary.endpoint(on: eventLoop, timeout: setupTimeout).flatMap { endpoint in
-            self.open(endpoint, commands: commands, setupTimeout: setupTimeout, on: eventLoop)
+        primary.endpoint(on: eventLoop, timeout: setupTimeout).flatMap { endpoint in
+            self.open(endpoint, on: eventLoop)
         }
+    }
+
+    /// How long opening a connection (and its setup) may take.
+    var setupTimeout: Duration { max(timeout * 4, .milliseconds(250)) }
+
+    /// Connects to `endpoint`: authenticates, selects the database, loads the scripts.
+    func open(_ endpoint: RedisURL.Endpoint, on eventLoop: any EventLoop) -> EventLoopFuture<RedisConnection> {
+        let commands: [[String]] =
+            (url.authCommand.map { [$0] } ?? []) + (url.database != 0 ? [["SELECT", String(url.database)]] : [])
+            + scripts.map { ["SCRIPT", "LOAD", $0.source] }
+        return open(endpoint, commands: commands, setupTimeout: setupTimeout, on: eventLoop)
     }
 
     /// Connects to `endpoint` and runs the setup `commands`; on Sentinel, `ROLE` must say `master`.
@@ -266,8 +309,8 @@ public final class RedisClient: Sendable {
     private static func pow2(_ exponent: Int) -> Double { Double(1 << max(0, exponent)) }
 }
 
-/// One event loop's connection to Redis; only touched on that loop.
-private final class LoopConnection: @unchecked Sendable {
+/// One event loop's connection to Redis (or to one node of a cluster); only touched on that loop.
+final class LoopConnection: @unchecked Sendable {
     enum State {
         case idle(failures: Int)
         case connecting(EventLoopFuture<RedisConnection>, failures: Int)

@@ -43,19 +43,32 @@ public final class RedisPrimary: Sendable {
     private let generationCounter = Atomic<Int>(0)
     private let onChange: @Sendable (Change) -> Void
     private let logger: Logger
+    /// For `redis+cluster://`: the slot map that decides where each command goes (there is no one primary).
+    public let cluster: RedisCluster?
 
     /// - Parameters:
     ///   - tls: For `rediss+sentinel://`: the sentinels speak TLS too.
     ///   - onChange: Called once for every change of primary (not for the first discovery).
-    init(url: RedisURL, tls: NIOSSLContext?, logger: Logger = Logger(label: "sluice.store"), onChange: @escaping @Sendable (Change) -> Void = { _ in }) {
+    ///   - onClusterChange: On a cluster, called once for every change of the slot map.
+    ///   - onRedirect: On a cluster, called with `moved` or `ask` for every redirect.
+    init(
+        url: RedisURL, tls: NIOSSLContext?, logger: Logger = Logger(label: "sluice.store"), onChange: @escaping @Sendable (Change) -> Void = { _ in },
+        onClusterChange: @escaping @Sendable (RedisCluster.ChangeReason) -> Void = { _ in }, onRedirect: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
         self.url = url
         self.tls = tls
         self.logger = logger
         self.onChange = onChange
-        if case .single = url.topology {
+        switch url.topology {
+        case .single:
             state = Mutex(State(current: RedisURL.Endpoint(host: url.host, port: url.port)))
-        } else {
+            cluster = nil
+        case .sentinel:
             state = Mutex(State())
+            cluster = nil
+        case .cluster:
+            state = Mutex(State())
+            cluster = RedisCluster(url: url, tls: tls, logger: logger, onChange: onClusterChange, onRedirect: onRedirect)
         }
     }
 

@@ -75,22 +75,25 @@ extension RedisStore: ResponseCacheStore {
         _ = await loops.collect { $0.nearCache.forget(route: route, owner: owner) }
         let tag = owner.map { $0 == CacheEntryKey.sharedOwner ? "\\*" : $0 } ?? "*"
         let pattern = "\(keyPrefix):{c:\(route):\(tag)}:e:*"
-        var cursor = "0"
         var removed = 0
-        repeat {
-            guard case .array(let page) = try await bulk.send(["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"]), page.count == 2,
-                case .string(let next) = page[0], case .array(let keys) = page[1]
-            else { throw RedisError.protocolViolation("unexpected SCAN reply") }
-            cursor = String(decoding: next, as: UTF8.self)
-            let names = keys.compactMap { key -> String? in
-                guard case .string(let bytes) = key else { return nil }
-                return String(decoding: bytes, as: UTF8.self)
-            }
-            for name in names {
-                // One key per command: keys of different partners live in different slots.
-                if case .integer(let count) = try await bulk.send(["UNLINK", name]) { removed += Int(count) }
-            }
-        } while cursor != "0"
+        // SCAN sees one node's keys: on a cluster, every primary is scanned.
+        for node in try await bulk.keyHolders() {
+            var cursor = "0"
+            repeat {
+                guard case .array(let page) = try await bulk.send(["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"], at: node), page.count == 2,
+                    case .string(let next) = page[0], case .array(let keys) = page[1]
+                else { throw RedisError.protocolViolation("unexpected SCAN reply") }
+                cursor = String(decoding: next, as: UTF8.self)
+                let names = keys.compactMap { key -> String? in
+                    guard case .string(let bytes) = key else { return nil }
+                    return String(decoding: bytes, as: UTF8.self)
+                }
+                for name in names {
+                    // One key per command: keys of different partners live in different slots.
+                    if case .integer(let count) = try await bulk.send(["UNLINK", name]) { removed += Int(count) }
+                }
+            } while cursor != "0"
+        }
         return removed
     }
 }

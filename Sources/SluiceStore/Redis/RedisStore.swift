@@ -72,6 +72,8 @@ public final class RedisStore: AdmissionStore {
     let loops: LoopLocal<LoopState>
     /// Where the next `takeTasks` starts asking shards (rotates, so every shard gets its turn).
     let nextTakeShard = Atomic<Int>(0)
+    /// Task queue shards (`tasks.shards`): every instance of one store must use the same number.
+    public let taskShards: Int
 
     /// A client for this store: it loads the admission, idempotency and task scripts whenever it opens a connection.
     /// - Parameter onCommand: Called for every command sent to Redis (to count round trips).
@@ -85,12 +87,17 @@ public final class RedisStore: AdmissionStore {
         )
     }
 
-    /// The primary every client of one store shares (`RedisPrimary`); `onChange` hears of
-    /// every change of primary.
+    /// The primary (or cluster slot map) every client of one store shares (`RedisPrimary`);
+    /// `onChange` hears of every change of primary, `onClusterChange` of every change of a
+    /// cluster's slot map, `onRedirect` of every `MOVED`/`ASK` (`moved`, `ask`).
     public static func makePrimary(
-        url: RedisURL, tlsCA: String?, logger: Logger, onChange: @escaping @Sendable (RedisPrimary.Change) -> Void
+        url: RedisURL, tlsCA: String?, logger: Logger, onChange: @escaping @Sendable (RedisPrimary.Change) -> Void,
+        onClusterChange: @escaping @Sendable (RedisCluster.ChangeReason) -> Void = { _ in }, onRedirect: @escaping @Sendable (String) -> Void = { _ in }
     ) throws -> RedisPrimary {
-        RedisPrimary(url: url, tls: try RedisClient.tlsContext(for: url, ca: tlsCA), logger: logger, onChange: onChange)
+        RedisPrimary(
+            url: url, tls: try RedisClient.tlsContext(for: url, ca: tlsCA), logger: logger, onChange: onChange, onClusterChange: onClusterChange,
+            onRedirect: onRedirect
+        )
     }
 
     /// - Parameters:
@@ -98,8 +105,12 @@ public final class RedisStore: AdmissionStore {
     ///     connections and a deadline of their own (`store.bulk_timeout`).
     ///   - keyPrefix: Start of every key (`PREFIX:{p:PARTNER}:state` and `…:leases`).
     ///   - clock: nil (the default) uses Redis `TIME`; tests inject a manual clock.
-    public init(client: RedisClient, bulk: RedisClient? = nil, keyPrefix: String = "sluice", clock: EpochClock? = nil) {
+    ///   - taskShards: Task queue shards (`tasks.shards`).
+    public init(
+        client: RedisClient, bulk: RedisClient? = nil, keyPrefix: String = "sluice", clock: EpochClock? = nil, taskShards: Int = RedisStore.defaultTaskShards
+    ) {
         self.client = client
+        self.taskShards = max(1, taskShards)
         self.bulk = bulk ?? client
         self.keyPrefix = keyPrefix
         self.clock = clock

@@ -3,21 +3,21 @@ public import NIOCore
 public import SluiceCore
 
 extension RedisStore: TaskStore, WebhookStore {
-    /// Queue shards: a fixed number, so every instance agrees where a task lives; with Redis
-    /// Cluster they spread over the nodes (each shard is one hash slot).
-    public static let taskShards = 16
+    /// Queue shards unless `tasks.shards` says otherwise: each shard is one hash slot, and 64
+    /// spread over a dozen primaries of a cluster.
+    public static let defaultTaskShards = 64
     /// The consumer group every instance's workers read through.
     static let taskGroup = "workers"
     /// Newest tasks looked at per shard when listing.
     static let listScanPerShard = 2_000
 
     func taskShardBase(_ shard: Int) -> String { "\(keyPrefix):{t:\(shard)}" }
-    func taskKey(_ id: TaskID) -> String { "\(taskShardBase(id.shard(of: Self.taskShards))):task:\(id.text)" }
+    func taskKey(_ id: TaskID) -> String { "\(taskShardBase(id.shard(of: taskShards))):task:\(id.text)" }
     func queueKey(_ shard: Int) -> String { "\(taskShardBase(shard)):queue" }
     func indexKey(_ shard: Int) -> String { "\(taskShardBase(shard)):index" }
     func messageKey(_ id: String) -> String? {
         guard let task = TaskID("tsk_" + id.dropFirst(4)), id.hasPrefix("msg_") else { return nil }
-        return "\(taskShardBase(task.shard(of: Self.taskShards))):webhook:\(id)"
+        return "\(taskShardBase(task.shard(of: taskShards))):webhook:\(id)"
     }
     /// The sorted sets of a shard's tasks by status, in `TaskStatus.allCases` order (queued first).
     func statusKeys(_ shard: Int) -> [String] { TaskStatus.allCases.map { "\(taskShardBase(shard)):status:\($0.rawValue)" } }
@@ -29,14 +29,14 @@ extension RedisStore: TaskStore, WebhookStore {
         _ record: TaskRecord, request: TaskRequest, retention: Duration, dedupe: TaskDedupe?, on eventLoop: any EventLoop,
         completion: @escaping (Result<TaskAcceptOutcome, any Error>) -> Void
     ) {
-        let shard = record.id.shard(of: Self.taskShards)
+        let shard = record.id.shard(of: taskShards)
         var keys = [taskKey(record.id), queueKey(shard), indexKey(shard), statusKeys(shard)[0]]
         var arguments = [
             record.encoded(), request.encoded(), String(retention.milliseconds), record.id.text, String(record.revision), now,
         ]
         var script = TaskScripts.accept
         if let dedupe {
-            guard dedupe.shard(of: Self.taskShards) == shard else {
+            guard dedupe.shard(of: taskShards) == shard else {
                 return completion(.failure(RedisError.protocolViolation("a deduplicated task's id must come from newTaskID(for:)")))
             }
             let statuses = statusKeys(shard)
@@ -61,13 +61,13 @@ extension RedisStore: TaskStore, WebhookStore {
     /// A deduplicated task lives in its fingerprint's shard, so that one script sees both.
     public func newTaskID(for dedupe: TaskDedupe?) -> TaskID {
         guard let dedupe else { return TaskID.random() }
-        return TaskID.random(inShard: dedupe.shard(of: Self.taskShards), of: Self.taskShards)
+        return TaskID.random(inShard: dedupe.shard(of: taskShards), of: taskShards)
     }
 
     public func resolveAccept(
         _ id: TaskID, withdraw: Bool, on eventLoop: any EventLoop, completion: @escaping (Result<AcceptResolution, any Error>) -> Void
     ) {
-        let shard = id.shard(of: Self.taskShards)
+        let shard = id.shard(of: taskShards)
         let keys = [taskKey(id), indexKey(shard), statusKeys(shard)[0]]
         let arguments = [id.text, withdraw ? "1" : "0", String(Self.voidMilliseconds)]
         bulk.evaluate(TaskScripts.resolveAccept, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
@@ -101,7 +101,7 @@ extension RedisStore: TaskStore, WebhookStore {
         _ record: TaskRecord, from revision: Int, retention: Duration, notify: WebhookMessage?, on eventLoop: any EventLoop,
         completion: @escaping (Result<Bool, any Error>) -> Void
     ) {
-        let shard = record.id.shard(of: Self.taskShards)
+        let shard = record.id.shard(of: taskShards)
         let messageID = "msg_" + record.id.text.dropFirst(4)
         let keys = [taskKey(record.id), messageKey(messageID)!, dueKey(shard)] + statusKeys(shard)
         // The history is append-only and its versions count up, so the stored record's status is
@@ -132,15 +132,18 @@ extension RedisStore: TaskStore, WebhookStore {
 
     /// Asks the shards one after the other, starting one further than the last call did (so
     /// every shard gets its turn first), each for what is still missing: never more than
-    /// `limit` entries are taken. An idle poll costs one small call per shard.
+    /// `limit` entries are taken. An idle poll costs one small call per shard. Taking, renewing,
+    /// due-webhook polls and counts are not `durable`: one lost in a failover only delays a task
+    /// until its lease runs out, while a `WAIT` behind every shard's idle poll would hold the
+    /// bulk connection for `replica_timeout` each.
     public func takeTasks(consumer: String, limit: Int, lease: Duration) async throws -> [TaskClaim] {
-        let first = Int(UInt(bitPattern: nextTakeShard.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(Self.taskShards))
+        let first = Int(UInt(bitPattern: nextTakeShard.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(taskShards))
         var claims: [TaskClaim] = []
-        for offset in 0..<Self.taskShards where claims.count < limit {
-            let shard = (first + offset) % Self.taskShards
+        for offset in 0..<taskShards where claims.count < limit {
+            let shard = (first + offset) % taskShards
             let reply = try await bulk.evaluate(
                 TaskScripts.take, keys: [queueKey(shard)],
-                arguments: [Self.taskGroup, consumer, String(limit - claims.count), String(lease.milliseconds)], on: defaultEventLoop
+                arguments: [Self.taskGroup, consumer, String(limit - claims.count), String(lease.milliseconds)], durable: false, on: defaultEventLoop
             ).get()
             claims += try Self.claims(from: reply)
         }
@@ -148,11 +151,11 @@ extension RedisStore: TaskStore, WebhookStore {
     }
 
     public func renewTasks(_ claims: [TaskClaim], consumer: String) async throws -> [TaskClaim] {
-        let byShard = Dictionary(grouping: claims) { $0.task.shard(of: Self.taskShards) }
+        let byShard = Dictionary(grouping: claims) { $0.task.shard(of: taskShards) }
         var held: [TaskClaim] = []
         for (shard, claims) in byShard {
             let reply = try await bulk.evaluate(
-                TaskScripts.renew, keys: [queueKey(shard)], arguments: [Self.taskGroup, consumer] + claims.map(\.entry), on: defaultEventLoop
+                TaskScripts.renew, keys: [queueKey(shard)], arguments: [Self.taskGroup, consumer] + claims.map(\.entry), durable: false, on: defaultEventLoop
             ).get()
             guard case .array(let ids) = reply else { throw RedisError.protocolViolation("unexpected renew reply \(reply)") }
             let still = Set(Self.strings(.array(ids)))
@@ -162,12 +165,12 @@ extension RedisStore: TaskStore, WebhookStore {
     }
 
     public func completeEntry(_ claim: TaskClaim) async throws {
-        let queue = queueKey(claim.task.shard(of: Self.taskShards))
+        let queue = queueKey(claim.task.shard(of: taskShards))
         _ = try await bulk.evaluate(TaskScripts.complete, keys: [queue], arguments: [Self.taskGroup, claim.entry], on: defaultEventLoop).get()
     }
 
     public func requeue(_ claim: TaskClaim, consumer: String) async throws {
-        let queue = queueKey(claim.task.shard(of: Self.taskShards))
+        let queue = queueKey(claim.task.shard(of: taskShards))
         _ = try await bulk.evaluate(
             TaskScripts.requeue, keys: [queue], arguments: [Self.taskGroup, consumer, claim.entry, claim.task.text], on: defaultEventLoop
         ).get()
@@ -175,7 +178,7 @@ extension RedisStore: TaskStore, WebhookStore {
 
     public func listTasks(status: TaskStatus?, partner: String?, limit: Int) async throws -> [TaskRecord] {
         let eventLoop = defaultEventLoop
-        let scans = (0..<Self.taskShards).map { shard in
+        let scans = (0..<taskShards).map { shard in
             bulk.send(["ZREVRANGE", indexKey(shard), "0", String(Self.listScanPerShard - 1), "WITHSCORES"], on: eventLoop)
         }
         var candidates: [(at: Double, id: TaskID)] = []
@@ -207,9 +210,9 @@ extension RedisStore: TaskStore, WebhookStore {
 
     public func takeDueWebhooks(limit: Int, lease: Duration) async throws -> [WebhookMessage] {
         var messages: [WebhookMessage] = []
-        for shard in 0..<Self.taskShards where messages.count < limit {
+        for shard in 0..<taskShards where messages.count < limit {
             let reply = try await bulk.evaluate(
-                TaskScripts.takeDue, keys: [dueKey(shard)], arguments: [String(limit - messages.count), String(lease.milliseconds), now], on: defaultEventLoop
+                TaskScripts.takeDue, keys: [dueKey(shard)], arguments: [String(limit - messages.count), String(lease.milliseconds), now], durable: false, on: defaultEventLoop
             ).get()
             for id in Self.strings(reply) {
                 guard let key = messageKey(id) else { continue }
@@ -233,7 +236,7 @@ extension RedisStore: TaskStore, WebhookStore {
     public func webhookDelivered(_ message: WebhookMessage) async throws {
         guard let key = messageKey(message.id) else { return }
         _ = try await bulk.send(["DEL", key])
-        _ = try await bulk.send(["ZREM", dueKey(message.task.shard(of: Self.taskShards)), message.id])
+        _ = try await bulk.send(["ZREM", dueKey(message.task.shard(of: taskShards)), message.id])
     }
 
     public func buryWebhook(_ message: WebhookMessage, retention: Duration) async throws {
@@ -244,7 +247,7 @@ extension RedisStore: TaskStore, WebhookStore {
 
     private func schedule(_ message: WebhookMessage, delay: String, retention: Duration) async throws {
         guard let key = messageKey(message.id) else { throw RedisError.protocolViolation("not a webhook message id: \(message.id)") }
-        let shard = message.task.shard(of: Self.taskShards)
+        let shard = message.task.shard(of: taskShards)
         _ = try await bulk.evaluate(
             TaskScripts.schedule, keys: [key, dueKey(shard), deadKey(shard)],
             arguments: [message.encoded(), delay, String(retention.milliseconds), message.id, now], on: defaultEventLoop
@@ -253,8 +256,11 @@ extension RedisStore: TaskStore, WebhookStore {
 
     public func deadWebhooks(partner: String?, limit: Int) async throws -> [WebhookMessage] {
         var dead: [WebhookMessage] = []
-        for shard in 0..<Self.taskShards {
-            for id in Self.strings(try await bulk.send(["ZREVRANGE", deadKey(shard), "0", String(Self.listScanPerShard - 1)])) {
+        let scans = (0..<taskShards).map { shard in
+            bulk.send(["ZREVRANGE", deadKey(shard), "0", String(Self.listScanPerShard - 1)], on: defaultEventLoop)
+        }
+        for scan in scans {
+            for id in Self.strings(try await scan.get()) {
                 guard let key = messageKey(id), case .string(let bytes) = try await bulk.send(["GET", key]),
                     let message = WebhookMessage(encoded: bytes)
                 else { continue }
@@ -270,7 +276,7 @@ extension RedisStore: TaskStore, WebhookStore {
         message.attempts = 0
         message.lastError = nil
         message.deadAt = nil
-        let shard = message.task.shard(of: Self.taskShards)
+        let shard = message.task.shard(of: taskShards)
         let reply = try await bulk.evaluate(
             TaskScripts.redrive, keys: [key, dueKey(shard), deadKey(shard)], arguments: [message.encoded(), String(retention.milliseconds), id, now],
             on: defaultEventLoop
@@ -279,12 +285,13 @@ extension RedisStore: TaskStore, WebhookStore {
     }
 
     public func deadWebhookCount(retention: Duration) async throws -> Int {
+        // Every shard at once (they live on different nodes of a cluster).
+        let replies = (0..<taskShards).map { shard in
+            bulk.evaluate(TaskScripts.countDead, keys: [deadKey(shard)], arguments: [String(retention.milliseconds), now], durable: false, on: defaultEventLoop)
+        }
         var count = 0
-        for shard in 0..<Self.taskShards {
-            let reply = try await bulk.evaluate(
-                TaskScripts.countDead, keys: [deadKey(shard)], arguments: [String(retention.milliseconds), now], on: defaultEventLoop
-            ).get()
-            if case .integer(let shardCount) = reply { count += Int(shardCount) }
+        for reply in replies {
+            if case .integer(let shardCount) = try await reply.get() { count += Int(shardCount) }
         }
         return count
     }
@@ -294,9 +301,13 @@ extension RedisStore: TaskStore, WebhookStore {
         var counts: [TaskStatus: Int] = [:]
         var oldestQueuedAt: Int64?
         var byRoute: [String: Int64] = [:]
-        for shard in 0..<Self.taskShards {
+        // Every shard at once (they live on different nodes of a cluster).
+        let replies = (0..<taskShards).map { shard in
             let arguments = [String(retention.milliseconds), now, String(TaskCensus.routeScanLimit), "\(taskShardBase(shard)):task:"]
-            let reply = try await bulk.evaluate(TaskScripts.census, keys: statusKeys(shard), arguments: arguments, on: defaultEventLoop).get()
+            return bulk.evaluate(TaskScripts.census, keys: statusKeys(shard), arguments: arguments, durable: false, on: defaultEventLoop)
+        }
+        for pending in replies {
+            let reply = try await pending.get()
             let malformed = RedisError.protocolViolation("unexpected census reply \(reply)")
             guard case .array(let items) = reply, items.count > statuses.count, (items.count - statuses.count - 1) % 2 == 0 else { throw malformed }
             let numbers = try items.prefix(statuses.count + 1).map { item in

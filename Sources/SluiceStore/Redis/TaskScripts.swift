@@ -1,4 +1,4 @@
-/// Tasks in Lua, laid out for Redis Cluster: tasks are spread over `RedisStore.taskShards`
+/// Tasks in Lua, laid out for Redis Cluster: tasks are spread over `RedisStore.taskShards` (`tasks.shards`)
 /// shards by id, and every key of a shard carries the shard's hash tag (`PREFIX:{t:N}:…`), so a
 /// task's record and its queue entry live in one slot and each script touches one slot.
 ///
