@@ -43,6 +43,7 @@ struct ClusterGatewayTests {
                 }
                 let store = try #require(try await first.send(.GET, first.admin + "/admin/policies", key: TestKeys.viewerToken).json()["store"] as? [String: Any])
                 #expect(store["kind"] as? String == "cluster")
+                #expect(Set(store.keys) == ["kind", "durability", "slots_covered", "primaries", "replicas", "nodes", "map_changed_at"])
                 #expect(store["slots_covered"] as? Int == 16_384 && store["primaries"] as? Int == 3 && store["replicas"] as? Int == 3, "\(store)")
                 #expect((store["nodes"] as? [String])?.count == 3)
                 let ready = try await first.send(.GET, first.admin + "/readyz", key: nil)
@@ -61,21 +62,7 @@ struct ClusterGatewayTests {
             try await GatewayHarness.with(Self.configure(cluster.url, durability: "replicated", receiverPort: receiverPort)) { gateway in
                 let load = AcceptLoad()
                 let victim = try #require(await cluster.primaries().first?.port)
-                try await withThrowingTaskGroup(of: Void.self) { senders in
-                    for _ in 0..<3 {
-                        senders.addTask {
-                            while load.sending.load(ordering: .relaxed) {
-                                let answer = try await gateway.acceptTask("/v2/price-calculations?ms=1")
-                                if answer.status == 202, let id = try answer.json()["task_id"] as? String {
-                                    load.accepted.withLock { $0.append(id) }
-                                } else {
-                                    #expect(answer.status == 503 && answer.header("Retry-After") != nil, "\(answer.status)")
-                                    load.refused.add(1, ordering: .relaxed)
-                                    try await Task.sleep(for: .milliseconds(50))
-                                }
-                            }
-                        }
-                    }
+                try await load.acceptTasks(through: gateway) {
                     try await eventually("tasks are accepted") { load.accepted.withLock { $0.count } >= 20 }
                     try await cluster.server(on: victim)?.stop()
                     let atKill = load.accepted.withLock { $0.count }
@@ -86,8 +73,6 @@ struct ClusterGatewayTests {
                     try await cluster.server(on: victim)?.restart()
                     try await cluster.waitUntilHealthy()
                     try await eventually(timeout: .seconds(30), "tasks are accepted on every shard again") { load.accepted.withLock { $0.count } >= atKill + 40 }
-                    load.sending.store(false, ordering: .relaxed)
-                    try await senders.waitForAll()
                 }
                 let ids = load.accepted.withLock { $0 }
                 for id in ids {
@@ -154,6 +139,38 @@ struct ClusterGatewayTests {
             let after = try #require(try await Self.remaining(gateway))
             #expect(after == before - total - 1, "the bucket moved with its slot: \(before) → \(after) after \(total) requests")
             print("cluster reshard: \(count) slots moved under \(total) requests, \(try await Self.metric(gateway, "sluice_store_redirects_total")) redirects followed")
+        }
+    }
+
+    /// Slots no primary serves (taken away with `CLUSTER DELSLOTSRANGE` on every node): logged,
+    /// `/readyz` degraded, partners served by the fallback.
+    @Test func uncoveredSlotsAreDegradedNotDown() async throws {
+        let cluster = try await ClusterSet.start()
+        try await GatewayHarness.with(Self.configure(cluster.url)) { gateway in
+            #expect(try await gateway.send(.GET, gateway.admin + "/readyz", key: nil).text == #"{"status":"ready"}"#)
+            for server in cluster.servers { _ = await cluster.cli(server.port, ["CLUSTER", "DELSLOTSRANGE", "0", "99"]) }
+            try await eventually("the uncovered slots are logged") {
+                try gateway.logLines().contains { ($0["message"] as? String)?.contains("does not cover every slot") == true }
+            }
+            let ready = try await gateway.send(.GET, gateway.admin + "/readyz", key: nil)
+            #expect(ready.status == 200 && ready.text == #"{"status":"ready","degraded":true}"#)
+            #expect(try await gateway.partner(.GET, "/v2/orders/1").status == 200)
+            let store = try #require(try await gateway.send(.GET, gateway.admin + "/admin/policies", key: TestKeys.viewerToken).json()["store"] as? [String: Any])
+            #expect(store["slots_covered"] as? Int == 16_384 - 100, "\(store)")
+        }
+    }
+
+    /// A store whose tasks were written with another `tasks.shards` is named in an error line
+    /// at start (this instance would not find those tasks).
+    @Test func aStoreOfAnotherShardCountIsLogged() async throws {
+        let redis = try await RedisServer.start()
+        _ = await SentinelSet.cli(port: redis.port, ["SET", "sluice:{t:layout}:shards", "16"])
+        try await GatewayHarness.with(Self.configure(redis.url)) { gateway in
+            try await eventually("the layout mismatch is logged") {
+                try gateway.logLines().contains {
+                    $0["level"] as? String == "error" && ($0["message"] as? String)?.hasPrefix("the store's tasks use tasks.shards: 16, this instance has 64") == true
+                }
+            }
         }
     }
 

@@ -231,7 +231,8 @@ struct IdempotencyTests {
     /// With Redis stopped, keyed requests answer 503 with Retry-After; requests without a key go on.
     @Test func redisDownRefusesKeyedRequestsOnly() async throws {
         let redis = try await RedisServer.start()
-        try await GatewayHarness.with({ $0.useRedis(redis.url, onFailure: "local") }) { gateway in
+        // A store timeout a busy test machine meets (the default 50 ms is not a test's to rely on).
+        try await GatewayHarness.with({ $0.useRedis(redis.url, onFailure: "local", timeout: "1s") }) { gateway in
             #expect(try await post(gateway, "/v2/orders", key: "before").status == 200)
             try await redis.stop()
             let keyed = try await post(gateway, "/v2/orders", key: "during")

@@ -27,27 +27,11 @@ struct SentinelGatewayTests {
         try await withWebhookReceiver { receiver, receiverPort in
             try await GatewayHarness.with(Self.configure(sentinels.url(), durability: "replicated", receiverPort: receiverPort)) { gateway in
                 let load = AcceptLoad()
-                try await withThrowingTaskGroup(of: Void.self) { senders in
-                    for _ in 0..<3 {
-                        senders.addTask {
-                            while load.sending.load(ordering: .relaxed) {
-                                let answer = try await gateway.acceptTask("/v2/price-calculations?ms=1")
-                                if answer.status == 202, let id = try answer.json()["task_id"] as? String {
-                                    load.accepted.withLock { $0.append(id) }
-                                } else {
-                                    #expect(answer.status == 503 && answer.header("Retry-After") != nil, "\(answer.status)")
-                                    load.refused.add(1, ordering: .relaxed)
-                                    try await Task.sleep(for: .milliseconds(50))
-                                }
-                            }
-                        }
-                    }
+                try await load.acceptTasks(through: gateway) {
                     try await eventually("tasks are accepted") { load.accepted.withLock { $0.count } >= 20 }
                     try await sentinels.servers[0].stop()
                     let atKill = load.accepted.withLock { $0.count }
                     try await eventually(timeout: .seconds(30), "tasks are accepted on the new primary") { load.accepted.withLock { $0.count } >= atKill + 20 }
-                    load.sending.store(false, ordering: .relaxed)
-                    try await senders.waitForAll()
                 }
                 let ids = load.accepted.withLock { $0 }
                 for id in ids {
@@ -164,14 +148,4 @@ struct SentinelGatewayTests {
             #expect(warnings.count == 1)
         }
     }
-}
-
-/// What the senders of a failover or reshard test share.
-final class AcceptLoad: Sendable {
-    let accepted = Mutex<[String]>([])
-    let refused = Atomic<Int>(0)
-    let sending = Atomic<Bool>(true)
-    /// Requests answered, and the statuses of those that were not what the test expects.
-    let answered = Atomic<Int>(0)
-    let unexpected = Mutex<[Int]>([])
 }

@@ -153,3 +153,27 @@ struct ClusterClientTests {
         #expect(ContinuousClock.now - started < .seconds(5))
     }
 }
+
+/// `tasks.shards` is recorded in the store; another count, or tasks of the 16-shard layout in an
+/// unmarked store, is reported (the gateway logs it as an error).
+@Suite struct TaskLayoutTests {
+    @Test func aChangedShardCountIsReported() async throws {
+        let client = try await makeRedisClient()
+        defer { Task { await client.shutdown() } }
+        let prefix = "layout-\(UUID().uuidString.prefix(8))"
+        #expect(try await RedisStore(client: client, keyPrefix: prefix, taskShards: 64).checkTaskLayout() == .matches)
+        #expect(try await RedisStore(client: client, keyPrefix: prefix, taskShards: 64).checkTaskLayout() == .matches)
+        #expect(try await RedisStore(client: client, keyPrefix: prefix, taskShards: 16).checkTaskLayout() == .otherShardCount(64))
+    }
+
+    @Test func tasksOfTheSixteenShardLayoutAreReported() async throws {
+        let client = try await makeRedisClient()
+        defer { Task { await client.shutdown() } }
+        let prefix = "layout-\(UUID().uuidString.prefix(8))"
+        let old = RedisStore(client: client, keyPrefix: prefix, taskShards: 16)
+        _ = try await client.send(["ZADD", old.indexKey(5), "1", "tsk_x"])
+        #expect(try await RedisStore(client: client, keyPrefix: prefix, taskShards: 64).checkTaskLayout() == .legacy16)
+        #expect(try await old.checkTaskLayout() == .matches, "the old count itself is fine, and marks the store")
+        #expect(try await RedisStore(client: client, keyPrefix: prefix, taskShards: 64).checkTaskLayout() == .otherShardCount(16))
+    }
+}

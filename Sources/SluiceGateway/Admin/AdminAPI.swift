@@ -225,7 +225,7 @@ struct AdminAPI {
                 ("slots_covered", .int(map?.coveredSlots ?? 0)), ("primaries", .int(map?.primaries.count ?? 0)),
                 ("replicas", .int(map?.replicas ?? 0)),
                 ("nodes", .array((map?.primaries ?? []).map { .string($0.description) })),
-                ("last_change", changed.map { .string($0.formatted(.iso8601)) } ?? .null),
+                ("map_changed_at", changed.map { .string($0.formatted(.iso8601)) } ?? .null),
             ])
         }
         let (endpoint, change) = primary.current

@@ -120,6 +120,23 @@ final class StoreBackend: Sendable {
         await redis?.connect()
         await bulkRedis?.connect()
         await checkReplicas()
+        await checkTaskLayout()
+    }
+
+    /// Logs an error when the store's tasks were written with another `tasks.shards`: this
+    /// instance would not find them (README "Store layout changes").
+    private func checkTaskLayout() async {
+        guard let redisStore = store as? RedisStore, let layout = try? await redisStore.checkTaskLayout() else { return }
+        let problem: String
+        switch layout {
+        case .matches: return
+        case .otherShardCount(let stored): problem = "the store's tasks use tasks.shards: \(stored)"
+        case .legacy16: problem = "the store holds tasks of gateways from before tasks.shards (16 shards)"
+        }
+        logger.error(
+            "\(problem), this instance has \(settings.taskShards): it cannot find those tasks; set tasks.shards to match, or drain the queue first (README: Store layout changes)",
+            metadata: ["redis": .string(settings.redis?.description ?? "")]
+        )
     }
 
     /// With `durability: replicated`: counts the primary's replicas (`sluice_store_replicas`) and

@@ -103,6 +103,8 @@ extension RedisClient {
                         command, slot: slot, then: follower, node: target, asking: true, cluster: cluster, loop: loop, deadline: deadline, tries: tries + 1
                     )
                 case .tryAgain:
+                    // The cluster may have lost a primary or slots: read the map again (debounced).
+                    if tries == 0 { cluster.refresh(on: eventLoop, timeout: setupTimeout, reason: .refreshed).whenFailure { _ in } }
                     let delay = TimeAmount.milliseconds(Int64(5 << tries))
                     guard NIODeadline.now() + delay < deadline else { return eventLoop.makeFailedFuture(error) }
                     return eventLoop.flatScheduleTask(in: delay) {

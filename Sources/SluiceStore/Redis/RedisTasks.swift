@@ -80,6 +80,34 @@ extension RedisStore: TaskStore, WebhookStore {
         }
     }
 
+    /// What the store says about the task layout this store uses.
+    public enum TaskLayout: Equatable, Sendable {
+        /// The store's tasks use `taskShards` shards (or it had none yet; it is marked now).
+        case matches
+        /// Gateways with another `tasks.shards` use the store: each finds only its own tasks.
+        case otherShardCount(Int)
+        /// Tasks of gateways from before `tasks.shards` (16 shards) are in the store.
+        case legacy16
+    }
+
+    /// Compares `taskShards` with the count the store was marked with (`PREFIX:{t:layout}:shards`),
+    /// marking it when unmarked; an unmarked store holding tasks is from the 16-shard layout.
+    public func checkTaskLayout() async throws -> TaskLayout {
+        let marker = "\(keyPrefix):{t:layout}:shards"
+        if case .string(let bytes) = try await bulk.send(["GET", marker]) {
+            let stored = Int(String(decoding: bytes, as: UTF8.self)) ?? 0
+            return stored == taskShards ? .matches : .otherShardCount(stored)
+        }
+        if taskShards != 16 {
+            let counts = (0..<16).map { bulk.send(["ZCARD", indexKey($0)], on: defaultEventLoop) }
+            for count in counts {
+                if case .integer(let tasks) = try await count.get(), tasks > 0 { return .legacy16 }
+            }
+        }
+        _ = try await bulk.send(["SET", marker, String(taskShards), "NX"])
+        return .matches
+    }
+
     /// How long a void refuses a late accept: far longer than any accept can be on its way.
     static let voidMilliseconds: Int64 = 3_600_000
 
