@@ -200,6 +200,10 @@ struct AdmissionTests {
             func storeCalls() async throws -> Int {
                 Int(try #require(try await gateway.metric("sluice_store_calls_total")))
             }
+            // The start's own calls (connections, the task layout check) are over once the store is marked.
+            try await eventually("the gateway has checked the task layout") {
+                await SentinelSet.cli(port: redis.port, ["GET", "sluice:{t:layout}:shards"]).contains("1")
+            }
             let before = try await storeCalls()
             let started = ContinuousClock.now
             let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
