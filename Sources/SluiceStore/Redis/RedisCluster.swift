@@ -199,13 +199,8 @@ public final class RedisCluster: Sendable {
         return ask(0, [])
     }
 
-    /// One command on a short-lived connection to `node` (authenticated as the URL says).
     private func command(_ arguments: [String], at node: RedisURL.Endpoint, on eventLoop: any EventLoop, timeout: Duration) -> EventLoopFuture<RedisReply> {
-        RedisConnection.connect(host: node.host, port: node.port, tls: tls, connectTimeout: timeout, on: eventLoop).flatMap { connection in
-            let deadline = NIODeadline.now() + TimeAmount(timeout)
-            let auth = self.url.authCommand.map { connection.send($0, deadline: deadline).map { _ in } } ?? eventLoop.makeSucceededVoidFuture()
-            return auth.flatMap { connection.send(arguments, deadline: deadline) }.always { _ in connection.channel.close(promise: nil) }
-        }
+        RedisConnection.oneShot(arguments, at: node, tls: tls, auth: url.authCommand, timeout: timeout, on: eventLoop)
     }
 
     /// Re-reads the slot map every `interval` until cancelled (changes are logged and counted).

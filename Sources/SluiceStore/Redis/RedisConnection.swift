@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import NIOSSL
+import SluiceCore
 
 /// Why a Redis call failed.
 public enum RedisError: Error, Equatable, CustomStringConvertible {
@@ -194,6 +195,18 @@ final class RedisConnection: Sendable {
         let promise = channel.eventLoop.makePromise(of: RedisReply.self)
         handler.value.write(arguments, deadline: deadline, promise: promise)
         return promise.futureResult
+    }
+
+    /// One command on a short-lived connection to `endpoint` (after `auth`, when given), closed
+    /// once answered: for asking a sentinel or a cluster node, off the pooled connections.
+    static func oneShot(
+        _ arguments: [String], at endpoint: RedisURL.Endpoint, tls: NIOSSLContext?, auth: [String]?, timeout: Duration, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<RedisReply> {
+        connect(host: endpoint.host, port: endpoint.port, tls: tls, connectTimeout: timeout, on: eventLoop).flatMap { connection in
+            let deadline = NIODeadline.now() + TimeAmount(timeout)
+            let authenticated = auth.map { connection.send($0, deadline: deadline).map { _ in } } ?? eventLoop.makeSucceededVoidFuture()
+            return authenticated.flatMap { connection.send(arguments, deadline: deadline) }.always { _ in connection.channel.close(promise: nil) }
+        }
     }
 
     func close() async {

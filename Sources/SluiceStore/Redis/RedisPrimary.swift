@@ -169,7 +169,7 @@ public final class RedisPrimary: Sendable {
                 return eventLoop.makeFailedFuture(RedisError.unavailable(failure.description))
             }
             let sentinel = sentinels[index]
-            return command(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", master], at: sentinel, on: eventLoop, timeout: timeout)
+            return RedisConnection.oneShot(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", master], at: sentinel, tls: tls, auth: sentinelAuth, timeout: timeout, on: eventLoop)
                 .flatMapThrowing { reply -> RedisURL.Endpoint in
                     guard case .array(let parts) = reply, parts.count == 2, case .string(let host) = parts[0], case .string(let port) = parts[1],
                         let number = Int(String(decoding: port, as: UTF8.self))
@@ -181,15 +181,6 @@ public final class RedisPrimary: Sendable {
                 .flatMapError { error in ask(index + 1, reasons + ["\(sentinel): \(error)"]) }
         }
         return ask(0, [])
-    }
-
-    /// One command on a short-lived sentinel connection (authenticated when the URL says so).
-    private func command(_ arguments: [String], at sentinel: RedisURL.Endpoint, on eventLoop: any EventLoop, timeout: Duration) -> EventLoopFuture<RedisReply> {
-        RedisConnection.connect(host: sentinel.host, port: sentinel.port, tls: tls, connectTimeout: timeout, on: eventLoop).flatMap { connection in
-            let deadline = NIODeadline.now() + TimeAmount(timeout)
-            let auth = self.sentinelAuth.map { connection.send($0, deadline: deadline).map { _ in } } ?? eventLoop.makeSucceededVoidFuture()
-            return auth.flatMap { connection.send(arguments, deadline: deadline) }.always { _ in connection.channel.close(promise: nil) }
-        }
     }
 
     /// `AUTH` for the sentinels, when the URL gives them a password.
