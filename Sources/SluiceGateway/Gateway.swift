@@ -76,6 +76,7 @@ public final class Gateway: Sendable {
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock, resolver: options.resolver)
         let instance = InstanceName.make()
         let wakeUp = WorkerWakeUp()
+        let webhooksWakeUp = WorkerWakeUp()
         let identifiers = IdentifierGenerator()
         let factory = SnapshotFactory(
             pool: pool, stores: stores, metrics: metrics, logger: logger, leaseDuration: options.leaseDuration,
@@ -128,7 +129,8 @@ public final class Gateway: Sendable {
         services.append(PolicyWatcher(reloader: reloader, interval: options.watchInterval))
         services.append(
             TaskWorkers(
-                runtime: runtime, instance: instance, wakeUp: wakeUp, clock: options.storeClock, drainTimeout: options.shutdownTimeout / 2,
+                runtime: runtime, instance: instance, wakeUp: wakeUp, webhooksWakeUp: webhooksWakeUp, clock: options.storeClock,
+                drainTimeout: options.shutdownTimeout / 2,
                 censusInterval: options.storeGaugeInterval, group: eventLoopGroup
             )
         )
@@ -138,7 +140,7 @@ public final class Gateway: Sendable {
         } catch {
             throw PolicyErrors([PolicyProblem(SourceLocation(file: policiesDirectory, line: 1, column: 1), "webhooks: cannot set up the TLS client: \(error)")])
         }
-        services.append(WebhookSender(runtime: runtime, client: webhookClient, clock: options.storeClock, deadCountInterval: options.storeGaugeInterval))
+        services.append(WebhookSender(runtime: runtime, client: webhookClient, clock: options.storeClock, deadCountInterval: options.storeGaugeInterval, wakeUp: webhooksWakeUp))
         for (name, address, useTLS) in [("https", listen.https, true), ("http", listen.http, false)] {
             guard let address else { continue }
             services.append(PartnerListener(name: name, address: address, useTLS: useTLS, runtime: runtime, group: eventLoopGroup, onBound: record))

@@ -351,6 +351,29 @@ struct TaskStoreContractTests {
         }
     }
 
+    /// Tasks spread over many shards are all found by the take, which never hands out more than
+    /// its limit (the shard checks say where the work is; the takes add up to the limit).
+    @Test(arguments: StoreKind.allCases)
+    func takesGatherFromEveryShardUpToTheLimit(_ kind: StoreKind) async throws {
+        let clock = ManualClock(.present)
+        try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
+            var accepted: Set<TaskID> = []
+            for index in 0..<40 {
+                let (record, request) = newTask(clock, request: "req-\(index)")
+                #expect(try await store.acceptTask(record, request: request, retention: retention))
+                accepted.insert(record.id)
+            }
+            var taken: [TaskID] = []
+            for expected in [16, 16, 8, 0] {
+                let claims = try await store.takeTasks(consumer: "w", limit: 16, lease: .seconds(30))
+                #expect(claims.count == expected)
+                taken += claims.map(\.task)
+            }
+            #expect(Set(taken) == accepted)
+            #expect(taken.count == 40)
+        }
+    }
+
 }
 
 /// The Redis layout of tasks: shard hash tags, TTLs, and a queue that survives losing its group.

@@ -23,14 +23,19 @@ final class TaskWorkers: Service, Sendable {
     private let eventLoops: any EventLoopGroup
     private let poller: StorePoller<TaskClaim>
     private let running = Mutex<[TaskClaim: TaskExchange?]>([:])
+    private let webhooksWakeUp: WorkerWakeUp
 
     /// After an upstream refused a task's call (breaker open, bulkhead full), the task waits this long.
     static let unavailableDelay: Duration = .seconds(1)
 
+    /// - Parameters:
+    ///   - wakeUp: Woken when a task is accepted on this instance.
+    ///   - webhooksWakeUp: Woken when a task finished here made a webhook message.
     init(
-        runtime: GatewayRuntime, instance: String, wakeUp: WorkerWakeUp, clock: @escaping EpochClock, drainTimeout: Duration,
-        censusInterval: Duration, group: any EventLoopGroup
+        runtime: GatewayRuntime, instance: String, wakeUp: WorkerWakeUp, webhooksWakeUp: WorkerWakeUp, clock: @escaping EpochClock,
+        drainTimeout: Duration, censusInterval: Duration, group: any EventLoopGroup
     ) {
+        self.webhooksWakeUp = webhooksWakeUp
         self.censusInterval = censusInterval
         self.runtime = runtime
         self.instance = instance
@@ -196,6 +201,7 @@ final class TaskWorkers: Service, Sendable {
         finished.failure = failure
         let notify = snapshot.rules.partners[finished.partner]?.policy.webhook != nil ? WebhookMessage(finished: finished, at: now) : nil
         if try await store.replaceTask(finished, from: started.revision, retention: snapshot.policy.gateway.tasks.retention, notify: notify) {
+            if notify != nil { webhooksWakeUp.wake() }
             runtime.metrics.taskPhaseEnded(route: finished.route, phase: .running, milliseconds: now - started.lifecycle.updatedAt)
             try await store.completeEntry(claim)
             runtime.logger.info("task \(finished.lifecycle.status.rawValue)", metadata: Self.metadata(finished))
@@ -210,6 +216,7 @@ final class TaskWorkers: Service, Sendable {
         failed.failure = failed.lifecycle.history.last?.note
         let notify = snapshot.rules.partners[failed.partner]?.policy.webhook != nil ? WebhookMessage(finished: failed, at: failed.lifecycle.updatedAt) : nil
         guard try await store.replaceTask(failed, from: revision, retention: snapshot.policy.gateway.tasks.retention, notify: notify) else { return }
+        if notify != nil { webhooksWakeUp.wake() }
         try await store.completeEntry(claim)
         runtime.logger.warning("task failed: too many runs lost", metadata: Self.metadata(failed).merging(["error": .string(failed.failure ?? "")]) { $1 })
     }

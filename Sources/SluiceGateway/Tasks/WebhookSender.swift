@@ -15,7 +15,8 @@ final class WebhookSender: Service, Sendable {
     private let runtime: GatewayRuntime
     private let client: WebhookClient
     private let clock: EpochClock
-    private let poller = StorePoller<WebhookMessage>()
+    private let wakeUp: WorkerWakeUp
+    private let poller: StorePoller<WebhookMessage>
     /// Set when this instance buried a message, so `sluice_webhooks_dead` is refreshed at once.
     private let buried = Atomic<Bool>(false)
     /// Partners whose endpoint answered 410, with the policy version it answered under.
@@ -28,8 +29,11 @@ final class WebhookSender: Service, Sendable {
     /// How often `sluice_webhooks_dead` is refreshed from the store.
     private let deadCountInterval: Duration
 
-    init(runtime: GatewayRuntime, client: WebhookClient, clock: @escaping EpochClock, deadCountInterval: Duration) {
+    /// - Parameter wakeUp: Woken when this instance makes a message (a task finished here).
+    init(runtime: GatewayRuntime, client: WebhookClient, clock: @escaping EpochClock, deadCountInterval: Duration, wakeUp: WorkerWakeUp) {
         self.runtime = runtime
+        self.wakeUp = wakeUp
+        self.poller = StorePoller(wakeUp: wakeUp)
         self.deadCountInterval = deadCountInterval
         self.client = client
         self.clock = clock
@@ -118,6 +122,7 @@ final class WebhookSender: Service, Sendable {
                 metadata["retry_in_ms"] = .stringConvertible(delay.milliseconds)
                 runtime.logger.notice("webhook attempt failed; retrying", metadata: metadata)
                 try await store.rescheduleWebhook(message, after: delay, retention: retention)
+                wakeUp.wake(after: delay)
             case .disableEndpoint:
                 disabled.withLock { $0[message.partner] = version }
                 runtime.metrics.webhookAttempted(.gone)

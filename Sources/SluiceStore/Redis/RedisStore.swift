@@ -70,7 +70,7 @@ public final class RedisStore: AdmissionStore {
     let keyPrefix: String
     let clock: EpochClock?
     let loops: LoopLocal<LoopState>
-    /// Where the next `takeTasks` starts asking shards (rotates, so every shard gets its turn).
+    /// Where the next task or due-webhook poll starts asking shards (rotates, so every shard gets its turn first).
     let nextTakeShard = Atomic<Int>(0)
     /// Task queue shards (`tasks.shards`): every instance of one store must use the same number.
     public let taskShards: Int

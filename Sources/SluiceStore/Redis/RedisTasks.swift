@@ -158,17 +158,17 @@ extension RedisStore: TaskStore, WebhookStore {
         }
     }
 
-    /// Asks the shards one after the other, starting one further than the last call did (so
-    /// every shard gets its turn first), each for what is still missing: never more than
-    /// `limit` entries are taken. An idle poll costs one small call per shard. Taking, renewing,
-    /// due-webhook polls and counts are not `durable`: one lost in a failover only delays a task
-    /// until its lease runs out, while a `WAIT` behind every shard's idle poll would hold the
-    /// bulk connection for `replica_timeout` each.
+    /// Asks every shard whether it has work (cheap read-only checks: one call on one Redis; on
+    /// a cluster one per shard, all at once), then takes from those that do, one after the other,
+    /// each for what is still missing: never more than `limit` entries are taken. The order
+    /// starts one further than the last call did, so every shard gets its turn first. Taking,
+    /// renewing, due-webhook polls and counts are not `durable`: one lost in a failover only
+    /// delays a task until its lease runs out, while a `WAIT` behind every shard's idle poll would
+    /// hold the bulk connection for `replica_timeout` each.
     public func takeTasks(consumer: String, limit: Int, lease: Duration) async throws -> [TaskClaim] {
-        let first = Int(UInt(bitPattern: nextTakeShard.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(taskShards))
         var claims: [TaskClaim] = []
-        for offset in 0..<taskShards where claims.count < limit {
-            let shard = (first + offset) % taskShards
+        let ready = try await shardsWithWork(TaskScripts.queuesWithWork, key: queueKey, arguments: [Self.taskGroup, String(lease.milliseconds)])
+        for shard in ready where claims.count < limit {
             let reply = try await bulk.evaluate(
                 TaskScripts.take, keys: [queueKey(shard)],
                 arguments: [Self.taskGroup, consumer, String(limit - claims.count), String(lease.milliseconds)], durable: false, on: defaultEventLoop
@@ -176,6 +176,24 @@ extension RedisStore: TaskStore, WebhookStore {
             claims += try Self.claims(from: reply)
         }
         return claims
+    }
+
+    /// The shards that `check` (a script that answers the positions of its keys with work)
+    /// finds work in, in the order of a start that rotates from call to call. One Redis gets one
+    /// call with every shard's key; a cluster one call per shard (each key in its own slot), all
+    /// sent at once.
+    private func shardsWithWork(_ check: RedisScript, key: (Int) -> String, arguments: [String]) async throws -> [Int] {
+        let first = Int(UInt(bitPattern: nextTakeShard.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(taskShards))
+        let order = (0..<taskShards).map { (first + $0) % taskShards }
+        let eventLoop = defaultEventLoop
+        let calls: [[Int]] = bulk.primary.cluster == nil ? [order] : order.map { [$0] }
+        let replies = calls.map { shards in bulk.evaluate(check, keys: shards.map(key), arguments: arguments, durable: false, on: eventLoop) }
+        var ready: [Int] = []
+        for (shards, reply) in zip(calls, replies) {
+            guard case .array(let positions) = try await reply.get() else { throw RedisError.protocolViolation("unexpected shard check reply") }
+            for case .integer(let position) in positions where (1...shards.count).contains(Int(position)) { ready.append(shards[Int(position) - 1]) }
+        }
+        return ready
     }
 
     public func renewTasks(_ claims: [TaskClaim], consumer: String) async throws -> [TaskClaim] {
@@ -238,7 +256,8 @@ extension RedisStore: TaskStore, WebhookStore {
 
     public func takeDueWebhooks(limit: Int, lease: Duration) async throws -> [WebhookMessage] {
         var messages: [WebhookMessage] = []
-        for shard in 0..<taskShards where messages.count < limit {
+        let ready = try await shardsWithWork(TaskScripts.dueSetsWithWork, key: dueKey, arguments: [now])
+        for shard in ready where messages.count < limit {
             let reply = try await bulk.evaluate(
                 TaskScripts.takeDue, keys: [dueKey(shard)], arguments: [String(limit - messages.count), String(lease.milliseconds), now], durable: false, on: defaultEventLoop
             ).get()
