@@ -22,6 +22,17 @@ struct TaskStoreContractTests {
         return (record, request)
     }
 
+    /// Accepts `count` new tasks (their ids spread over the shards) and returns their ids.
+    private func acceptTasks(_ count: Int, into store: any StoreUnderTest, _ clock: ManualClock) async throws -> Set<TaskID> {
+        var accepted: Set<TaskID> = []
+        for _ in 0..<count {
+            let (record, request) = newTask(clock)
+            #expect(try await store.acceptTask(record, request: request, retention: retention))
+            accepted.insert(record.id)
+        }
+        return accepted
+    }
+
     /// Starts a stored task (as worker gw-b would) and returns it as it now stands.
     private func start(_ task: TaskRecord, in store: any StoreUnderTest, _ clock: ManualClock) async throws -> TaskRecord {
         var running = task
@@ -132,12 +143,7 @@ struct TaskStoreContractTests {
     func concurrentConsumersShareTheQueue(_ kind: StoreKind) async throws {
         let clock = ManualClock(.present)
         try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
-            var accepted: Set<TaskID> = []
-            for _ in 0..<40 {
-                let (record, request) = newTask(clock)
-                #expect(try await store.acceptTask(record, request: request, retention: retention))
-                accepted.insert(record.id)
-            }
+            let accepted = try await acceptTasks(40, into: store, clock)
             let taken = try await withThrowingTaskGroup(of: [TaskID].self) { group in
                 for consumer in 0..<4 {
                     group.addTask {
@@ -357,12 +363,7 @@ struct TaskStoreContractTests {
     func takesGatherFromEveryShardUpToTheLimit(_ kind: StoreKind) async throws {
         let clock = ManualClock(.present)
         try await withStore(kind, clock: clock) { (store: any StoreUnderTest) async throws in
-            var accepted: Set<TaskID> = []
-            for index in 0..<40 {
-                let (record, request) = newTask(clock, request: "req-\(index)")
-                #expect(try await store.acceptTask(record, request: request, retention: retention))
-                accepted.insert(record.id)
-            }
+            let accepted = try await acceptTasks(40, into: store, clock)
             var taken: [TaskID] = []
             for expected in [16, 16, 8, 0] {
                 let claims = try await store.takeTasks(consumer: "w", limit: 16, lease: .seconds(30))

@@ -70,8 +70,12 @@ public final class RedisStore: AdmissionStore {
     let keyPrefix: String
     let clock: EpochClock?
     let loops: LoopLocal<LoopState>
-    /// Where the next task or due-webhook poll starts asking shards (rotates, so every shard gets its turn first).
-    let nextTakeShard = Atomic<Int>(0)
+    /// Where the next check for task or webhook work starts (rotates, so every shard gets its turn first).
+    let nextCheckedShard = Atomic<Int>(0)
+    /// The shards the last task poll left work in.
+    let taskWork = Mutex(ShardWorkList())
+    /// The shards the last webhook poll left due messages in.
+    let dueWork = Mutex(ShardWorkList())
     /// Task queue shards (`tasks.shards`): every instance of one store must use the same number.
     public let taskShards: Int
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 public import NIOCore
 public import SluiceCore
 
@@ -161,21 +162,51 @@ extension RedisStore: TaskStore, WebhookStore {
     /// Asks every shard whether it has work (cheap read-only checks: one call on one Redis; on
     /// a cluster one per shard, all at once), then takes from those that do, one after the other,
     /// each for what is still missing: never more than `limit` entries are taken. The order
-    /// starts one further than the last call did, so every shard gets its turn first. Taking,
+    /// starts one further than the last check did, so every shard gets its turn first; while
+    /// there is a backlog, the next takes go on with the shards found (`ShardWorkList`). Taking,
     /// renewing, due-webhook polls and counts are not `durable`: one lost in a failover only
     /// delays a task until its lease runs out, while a `WAIT` behind every shard's idle poll would
     /// hold the bulk connection for `replica_timeout` each.
     public func takeTasks(consumer: String, limit: Int, lease: Duration) async throws -> [TaskClaim] {
-        var claims: [TaskClaim] = []
-        let ready = try await shardsWithWork(TaskScripts.queuesWithWork, key: queueKey, arguments: [Self.taskGroup, String(lease.milliseconds)])
-        for shard in ready where claims.count < limit {
-            let reply = try await bulk.evaluate(
-                TaskScripts.take, keys: [queueKey(shard)],
-                arguments: [Self.taskGroup, consumer, String(limit - claims.count), String(lease.milliseconds)], durable: false, on: defaultEventLoop
-            ).get()
-            claims += try Self.claims(from: reply)
+        try await takeFromShards(
+            taskWork, limit: limit,
+            check: { try await shardsWithWork(TaskScripts.queuesWithWork, key: queueKey, arguments: [Self.taskGroup, String(lease.milliseconds)]) },
+            take: { shard, missing in
+                let reply = try await bulk.evaluate(
+                    TaskScripts.take, keys: [queueKey(shard)],
+                    arguments: [Self.taskGroup, consumer, String(missing), String(lease.milliseconds)], durable: false, on: defaultEventLoop
+                ).get()
+                let claims = try Self.claims(from: reply)
+                return (claims, claims.count == missing)
+            }
+        )
+    }
+
+    /// Takes up to `limit` items, shard after shard, from the shards `work` still lists (when
+    /// it was checked lately) or else those `check` finds now. `take(shard, missing)` answers
+    /// the items and whether it gave all it was asked for (the shard may have more). The shards
+    /// not emptied stay listed for the next call.
+    private func takeFromShards<Item>(
+        _ work: borrowing Mutex<ShardWorkList>, limit: Int, check: () async throws -> [Int],
+        take: (_ shard: Int, _ missing: Int) async throws -> (items: [Item], full: Bool)
+    ) async throws -> [Item] {
+        let listed = work.withLock { $0.current(at: ContinuousClock.now) }
+        var shards: ArraySlice<Int>
+        if let listed {
+            shards = listed[...]
+        } else {
+            let checkedAt = ContinuousClock.now
+            shards = try await check()[...]
+            work.withLock { $0.checked(at: checkedAt) }
         }
-        return claims
+        var items: [Item] = []
+        while let shard = shards.first, items.count < limit {
+            let taken = try await take(shard, limit - items.count)
+            items += taken.items
+            if !taken.full { shards = shards.dropFirst() }
+        }
+        work.withLock { $0.shards = Array(shards) }
+        return items
     }
 
     /// The shards that `check` (a script that answers the positions of its keys with work)
@@ -183,7 +214,7 @@ extension RedisStore: TaskStore, WebhookStore {
     /// call with every shard's key; a cluster one call per shard (each key in its own slot), all
     /// sent at once.
     private func shardsWithWork(_ check: RedisScript, key: (Int) -> String, arguments: [String]) async throws -> [Int] {
-        let first = Int(UInt(bitPattern: nextTakeShard.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(taskShards))
+        let first = Int(UInt(bitPattern: nextCheckedShard.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(taskShards))
         let order = (0..<taskShards).map { (first + $0) % taskShards }
         let eventLoop = defaultEventLoop
         let calls: [[Int]] = bulk.primary.cluster == nil ? [order] : order.map { [$0] }
@@ -255,25 +286,29 @@ extension RedisStore: TaskStore, WebhookStore {
     // MARK: - Webhook messages
 
     public func takeDueWebhooks(limit: Int, lease: Duration) async throws -> [WebhookMessage] {
-        var messages: [WebhookMessage] = []
-        let ready = try await shardsWithWork(TaskScripts.dueSetsWithWork, key: dueKey, arguments: [now])
-        for shard in ready where messages.count < limit {
-            let reply = try await bulk.evaluate(
-                TaskScripts.takeDue, keys: [dueKey(shard)], arguments: [String(limit - messages.count), String(lease.milliseconds), now], durable: false, on: defaultEventLoop
-            ).get()
-            for id in Self.strings(reply) {
-                guard let key = messageKey(id) else { continue }
-                switch try await bulk.send(["GET", key]) {
-                case .string(let bytes):
-                    guard let message = WebhookMessage(encoded: bytes) else { throw RedisError.protocolViolation("malformed webhook message \(id)") }
-                    messages.append(message)
-                default:
-                    // Expired with its task: nothing left to send.
-                    _ = try await bulk.send(["ZREM", dueKey(shard), id])
+        try await takeFromShards(
+            dueWork, limit: limit,
+            check: { try await shardsWithWork(TaskScripts.dueSetsWithWork, key: dueKey, arguments: [now]) },
+            take: { shard, missing in
+                let reply = try await bulk.evaluate(
+                    TaskScripts.takeDue, keys: [dueKey(shard)], arguments: [String(missing), String(lease.milliseconds), now], durable: false, on: defaultEventLoop
+                ).get()
+                let ids = Self.strings(reply)
+                var messages: [WebhookMessage] = []
+                for id in ids {
+                    guard let key = messageKey(id) else { continue }
+                    switch try await bulk.send(["GET", key]) {
+                    case .string(let bytes):
+                        guard let message = WebhookMessage(encoded: bytes) else { throw RedisError.protocolViolation("malformed webhook message \(id)") }
+                        messages.append(message)
+                    default:
+                        // Expired with its task: nothing left to send.
+                        _ = try await bulk.send(["ZREM", dueKey(shard), id])
+                    }
                 }
+                return (messages, ids.count == missing)
             }
-        }
-        return messages
+        )
     }
 
     public func rescheduleWebhook(_ message: WebhookMessage, after delay: Duration, retention: Duration) async throws {
