@@ -210,11 +210,14 @@ extension RedisStore: TaskStore, WebhookStore {
     }
 
     /// The shards that `check` (a script that answers the positions of its keys with work)
-    /// finds work in, in the order of a start that rotates from call to call (`shardCalls`).
+    /// finds work in, in the order of a start that rotates from call to call. One Redis gets one
+    /// call with every shard's key; a cluster one call per shard (each key in its own slot), all
+    /// sent at once.
     private func shardsWithWork(_ check: RedisScript, key: (Int) -> String, arguments: [String]) async throws -> [Int] {
         let first = Int(UInt(bitPattern: nextCheckedShard.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(taskShards))
-        let calls = shardCalls(startingAt: first)
+        let order = (0..<taskShards).map { (first + $0) % taskShards }
         let eventLoop = defaultEventLoop
+        let calls: [[Int]] = bulk.primary.cluster == nil ? [order] : order.map { [$0] }
         let replies = calls.map { shards in bulk.evaluate(check, keys: shards.map(key), arguments: arguments, durable: false, on: eventLoop) }
         var ready: [Int] = []
         for (shards, reply) in zip(calls, replies) {
@@ -222,13 +225,6 @@ extension RedisStore: TaskStore, WebhookStore {
             for case .integer(let position) in positions where (1...shards.count).contains(Int(position)) { ready.append(shards[Int(position) - 1]) }
         }
         return ready
-    }
-
-    /// How to ask every shard, from `first` on: one call with all their keys on one Redis, one
-    /// call per shard on a cluster (each in its own slot; the calls go out at once).
-    private func shardCalls(startingAt first: Int = 0) -> [[Int]] {
-        let order = (0..<taskShards).map { (first + $0) % taskShards }
-        return bulk.primary.cluster == nil ? [order] : order.map { [$0] }
     }
 
     public func renewTasks(_ claims: [TaskClaim], consumer: String) async throws -> [TaskClaim] {
@@ -371,13 +367,13 @@ extension RedisStore: TaskStore, WebhookStore {
     }
 
     public func deadWebhookCount(retention: Duration) async throws -> Int {
-        let replies = shardCalls().map { shards in
-            bulk.evaluate(TaskScripts.countDead, keys: shards.map(deadKey), arguments: [String(retention.milliseconds), now], durable: false, on: defaultEventLoop)
+        // Every shard at once (they live on different nodes of a cluster).
+        let replies = (0..<taskShards).map { shard in
+            bulk.evaluate(TaskScripts.countDead, keys: [deadKey(shard)], arguments: [String(retention.milliseconds), now], durable: false, on: defaultEventLoop)
         }
         var count = 0
         for reply in replies {
-            guard case .integer(let shardsCount) = try await reply.get() else { throw RedisError.protocolViolation("unexpected dead count reply") }
-            count += Int(shardsCount)
+            if case .integer(let shardCount) = try await reply.get() { count += Int(shardCount) }
         }
         return count
     }
@@ -387,27 +383,25 @@ extension RedisStore: TaskStore, WebhookStore {
         var counts: [TaskStatus: Int] = [:]
         var oldestQueuedAt: Int64?
         var byRoute: [String: Int64] = [:]
-        let replies = shardCalls().map { shards in
-            let arguments = [String(retention.milliseconds), now, String(TaskCensus.routeScanLimit), String(statuses.count)] + shards.map { "\(taskShardBase($0)):task:" }
-            return bulk.evaluate(TaskScripts.census, keys: shards.flatMap(statusKeys), arguments: arguments, durable: false, on: defaultEventLoop)
+        // Every shard at once (they live on different nodes of a cluster).
+        let replies = (0..<taskShards).map { shard in
+            let arguments = [String(retention.milliseconds), now, String(TaskCensus.routeScanLimit), "\(taskShardBase(shard)):task:"]
+            return bulk.evaluate(TaskScripts.census, keys: statusKeys(shard), arguments: arguments, durable: false, on: defaultEventLoop)
         }
         for pending in replies {
             let reply = try await pending.get()
             let malformed = RedisError.protocolViolation("unexpected census reply \(reply)")
-            guard case .array(let shards) = reply else { throw malformed }
-            for shard in shards {
-                guard case .array(let items) = shard, items.count > statuses.count, (items.count - statuses.count - 1) % 2 == 0 else { throw malformed }
-                let numbers = try items.prefix(statuses.count + 1).map { item in
-                    guard case .integer(let number) = item else { throw malformed }
-                    return number
-                }
-                for (status, count) in zip(statuses, numbers) { counts[status, default: 0] += Int(count) }
-                if numbers[statuses.count] >= 0 { oldestQueuedAt = min(oldestQueuedAt ?? numbers[statuses.count], numbers[statuses.count]) }
-                for pair in stride(from: statuses.count + 1, to: items.count, by: 2) {
-                    guard case .string(let name) = items[pair], case .integer(let at) = items[pair + 1] else { throw malformed }
-                    let route = String(decoding: name, as: UTF8.self)
-                    byRoute[route] = min(byRoute[route] ?? at, at)
-                }
+            guard case .array(let items) = reply, items.count > statuses.count, (items.count - statuses.count - 1) % 2 == 0 else { throw malformed }
+            let numbers = try items.prefix(statuses.count + 1).map { item in
+                guard case .integer(let number) = item else { throw malformed }
+                return number
+            }
+            for (status, count) in zip(statuses, numbers) { counts[status, default: 0] += Int(count) }
+            if numbers[statuses.count] >= 0 { oldestQueuedAt = min(oldestQueuedAt ?? numbers[statuses.count], numbers[statuses.count]) }
+            for pair in stride(from: statuses.count + 1, to: items.count, by: 2) {
+                guard case .string(let name) = items[pair], case .integer(let at) = items[pair + 1] else { throw malformed }
+                let route = String(decoding: name, as: UTF8.self)
+                byRoute[route] = min(byRoute[route] ?? at, at)
             }
         }
         return TaskCensus(counts: counts, oldestQueuedAt: oldestQueuedAt, oldestQueuedAtByRoute: byRoute)

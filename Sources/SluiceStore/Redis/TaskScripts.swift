@@ -263,57 +263,44 @@ enum TaskScripts {
         """
     )
 
-    /// Counts the dead messages of shards after dropping those buried longer than the retention
-    /// ago (their messages expired). KEYS: the shards' dead sets (one per call on a cluster,
-    /// every shard's on one Redis). ARGV: retention ms, now ms ('' = Redis TIME). Returns the sum.
+    /// Counts a shard's dead messages after dropping those buried longer than the retention ago
+    /// (their messages expired). KEYS: dead. ARGV: retention ms, now ms ('' = Redis TIME).
     static let countDead = RedisScript(
         """
         \(AdmissionScripts.now(argument: 2))
-        local count = 0
-        for _, dead in ipairs(KEYS) do
-          redis.call('ZREMRANGEBYSCORE', dead, '-inf', now - tonumber(ARGV[1]))
-          count = count + redis.call('ZCARD', dead)
-        end
-        return count
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+        return redis.call('ZCARD', KEYS[1])
         """
     )
 
-    /// Counts shards' tasks by status after dropping entries older than the retention (their
-    /// tasks expired). KEYS: each shard's status sets in turn, queued first (one shard per call
-    /// on a cluster, every shard on one Redis). ARGV: retention ms, now ms ('' = Redis TIME), how
-    /// many of the longest-waiting queued tasks to read for their routes, the number of status
-    /// sets per shard, then each shard's task key prefix (`…:task:`; same hash tag). Returns one
-    /// array per shard: the counts in KEYS order, when the oldest queued task entered the queue
-    /// (ms; -1 when none), then route and time pairs: each route's longest-waiting task among
-    /// those read.
+    /// Counts a shard's tasks by status after dropping entries older than the retention (their
+    /// tasks expired). KEYS: the status sets, queued first. ARGV: retention ms, now ms ('' =
+    /// Redis TIME), how many of the longest-waiting queued tasks to read for their routes, the
+    /// shard's task key prefix (`…:task:`; same hash tag). Returns the counts in KEYS order, when
+    /// the oldest queued task entered the queue (ms; -1 when none), then route and time pairs:
+    /// each route's longest-waiting task among those read.
     static let census = RedisScript(
         """
         \(AdmissionScripts.now(argument: 2))
-        local per = tonumber(ARGV[4])
-        local shards = {}
-        for shard = 0, #KEYS / per - 1 do
-          local out = {}
-          for i = 1, per do
-            local status = KEYS[shard * per + i]
-            redis.call('ZREMRANGEBYSCORE', status, '-inf', now - tonumber(ARGV[1]))
-            out[i] = redis.call('ZCARD', status)
-          end
-          local waiting = redis.call('ZRANGE', KEYS[shard * per + 1], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
-          out[per + 1] = waiting[2] and math.floor(tonumber(waiting[2])) or -1
-          local seen = {}
-          for i = 1, #waiting, 2 do
-            local record = redis.call('HGET', ARGV[5 + shard] .. waiting[i], 'j')
-            local ok, decoded = pcall(cjson.decode, record or '')
-            local route = ok and type(decoded) == 'table' and decoded['route']
-            if type(route) == 'string' and not seen[route] then
-              seen[route] = true
-              out[#out + 1] = route
-              out[#out + 1] = math.floor(tonumber(waiting[i + 1]))
-            end
-          end
-          shards[shard + 1] = out
+        local out = {}
+        for i = 1, #KEYS do
+          redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[1]))
+          out[i] = redis.call('ZCARD', KEYS[i])
         end
-        return shards
+        local waiting = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
+        out[#KEYS + 1] = waiting[2] and math.floor(tonumber(waiting[2])) or -1
+        local seen = {}
+        for i = 1, #waiting, 2 do
+          local record = redis.call('HGET', ARGV[4] .. waiting[i], 'j')
+          local ok, decoded = pcall(cjson.decode, record or '')
+          local route = ok and type(decoded) == 'table' and decoded['route']
+          if type(route) == 'string' and not seen[route] then
+            seen[route] = true
+            out[#out + 1] = route
+            out[#out + 1] = math.floor(tonumber(waiting[i + 1]))
+          end
+        end
+        return out
         """
     )
 
