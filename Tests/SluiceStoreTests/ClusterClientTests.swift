@@ -144,6 +144,51 @@ struct ClusterClientTests {
         #expect(try await client.send(["GET", key]) == .string(Array("after".utf8)))
     }
 
+    /// Task and webhook polls ask each primary once which of its shards have work (one call
+    /// over the shards it serves, not one per shard), and still find work in every shard.
+    @Test func shardChecksMakeOneCallPerPrimary() async throws {
+        let cluster = try await ClusterSet.shared()
+        let calls = Atomic<Int>(0)
+        let client = try RedisStore.makeClient(
+            url: try RedisURL.parse(cluster.url).get(), tlsCA: nil, timeout: .seconds(2), group: MultiThreadedEventLoopGroup.singleton,
+            onCommand: { calls.add(1, ordering: .relaxed) }
+        )
+        defer { Task { await client.shutdown() } }
+        let store = RedisStore(client: client, keyPrefix: "checks-\(UUID().uuidString.prefix(6))")
+        // The first polls load the scripts on each node.
+        _ = try await store.takeTasks(consumer: "w", limit: 8, lease: .seconds(30))
+        _ = try await store.takeDueWebhooks(limit: 8, lease: .seconds(30))
+        for poll in ["tasks", "webhooks"] {
+            let before = calls.load(ordering: .relaxed)
+            let taken = poll == "tasks"
+                ? try await store.takeTasks(consumer: "w", limit: 8, lease: .seconds(30)).count
+                : try await store.takeDueWebhooks(limit: 8, lease: .seconds(30)).count
+            #expect(taken == 0)
+            #expect(calls.load(ordering: .relaxed) - before == 3, "an idle \(poll) poll: one check per primary, nothing to take")
+        }
+    }
+
+    /// The per-primary check reads keys of other slots of its node, and counts a key the node
+    /// does not serve (its slot moved) as having work, so that the take goes and finds out.
+    @Test func aShardCheckCountsAKeyOfAnotherNodeAsWork() async throws {
+        let cluster = try await ClusterSet.shared()
+        let client = try await makeRedisClient(url: cluster.url)
+        defer { Task { await client.shutdown() } }
+        let store = RedisStore(client: client, keyPrefix: "foreign-\(UUID().uuidString.prefix(6))")
+        _ = try await client.keyHolders()
+        let map = try #require(client.primary.cluster?.current.map)
+        let dueKeys = (0..<store.taskShards).map(store.dueKey)
+        let owners = dueKeys.map { map.primary(of: HashSlot.of($0)) }
+        let here = try #require(owners.indices.first { owners[$0] == owners[0] && $0 != 0 })
+        let elsewhere = try #require(owners.indices.first { owners[$0] != owners[0] })
+        _ = try await client.send(["ZADD", dueKeys[0], "0", "message"])
+        let reply = try await client.evaluate(
+            TaskScripts.dueSetsWithWork.onNode, keys: [dueKeys[0]], arguments: ["", dueKeys[here], dueKeys[elsewhere]],
+            durable: false, on: client.defaultEventLoop
+        ).get()
+        #expect(reply == .array([.integer(1), .integer(3)]), "due here; empty on the same node; not served by this node")
+    }
+
     /// No seed answers: calls fail as unavailable (nothing sent), within their deadline.
     @Test func noSeedAnsweringFailsFast() async throws {
         let client = try await makeRedisClient(url: "redis+cluster://127.0.0.1:\(try freePort()),127.0.0.1:\(try freePort())", timeout: .milliseconds(200))

@@ -121,6 +121,28 @@ extension RedisClient {
         return try await cluster.map(on: defaultEventLoop, timeout: setupTimeout).get().primaries
     }
 
+    /// The positions of `keys` grouped by the primary that serves them in the current slot map,
+    /// groups and positions in the order first seen. A key whose slot no primary serves, and
+    /// every key before a map was read, makes a group of its own.
+    func groupedByPrimary(_ keys: [String]) -> [[Int]] {
+        guard let map = primary.cluster?.current.map else { return keys.indices.map { [$0] } }
+        var groupOfPrimary: [Int: Int] = [:]
+        var groups: [[Int]] = []
+        for (position, key) in keys.enumerated() {
+            guard let owner = map.primary(of: HashSlot.of(key)) else {
+                groups.append([position])
+                continue
+            }
+            if let group = groupOfPrimary[owner] {
+                groups[group].append(position)
+            } else {
+                groupOfPrimary[owner] = groups.count
+                groups.append([position])
+            }
+        }
+        return groups
+    }
+
     /// Sends a command to `node` (one of `keyHolders()`), following no redirect.
     public func send(_ arguments: [String], at node: RedisURL.Endpoint?) async throws -> RedisReply {
         guard let node else { return try await send(arguments) }

@@ -76,6 +76,9 @@ public final class RedisStore: AdmissionStore {
     let taskWork = Mutex(ShardWorkList())
     /// The shards the last webhook poll left due messages in.
     let dueWork = Mutex(ShardWorkList())
+    /// Set when the cluster refused a shard check over several slots (Redis < 7 has no script
+    /// flags): checks go one shard per call from then on.
+    let nodeChecksRefused = Atomic<Bool>(false)
     /// Task queue shards (`tasks.shards`): every instance of one store must use the same number.
     public let taskShards: Int
 

@@ -209,22 +209,52 @@ extension RedisStore: TaskStore, WebhookStore {
         return items
     }
 
-    /// The shards that `check` (a script that answers the positions of its keys with work)
-    /// finds work in, in the order of a start that rotates from call to call. One Redis gets one
-    /// call with every shard's key; a cluster one call per shard (each key in its own slot), all
-    /// sent at once.
-    private func shardsWithWork(_ check: RedisScript, key: (Int) -> String, arguments: [String]) async throws -> [Int] {
+    /// The shards that `check` finds work in, in the order of a start that rotates from call to
+    /// call. One Redis gets one call with every shard's key; a cluster one call per primary with
+    /// the shards it serves (one per shard on Redis < 7), all sent at once.
+    private func shardsWithWork(_ check: ShardCheck, key: (Int) -> String, arguments: [String]) async throws -> [Int] {
         let first = Int(UInt(bitPattern: nextCheckedShard.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(taskShards))
         let order = (0..<taskShards).map { (first + $0) % taskShards }
-        let eventLoop = defaultEventLoop
-        let calls: [[Int]] = bulk.primary.cluster == nil ? [order] : order.map { [$0] }
-        let replies = calls.map { shards in bulk.evaluate(check, keys: shards.map(key), arguments: arguments, durable: false, on: eventLoop) }
+        let calls: [[Int]]
+        if bulk.primary.cluster == nil {
+            calls = [order]
+        } else if nodeChecksRefused.load(ordering: .relaxed) {
+            calls = order.map { [$0] }
+        } else {
+            calls = bulk.groupedByPrimary(order.map(key)).map { $0.map { order[$0] } }
+        }
+        let replies = calls.map { shards in (shards, checkShards(shards, check, key: key, arguments: arguments)) }
         var ready: [Int] = []
-        for (shards, reply) in zip(calls, replies) {
-            guard case .array(let positions) = try await reply.get() else { throw RedisError.protocolViolation("unexpected shard check reply") }
-            for case .integer(let position) in positions where (1...shards.count).contains(Int(position)) { ready.append(shards[Int(position) - 1]) }
+        for (shards, reply) in replies {
+            do {
+                ready += try Self.shards(shards, withWorkIn: await reply.get())
+            } catch RedisError.server(let message) where shards.count > 1 && bulk.primary.cluster != nil && message.contains("compiling") {
+                // Redis < 7 cannot compile the flagged script: one call per shard, now and later.
+                nodeChecksRefused.store(true, ordering: .relaxed)
+                for shard in shards {
+                    ready += try Self.shards([shard], withWorkIn: await checkShards([shard], check, key: key, arguments: arguments).get())
+                }
+            }
         }
         return ready
+    }
+
+    /// The shards whose positions (from 1) a shard check answered.
+    private static func shards(_ shards: [Int], withWorkIn reply: RedisReply) throws -> [Int] {
+        guard case .array(let positions) = reply else { throw RedisError.protocolViolation("unexpected shard check reply") }
+        return positions.compactMap { position in
+            guard case .integer(let position) = position, (1...shards.count).contains(Int(position)) else { return nil }
+            return shards[Int(position) - 1]
+        }
+    }
+
+    /// One call of `check` on `shards`: with every key declared, or on a cluster for the shards
+    /// of one primary, with the first key declared and the others after `arguments`.
+    private func checkShards(_ shards: [Int], _ check: ShardCheck, key: (Int) -> String, arguments: [String]) -> EventLoopFuture<RedisReply> {
+        guard shards.count > 1, bulk.primary.cluster != nil else {
+            return bulk.evaluate(check.declared, keys: shards.map(key), arguments: arguments, durable: false, on: defaultEventLoop)
+        }
+        return bulk.evaluate(check.onNode, keys: [key(shards[0])], arguments: arguments + shards.dropFirst().map(key), durable: false, on: defaultEventLoop)
     }
 
     public func renewTasks(_ claims: [TaskClaim], consumer: String) async throws -> [TaskClaim] {

@@ -110,29 +110,24 @@ enum TaskScripts {
     )
 
     /// Which queues have work for the group (ARGV[1]): entries it never delivered, or delivered
-    /// ones idle for at least ARGV[2] ms (a lapsed lease). Reads only. KEYS: queues (one per call
-    /// on a cluster, every shard's on one Redis). Returns the positions (from 1) of those that do.
-    static let queuesWithWork = RedisScript(
-        """
-        local function hasWork(queue)
-          if redis.call('EXISTS', queue) == 0 then return false end
-          for _, group in ipairs(redis.call('XINFO', 'GROUPS', queue)) do
-            local field = {}
-            for i = 1, #group, 2 do field[group[i]] = group[i + 1] end
-            if field['name'] == ARGV[1] then
-              if #redis.call('XRANGE', queue, '(' .. field['last-delivered-id'], '+', 'COUNT', 1) > 0 then return true end
-              return field['pending'] > 0 and #redis.call('XPENDING', queue, ARGV[1], 'IDLE', ARGV[2], '-', '+', 1) > 0
+    /// ones idle for at least ARGV[2] ms (a lapsed lease). Reads only.
+    static let queuesWithWork = ShardCheck(
+        arguments: 2,
+        hasWork: """
+            local function hasWork(queue)
+              if redis.call('EXISTS', queue) == 0 then return false end
+              for _, group in ipairs(redis.call('XINFO', 'GROUPS', queue)) do
+                local field = {}
+                for i = 1, #group, 2 do field[group[i]] = group[i + 1] end
+                if field['name'] == ARGV[1] then
+                  if #redis.call('XRANGE', queue, '(' .. field['last-delivered-id'], '+', 'COUNT', 1) > 0 then return true end
+                  return field['pending'] > 0 and #redis.call('XPENDING', queue, ARGV[1], 'IDLE', ARGV[2], '-', '+', 1) > 0
+                end
+              end
+              -- No group yet: `take` makes one that starts at the beginning.
+              return redis.call('XLEN', queue) > 0
             end
-          end
-          -- No group yet: `take` makes one that starts at the beginning.
-          return redis.call('XLEN', queue) > 0
-        end
-        local ready = {}
-        for i, queue in ipairs(KEYS) do
-          if hasWork(queue) then ready[#ready + 1] = i end
-        end
-        return ready
-        """
+            """
     )
 
     /// Takes entries for a consumer. KEYS: queue. ARGV: group, consumer, most entries, lease ms.
@@ -207,18 +202,15 @@ enum TaskScripts {
         """
     )
 
-    /// Which shards have a due webhook message. Reads only. KEYS: webhooks due sets (one per
-    /// call on a cluster, every shard's on one Redis). ARGV: now ms ('' = Redis TIME). Returns
-    /// the positions (from 1) of those that do.
-    static let dueSetsWithWork = RedisScript(
-        """
-        \(AdmissionScripts.now(argument: 1))
-        local ready = {}
-        for i, due in ipairs(KEYS) do
-          if #redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, 1) > 0 then ready[#ready + 1] = i end
-        end
-        return ready
-        """
+    /// Which webhooks due sets have a message due now (ARGV[1]: now ms, '' = Redis TIME). Reads only.
+    static let dueSetsWithWork = ShardCheck(
+        arguments: 1,
+        hasWork: """
+            \(AdmissionScripts.now(argument: 1))
+            local function hasWork(due)
+              return #redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, 1) > 0
+            end
+            """
     )
 
     /// Holds the due webhook messages of a shard for a sender. KEYS: webhooks due. ARGV: most
@@ -304,5 +296,5 @@ enum TaskScripts {
         """
     )
 
-    static let all = [accept, acceptDeduplicated, resolveAccept, replace, queuesWithWork, take, renew, complete, requeue, dueSetsWithWork, takeDue, schedule, redrive, countDead, census]
+    static let all = [accept, acceptDeduplicated, resolveAccept, replace, queuesWithWork.declared, take, renew, complete, requeue, dueSetsWithWork.declared, takeDue, schedule, redrive, countDead, census]
 }
