@@ -287,15 +287,15 @@ struct IdempotencyRedisLayoutTests {
         let store = RedisStore(client: client, keyPrefix: "layout-\(UInt32.random(in: 0...UInt32.max))")
         let key = store.idempotencyKey("acme", "k1")
         #expect(key.hasPrefix("\(store.keyPrefix):{p:acme}:"))
+        let claimed = ContinuousClock.now
         #expect(try await store.claim(partner: "acme", key: "k1", token: "a", lease: .seconds(60)) == .claimed)
-        guard case .integer(let leaseTTL) = try await client.send(["PTTL", key]) else { throw RedisError.protocolViolation("PTTL") }
-        #expect((59_000...60_000).contains(leaseTTL))
+        try await expectTTL(key, on: client, set: .seconds(60), since: claimed)
         let finished = IdempotencyRecord(
             fingerprint: .init(target: BodyHasher().finalize(), body: BodyHasher().finalize()), status: 200, headers: [], body: [], bodyKept: true
         )
+        let recorded = ContinuousClock.now
         #expect(try await store.record(finished, partner: "acme", key: "k1", token: "a", retention: .seconds(86_400)))
-        guard case .integer(let recordTTL) = try await client.send(["PTTL", key]) else { throw RedisError.protocolViolation("PTTL") }
-        #expect((86_399_000...86_400_000).contains(recordTTL))
+        try await expectTTL(key, on: client, set: .seconds(86_400), since: recorded)
         await client.shutdown()
     }
 

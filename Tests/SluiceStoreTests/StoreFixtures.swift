@@ -3,6 +3,7 @@ import NIOPosix
 import SluiceCore
 @testable import SluiceStore
 import Synchronization
+import Testing
 import TestSupport
 
 enum StoreKind: String, CaseIterable, Sendable {
@@ -43,4 +44,15 @@ func makeRedisClient(url: String? = nil, tlsCA: String? = nil, timeout: Duration
     let text: String
     if let url { text = url } else { text = try await RedisServer.sharedURL() }
     return try RedisClient(url: try RedisURL.parse(text).get(), tlsCA: tlsCA, timeout: timeout, group: MultiThreadedEventLoopGroup.singleton)
+}
+
+/// Expects `key` to expire in what a TTL of `set`, given at or after `since`, leaves now: at
+/// most `set`, at least `set` less the time since `since` (so a slow machine cannot fail it).
+func expectTTL(
+    _ key: String, on client: RedisClient, set: Duration, since: ContinuousClock.Instant, sourceLocation: Testing.SourceLocation = #_sourceLocation
+) async throws {
+    guard case .integer(let ttl) = try await client.send(["PTTL", key]) else { throw RedisError.protocolViolation("PTTL") }
+    let elapsed = (ContinuousClock.now - since).milliseconds
+    let bounds = (set.milliseconds - elapsed - 1)...set.milliseconds
+    #expect(bounds.contains(ttl), "\(key) expires in \(ttl) ms, expected \(bounds)", sourceLocation: sourceLocation)
 }

@@ -399,9 +399,9 @@ struct TaskRedisLayoutTests {
         let shard = record.id.shard(of: store.taskShards)
         #expect(store.taskKey(record.id).hasPrefix("\(store.keyPrefix):{t:\(shard)}:"))
         #expect(store.queueKey(shard).hasPrefix("\(store.keyPrefix):{t:\(shard)}:"))
+        let accepted = ContinuousClock.now
         #expect(try await store.acceptTask(record, request: request, retention: .seconds(3_600)))
-        guard case .integer(let ttl) = try await client.send(["PTTL", store.taskKey(record.id)]) else { throw RedisError.protocolViolation("PTTL") }
-        #expect((3_599_000...3_600_000).contains(ttl))
+        try await expectTTL(store.taskKey(record.id), on: client, set: .seconds(3_600), since: accepted)
         await client.shutdown()
     }
 
