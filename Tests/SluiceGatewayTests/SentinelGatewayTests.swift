@@ -79,14 +79,18 @@ struct SentinelGatewayTests {
                 try await sentinels.servers[0].stop()
                 // During the gap each gateway has its local share (50 / 2); the shared bucket on
                 // the new primary (what the replica had, or a fresh one) holds more than that.
-                var after = 0
+                // A gateway is asked only until it answers from the shared bucket: one that is
+                // back first must not empty it while the other still waits out its fallback.
+                var back = [false, false]
                 try await eventually(timeout: .seconds(30), "both gateways use the shared bucket on the new primary") {
-                    guard try await remaining(second) ?? 0 > 25 else { return false }
-                    after = try await remaining(first) ?? 0
-                    return after > 25
+                    for (index, gateway) in [first, second].enumerated() where !back[index] {
+                        back[index] = try await remaining(gateway) ?? 0 > 25
+                    }
+                    return back == [true, true]
                 }
+                let after = try #require(try await remaining(first))
                 let next = try await remaining(second)
-                #expect(next == after - 1, "one bucket for both again: \(after) then \(String(describing: next))")
+                #expect(after > 25 && next == after - 1, "one bucket for both again: \(after) then \(String(describing: next))")
             }
         }
     }

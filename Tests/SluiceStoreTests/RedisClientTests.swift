@@ -102,6 +102,29 @@ struct RedisClientTests {
         await client.shutdown()
     }
 
+    /// A connection backing off after failures stays shut for its own primary, but not once the
+    /// primary changed (a failover): the failures were the old primary's.
+    @Test func aChangeOfPrimaryEndsTheBackoff() async throws {
+        let shared = try RedisURL.parse(try await RedisServer.sharedURL()).get()
+        let client = try await makeRedisClient()
+        defer { Task { await client.shutdown() } }
+        let eventLoop = client.defaultEventLoop
+        let local = LoopConnection(eventLoop: eventLoop)
+        let open: (any EventLoop) -> EventLoopFuture<RedisConnection> = { eventLoop in
+            RedisConnection.connect(host: shared.host, port: shared.port, tls: nil, connectTimeout: .seconds(2), on: eventLoop)
+        }
+        func connect(generation: Int) async throws -> RedisConnection {
+            try await eventLoop.flatSubmit {
+                local.state = .backingOff(until: .now() + .hours(1), failures: 3, reason: "refused", generation: 4)
+                return client.connection(local, generation: generation, before: .now() + .seconds(2), failed: {}, open: open)
+            }.get()
+        }
+        await #expect(throws: RedisError.self, "the same primary: still backing off") { try await connect(generation: 4) }
+        let connection = try await connect(generation: 5)
+        #expect(try await eventLoop.flatSubmit { connection.send(["PING"], deadline: .now() + .seconds(2)) }.get() == .status("PONG"))
+        await connection.close()
+    }
+
     /// After Redis crashes and comes back, calls succeed again without a new client.
     @Test func reconnectsAfterRestart() async throws {
         let server = try await RedisServer.start()

@@ -23,7 +23,8 @@ struct RedisScript: Sendable {
 ///
 /// - Every call has a deadline (`timeout`, default 50 ms): a dead Redis never stalls a caller.
 /// - A connection that fails is reopened on demand with exponential backoff; while backing off,
-///   calls fail at once instead of waiting for a connect timeout.
+///   calls fail at once instead of waiting for a connect timeout. A change of primary ends the
+///   backoff (the failures were the old one's).
 /// - `redis://` and `rediss://` (TLS via swift-nio-ssl); `AUTH` and `SELECT` on connect, and
 ///   the client's scripts are loaded on every new connection.
 /// - `redis+sentinel://`: connections go to the primary `RedisPrimary` names (confirmed with
@@ -206,7 +207,7 @@ public final class RedisClient: Sendable {
             return eventLoop.makeSucceededFuture(connection)
         case .connecting(let future, _):
             opening = future
-        case .backingOff(let until, _, let reason) where NIODeadline.now() < until:
+        case .backingOff(let until, _, let reason, let generation) where generation == current && NIODeadline.now() < until:
             return eventLoop.makeFailedFuture(RedisError.unavailable(reason))
         case .ready(let old, _):
             // Lost, or of a primary that is no more: a new one (to wherever the primary is now).
@@ -225,7 +226,7 @@ public final class RedisClient: Sendable {
                 case .failure(let error):
                     failed()
                     let backoff = Self.backoff(afterFailures: failures + 1)
-                    local.state = .backingOff(until: .now() + TimeAmount(backoff), failures: failures + 1, reason: "\(error)")
+                    local.state = .backingOff(until: .now() + TimeAmount(backoff), failures: failures + 1, reason: "\(error)", generation: generation)
                 }
             }
             opening = future
@@ -316,7 +317,9 @@ final class LoopConnection: @unchecked Sendable {
         case connecting(EventLoopFuture<RedisConnection>, failures: Int)
         /// Open, to the primary of `generation` (`RedisPrimary.generation`).
         case ready(RedisConnection, generation: Int)
-        case backingOff(until: NIODeadline, failures: Int, reason: String)
+        /// Not tried again before `until`, unless the primary changed since (`generation`):
+        /// the failures were the old primary's.
+        case backingOff(until: NIODeadline, failures: Int, reason: String, generation: Int)
     }
 
     let eventLoop: any EventLoop
@@ -329,7 +332,7 @@ final class LoopConnection: @unchecked Sendable {
     /// Consecutive failed attempts to open the connection.
     var failures: Int {
         switch state {
-        case .idle(let failures), .connecting(_, let failures), .backingOff(_, let failures, _): failures
+        case .idle(let failures), .connecting(_, let failures), .backingOff(_, let failures, _, _): failures
         case .ready: 0
         }
     }
