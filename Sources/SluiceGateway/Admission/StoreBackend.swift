@@ -42,7 +42,7 @@ final class StoreBackend: Sendable {
     private let logger: Logger
     /// Per-instance limits while the shared store is unreachable.
     let local: MemoryStore
-    let breaker = StoreBreaker()
+    let breaker: StoreBreaker
     /// Concurrency leases held (lease → partner), in the shared store and in the local fallback.
     let leases: HeldRegistry<String>
     let localLeases: HeldRegistry<String>
@@ -58,11 +58,21 @@ final class StoreBackend: Sendable {
         watchLoop = group.any()
         self.metrics = metrics
         self.logger = logger
+        let breaker = StoreBreaker()
+        self.breaker = breaker
         if let url = settings.redis {
             let calls = metrics.storeCalls
             let primary = try RedisStore.makePrimary(
-                url: url, tlsCA: settings.tlsCAPath, logger: logger, onChange: { metrics.storeTopologyChanged(reason: $0.reason.rawValue) },
-                onClusterChange: { metrics.storeTopologyChanged(reason: $0.rawValue) }, onRedirect: { metrics.storeRedirected(kind: $0) }
+                url: url, tlsCA: settings.tlsCAPath, logger: logger,
+                onChange: { change in
+                    metrics.storeTopologyChanged(reason: change.reason.rawValue)
+                    breaker.storeMoved()
+                },
+                onClusterChange: { reason in
+                    metrics.storeTopologyChanged(reason: reason.rawValue)
+                    breaker.storeMoved()
+                },
+                onRedirect: { metrics.storeRedirected(kind: $0) }
             )
             let replicaTimeout = settings.durability == .replicated ? settings.replicaTimeout : nil
             let client = try RedisStore.makeClient(

@@ -31,6 +31,14 @@ final class StoreBreaker: Sendable {
         return probing.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged ? .call : .skip
     }
 
+    /// The store moved (a failover): an open breaker lets its probe through now instead of at
+    /// the end of `openFor` (a probe already under way still decides alone).
+    func storeMoved() {
+        let until = openUntil.load(ordering: .acquiring)
+        guard until > 1 else { return }
+        openUntil.compareExchange(expected: until, desired: 1, ordering: .acquiringAndReleasing)
+    }
+
     /// Records a successful call; true when this closed an open breaker.
     func succeeded() -> Bool {
         failures.store(0, ordering: .relaxed)
