@@ -85,33 +85,62 @@ extension RedisClient {
                 return reply.and(connection.send(follower, deadline: deadline)).map { ($0, $1) }
             }
             .flatMapError { error in
-                guard case RedisError.server(let message) = error else {
-                    if case RedisError.connectionLost = error { lost() }
-                    return eventLoop.makeFailedFuture(error)
-                }
-                guard followRedirects, tries < 5, let redirect = ClusterRedirect(message, current: endpoint) else { return eventLoop.makeFailedFuture(error) }
-                switch redirect {
-                case .moved(_, let target):
-                    cluster.redirected("moved")
-                    cluster.refresh(on: eventLoop, timeout: setupTimeout, reason: .moved).whenFailure { _ in }
-                    return self.clusterSend(
-                        command, slot: slot, then: follower, node: target, cluster: cluster, loop: loop, deadline: deadline, tries: tries + 1
-                    )
-                case .ask(_, let target):
-                    cluster.redirected("ask")
-                    return self.clusterSend(
-                        command, slot: slot, then: follower, node: target, asking: true, cluster: cluster, loop: loop, deadline: deadline, tries: tries + 1
-                    )
-                case .tryAgain:
-                    // The cluster may have lost a primary or slots: read the map again (debounced).
-                    if tries == 0 { cluster.refresh(on: eventLoop, timeout: setupTimeout, reason: .refreshed).whenFailure { _ in } }
-                    let delay = TimeAmount.milliseconds(Int64(5 << tries))
-                    guard NIODeadline.now() + delay < deadline else { return eventLoop.makeFailedFuture(error) }
-                    return eventLoop.flatScheduleTask(in: delay) {
-                        self.clusterSend(command, slot: slot, then: follower, cluster: cluster, loop: loop, deadline: deadline, tries: tries + 1)
-                    }.futureResult
-                }
+                self.clusterRetry(
+                    after: error, at: endpoint, command, slot: slot, then: follower, followRedirects: followRedirects, cluster: cluster, loop: loop,
+                    deadline: deadline, tries: tries
+                )
             }
+    }
+
+    /// One command without a follower, by its slot: on the loop's open connection to the slot's
+    /// primary it goes out at once, with no future in between (as on one Redis); anything else
+    /// (no map yet, no connection, a newer map to take) goes the way of `clusterSend`.
+    func clusterSendOne(_ command: [String], slot: Int?, cluster: RedisCluster, loop: ClusterLoop, deadline: NIODeadline) -> EventLoopFuture<RedisReply> {
+        guard loop.generation == cluster.generation, let map = loop.map, let slot, let index = map.primary(of: slot),
+            case .ready(let connection, _) = loop.byPrimary[index].state, connection.isActive
+        else {
+            return clusterSend(command, slot: slot, then: nil, cluster: cluster, loop: loop, deadline: deadline).map(\.reply)
+        }
+        onCommand?()
+        let endpoint = map.primaries[index]
+        return connection.send(command, deadline: deadline).flatMapError { error in
+            self.clusterRetry(after: error, at: endpoint, command, slot: slot, cluster: cluster, loop: loop, deadline: deadline, tries: 0).map(\.reply)
+        }
+    }
+
+    /// What follows a failed try at `endpoint`: a lost connection is reported (the map is read
+    /// again); `MOVED`, `ASK`, `TRYAGAIN` and `CLUSTERDOWN` are followed (see the type's
+    /// comment) while `tries` and the deadline allow; any other error is the answer.
+    private func clusterRetry(
+        after error: any Error, at endpoint: RedisURL.Endpoint, _ command: [String], slot: Int?, then follower: [String]? = nil,
+        followRedirects: Bool = true, cluster: RedisCluster, loop: ClusterLoop, deadline: NIODeadline, tries: Int
+    ) -> EventLoopFuture<(reply: RedisReply, then: RedisReply?)> {
+        let eventLoop = loop.eventLoop
+        let setupTimeout = setupTimeout
+        guard case RedisError.server(let message) = error else {
+            if case RedisError.connectionLost = error { cluster.connectionLost(to: endpoint, on: eventLoop, timeout: setupTimeout) }
+            return eventLoop.makeFailedFuture(error)
+        }
+        guard followRedirects, tries < 5, let redirect = ClusterRedirect(message, current: endpoint) else { return eventLoop.makeFailedFuture(error) }
+        switch redirect {
+        case .moved(_, let target):
+            cluster.redirected("moved")
+            cluster.refresh(on: eventLoop, timeout: setupTimeout, reason: .moved).whenFailure { _ in }
+            return clusterSend(command, slot: slot, then: follower, node: target, cluster: cluster, loop: loop, deadline: deadline, tries: tries + 1)
+        case .ask(_, let target):
+            cluster.redirected("ask")
+            return clusterSend(
+                command, slot: slot, then: follower, node: target, asking: true, cluster: cluster, loop: loop, deadline: deadline, tries: tries + 1
+            )
+        case .tryAgain:
+            // The cluster may have lost a primary or slots: read the map again (debounced).
+            if tries == 0 { cluster.refresh(on: eventLoop, timeout: setupTimeout, reason: .refreshed).whenFailure { _ in } }
+            let delay = TimeAmount.milliseconds(Int64(5 << tries))
+            guard NIODeadline.now() + delay < deadline else { return eventLoop.makeFailedFuture(error) }
+            return eventLoop.flatScheduleTask(in: delay) {
+                self.clusterSend(command, slot: slot, then: follower, cluster: cluster, loop: loop, deadline: deadline, tries: tries + 1)
+            }.futureResult
+        }
     }
 
     /// The nodes that together hold every key: each primary of a cluster, or nil for the one

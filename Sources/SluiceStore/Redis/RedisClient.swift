@@ -104,7 +104,7 @@ public final class RedisClient: Sendable {
         }
         let deadline = NIODeadline.now() + TimeAmount(timeout + longer)
         if let cluster = primary.cluster, let loop = clusterLoops?[eventLoop] {
-            return clusterSend(arguments, slot: Self.slot(of: arguments), cluster: cluster, loop: loop, deadline: deadline).map(\.reply)
+            return clusterSendOne(arguments, slot: Self.slot(of: arguments), cluster: cluster, loop: loop, deadline: deadline)
         }
         switch local.state {
         case .ready(let connection, let generation) where connection.isActive && generation == primary.generation:
