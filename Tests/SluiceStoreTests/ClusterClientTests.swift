@@ -12,6 +12,14 @@ import TestSupport
 /// (`StoreKind.cluster`); tests that move slots start a cluster of their own.
 @Suite(.serialized)
 struct ClusterClientTests {
+    /// A store with a key prefix of its own on the shared cluster, and the slot map it read.
+    private func sharedClusterStore(prefix: String) async throws -> (RedisClient, RedisStore, RedisCluster.SlotMap) {
+        let client = try await makeRedisClient(url: try await ClusterSet.shared().url)
+        let store = RedisStore(client: client, keyPrefix: "\(prefix)-\(UUID().uuidString.prefix(6))")
+        _ = try await client.keyHolders()
+        return (client, store, try #require(client.primary.cluster?.current.map))
+    }
+
     /// CRC16 (XMODEM) as Redis Cluster computes it, with hash tags.
     @Test func hashSlotsMatchRedis() {
         #expect(HashSlot.of("123456789") == 0x31C3)
@@ -61,12 +69,8 @@ struct ClusterClientTests {
     /// Admission, idempotency, tasks (queues, census, dead letters), usage and the cache each
     /// put keys on more than one primary: no feature sits in one slot.
     @Test func keysOfEveryFeatureSpreadOverThePrimaries() async throws {
-        let cluster = try await ClusterSet.shared()
-        let client = try await makeRedisClient(url: cluster.url)
+        let (client, store, map) = try await sharedClusterStore(prefix: "spread")
         defer { Task { await client.shutdown() } }
-        let store = RedisStore(client: client, keyPrefix: "spread-\(UUID().uuidString.prefix(6))")
-        _ = try await client.keyHolders()
-        let map = try #require(client.primary.cluster?.current.map)
         func nodes(_ keys: [String]) -> Int { Set(keys.compactMap { map.primary(of: HashSlot.of($0)) }).count }
         let partners = (0..<24).map { "partner-\($0)" }
         #expect(nodes(partners.map { store.keys($0).state }) == 3, "admission")
@@ -155,7 +159,9 @@ struct ClusterClientTests {
         )
         defer { Task { await client.shutdown() } }
         let store = RedisStore(client: client, keyPrefix: "checks-\(UUID().uuidString.prefix(6))")
-        // The first polls load the scripts on each node.
+        // With the slot map read, the first polls load the per-primary scripts on each node
+        // (before the map is known a poll asks shard by shard and loads nothing new).
+        _ = try await client.keyHolders()
         _ = try await store.takeTasks(consumer: "w", limit: 8, lease: .seconds(30))
         _ = try await store.takeDueWebhooks(limit: 8, lease: .seconds(30))
         for poll in ["tasks", "webhooks"] {
@@ -171,12 +177,8 @@ struct ClusterClientTests {
     /// The per-primary check reads keys of other slots of its node, and counts a key the node
     /// does not serve (its slot moved) as having work, so that the take goes and finds out.
     @Test func aShardCheckCountsAKeyOfAnotherNodeAsWork() async throws {
-        let cluster = try await ClusterSet.shared()
-        let client = try await makeRedisClient(url: cluster.url)
+        let (client, store, map) = try await sharedClusterStore(prefix: "foreign")
         defer { Task { await client.shutdown() } }
-        let store = RedisStore(client: client, keyPrefix: "foreign-\(UUID().uuidString.prefix(6))")
-        _ = try await client.keyHolders()
-        let map = try #require(client.primary.cluster?.current.map)
         let dueKeys = (0..<store.taskShards).map(store.dueKey)
         let owners = dueKeys.map { map.primary(of: HashSlot.of($0)) }
         let here = try #require(owners.indices.first { owners[$0] == owners[0] && $0 != 0 })
