@@ -132,6 +132,18 @@ struct CachePolicyTests {
             CacheKey.make(route: "get-order", partner: "acme/v2/orders/1", pathAndQuery: "", vary: []),
         ]
         #expect(Set(others + [base]).count == others.count + 1)
+        // The variants of an upstream `Vary`: apart from each other, from every plain key, and
+        // from the variants of another key.
+        let variants = [
+            CacheKey.variant(of: base, names: ["x-tenant"], values: ["a"]),
+            CacheKey.variant(of: base, names: ["x-tenant"], values: ["b"]),
+            CacheKey.variant(of: base, names: ["x-tenant"], values: [nil]),
+            CacheKey.variant(of: base, names: ["x-tenant"], values: [""]),
+            CacheKey.variant(of: base, names: ["accept", "x-tenant"], values: ["a", nil]),
+            CacheKey.variant(of: others[0], names: ["x-tenant"], values: ["a"]),
+        ]
+        #expect(variants[0] == CacheKey.variant(of: base, names: ["x-tenant"], values: ["a"]) && variants[0].count == 64)
+        #expect(Set(variants + others + [base]).count == variants.count + others.count + 1)
     }
 
     @Test func cacheStatusFollowsRFC9211() {

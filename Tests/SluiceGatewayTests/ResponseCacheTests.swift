@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import SluiceCore
+@testable import SluiceGateway
 import TestSupport
 import Testing
 
@@ -86,21 +87,59 @@ struct ResponseCacheTests {
         }
     }
 
-    /// The route's `vary` headers and the upstream's `Vary` are part of what an entry answers.
+    /// The route's `vary` headers and the upstream's `Vary` are part of what an entry answers;
+    /// each variant of the upstream's `Vary` keeps its own entry, so alternating values all hit.
     @Test(arguments: [false, true])
     func varyHeadersSeparateEntries(onRedis: Bool) async throws {
         let recorder = RecordingUpstream()
-        recorder.reply(200, body: "{}", headers: [("Vary", "X-Tenant")])
+        recorder.reply(200, body: "{\"tenant\":\"a\"}", headers: [("Vary", "X-Tenant")])
         try await withGateways(onRedis: onRedis, recorder) { gateways in
             let gateway = gateways[0]
-            let german = [("Accept-Language", "de"), ("X-Tenant", "a")]
-            _ = try await get(gateway, "/v2/catalog/3", headers: german)
-            #expect(try await get(gateway, "/v2/catalog/3", headers: german).header("Cache-Status")?.hasPrefix("sluice; hit") == true)
+            let tenantA = [("Accept-Language", "de"), ("X-Tenant", "a")]
+            let tenantB = [("Accept-Language", "de"), ("X-Tenant", "b")]
+            _ = try await get(gateway, "/v2/catalog/3", headers: tenantA)
+            #expect(try await get(gateway, "/v2/catalog/3", headers: tenantA).header("Cache-Status")?.hasPrefix("sluice; hit") == true)
             let english = try await get(gateway, "/v2/catalog/3", headers: [("Accept-Language", "en"), ("X-Tenant", "a")])
             #expect(english.header("Cache-Status")?.contains("fwd=miss") == true, "the route's vary header")
-            let otherTenant = try await get(gateway, "/v2/catalog/3", headers: [("Accept-Language", "de"), ("X-Tenant", "b")])
-            #expect(otherTenant.header("Cache-Status")?.contains("fwd=miss") == true, "the upstream's Vary")
+            recorder.reply(200, body: "{\"tenant\":\"b\"}", headers: [("Vary", "X-Tenant")])
+            let otherTenant = try await get(gateway, "/v2/catalog/3", headers: tenantB)
+            #expect(otherTenant.header("Cache-Status") == "sluice; fwd=miss; fwd-status=200; stored", "the upstream's Vary")
             #expect(recorder.requests.count == 3)
+            for (headers, tenant) in [(tenantA, "a"), (tenantB, "b"), (tenantA, "a"), (tenantB, "b")] {
+                let hit = try await get(gateway, "/v2/catalog/3", headers: headers)
+                #expect(hit.header("Cache-Status")?.hasPrefix("sluice; hit") == true && hit.text == "{\"tenant\":\"\(tenant)\"}", "variant \(tenant)")
+            }
+            #expect(recorder.requests.count == 3, "each variant keeps its entry")
+        }
+    }
+
+    /// Across instances, a request waiting for another instance's fill of a URL whose answer
+    /// varies on a header it sends otherwise does not wait out the fill lock (10 s): when the
+    /// entry arrives for the other value, it fills its own variant at once.
+    @Test func aWaitingRequestOfAnotherVariantFillsItsOwn() async throws {
+        let recorder = RecordingUpstream()
+        recorder.reply(200, body: "{}", headers: [("Vary", "X-Tenant")])
+        recorder.hold()
+        try await withGateways(2, onRedis: true, recorder) { gateways in
+            let tenantA = [("Accept-Language", "de"), ("X-Tenant", "a")]
+            let tenantB = [("Accept-Language", "de"), ("X-Tenant", "b")]
+            async let first = get(gateways[0], "/v2/catalog/8", headers: tenantA)
+            try await eventually("the first fill calls the upstream") { recorder.startedCount == 1 }
+            async let second = get(gateways[1], "/v2/catalog/8", headers: tenantB)
+            // The second request finds the first one's fill lock and waits for its entry (leading
+            // its own instance's fill of the key meanwhile).
+            try await eventually("the second request waits") { gateways[1].gateway.runtime.snapshots.load().caching.fills.keysFilling == 1 }
+            #expect(recorder.startedCount == 1)
+            recorder.release()
+            #expect(try await first.status == 200)
+            try await eventually(timeout: .seconds(5), "the second request fills its own variant, well before the lock's 10 s") { recorder.startedCount == 2 }
+            #expect(try await second.header("Cache-Status") == "sluice; fwd=miss; fwd-status=200; stored")
+            for (gateway, headers) in [(gateways[1], tenantA), (gateways[0], tenantB)] {
+                try await eventually("both variants answer from the cache") {
+                    try await get(gateway, "/v2/catalog/8", headers: headers).header("Cache-Status")?.hasPrefix("sluice; hit") == true
+                }
+            }
+            #expect(recorder.startedCount == 2)
         }
     }
 

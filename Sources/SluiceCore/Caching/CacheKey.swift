@@ -15,6 +15,21 @@ public enum CacheKey {
         }
         return digest.hex()
     }
+
+    /// The key of one variant of an entry whose upstream answered `Vary`: the entry's own key
+    /// (`make(…)`), then the varying header names (lowercase, sorted) and a request's values of
+    /// them. The first answer stored for a URL sits at its plain key and names the headers; the
+    /// others sit at their variant keys.
+    public static func variant(of key: String, names: [String], values: [String?]) -> String {
+        var digest = PartsDigest()
+        digest.add("variant")
+        digest.add(key)
+        for (name, value) in zip(names, values) {
+            digest.add(name)
+            digest.add(value)
+        }
+        return digest.hex()
+    }
 }
 
 /// The `Cache-Status` header (RFC 9211) with the cache name `sluice`.

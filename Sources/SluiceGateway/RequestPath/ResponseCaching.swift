@@ -57,8 +57,10 @@ struct ResponseCaching: Sendable {
                 logger.warning("cache lookup failed; the request goes to the upstream", metadata: ["error": .string("\(error)")])
                 return decided(.forward)
             }
-            guard let found = lookup.entry, exchange.matchesVary(found) else {
-                return fill(exchange, locked: lookup.entry == nil ? lookup.locked : nil, on: eventLoop, decided: decided)
+            guard let found = lookup.entry else { return fill(exchange, locked: lookup.locked, on: eventLoop, decided: decided) }
+            guard exchange.matchesVary(found) else {
+                if lookUpVariant(exchange, of: found, on: eventLoop, decided: decided) { return }
+                return fill(exchange, locked: nil, on: eventLoop, decided: decided)
             }
             let age = found.age(at: clock())
             switch CachePolicy.use(found.freshness, age: age, request: exchange.mode) {
@@ -96,7 +98,11 @@ struct ResponseCaching: Sendable {
             return takeStoreLock(exchange, on: eventLoop, decided: decided)
         }
         waiting.assumeIsolated().whenComplete { result in
-            guard case .success(let entry?) = result, exchange.matchesVary(entry) else { return decided(.forward) }
+            guard case .success(let entry?) = result else { return decided(.forward) }
+            guard exchange.matchesVary(entry) else {
+                if lookUpVariant(exchange, of: entry, on: eventLoop, decided: decided) { return }
+                return decided(.forward)
+            }
             exchange.result = .coalesced
             decided(.answer(exchange.hit(entry, at: clock()), refresh: false))
         }
@@ -116,7 +122,11 @@ struct ResponseCaching: Sendable {
     private func waitForEntry(_ exchange: CacheExchange, until deadline: NIODeadline, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
         eventLoop.scheduleTask(in: TimeAmount(Self.fillPollInterval)) {
             store.cachedResponse(exchange.key, on: eventLoop) { result in
-                if case .success(let entry?) = result, exchange.matchesVary(entry), exchange.stale.map({ entry.storedAt > $0.storedAt }) ?? true {
+                if case .success(let entry?) = result, exchange.stale.map({ entry.storedAt > $0.storedAt }) ?? true {
+                    guard exchange.matchesVary(entry) else {
+                        if lookUpVariant(exchange, of: entry, on: eventLoop, decided: decided) { return }
+                        return decided(.forward)
+                    }
                     exchange.result = .coalesced
                     let answer = exchange.hit(entry, at: clock())
                     exchange.finishFill(entry)
@@ -126,6 +136,17 @@ struct ResponseCaching: Sendable {
                 waitForEntry(exchange, until: deadline, on: eventLoop, decided: decided)
             }
         }
+    }
+
+    /// `entry`, at the exchange's plain key, answered another variant of the upstream's `Vary`:
+    /// the exchange moves to its own variant's key and looks that up (once per request; a fill
+    /// of the plain key it led ends with `entry`). False when there is no variant to look up.
+    private func lookUpVariant(_ exchange: CacheExchange, of entry: CachedResponse, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) -> Bool {
+        guard !exchange.atVariantKey, !entry.varyNames.isEmpty else { return false }
+        exchange.finishFill(entry)
+        exchange.moveToVariant(names: entry.varyNames)
+        lookUp(exchange, on: eventLoop, decided: decided)
+        return true
     }
 
     /// Refreshes a stale entry in the background (stale-while-revalidate): `request` (a GET
@@ -159,6 +180,9 @@ struct ResponseCaching: Sendable {
 /// wait for its entry (or for nil: each then goes alone). Touched only on misses.
 final class CacheFills: Sendable {
     private let waiting = NIOLockedValueBox<[CacheEntryKey: [EventLoopPromise<CachedResponse?>]]>([:])
+
+    /// How many keys are being filled now.
+    var keysFilling: Int { waiting.withLockedValue { $0.count } }
 
     /// Whether the caller now fills `key` (and must call `finish`): false when a fill runs.
     func lead(_ key: CacheEntryKey) -> Bool {
@@ -196,7 +220,10 @@ final class CacheExchange {
         case hit, miss, stale, revalidated, coalesced, bypass
     }
 
-    let key: CacheEntryKey
+    /// The request's plain key, or its variant's once the plain key's entry named the
+    /// upstream's `Vary` headers and the request's values differ (`moveToVariant`).
+    private(set) var key: CacheEntryKey
+    private(set) var atVariantKey = false
     let cache: RouteCache
     let mode: CachePolicy.RequestMode
     let requestHeaders: HTTPHeaders
@@ -233,6 +260,12 @@ final class CacheExchange {
     /// are the storing request's.
     func matchesVary(_ entry: CachedResponse) -> Bool {
         entry.varyNames.enumerated().allSatisfy { index, name in varyValue(name) == entry.varyValues[index] }
+    }
+
+    /// Moves the exchange to the key of its variant of `names` (the upstream's `Vary`).
+    func moveToVariant(names: [String]) {
+        key = CacheEntryKey(route: key.route, owner: key.owner, hash: CacheKey.variant(of: key.hash, names: names, values: names.map(varyValue)))
+        atVariantKey = true
     }
 
     private func varyValue(_ name: String) -> String? {
