@@ -110,7 +110,7 @@ struct RedisClientTests {
         defer { Task { await client.shutdown() } }
         let eventLoop = client.defaultEventLoop
         let local = LoopConnection(eventLoop: eventLoop)
-        let open: (any EventLoop) -> EventLoopFuture<RedisConnection> = { eventLoop in
+        let open: @Sendable (any EventLoop) -> EventLoopFuture<RedisConnection> = { eventLoop in
             RedisConnection.connect(host: shared.host, port: shared.port, tls: nil, connectTimeout: .seconds(2), on: eventLoop)
         }
         func connect(generation: Int) async throws -> RedisConnection {

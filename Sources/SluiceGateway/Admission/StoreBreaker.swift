@@ -36,7 +36,7 @@ final class StoreBreaker: Sendable {
     func storeMoved() {
         let until = openUntil.load(ordering: .acquiring)
         guard until > 1 else { return }
-        openUntil.compareExchange(expected: until, desired: 1, ordering: .acquiringAndReleasing)
+        _ = openUntil.compareExchange(expected: until, desired: 1, ordering: .acquiringAndReleasing)
     }
 
     /// Records a successful call; true when this closed an open breaker.

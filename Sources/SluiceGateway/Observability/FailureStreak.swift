@@ -19,6 +19,7 @@ struct FailureStreak {
     }
 
     /// Runs `call`; its result, or nil when it failed (counted and, at the start of a streak, logged).
+    @discardableResult
     mutating func attempt<Value>(_ what: String, _ call: () async throws -> Value) async -> Value? {
         do {
             let value = try await call()

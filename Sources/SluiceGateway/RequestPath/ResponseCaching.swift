@@ -120,7 +120,7 @@ struct ResponseCaching: Sendable {
     }
 
     private func waitForEntry(_ exchange: CacheExchange, until deadline: NIODeadline, on eventLoop: any EventLoop, decided: @escaping (Decision) -> Void) {
-        eventLoop.scheduleTask(in: TimeAmount(Self.fillPollInterval)) {
+        eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(Self.fillPollInterval)) {
             store.cachedResponse(exchange.key, on: eventLoop) { result in
                 if case .success(let entry?) = result, exchange.stale.map({ entry.storedAt > $0.storedAt }) ?? true {
                     guard exchange.matchesVary(entry) else {

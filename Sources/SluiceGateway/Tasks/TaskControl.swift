@@ -128,7 +128,7 @@ struct TaskControl: Sendable {
             logger.error("gave up asking whether a task whose accept timed out was stored", metadata: ["task": .string(id.text)])
             return settled(nil)
         }
-        eventLoop.scheduleTask(in: TimeAmount(wait)) {
+        eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(wait)) {
             store.resolveAccept(id, withdraw: true, on: eventLoop) { result in
                 switch result {
                 case .success(.voided), .success(.withdrawn):

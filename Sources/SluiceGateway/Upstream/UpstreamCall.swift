@@ -167,7 +167,7 @@ final class UpstreamCall: UpstreamConnectionUser {
 
     private func slotDecided(_ granted: Bool) {
         waiter = nil
-        guard case .waitingForSlot = machine.state, let target else {
+        guard case .waitingForSlot = machine.state, target != nil else {
             if granted, let target { runtime.targets[target].bulkhead.release() }  // the call ended meanwhile
             return
         }

@@ -190,7 +190,7 @@ final class UpstreamPool: Service, Sendable {
             default: nil
             }
         guard written != nil else { return nil }
-        return String(cString: buffer)
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     private static func sameSettings(_ a: UpstreamPolicy, _ b: UpstreamPolicy) -> Bool {

@@ -1,4 +1,4 @@
-public import NIOCore
+import NIOCore
 public import SluiceCore
 
 /// How a `redis+cluster://` client decides which connection a command goes to: the primary

@@ -99,7 +99,7 @@ extension RedisStore: ClaimingAdmissionStore {
         var keys: [String] = []
         var arguments: [String] = []
         append(batch, keys: &keys, arguments: &arguments)
-        client.evaluate(IdempotencyScripts.batch, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+        client.evaluate(IdempotencyScripts.batch, keys: keys, arguments: arguments, on: eventLoop).assumeIsolatedUnsafeUnchecked().whenComplete { result in
             switch result {
             case .success(.array(let replies)):
                 Self.complete(batch, replies[...])
@@ -150,7 +150,7 @@ extension RedisStore: ClaimingAdmissionStore {
     public func releaseClaim(
         partner: String, key: String, token: String, on eventLoop: any EventLoop, completion: @escaping (Result<Bool, any Error>) -> Void
     ) {
-        client.evaluate(IdempotencyScripts.release, keys: [idempotencyKey(partner, key)], arguments: [token], on: eventLoop).whenComplete { result in
+        client.evaluate(IdempotencyScripts.release, keys: [idempotencyKey(partner, key)], arguments: [token], on: eventLoop).assumeIsolatedUnsafeUnchecked().whenComplete { result in
             completion(result.map { $0 == .integer(1) })
         }
     }

@@ -34,7 +34,7 @@ extension RedisStore: ResponseCacheStore {
             } else {
                 bulk.send(["GET", cacheEntryKey(key)], on: eventLoop)
             }
-        reply.whenComplete { result in
+        reply.assumeIsolatedUnsafeUnchecked().whenComplete { result in
             completion(result.flatMap { reply in
                 switch reply {
                 case .null: .success(CacheLookup(entry: nil, locked: false))
@@ -58,11 +58,11 @@ extension RedisStore: ResponseCacheStore {
         bulk.evaluate(
             CacheScripts.store, keys: [cacheEntryKey(key), cacheLockKey(key)],
             arguments: [response.encoded(), String(response.keepMilliseconds), releasingLock ? "1" : "0"], durable: false, on: eventLoop
-        ).whenComplete { completion($0.map { _ in () }) }
+        ).assumeIsolatedUnsafeUnchecked().whenComplete { completion($0.map { _ in () }) }
     }
 
     public func takeFillLock(_ key: CacheEntryKey, for duration: Duration, on eventLoop: any EventLoop, completion: @escaping (Result<Bool, any Error>) -> Void) {
-        bulk.send(["SET", cacheLockKey(key), "1", "NX", "PX", String(max(1, duration.milliseconds))], on: eventLoop).whenComplete {
+        bulk.send(["SET", cacheLockKey(key), "1", "NX", "PX", String(max(1, duration.milliseconds))], on: eventLoop).assumeIsolatedUnsafeUnchecked().whenComplete {
             completion($0.map { $0 != .null })
         }
     }

@@ -228,7 +228,7 @@ public final class RedisStore: AdmissionStore {
             case (true, false): IdempotencyScripts.admitClaiming
             case (true, true): IdempotencyScripts.admitClaimingAndBatch
             }
-        client.evaluate(script, keys: keys, arguments: arguments, durable: false, on: eventLoop).whenComplete { result in
+        client.evaluate(script, keys: keys, arguments: arguments, durable: false, on: eventLoop).assumeIsolatedUnsafeUnchecked().whenComplete { result in
             let answers = result.flatMap { reply in
                 Result { try Self.answers(from: reply, for: requests, claiming: claiming, riding: riding) }
             }

@@ -45,7 +45,7 @@ extension RedisStore: TaskStore, WebhookStore {
             arguments.append(String(dedupe.window.milliseconds))
             script = TaskScripts.acceptDeduplicated
         }
-        bulk.evaluate(script, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+        bulk.evaluate(script, keys: keys, arguments: arguments, on: eventLoop).assumeIsolatedUnsafeUnchecked().whenComplete { result in
             completion(result.flatMap { reply in
                 switch reply {
                 case .integer(1): .success(.accepted)
@@ -71,7 +71,7 @@ extension RedisStore: TaskStore, WebhookStore {
         let shard = id.shard(of: taskShards)
         let keys = [taskKey(id), indexKey(shard), statusKeys(shard)[0]]
         let arguments = [id.text, withdraw ? "1" : "0", String(Self.voidMilliseconds)]
-        bulk.evaluate(TaskScripts.resolveAccept, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+        bulk.evaluate(TaskScripts.resolveAccept, keys: keys, arguments: arguments, on: eventLoop).assumeIsolatedUnsafeUnchecked().whenComplete { result in
             completion(result.flatMap { reply in
                 guard case .string(let bytes) = reply, let resolution = AcceptResolution(rawValue: String(decoding: bytes, as: UTF8.self)) else {
                     return .failure(RedisError.protocolViolation("unexpected resolve reply \(reply)"))
@@ -115,12 +115,12 @@ extension RedisStore: TaskStore, WebhookStore {
     public func task(_ id: TaskID, _ read: TaskRead, on eventLoop: any EventLoop, completion: @escaping (Result<TaskRecord?, any Error>) -> Void) {
         switch read {
         case .status:
-            bulk.send(["HGET", taskKey(id), "j"], on: eventLoop).whenComplete { result in
+            bulk.send(["HGET", taskKey(id), "j"], on: eventLoop).assumeIsolatedUnsafeUnchecked().whenComplete { result in
                 completion(result.flatMap { reply in Result { try Self.record(from: reply)?.withoutResult } })
             }
         case .statusAndResult:
             // `o` exists once the task finished: an unfinished task's read moves no result.
-            bulk.send(["HMGET", taskKey(id), "j", "o"], on: eventLoop).whenComplete { result in
+            bulk.send(["HMGET", taskKey(id), "j", "o"], on: eventLoop).assumeIsolatedUnsafeUnchecked().whenComplete { result in
                 completion(result.flatMap { reply in Result { try Self.recordWithResult(from: reply) } })
             }
         }
@@ -142,7 +142,7 @@ extension RedisStore: TaskStore, WebhookStore {
             record.lifecycle.status.isFinished ? "1" : "0", notify?.encoded() ?? "", messageID, now, record.id.text,
             position(record.lifecycle.status), position(stored), record.result?.encoded() ?? "",
         ]
-        bulk.evaluate(TaskScripts.replace, keys: keys, arguments: arguments, on: eventLoop).whenComplete { result in
+        bulk.evaluate(TaskScripts.replace, keys: keys, arguments: arguments, on: eventLoop).assumeIsolatedUnsafeUnchecked().whenComplete { result in
             completion(result.map { $0 == .integer(1) })
         }
     }

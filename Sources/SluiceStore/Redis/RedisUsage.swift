@@ -1,4 +1,4 @@
-public import NIOCore
+import NIOCore
 public import SluiceCore
 
 /// Usage on Redis, tagged per partner so that partners spread over a cluster's nodes.
