@@ -405,6 +405,37 @@ struct TaskRedisLayoutTests {
         await client.shutdown()
     }
 
+    /// A shard's index and status sets outlive their members (at least the retention after the
+    /// newest accept), but their expiry is pushed only when less than the retention is left — not
+    /// on every accept, which would be a write (and a replicated one) per task.
+    @Test func shardSetsOutliveTheirMembersWithoutAWritePerAccept() async throws {
+        let (store, client) = try await store()
+        let (first, request) = sample()
+        let shard = first.id.shard(of: store.taskShards)
+        let sets = [store.indexKey(shard), store.statusKeys(shard)[0]]
+        func ttl(_ key: String) async throws -> Int64 {
+            guard case .integer(let ttl) = try await client.send(["PTTL", key]) else { throw RedisError.protocolViolation("PTTL") }
+            return ttl
+        }
+        var accepted = ContinuousClock.now
+        #expect(try await store.acceptTask(first, request: request, retention: .seconds(3_600)))
+        for key in sets { try await expectTTL(key, on: client, set: .seconds(3_660), since: accepted) }
+        // Another accept with more than the retention left changes no expiry.
+        let before = try await ttl(sets[0])
+        var second = first
+        second.id = TaskID.random(inShard: shard, of: store.taskShards)
+        #expect(try await store.acceptTask(second, request: request, retention: .seconds(3_600)))
+        #expect(try await ttl(sets[0]) <= before)
+        // With less than the retention left, the next accept pushes it a minute beyond.
+        for key in sets { _ = try await client.send(["PEXPIRE", key, "5000"]) }
+        var third = first
+        third.id = TaskID.random(inShard: shard, of: store.taskShards)
+        accepted = ContinuousClock.now
+        #expect(try await store.acceptTask(third, request: request, retention: .seconds(3_600)))
+        for key in sets { try await expectTTL(key, on: client, set: .seconds(3_660), since: accepted) }
+        await client.shutdown()
+    }
+
     /// When the queue and its group vanish (Redis restarted empty), the next take recreates them and new tasks flow.
     @Test func queueRecoversFromALostGroup() async throws {
         let (store, client) = try await store()
