@@ -196,7 +196,7 @@ extension CachedResponse {
 
 /// The shared response cache (SPEC §9): entries every instance reads, a short lock per key so
 /// that concurrent misses across instances make one upstream call, and purges. The request-path
-/// operations take an event loop and complete there, exactly once.
+/// operations take an event loop, are called on it and complete there, exactly once.
 public protocol ResponseCacheStore: Sendable {
     /// The entry at `key` (nil when there is none or it expired); when there is none and
     /// `lockFor` is given, the key's fill lock is taken for that long in the same step if nobody

@@ -63,8 +63,8 @@ public struct TaskCensus: Sendable, Equatable {
 /// and set on their revision (`replaceTask`), so transitions never race. Every key expires
 /// after the task retention.
 ///
-/// The partner-facing operations (accept, read, replace) take an event loop and complete there,
-/// exactly once, like the admission and idempotency stores; the workers' operations are async.
+/// The partner-facing operations (accept, read, replace) take an event loop, are called on it
+/// and complete there, exactly once, like the admission and idempotency stores; the workers' operations are async.
 public protocol TaskStore: Sendable {
     /// Stores a new task and its request and enqueues it, in one atomic step (nothing is half
     /// written). Completes with `.refused`, changing nothing, when a task with that id exists.
