@@ -239,6 +239,57 @@ struct TaskRecordTests {
         }
     }
 
+    /// A task's record, request and result are written by hand as the JSON `JSONEncoder` would
+    /// write: the same members and values (so a member added to one of the types and not
+    /// written fails here), hostile text escaped, nil members left out, all read back whole.
+    @Test func handWrittenRecordRequestAndResultAreTheEncodersJSON() throws {
+        let hostile = "q\"b\\s/ \u{0}\u{1}\n\t\r\u{1F}\u{7F} é ✓ 🚚 </script> \\u0041"
+        let headers = [TaskHeader("x-a", hostile), TaskHeader(hostile, ""), TaskHeader("x-a", "2")]
+        let request = TaskRequest(
+            method: "POST", upstream: hostile, pathAndQuery: "/price?q=\(hostile)", headers: headers, body: Data([0, 0xFF, 0x22, 0x5C, 10]), timeoutMilliseconds: 1_800_000
+        )
+        let result = TaskResult(status: 201, headers: headers, body: Data(#"{"price":12.5}"#.utf8))
+        let empty = TaskRequest(method: "GET", upstream: "u", pathAndQuery: "/", headers: [], body: Data())
+        let minimal = TaskRecord(
+            id: TaskID("tsk_0123456789abcdefghijklmn")!, partner: "acme", version: "v2", route: "price",
+            lifecycle: TaskLifecycle(acceptedAt: 1_764_633_600_000, instance: "gw-a", requestID: "req-1")
+        )
+        var full = TaskRecord(
+            id: TaskID("tsk_0123456789abcdefghijklmn")!, partner: hostile, version: hostile, route: hostile,
+            lifecycle: TaskLifecycle(acceptedAt: 1_764_633_600_000, instance: hostile, requestID: hostile, note: hostile), traceparent: hostile, upstream: hostile
+        )
+        _ = full.lifecycle.start(at: 1_764_633_601_000, instance: hostile)
+        full.result = result
+        full.failure = hostile
+        #expect(full.lifecycle.runner != nil)
+        let encoder = JSONEncoder()
+        for (handWritten, byEncoder) in [
+            (request.encoded(), try encoder.encode(request)), (result.encoded(), try encoder.encode(result)), (empty.encoded(), try encoder.encode(empty)),
+            (minimal.encoded(), try encoder.encode(minimal)), (full.encoded(), try encoder.encode(full)),
+        ] {
+            let mine = try #require(try JSONSerialization.jsonObject(with: Data(handWritten.utf8)) as? NSDictionary)
+            let theirs = try #require(try JSONSerialization.jsonObject(with: byEncoder) as? NSDictionary)
+            #expect(mine.isEqual(to: theirs as! [AnyHashable: Any]), "\(handWritten)")
+        }
+        #expect(TaskRequest(encoded: Array(request.encoded().utf8)) == request)
+        #expect(TaskResult(encoded: Array(result.encoded().utf8)) == result)
+        #expect(TaskRequest(encoded: Array(empty.encoded().utf8)) == empty)
+        #expect(TaskRecord(encoded: Array(minimal.encoded().utf8)) == minimal)
+        #expect(TaskRecord(encoded: Array(full.encoded().utf8)) == full)
+    }
+
+    /// An id takes up to eight characters from each 64-bit draw, one per byte (low byte first,
+    /// the byte modulo 36), and skips bytes of 252 and up, which would favour the alphabet's first four.
+    @Test func idsTakeEveryByteUnder252AndSkipTheRest() {
+        var generator = ScriptedWords([
+            0x0302_0100_FFFE_FDFC,  // 252…255 skipped, then a b c d
+            0x0B0A_0908_0706_0504, 0x1312_1110_0F0E_0D0C,  // e…l, m…t
+            0x0000_0000_2CFB_1514,  // u v, 251 → 9, 44 → i; the rest unused
+        ])
+        #expect(TaskID.random(using: &generator).text == "tsk_abcdefghijklmnopqrstuv9i")
+        #expect(generator.drawn == 4)
+    }
+
     /// A record with a result and binary bodies survives encoding; garbage and broken histories do not decode.
     @Test func recordsRoundTripAndRefuseGarbage() {
         var record = TaskRecord(
@@ -315,5 +366,18 @@ struct TaskDocumentTests {
         #expect(event["timestamp"] as? String == "2025-12-02T00:00:03.000Z")
         #expect((event["data"] as? [String: Any])?["task_id"] as? String == "tsk_0123456789abcdefghijklmn")
         #expect(WebhookMessage(encoded: Array(message.encoded().utf8)) == message)
+    }
+}
+
+/// A generator that returns the given words in order (then zeros), counting the draws.
+private struct ScriptedWords: RandomNumberGenerator {
+    private let words: [UInt64]
+    private(set) var drawn = 0
+
+    init(_ words: [UInt64]) { self.words = words }
+
+    mutating func next() -> UInt64 {
+        defer { drawn += 1 }
+        return drawn < words.count ? words[drawn] : 0
     }
 }

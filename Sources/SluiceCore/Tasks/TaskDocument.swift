@@ -8,12 +8,19 @@ public enum TaskDocument {
         "/\(record.version)/tasks/\(record.id.text)"
     }
 
-    /// `{"task_id","status":"queued","status_url","created_at"}`: the 202 body.
+    /// `{"created_at","status":"queued","status_url","task_id"}`: the 202 body, written by hand
+    /// (`JSONSerialization` over a dictionary took a fifth of an accept's CPU).
     public static func accepted(_ record: TaskRecord) -> Data {
-        json([
-            "task_id": record.id.text, "status": record.lifecycle.status.rawValue, "status_url": statusPath(record),
-            "created_at": timestamp(record.lifecycle.createdAt),
-        ])
+        var out = "{"
+        JSONText.appendMember("created_at", timestamp(record.lifecycle.createdAt), to: &out)
+        out.append(",")
+        JSONText.appendMember("status", record.lifecycle.status.rawValue, to: &out)
+        out.append(",")
+        JSONText.appendMember("status_url", statusPath(record), to: &out)
+        out.append(",")
+        JSONText.appendMember("task_id", record.id.text, to: &out)
+        out.append("}")
+        return Data(out.utf8)
     }
 
     /// The status document: status, times, attempts, the history of transitions and, once the
@@ -68,9 +75,10 @@ public enum TaskDocument {
 
     /// RFC 3339 UTC with milliseconds.
     public static func timestamp(_ milliseconds: Int64) -> String {
-        Date(timeIntervalSince1970: Double(milliseconds) / 1_000)
-            .formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: TimeZone(identifier: "UTC")!))
+        Date(timeIntervalSince1970: Double(milliseconds) / 1_000).formatted(rfc3339)
     }
+
+    private static let rfc3339 = Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: .gmt)
 
     private static func statusObject(_ record: TaskRecord) -> [String: Any] {
         let lifecycle = record.lifecycle
