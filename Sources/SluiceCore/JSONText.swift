@@ -1,12 +1,12 @@
-/// JSON text written by hand for values stored on a hot path, where `JSONEncoder` (a tree of
-/// boxed values, then text) costs several times more. Only what those values need: strings
-/// escaped as RFC 8259 requires, and the caller lays out objects and arrays.
+/// JSON text written by hand for documents on hot paths, where `JSONEncoder` (a tree of boxed
+/// values, then text) and `JSONSerialization` (bridged dictionaries, keys sorted by a locale
+/// compare) cost several times more. Only what those documents need: strings escaped as RFC
+/// 8259 requires, objects written member by member, arrays of values already written.
 enum JSONText {
-    /// Appends `value` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`,
-    /// everything else (other Unicode included) as is. A string with nothing to escape is
-    /// copied in one piece.
-    static func appendString(_ value: String, to out: inout String) {
-        out.append("\"")
+    /// `value` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`, everything
+    /// else (other Unicode included) as is. A string with nothing to escape is copied whole.
+    static func string(_ value: String) -> String {
+        var out = "\""
         if value.utf8.allSatisfy({ $0 >= 0x20 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
             out.append(value)
         } else {
@@ -24,19 +24,43 @@ enum JSONText {
             }
         }
         out.append("\"")
+        return out
     }
 
-    /// `"name":` and the string.
-    static func appendMember(_ name: StaticString, _ value: String, to out: inout String) {
-        appendName(name, to: &out)
-        appendString(value, to: &out)
+    /// `[a,b,…]` of values already written as JSON.
+    static func array(_ values: some Sequence<String>) -> String {
+        "[" + values.joined(separator: ",") + "]"
     }
 
-    /// `"name":` (the names are the coding keys, which need no escaping).
-    static func appendName(_ name: StaticString, to out: inout String) {
-        out.append("\"")
-        out.append(name.description)
-        out.append("\":")
+    /// An object written member by member, in the order the caller gives (the documents give
+    /// their members in key order); `close()` gives its text.
+    struct Object {
+        private var text = "{"
+
+        init() {}
+
+        mutating func string(_ name: StaticString, _ value: String) {
+            raw(name, JSONText.string(value))
+        }
+
+        mutating func string(_ name: StaticString, ifPresent value: String?) {
+            if let value { string(name, value) }
+        }
+
+        mutating func number(_ name: StaticString, _ value: some BinaryInteger) {
+            raw(name, String(value))
+        }
+
+        /// A member whose value is JSON text already (an object, an array, `null`).
+        mutating func raw(_ name: StaticString, _ json: String) {
+            if text.utf8.count > 1 { text.append(",") }
+            text.append("\"")
+            text.append(name.description)  // coding keys: nothing to escape
+            text.append("\":")
+            text.append(json)
+        }
+
+        func close() -> String { text + "}" }
     }
 
     private static func hexDigit(_ value: UInt8) -> UInt8 {

@@ -355,6 +355,18 @@ struct TaskDocumentTests {
         #expect((broken["result"] as? [String: Any])?["body_base64"] as? String == Data("{not json".utf8).base64EncodedString())
     }
 
+    /// A UTF-8 JSON body is embedded as the upstream wrote it (numbers and key order kept); one
+    /// with a byte-order mark or in UTF-16 is re-written, so the document stays valid JSON.
+    @Test func statusEmbedsTheUpstreamsJSONAsWritten() throws {
+        let written = #"{ "price": 12.50, "big": 12345678901234567890, "a": [1] }"#
+        let document = String(decoding: TaskDocument.status(finished(contentType: "application/json", body: Data(written.utf8))), as: UTF8.self)
+        #expect(document.contains(#""body":"# + written + ","))
+        for body in [Data([0xEF, 0xBB, 0xBF]) + Data(#"{"price":1}"#.utf8), #"{"price":1}"#.data(using: .utf16)!] {
+            let json = try object(TaskDocument.status(finished(contentType: "application/json", body: body)))
+            #expect((json["result"] as? [String: Any])?["body"] as? [String: Int] == ["price": 1])
+        }
+    }
+
     /// A webhook event has the type of the final status, a timestamp and the status document as data; its id is stable.
     @Test func eventCarriesTheStatus() throws {
         let record = finished(contentType: "application/json", body: Data("{}".utf8))
@@ -366,6 +378,49 @@ struct TaskDocumentTests {
         #expect(event["timestamp"] as? String == "2025-12-02T00:00:03.000Z")
         #expect((event["data"] as? [String: Any])?["task_id"] as? String == "tsk_0123456789abcdefghijklmn")
         #expect(WebhookMessage(encoded: Array(message.encoded().utf8)) == message)
+    }
+
+    /// Each document (written by hand) has exactly its members, for partners and for ops, and
+    /// carries hostile text through intact.
+    @Test func documentsHaveTheirMembersAndKeepHostileText() throws {
+        let hostile = "q\"b\\s/ \u{0}\u{1}\n\t\u{1F}\u{7F} é ✓ 🚚 </script> \\u0041"
+        var record = TaskRecord(
+            id: TaskID("tsk_0123456789abcdefghijklmn")!, partner: hostile, version: "v2", route: hostile,
+            lifecycle: TaskLifecycle(acceptedAt: 1_764_633_600_000, instance: hostile, requestID: hostile, note: hostile), upstream: hostile
+        )
+        _ = record.lifecycle.start(at: 1_764_633_601_000, instance: "gw-b")
+        _ = record.lifecycle.finish(succeeded: false, at: 1_764_633_602_500, instance: "gw-b", note: hostile)
+        record.failure = hostile
+        record.result = TaskResult(status: 502, headers: [.init("Content-Type", "application/json"), .init("X-Odd", hostile)], body: Data(#"{"b":[1,"\u00e9"],"a":null}"#.utf8))
+        let common: Set = ["attempts", "created_at", "error", "status", "status_url", "task_id", "updated_at", "upstream"]
+
+        let status = try object(TaskDocument.status(record))
+        #expect(Set(status.keys) == common.union(["history", "result"]))
+        #expect(status["error"] as? String == hostile)
+        #expect(status["upstream"] as? String == hostile)
+        let history = try #require(status["history"] as? [[String: Any]])
+        #expect(history.map { Set($0.keys) } == [["at", "instance", "note", "request_id", "status", "version"], ["at", "instance", "request_id", "status", "version"], ["at", "instance", "note", "request_id", "status", "version"]])
+        #expect(history[0]["instance"] as? String == hostile && history[0]["request_id"] as? String == hostile && history[2]["note"] as? String == hostile)
+        #expect(history.map { $0["version"] as? Int } == [1, 2, 3])
+        let result = try #require(status["result"] as? [String: Any])
+        #expect(Set(result.keys) == ["body", "headers", "status"])
+        #expect((result["headers"] as? [String: String])?["x-odd"] == hostile)
+        #expect((result["body"] as? [String: Any])?["b"] as? [AnyHashable] == [1, "é"])
+        #expect(result["status"] as? Int == 502)
+
+        let shown = try object(TaskDocument.operatorView(record))
+        #expect(Set(shown.keys) == common.union(["history", "result", "partner", "route", "version"]))
+        #expect(shown["partner"] as? String == hostile && shown["route"] as? String == hostile)
+        let listed = try #require(try object(TaskDocument.list([record, record]))["tasks"] as? [[String: Any]])
+        #expect(listed.count == 2 && listed.allSatisfy { Set($0.keys) == common.union(["partner", "route", "version"]) })
+
+        var message = WebhookMessage(finished: record, at: 1_764_633_603_000)
+        #expect(Set(try object(message.payload).keys) == ["data", "timestamp", "type"])
+        message.lastError = hostile
+        let dead = try #require(try object(TaskDocument.deadLetters([message]))["webhooks"] as? [[String: Any]])
+        #expect(dead.count == 1)
+        #expect(Set(dead[0].keys) == ["attempts", "created_at", "dead_at", "last_error", "partner", "task_id", "type", "webhook_id"])
+        #expect(dead[0]["last_error"] as? String == hostile && dead[0]["dead_at"] is NSNull && dead[0]["partner"] as? String == hostile)
     }
 }
 

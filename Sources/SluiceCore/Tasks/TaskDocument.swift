@@ -8,64 +8,63 @@ public enum TaskDocument {
         "/\(record.version)/tasks/\(record.id.text)"
     }
 
-    /// `{"created_at","status":"queued","status_url","task_id"}`: the 202 body, written by hand
-    /// (`JSONSerialization` over a dictionary took a fifth of an accept's CPU).
+    /// `{"created_at","status":"queued","status_url","task_id"}`: the 202 body.
     public static func accepted(_ record: TaskRecord) -> Data {
-        var out = "{"
-        JSONText.appendMember("created_at", timestamp(record.lifecycle.createdAt), to: &out)
-        out.append(",")
-        JSONText.appendMember("status", record.lifecycle.status.rawValue, to: &out)
-        out.append(",")
-        JSONText.appendMember("status_url", statusPath(record), to: &out)
-        out.append(",")
-        JSONText.appendMember("task_id", record.id.text, to: &out)
-        out.append("}")
-        return Data(out.utf8)
+        var object = JSONText.Object()
+        object.string("created_at", timestamp(record.lifecycle.createdAt))
+        object.string("status", record.lifecycle.status.rawValue)
+        object.string("status_url", statusPath(record))
+        object.string("task_id", record.id.text)
+        return Data(object.close().utf8)
     }
 
     /// The status document: status, times, attempts, the history of transitions and, once the
     /// upstream answered, its result (`body` as JSON when the upstream sent JSON, else `body_base64`).
     public static func status(_ record: TaskRecord) -> Data {
-        json(statusObject(record))
+        Data(task(record, view: .partner).utf8)
     }
 
-    /// A webhook event: `{"type":"task.succeeded|task.failed|task.cancelled","timestamp","data":{…status…}}`.
+    /// A webhook event: `{"data":{…status…},"timestamp","type":"task.succeeded|task.failed|task.cancelled"}`.
     public static func event(_ record: TaskRecord, at now: Int64) -> Data {
-        json(["type": eventType(record), "timestamp": timestamp(now), "data": statusObject(record)])
+        var object = JSONText.Object()
+        object.raw("data", task(record, view: .partner))
+        object.string("timestamp", timestamp(now))
+        object.string("type", eventType(record))
+        return Data(object.close().utf8)
     }
 
     /// What ops see of a task (`sluice tasks show`): the status document plus partner, version and route.
     public static func operatorView(_ record: TaskRecord) -> Data {
-        json(operatorObject(record))
+        Data(task(record, view: .operator).utf8)
     }
 
-    /// `{"tasks":[…]}`: tasks as ops see them, without results (`GET /admin/tasks`, `sluice tasks list`).
+    /// `{"tasks":[…]}`: tasks as ops see them, without history and results (`GET /admin/tasks`, `sluice tasks list`).
     public static func list(_ records: [TaskRecord]) -> Data {
-        json(["tasks": records.map { record -> [String: Any] in
-            var object = operatorObject(record)
-            object["history"] = nil
-            object["result"] = nil
-            return object
-        }])
+        var object = JSONText.Object()
+        object.raw("tasks", JSONText.array(records.map { task($0, view: .listed) }))
+        return Data(object.close().utf8)
     }
 
     /// `{"webhooks":[…]}`: the dead-letter queue (`GET /admin/webhooks/dead`, `sluice webhooks dead`).
     public static func deadLetters(_ messages: [WebhookMessage]) -> Data {
-        json(["webhooks": messages.map { message -> [String: Any] in
-            [
-                "webhook_id": message.id, "task_id": message.task.text, "partner": message.partner, "type": message.type,
-                "attempts": message.attempts, "last_error": message.lastError ?? NSNull(), "created_at": timestamp(message.createdAt),
-                "dead_at": message.deadAt.map(timestamp) ?? NSNull(),
-            ]
-        }])
-    }
-
-    private static func operatorObject(_ record: TaskRecord) -> [String: Any] {
-        var object = statusObject(record)
-        object["partner"] = record.partner
-        object["version"] = record.version
-        object["route"] = record.route
-        return object
+        var object = JSONText.Object()
+        object.raw(
+            "webhooks",
+            JSONText.array(
+                messages.map { message in
+                    var entry = JSONText.Object()
+                    entry.number("attempts", message.attempts)
+                    entry.string("created_at", timestamp(message.createdAt))
+                    entry.raw("dead_at", message.deadAt.map { JSONText.string(timestamp($0)) } ?? "null")
+                    entry.raw("last_error", message.lastError.map(JSONText.string) ?? "null")
+                    entry.string("partner", message.partner)
+                    entry.string("task_id", message.task.text)
+                    entry.string("type", message.type)
+                    entry.string("webhook_id", message.id)
+                    return entry.close()
+                })
+        )
+        return Data(object.close().utf8)
     }
 
     /// `task.` and the final status.
@@ -80,47 +79,82 @@ public enum TaskDocument {
 
     private static let rfc3339 = Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: .gmt)
 
-    private static func statusObject(_ record: TaskRecord) -> [String: Any] {
-        let lifecycle = record.lifecycle
-        var object: [String: Any] = [
-            "task_id": record.id.text, "status": lifecycle.status.rawValue, "status_url": statusPath(record),
-            "created_at": timestamp(lifecycle.createdAt), "updated_at": timestamp(lifecycle.updatedAt), "attempts": lifecycle.attempts,
-            "history": lifecycle.history.map { transition -> [String: Any] in
-                var entry: [String: Any] = [
-                    "version": transition.version, "status": transition.status.rawValue, "at": timestamp(transition.at),
-                    "instance": transition.instance, "request_id": transition.requestID,
-                ]
-                if let note = transition.note { entry["note"] = note }
-                return entry
-            },
-        ]
-        if let upstream = record.upstream { object["upstream"] = upstream }
-        if let result = record.result { object["result"] = resultObject(result) }
-        if let failure = record.failure { object["error"] = failure }
-        return object
+    /// Who reads a task document: a partner (the status document), ops (plus partner, route
+    /// and version), or ops listing tasks (no history, no result).
+    private enum View {
+        case partner, `operator`, listed
     }
 
-    private static func resultObject(_ result: TaskResult) -> [String: Any] {
+    /// A task document, written by hand with its members in key order (partners poll it:
+    /// `JSONSerialization` over dictionaries took two thirds of a status request's CPU).
+    private static func task(_ record: TaskRecord, view: View) -> String {
+        let lifecycle = record.lifecycle
+        var object = JSONText.Object()
+        object.number("attempts", lifecycle.attempts)
+        object.string("created_at", timestamp(lifecycle.createdAt))
+        object.string("error", ifPresent: record.failure)
+        if view != .listed { object.raw("history", JSONText.array(lifecycle.history.map(transition))) }
+        if view != .partner { object.string("partner", record.partner) }
+        if view != .listed, let result = record.result { object.raw("result", self.result(result)) }
+        if view != .partner { object.string("route", record.route) }
+        object.string("status", lifecycle.status.rawValue)
+        object.string("status_url", statusPath(record))
+        object.string("task_id", record.id.text)
+        object.string("updated_at", timestamp(lifecycle.updatedAt))
+        object.string("upstream", ifPresent: record.upstream)
+        if view != .partner { object.string("version", record.version) }
+        return object.close()
+    }
+
+    private static func transition(_ transition: TaskTransition) -> String {
+        var object = JSONText.Object()
+        object.string("at", timestamp(transition.at))
+        object.string("instance", transition.instance)
+        object.string("note", ifPresent: transition.note)
+        object.string("request_id", transition.requestID)
+        object.string("status", transition.status.rawValue)
+        object.number("version", transition.version)
+        return object.close()
+    }
+
+    /// `{"body" or "body_base64","headers":{name: values joined},"status"}`: a JSON body is
+    /// embedded as JSON, anything else as base64.
+    private static func result(_ result: TaskResult) -> String {
         var headers: [String: String] = [:]
         for header in result.headers {
             let name = header.name.lowercased()
             headers[name] = headers[name].map { "\($0), \(header.value)" } ?? header.value
         }
-        var object: [String: Any] = ["status": result.status, "headers": headers]
         let isJSON = headers["content-type"].map { type in
             let media = type.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
             return media == "application/json" || media.hasSuffix("+json")
         } ?? false
-        if isJSON, let body = try? JSONSerialization.jsonObject(with: result.body, options: [.fragmentsAllowed]) {
-            object["body"] = body
+        var object = JSONText.Object()
+        if isJSON, let body = embeddableJSON(result.body) {
+            object.raw("body", body)
         } else {
-            object["body_base64"] = result.body.base64EncodedString()
+            object.raw("body_base64", "\"" + result.body.base64EncodedString() + "\"")
         }
-        return object
+        var headerObject = "{"
+        for (index, name) in headers.keys.sorted().enumerated() {
+            if index > 0 { headerObject.append(",") }
+            headerObject.append(JSONText.string(name))
+            headerObject.append(":")
+            headerObject.append(JSONText.string(headers[name]!))
+        }
+        object.raw("headers", headerObject + "}")
+        object.number("status", result.status)
+        return object.close()
     }
 
-    private static func json(_ object: [String: Any]) -> Data {
-        (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    /// The body as JSON text to embed: as the upstream wrote it when it is UTF-8 JSON without a
+    /// byte-order mark (its numbers and key order untouched), re-written when it is JSON in
+    /// another encoding; nil when it is not JSON.
+    private static func embeddableJSON(_ body: Data) -> String? {
+        guard let parsed = try? JSONSerialization.jsonObject(with: body, options: [.fragmentsAllowed]) else { return nil }
+        if !body.starts(with: [0xEF, 0xBB, 0xBF]), let text = String(validating: body, as: UTF8.self) { return text }
+        return (try? JSONSerialization.data(withJSONObject: parsed, options: [.sortedKeys, .withoutEscapingSlashes, .fragmentsAllowed]))
+            .map { String(decoding: $0, as: UTF8.self) }
     }
 }
 

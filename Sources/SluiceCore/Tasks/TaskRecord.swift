@@ -195,120 +195,81 @@ extension StoredAsJSON {
 
 extension TaskRecord: StoredAsJSON {
     public func encoded() -> String {
-        var out = "{"
-        JSONText.appendMember("id", id.text, to: &out)
-        out.append(",")
-        JSONText.appendName("lifecycle", to: &out)
-        lifecycle.appendJSON(to: &out)
-        out.append(",")
-        JSONText.appendMember("partner", partner, to: &out)
-        if let result {
-            out.append(",")
-            JSONText.appendName("result", to: &out)
-            out.append(result.encoded())
-        }
-        if let failure {
-            out.append(",")
-            JSONText.appendMember("failure", failure, to: &out)
-        }
-        out.append(",")
-        JSONText.appendMember("route", route, to: &out)
-        if let traceparent {
-            out.append(",")
-            JSONText.appendMember("traceparent", traceparent, to: &out)
-        }
-        if let upstream {
-            out.append(",")
-            JSONText.appendMember("upstream", upstream, to: &out)
-        }
-        out.append(",")
-        JSONText.appendMember("version", version, to: &out)
-        out.append("}")
-        return out
+        var object = JSONText.Object()
+        object.string("id", id.text)
+        object.raw("lifecycle", lifecycle.encodedJSON)
+        object.string("partner", partner)
+        if let result { object.raw("result", result.encoded()) }
+        object.string("failure", ifPresent: failure)
+        object.string("route", route)
+        object.string("traceparent", ifPresent: traceparent)
+        object.string("upstream", ifPresent: upstream)
+        object.string("version", version)
+        return object.close()
     }
 }
 
 extension TaskLifecycle {
-    /// `{"attempts":N,"history":[…],"runner":…}`
-    fileprivate func appendJSON(to out: inout String) {
-        out.append("{")
-        JSONText.appendName("attempts", to: &out)
-        out.append(String(attempts))
-        out.append(",")
-        JSONText.appendName("history", to: &out)
-        out.append("[")
-        for (index, transition) in history.enumerated() {
-            out.append(index == 0 ? "{" : ",{")
-            JSONText.appendName("at", to: &out)
-            out.append(String(transition.at))
-            out.append(",")
-            JSONText.appendMember("instance", transition.instance, to: &out)
-            if let note = transition.note {
-                out.append(",")
-                JSONText.appendMember("note", note, to: &out)
-            }
-            out.append(",")
-            JSONText.appendMember("requestID", transition.requestID, to: &out)
-            out.append(",")
-            JSONText.appendMember("status", transition.status.rawValue, to: &out)
-            out.append(",")
-            JSONText.appendName("version", to: &out)
-            out.append(String(transition.version))
-            out.append("}")
-        }
-        out.append("]")
-        if let runner {
-            out.append(",")
-            JSONText.appendMember("runner", runner, to: &out)
-        }
-        out.append("}")
+    /// As `JSONEncoder` writes it: `{"attempts","history":[…],"runner"}`.
+    fileprivate var encodedJSON: String {
+        var object = JSONText.Object()
+        object.number("attempts", attempts)
+        object.raw(
+            "history",
+            JSONText.array(
+                history.map { transition in
+                    var entry = JSONText.Object()
+                    entry.number("at", transition.at)
+                    entry.string("instance", transition.instance)
+                    entry.string("note", ifPresent: transition.note)
+                    entry.string("requestID", transition.requestID)
+                    entry.string("status", transition.status.rawValue)
+                    entry.number("version", transition.version)
+                    return entry.close()
+                })
+        )
+        object.string("runner", ifPresent: runner)
+        return object.close()
     }
 }
 
 extension TaskRequest: StoredAsJSON {
     public func encoded() -> String {
-        var out = "{"
-        TaskHeader.appendBodyAndHeaders(body, headers, to: &out)
-        JSONText.appendMember("method", method, to: &out)
-        out.append(",")
-        JSONText.appendMember("pathAndQuery", pathAndQuery, to: &out)
-        out.append(",")
-        JSONText.appendName("timeoutMilliseconds", to: &out)
-        out.append(String(timeoutMilliseconds))
-        out.append(",")
-        JSONText.appendMember("upstream", upstream, to: &out)
-        out.append("}")
-        return out
+        var object = JSONText.Object()
+        object.raw("body", TaskHeader.base64(body))
+        object.raw("headers", TaskHeader.encodedJSON(headers))
+        object.string("method", method)
+        object.string("pathAndQuery", pathAndQuery)
+        object.number("timeoutMilliseconds", timeoutMilliseconds)
+        object.string("upstream", upstream)
+        return object.close()
     }
 }
 
 extension TaskResult: StoredAsJSON {
     public func encoded() -> String {
-        var out = "{"
-        TaskHeader.appendBodyAndHeaders(body, headers, to: &out)
-        JSONText.appendName("status", to: &out)
-        out.append(String(status))
-        out.append("}")
-        return out
+        var object = JSONText.Object()
+        object.raw("body", TaskHeader.base64(body))
+        object.raw("headers", TaskHeader.encodedJSON(headers))
+        object.number("status", status)
+        return object.close()
     }
 }
 
 extension TaskHeader {
-    /// `"body":"BASE64","headers":[{"name":…,"value":…},…],`
-    fileprivate static func appendBodyAndHeaders(_ body: Data, _ headers: [TaskHeader], to out: inout String) {
-        JSONText.appendName("body", to: &out)
-        out.append("\"")
-        out.append(body.base64EncodedString())
-        out.append("\",")
-        JSONText.appendName("headers", to: &out)
-        out.append("[")
-        for (index, header) in headers.enumerated() {
-            out.append(index == 0 ? "{" : ",{")
-            JSONText.appendMember("name", header.name, to: &out)
-            out.append(",")
-            JSONText.appendMember("value", header.value, to: &out)
-            out.append("}")
-        }
-        out.append("],")
+    /// `[{"name","value"},…]`
+    fileprivate static func encodedJSON(_ headers: [TaskHeader]) -> String {
+        JSONText.array(
+            headers.map { header in
+                var object = JSONText.Object()
+                object.string("name", header.name)
+                object.string("value", header.value)
+                return object.close()
+            })
+    }
+
+    /// A body as `JSONEncoder` writes `Data`: a base64 string.
+    fileprivate static func base64(_ body: Data) -> String {
+        "\"" + body.base64EncodedString() + "\""
     }
 }
