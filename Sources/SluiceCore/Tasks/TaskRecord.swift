@@ -236,8 +236,7 @@ extension TaskLifecycle {
 extension TaskRequest: StoredAsJSON {
     public func encoded() -> String {
         var object = JSONText.Object()
-        object.raw("body", TaskHeader.base64(body))
-        object.raw("headers", TaskHeader.encodedJSON(headers))
+        object.bodyAndHeaders(body, headers)
         object.string("method", method)
         object.string("pathAndQuery", pathAndQuery)
         object.number("timeoutMilliseconds", timeoutMilliseconds)
@@ -249,27 +248,25 @@ extension TaskRequest: StoredAsJSON {
 extension TaskResult: StoredAsJSON {
     public func encoded() -> String {
         var object = JSONText.Object()
-        object.raw("body", TaskHeader.base64(body))
-        object.raw("headers", TaskHeader.encodedJSON(headers))
+        object.bodyAndHeaders(body, headers)
         object.number("status", status)
         return object.close()
     }
 }
 
-extension TaskHeader {
-    /// `[{"name","value"},…]`
-    fileprivate static func encodedJSON(_ headers: [TaskHeader]) -> String {
-        JSONText.array(
-            headers.map { header in
-                var object = JSONText.Object()
-                object.string("name", header.name)
-                object.string("value", header.value)
-                return object.close()
-            })
-    }
-
-    /// A body as `JSONEncoder` writes `Data`: a base64 string.
-    fileprivate static func base64(_ body: Data) -> String {
-        "\"" + body.base64EncodedString() + "\""
+extension JSONText.Object {
+    /// `"body":"BASE64","headers":[{"name","value"},…]`, as `JSONEncoder` writes them.
+    fileprivate mutating func bodyAndHeaders(_ body: Data, _ headers: [TaskHeader]) {
+        raw("body", "\"" + body.base64EncodedString() + "\"")
+        raw(
+            "headers",
+            JSONText.array(
+                headers.map { header in
+                    var object = JSONText.Object()
+                    object.string("name", header.name)
+                    object.string("value", header.value)
+                    return object.close()
+                })
+        )
     }
 }
