@@ -35,7 +35,8 @@ struct SentinelGatewayTests {
                 }
                 let ids = load.accepted.withLock { $0 }
                 for id in ids {
-                    #expect(try await gateway.finishedTask("/v2/tasks/\(id)", timeout: .seconds(20))["status"] as? String == "succeeded", "\(id)")
+                    let document = try await gateway.finishedTask("/v2/tasks/\(id)", timeout: .seconds(20))
+                    #expect(document["status"] as? String == "succeeded", "\(id): \(document)")
                 }
                 let store = try #require(try await gateway.send(.GET, gateway.admin + "/admin/policies", key: TestKeys.viewerToken).json()["store"] as? [String: Any])
                 #expect(store["kind"] as? String == "sentinel" && store["durability"] as? String == "replicated")
