@@ -17,8 +17,8 @@ enum JSONText {
                 case "\u{0}"..."\u{1F}":
                     let code = UInt8(scalar.value)
                     out.append("\\u00")
-                    out.unicodeScalars.append(Unicode.Scalar(hexDigit(code >> 4)))
-                    out.unicodeScalars.append(Unicode.Scalar(hexDigit(code & 0xF)))
+                    out.unicodeScalars.append(Unicode.Scalar(Hex.digit(code >> 4)))
+                    out.unicodeScalars.append(Unicode.Scalar(Hex.digit(code & 0xF)))
                 default: out.unicodeScalars.append(scalar)
                 }
             }
@@ -61,9 +61,5 @@ enum JSONText {
         }
 
         func close() -> String { text + "}" }
-    }
-
-    private static func hexDigit(_ value: UInt8) -> UInt8 {
-        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
     }
 }

@@ -135,10 +135,15 @@ enum Hex {
         var shift = 60
         var index = 0
         while shift >= 0 {
-            buffer[index] = digits[Int((word >> UInt64(shift)) & 0xf)]
+            buffer[index] = digit(UInt8((word >> UInt64(shift)) & 0xf))
             index += 1
             shift -= 4
         }
         return index
+    }
+
+    /// The lower-case hex digit of `value` (0–15).
+    static func digit(_ value: UInt8) -> UInt8 {
+        digits[Int(value)]
     }
 }
