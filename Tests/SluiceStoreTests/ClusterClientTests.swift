@@ -66,6 +66,33 @@ struct ClusterClientTests {
         #expect(Set(holders.compactMap { $0?.port }) == primaries)
     }
 
+    /// A seed that is a Redis before 7 (no `CLUSTER SHARDS`): the client asks it for
+    /// `CLUSTER SLOTS` instead, reads the same map and serves the cluster with it.
+    @Test func aSeedWithoutClusterShardsIsAskedForClusterSlots() async throws {
+        let cluster = try await ClusterSet.shared()
+        let seed = try await OlderClusterSeed.start(answeringFor: RedisURL.Endpoint(host: "127.0.0.1", port: cluster.servers[0].port))
+        let client = try await makeRedisClient(url: "redis+cluster://127.0.0.1:\(seed.port)")
+        defer { Task { await client.shutdown(); try await seed.stop() } }
+        let holders = try await client.keyHolders()
+        #expect(seed.asked.withLockedValue { $0 }.prefix(2) == ["SHARDS", "SLOTS"])
+        let map = try #require(client.primary.cluster?.current.map)
+        #expect(holders.count == 3 && map.coversEverySlot)
+        #expect(Set(holders.compactMap { $0?.port }) == Set(await cluster.primaries().map(\.port)))
+        // The same map as the node's own `CLUSTER SLOTS` (which, unlike `CLUSTER SHARDS`, leaves
+        // out replicas that have not synced yet).
+        let slots = try await RedisConnection.oneShot(
+            ["CLUSTER", "SLOTS"], at: RedisURL.Endpoint(host: "127.0.0.1", port: cluster.servers[0].port), tls: nil, auth: nil, timeout: .seconds(5),
+            on: MultiThreadedEventLoopGroup.singleton.next()
+        ).get()
+        let direct = try RedisCluster.slotMap(slots: slots)
+        #expect(map.sameAssignment(as: direct) && map.replicas == direct.replicas)
+        let key = "older-seed-\(UUID().uuidString)"
+        for (index, name) in [key, "{x}" + key, "{y}" + key].enumerated() {
+            _ = try await client.send(["SET", name, String(index), "PX", "60000"])
+            #expect(try await client.send(["GET", name]) == .string(Array(String(index).utf8)))
+        }
+    }
+
     /// Admission, idempotency, tasks (queues, census, dead letters), usage and the cache each
     /// put keys on more than one primary: no feature sits in one slot.
     @Test func keysOfEveryFeatureSpreadOverThePrimaries() async throws {
