@@ -74,6 +74,7 @@ public final class Gateway: Sendable {
             metrics: metrics, logger: logger
         )
         let pool = UpstreamPool(eventLoopGroup: eventLoopGroup, metrics: metrics, logger: logger, clock: options.resilienceClock, resolver: options.resolver)
+        pool.resolveNewNamesNow(in: policy)
         let instance = InstanceName.make()
         let wakeUp = WorkerWakeUp()
         let webhooksWakeUp = WorkerWakeUp()
@@ -115,7 +116,7 @@ public final class Gateway: Sendable {
         services.append(UsageFlusher(counter: usage, runtime: runtime, interval: options.usageFlushInterval))
         let record: @Sendable (String, any Channel) -> Void = { name, channel in bound.record(name, port: channel.localAddress?.port) }
         if let admin = listen.admin {
-            let api = AdminAPI(runtime: runtime, reload: { reloader.reload(reason: "admin API") })
+            let api = AdminAPI(runtime: runtime, reload: { await reloader.reload(reason: "admin API") })
             services.append(
                 Application(
                     responder: api.responder(),

@@ -334,6 +334,35 @@ struct UpstreamPoolTests {
         }
     }
 
+    /// A reload that names a host never resolved before looks it up on NIO's blocking-I/O
+    /// thread pool, never on a Swift task thread (a hanging DNS server would otherwise hold up
+    /// task workers, webhooks and the admin API with it); the reload applies the new target once
+    /// the lookup answers.
+    @Test func aReloadLooksUpANewNameOffTheTaskThreads() async throws {
+        let dns = FakeDNS()
+        try await withDemoUpstream { port in
+            try await GatewayHarness.with({ policies in
+                policies.upstreams["pool"] = "url: http://127.0.0.1:\(port)"
+                policies.addRoutes(Self.routes[0])
+            }, resolver: dns.resolver) { gateway in
+                dns.answer("moved.test", ["127.0.0.1"])
+                dns.hold("moved.test")
+                var upstreams = gateway.policies
+                upstreams.upstreams["pool"] = "url: http://moved.test:\(port)"
+                try gateway.policies.rewrite("upstreams.yaml", upstreams.upstreamsFile)
+                async let reload = gateway.send(.POST, gateway.admin + "/admin/policies/reload", key: TestKeys.operatorToken)
+                try await eventually("the name is being looked up") { !dns.lookupThreads("moved.test").isEmpty }
+                #expect(try await gateway.partner(.GET, "/v2/pool").status == 200, "the running policies serve meanwhile")
+                dns.release("moved.test")
+                #expect(try await reload.status == 200)
+                let threads = dns.lookupThreads("moved.test")
+                #expect(!threads.isEmpty && threads.allSatisfy { $0.contains("TP-#") }, "looked up on \(threads)")
+                #expect(try await upstreamStatus(gateway).compactMap { $0["target"] as? String } == ["http://moved.test:\(port) (127.0.0.1)"])
+                #expect(try await gateway.partner(.GET, "/v2/pool").status == 200)
+            }
+        }
+    }
+
     // MARK: - Reload
 
     @Test func aReloadAddingATargetKeepsTheOthersHealth() async throws {
@@ -371,15 +400,31 @@ private final class LoadCounts: Sendable {
     let running = Atomic<Bool>(true)
 }
 
-/// A resolver the test answers for: each name stands for the addresses the test set last.
+/// A resolver the test answers for: each name stands for the addresses the test set last. A
+/// held name's lookups hang (as with a DNS server that does not answer) until it is released,
+/// or for 10 s at most; the names of the threads they ran on are kept.
 private final class FakeDNS: Sendable {
     private let answers = Mutex<[String: [String]]>([:])
+    private let held = Mutex<Set<String>>([])
+    private let threads = Mutex<[String: [String]]>([:])
 
     func answer(_ name: String, _ addresses: [String]) {
         answers.withLock { $0[name] = addresses }
     }
 
+    func hold(_ name: String) { _ = held.withLock { $0.insert(name) } }
+    func release(_ name: String) { _ = held.withLock { $0.remove(name) } }
+
+    /// The threads `name` was looked up on, in order.
+    func lookupThreads(_ name: String) -> [String] { threads.withLock { $0[name] ?? [] } }
+
     var resolver: HostResolver {
-        { name in self.answers.withLock { $0[name] ?? [] } }
+        { name in
+            let thread = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines) ?? "?"
+            self.threads.withLock { $0[name, default: []].append(thread) }
+            let giveUp = ContinuousClock.now + .seconds(10)
+            while self.held.withLock({ $0.contains(name) }), ContinuousClock.now < giveUp { usleep(1_000) }
+            return self.answers.withLock { $0[name] ?? [] }
+        }
     }
 }

@@ -18,9 +18,10 @@ struct PolicyReloader: Sendable {
     let factory: SnapshotFactory
 
     @discardableResult
-    func reload(reason: String) -> Outcome {
+    func reload(reason: String) async -> Outcome {
         do {
             let policy = try PolicyLoader.load(directory: directory, environment: environment)
+            await factory.pool.resolveNewNames(in: policy)
             // Built under the holder's lock: a change of resolved targets waits, and then
             // builds on this snapshot.
             let previous = try runtime.snapshots.update { _ throws(PolicyErrors) in try factory.make(policy) }

@@ -15,7 +15,7 @@ struct PolicyWatcher: Service {
             await withDiscardingTaskGroup { group in
                 group.addTask {
                     for await _ in hangups.cancelOnGracefulShutdown() {
-                        reloader.reload(reason: "SIGHUP")
+                        await reloader.reload(reason: "SIGHUP")
                     }
                 }
                 group.addTask {
@@ -24,7 +24,7 @@ struct PolicyWatcher: Service {
                         let current = PolicyFolderFingerprint(directory: reloader.directory)
                         if current != fingerprint {
                             fingerprint = current
-                            reloader.reload(reason: "files changed")
+                            await reloader.reload(reason: "files changed")
                         }
                     }
                 }

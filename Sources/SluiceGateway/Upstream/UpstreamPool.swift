@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import Prometheus
 import ServiceLifecycle
 import SluiceCore
@@ -51,19 +52,42 @@ final class UpstreamPool: Service, Sendable {
         self.resolver = resolver
     }
 
-    /// Runtimes for every upstream of `policy`, by upstream name; an upstream whose client
-    /// cannot be set up (TLS) is a policy problem at its location. A target given by name
-    /// stands for every address it resolved to (last resolution; resolved now if never); a name
-    /// that resolves to nothing is logged and has no target until it does.
-    func runtimes(for policy: PolicySet) throws(PolicyErrors) -> [String: UpstreamRuntime] {
+    /// Resolves the target names of `policy` that were never resolved, on NIO's blocking-I/O
+    /// thread pool (a slow resolver holds up no task or event-loop thread), and records the
+    /// answers for `runtimes(for:)`. A name that resolves to nothing is logged and has no
+    /// target until it does (`TargetNameRefresher` asks again).
+    func resolveNewNames(in policy: PolicySet) async {
+        let names = namesNeverResolved(in: policy)
+        guard !names.isEmpty else { return }
+        let resolver = self.resolver
+        record(firstAnswers: (try? await NIOThreadPool.singleton.runIfActive { names.map { ($0, resolver($0)) } }) ?? [])
+    }
+
+    /// `resolveNewNames(in:)` on the calling thread: at start, before anything is served.
+    func resolveNewNamesNow(in policy: PolicySet) {
+        record(firstAnswers: namesNeverResolved(in: policy).map { ($0, resolver($0)) })
+    }
+
+    private func namesNeverResolved(in policy: PolicySet) -> [String] {
         let names = Set(policy.upstreams.values.flatMap { $0.targets.map(\.address.host) }.filter { !$0.isIPAddress })
-        let unknown = names.filter { name in state.withLock { $0.resolved[name] == nil } }
-        let fresh = unknown.map { ($0, resolver($0)) }
-        for (name, addresses) in fresh where addresses.isEmpty {
+        return state.withLock { state in names.filter { state.resolved[$0] == nil }.sorted() }
+    }
+
+    private func record(firstAnswers answers: [(name: String, addresses: [String])]) {
+        for (name, addresses) in answers where addresses.isEmpty {
             logger.warning("upstream target name does not resolve; it has no target until it does", metadata: ["name": .string(name)])
         }
-        return try state.withLock { state throws(PolicyErrors) in
-            for (name, addresses) in fresh where state.resolved[name] == nil { state.resolved[name] = (addresses, .now) }
+        state.withLock { state in
+            for (name, addresses) in answers where state.resolved[name] == nil { state.resolved[name] = (addresses, .now) }
+        }
+    }
+
+    /// Runtimes for every upstream of `policy`, by upstream name; an upstream whose client
+    /// cannot be set up (TLS) is a policy problem at its location. A target given by name
+    /// stands for every address it resolved to last (`resolveNewNames(in:)` first, for names
+    /// never resolved; until then such a name has no target).
+    func runtimes(for policy: PolicySet) throws(PolicyErrors) -> [String: UpstreamRuntime] {
+        try state.withLock { state throws(PolicyErrors) in
             var targets: [TargetKey: UpstreamTarget] = [:]
             var runtimes: [String: UpstreamRuntime] = [:]
             for (name, upstream) in policy.upstreams {
