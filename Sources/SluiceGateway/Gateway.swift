@@ -106,7 +106,7 @@ public final class Gateway: Sendable {
         self.bound = bound
 
         var services: [any Service] = []
-        if let output = options.logOutput { services.append(LogFlusher(output: output, accessLog: accessLog)) }
+        if let output = options.logOutput { services.append(LogFlusher(output: output, accessLog: accessLog, metrics: metrics)) }
         // Stopped after everything that ends spans.
         if let traceExport { services.append(traceExport) }
         services.append(pool)

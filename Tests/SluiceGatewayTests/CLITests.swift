@@ -141,6 +141,75 @@ struct CLITests {
         }
     }
 
+    /// Standard output blocked (a FIFO nobody reads, like a stalled log collector): the gateway
+    /// keeps answering partners — access lines wait for the log writer instead of holding up an
+    /// event loop — and every line arrives once the output is read again.
+    @Test func aBlockedStandardOutputDoesNotStopTheGateway() async throws {
+        let root = try Self.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let fifo = root.appendingPathComponent("stdout").path
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let reading = open(fifo, O_RDONLY | O_NONBLOCK)
+        #expect(reading >= 0)
+        defer { close(reading) }
+        var received: [UInt8] = []
+        func readAvailable() -> String {
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while case let count = read(reading, &buffer, buffer.count), count > 0 { received += buffer[0..<count] }
+            return String(decoding: received, as: UTF8.self)
+        }
+        try await withDemoUpstream { upstreamPort in
+            let pki = try TestPKI(directory: root.appendingPathComponent("pki"))
+            var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: upstreamPort, pki: pki)
+            let (httpPort, adminPort) = try policies.listenOnFixedPorts()
+            try policies.write()
+            let process = try SluiceProcess.start(["serve", "--policies", policies.directory.path], standardOutput: fifo)
+            let client = HTTPClient(eventLoopGroupProvider: .singleton)
+            func status(_ url: String, key: String? = nil) async -> Int? {
+                var request = HTTPClientRequest(url: url)
+                if let key { request.headers.add(name: "X-API-Key", value: key) }
+                guard let response = try? await client.execute(request, timeout: .seconds(5)) else { return nil }
+                _ = try? await response.body.collect(upTo: 1 << 20)
+                return Int(response.status.code)
+            }
+            do {
+                try await eventually("the gateway is ready") { await status("http://127.0.0.1:\(adminPort)/readyz") == 200 }
+                // About 500 KB of access lines: far more than the FIFO (64 KiB) and an event loop's
+                // buffer (32 KiB) hold, far less than the writer's 8 MiB.
+                let requests = 1_600
+                let statuses = try await withThrowingTaskGroup(of: [Int?].self) { group in
+                    for _ in 0..<8 {
+                        group.addTask {
+                            var statuses: [Int?] = []
+                            for _ in 0..<(requests / 8) {
+                                let answer = await status("http://127.0.0.1:\(httpPort)/v2/orders/17", key: TestKeys.acme)
+                                statuses.append(answer)
+                                if answer != 200 { break }  // a stalled gateway fails the test in one timeout
+                            }
+                            return statuses
+                        }
+                    }
+                    return try await group.reduce(into: [Int?]()) { $0 += $1 }
+                }
+                try #require(statuses.count == requests && statuses.allSatisfy { $0 == 200 }, "\(Dictionary(grouping: statuses) { $0 }.mapValues(\.count))")
+                try await eventually(timeout: .seconds(20), "every access line arrives once the output is read") {
+                    readAvailable().components(separatedBy: #""message":"request""#).count - 1 >= requests
+                }
+                #expect(!readAvailable().contains("log lines dropped"))
+                // What is left to write at exit (a few event lines) fits the FIFO.
+                process.signal(SIGTERM)
+                #expect(try await process.exitCode() == 0)
+                #expect(readAvailable().contains(#""message":"shutting down: not ready, draining in-flight requests""#))
+            } catch {
+                process.signal(SIGKILL)
+                _ = try? await process.exitCode()
+                try? await client.shutdown()
+                throw error
+            }
+            try await client.shutdown()
+        }
+    }
+
     private static func temporaryFolder() throws -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-cli-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)

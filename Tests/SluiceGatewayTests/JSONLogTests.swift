@@ -1,8 +1,11 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import SluiceCore
+import Synchronization
 import Testing
+import TestSupport
 @testable import SluiceGateway
 
 /// The JSON log line format (SPEC §5): one object per line, RFC 3339 timestamp, masked values.
@@ -93,5 +96,66 @@ struct GatewayLogTests {
                 #expect(!text.contains(secret), "\(secret) is in the log")
             }
         }
+    }
+}
+
+/// The log output's writer thread (SPEC §5 logs): a blocked output never holds up the caller;
+/// what does not fit the pending limit is dropped, counted and announced; the rest arrives
+/// whole and in order.
+struct LogOutputTests {
+    @Test func aBlockedOutputDropsAndCountsButNeverBlocksTheCaller() async throws {
+        var ends: [Int32] = [0, 0]
+        #expect(pipe(&ends) == 0)
+        let (readEnd, writeEnd) = (ends[0], ends[1])
+        defer { close(readEnd) }
+        // The only strong reference: emptied at the end, so that the output closes the pipe.
+        let holder = NIOLockedValueBox<LogOutput?>(LogOutput(fileDescriptor: writeEnd, owned: true, pendingLimit: 256 << 10))
+        @Sendable func output() -> LogOutput? { holder.withLockedValue { $0 } }
+        // 4 MiB of numbered lines in 32 KiB chunks, as event loops hand them over; nobody reads
+        // the pipe (64 KiB) yet. A thread of its own, so a blocking write fails the test, not hangs it.
+        let lineCount = (4 << 20) / 64
+        let handedOver = Atomic<Bool>(false)
+        Thread {
+            var chunk = ""
+            for number in 0..<lineCount {
+                let line = "{\"n\":\(number)}"
+                chunk += line + String(repeating: " ", count: 63 - line.utf8.count) + "\n"
+                if chunk.utf8.count >= 32 << 10 {
+                    output()?.write(chunk)
+                    chunk = ""
+                }
+            }
+            output()?.write(chunk)
+            handedOver.store(true, ordering: .releasing)
+        }.start()
+        try await eventually(timeout: .seconds(10), "every line is handed over with the pipe full") { handedOver.load(ordering: .acquiring) }
+        let dropped = try #require(output()?.droppedLines)
+        #expect(dropped > lineCount / 2, "at most 256 KiB + the pipe's 64 KiB of 4 MiB can wait: \(dropped) dropped")
+        #expect(output()?.flush(timeout: .milliseconds(100)) == false, "the pipe is still full")
+
+        // Read the pipe to its end (the output closes it when it goes away).
+        let received = Mutex<[UInt8]>([])
+        let ended = Atomic<Bool>(false)
+        Thread {
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let count = read(readEnd, &buffer, buffer.count)
+                guard count > 0 else { break }
+                received.withLock { $0 += buffer[0..<count] }
+            }
+            ended.store(true, ordering: .releasing)
+        }.start()
+        #expect(output()?.flush() == true)
+        holder.withLockedValue { $0 = nil }
+        try await eventually(timeout: .seconds(10), "the pipe reaches its end") { ended.load(ordering: .acquiring) }
+        let lines = received.withLock { String(decoding: $0, as: UTF8.self) }.split(separator: "\n")
+        let objects = try lines.map { try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any], "\($0)") }
+        let numbers = objects.compactMap { $0["n"] as? Int }
+        #expect(numbers == numbers.sorted() && Set(numbers).count == numbers.count, "whole lines, in order")
+        #expect(numbers.first == 0)
+        let notices = objects.filter { $0["message"] as? String == "log lines dropped: the log output did not keep up" }
+        #expect(notices.count == 1 && notices.first?["level"] as? String == "warning")
+        #expect(notices.first?["lines"] as? Int == dropped)
+        #expect(numbers.count + dropped == lineCount)
     }
 }

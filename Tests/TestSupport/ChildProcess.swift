@@ -20,17 +20,19 @@ public final class ChildProcess: @unchecked Sendable {
         unsafeBitCast($0, to: AddCloseFrom.self)
     }
 
-    public init(executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+    /// - Parameter standardOutput: Where standard output goes (an existing file or FIFO);
+    ///   default: a new file of its own.
+    public init(executable: String, _ arguments: [String], environment: [String: String] = [:], standardOutput: String? = nil) throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-process-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        stdoutPath = directory.appendingPathComponent("stdout").path
+        stdoutPath = standardOutput ?? directory.appendingPathComponent("stdout").path
         stderrPath = directory.appendingPathComponent("stderr").path
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, standardOutput == nil ? O_WRONLY | O_CREAT | O_TRUNC : O_WRONLY, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         // Nothing else is inherited: a socket of this process kept open in the child (NIO's
         // accepted sockets are not close-on-exec) would outlive its close here, and a test would

@@ -69,6 +69,9 @@ final class GatewayMetrics: Sendable {
     private static var spansDroppedDescriptor: MetricNameDescriptor {
         descriptor("trace_spans_dropped", "total", "Spans not exported because the export queue was full.")
     }
+    private static var logLinesDroppedDescriptor: MetricNameDescriptor {
+        descriptor("log_lines_dropped", "total", "Log lines (access and event) dropped because the log output did not keep up.")
+    }
     private static var retriesDescriptor: MetricNameDescriptor { descriptor("upstream_retries", "total", "Retried upstream calls.") }
     private static var targetHealthyDescriptor: MetricNameDescriptor {
         descriptor("upstream_target_healthy", "", "1 while an upstream target takes calls (not ejected, probes good), else 0.")
@@ -160,6 +163,7 @@ final class GatewayMetrics: Sendable {
         for result in ["ok", "error"] { _ = registry.makeCounter(descriptor: Self.reloadDescriptor, labels: [("result", result)]) }
         _ = registry.makeCounter(descriptor: Self.storeErrorsDescriptor)
         _ = registry.makeCounter(descriptor: Self.spansDroppedDescriptor)
+        _ = registry.makeCounter(descriptor: Self.logLinesDroppedDescriptor)
         registry.makeGauge(descriptor: Self.fallbackDescriptor).set(to: 0.0)
         registry.makeGauge(descriptor: Self.reloadFailingDescriptor).set(to: 0.0)
     }
@@ -218,6 +222,10 @@ final class GatewayMetrics: Sendable {
 
     func spansDropped(_ count: Int) {
         registry.makeCounter(descriptor: Self.spansDroppedDescriptor).increment(by: Int64(count))
+    }
+
+    func logLinesDropped(_ count: Int) {
+        registry.makeCounter(descriptor: Self.logLinesDroppedDescriptor).increment(by: Int64(count))
     }
 
     func upstreamRetried(upstream: String) {

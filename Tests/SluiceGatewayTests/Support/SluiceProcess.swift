@@ -7,9 +7,9 @@ enum SluiceProcess {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("sluice").path
     }
 
-    /// Starts `sluice ARGUMENTS`.
-    static func start(_ arguments: [String], environment: [String: String] = [:]) throws -> ChildProcess {
-        try ChildProcess(executable: executable, arguments, environment: environment)
+    /// Starts `sluice ARGUMENTS` (standard output to `standardOutput` when given).
+    static func start(_ arguments: [String], environment: [String: String] = [:], standardOutput: String? = nil) throws -> ChildProcess {
+        try ChildProcess(executable: executable, arguments, environment: environment, standardOutput: standardOutput)
     }
 
     /// Runs `sluice ARGUMENTS` to completion.
