@@ -7,8 +7,8 @@ import SluiceStore
 /// (`timestamp`, `level`, `message`, then the request's fields), rendered straight into a
 /// buffer of the event loop that served the request — no lock, no metadata dictionary per
 /// request. A buffer is handed to `LogOutput` (queued for its writer thread) when it fills and
-/// whenever `flush` comes by (the `LogFlusher`, a few times a second). Without a `LogOutput` (Sluice embedded with another
-/// logging backend) lines go through the logger instead.
+/// whenever `flush` comes by (the `LogFlusher`, a few times a second). Without a `LogOutput`
+/// (Sluice embedded with another logging backend) lines go through the logger instead.
 final class AccessLog: Sendable {
     /// One loop's pending lines; only touched on that loop.
     private final class LoopBuffer: @unchecked Sendable {
