@@ -70,20 +70,22 @@ struct ClusterClientTests {
     /// `CLUSTER SLOTS` instead, reads the same map and serves the cluster with it.
     @Test func aSeedWithoutClusterShardsIsAskedForClusterSlots() async throws {
         let cluster = try await ClusterSet.shared()
-        let seed = try await OlderClusterSeed.start(answeringFor: RedisURL.Endpoint(host: "127.0.0.1", port: cluster.servers[0].port))
-        let client = try await makeRedisClient(url: "redis+cluster://127.0.0.1:\(seed.port)")
-        defer { Task { await client.shutdown(); try await seed.stop() } }
-        let holders = try await client.keyHolders()
-        #expect(seed.asked.withLockedValue { $0 }.prefix(2) == ["SHARDS", "SLOTS"])
-        let map = try #require(client.primary.cluster?.current.map)
-        #expect(holders.count == 3 && map.coversEverySlot)
-        #expect(Set(holders.compactMap { $0?.port }) == Set(await cluster.primaries().map(\.port)))
-        // The same map as the node's own `CLUSTER SLOTS` (which, unlike `CLUSTER SHARDS`, leaves
-        // out replicas that have not synced yet).
         let slots = try await RedisConnection.oneShot(
             ["CLUSTER", "SLOTS"], at: RedisURL.Endpoint(host: "127.0.0.1", port: cluster.servers[0].port), tls: nil, auth: nil, timeout: .seconds(5),
             on: MultiThreadedEventLoopGroup.singleton.next()
         ).get()
+        let seed = try await FakeRedisNode.start(answering: [
+            ["CLUSTER", "SHARDS"]: .error("ERR unknown subcommand 'SHARDS'. Try CLUSTER HELP."), ["CLUSTER", "SLOTS"]: slots,
+        ])
+        let client = try await makeRedisClient(url: "redis+cluster://127.0.0.1:\(seed.port)")
+        defer { Task { await client.shutdown(); try await seed.stop() } }
+        let holders = try await client.keyHolders()
+        #expect(seed.commands.prefix(2) == [["CLUSTER", "SHARDS"], ["CLUSTER", "SLOTS"]])
+        let map = try #require(client.primary.cluster?.current.map)
+        #expect(holders.count == 3 && map.coversEverySlot)
+        #expect(Set(holders.compactMap { $0?.port }) == Set(await cluster.primaries().map(\.port)))
+        // The map of the node's own `CLUSTER SLOTS` (which, unlike `CLUSTER SHARDS`, leaves out
+        // replicas that have not synced yet).
         let direct = try RedisCluster.slotMap(slots: slots)
         #expect(map.sameAssignment(as: direct) && map.replicas == direct.replicas)
         let key = "older-seed-\(UUID().uuidString)"

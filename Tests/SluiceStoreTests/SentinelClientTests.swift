@@ -56,6 +56,24 @@ struct SentinelClientTests {
         await client.shutdown()
     }
 
+    /// A sentinel that has not yet heard of a failover names the old primary (here: one that is
+    /// gone). Listed first, it is passed over: only an address whose `ROLE` says `master` is taken.
+    @Test func aSentinelNamingADeadPrimaryIsPassedOver() async throws {
+        let sentinels = try await SentinelSet.shared()
+        let gone = try freePort()
+        let stale = try await FakeRedisNode.start(answering: [
+            ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SentinelSet.masterName]: .array([.string(Array("127.0.0.1".utf8)), .string(Array(String(gone).utf8))])
+        ])
+        let client = try client(sentinels.url().replacingOccurrences(of: "redis+sentinel://", with: "redis+sentinel://127.0.0.1:\(stale.port),"))
+        #expect(try await set(client, "stale-sentinel"))
+        #expect(stale.commands.contains(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SentinelSet.masterName]), "the stale sentinel was asked first")
+        let primary = await sentinels.primaryPort()
+        #expect(client.primary.current.endpoint?.port == primary && primary != gone)
+        #expect(client.primary.current.lastChange == nil, "the dead address was never taken as the primary")
+        await client.shutdown()
+        try await stale.stop()
+    }
+
     /// A subscribed watcher moves the primary on `+switch-master` before any command fails.
     @Test func followsSwitchMasterAnnouncements() async throws {
         let sentinels = try await SentinelSet.start()

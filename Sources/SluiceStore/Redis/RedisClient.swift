@@ -280,9 +280,7 @@ public final class RedisClient: Sendable {
             }
             if primary.isSentinel {
                 setup = setup.flatMap { connection.send(["ROLE"], deadline: deadline) }.flatMapThrowing { (reply: RedisReply) in
-                    guard case .array(let parts) = reply, case .string(let role) = parts.first, role == Array("master".utf8) else {
-                        throw RedisError.unavailable("\(endpoint) is not the primary (ROLE: \(reply))")
-                    }
+                    guard RedisPrimary.saysPrimary(reply) else { throw RedisError.unavailable("\(endpoint) is not the primary (ROLE: \(reply))") }
                 }
             }
             return setup.map { connection }.flatMapErrorThrowing { error in

@@ -157,7 +157,9 @@ public final class RedisPrimary: Sendable {
         var description: String { "no sentinel named the primary: " + reasons.joined(separator: "; ") }
     }
 
-    /// Asks the sentinels in turn for the primary's address.
+    /// Asks the sentinels in turn for the primary's address and takes the first answer that
+    /// `ROLE` confirms (the Sentinel client rules): a sentinel that has not yet heard of a
+    /// failover still names the old primary, dead or demoted, and is passed over.
     private func discover(on eventLoop: any EventLoop, timeout: Duration) -> EventLoopFuture<RedisURL.Endpoint> {
         guard case .sentinel(let master, let sentinels, _, _) = url.topology else {
             return eventLoop.makeSucceededFuture(RedisURL.Endpoint(host: url.host, port: url.port))
@@ -178,9 +180,24 @@ public final class RedisPrimary: Sendable {
                     }
                     return RedisURL.Endpoint(host: String(decoding: host, as: UTF8.self), port: number)
                 }
+                .flatMap { named in self.confirmPrimary(named, on: eventLoop, timeout: timeout) }
                 .flatMapError { error in ask(index + 1, reasons + ["\(sentinel): \(error)"]) }
         }
         return ask(0, [])
+    }
+
+    /// `endpoint`, once its `ROLE` says `master`.
+    private func confirmPrimary(_ endpoint: RedisURL.Endpoint, on eventLoop: any EventLoop, timeout: Duration) -> EventLoopFuture<RedisURL.Endpoint> {
+        RedisConnection.oneShot(["ROLE"], at: endpoint, tls: tls, auth: url.authCommand, timeout: timeout, on: eventLoop).flatMapThrowing { reply in
+            guard Self.saysPrimary(reply) else { throw RedisError.unavailable("it names \(endpoint), which is not the primary (ROLE: \(reply))") }
+            return endpoint
+        }
+    }
+
+    /// Whether a `ROLE` reply says `master`.
+    static func saysPrimary(_ role: RedisReply) -> Bool {
+        guard case .array(let parts) = role, case .string(let name) = parts.first else { return false }
+        return name == Array("master".utf8)
     }
 
     /// `AUTH` for the sentinels, when the URL gives them a password.

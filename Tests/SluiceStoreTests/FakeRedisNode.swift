@@ -1,67 +1,60 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-import SluiceCore
 @testable import SluiceStore
 
-/// A seed node that answers as a Redis 6 cluster node does: `CLUSTER SHARDS` is an unknown
-/// subcommand, `CLUSTER SLOTS` gives the real cluster's map (asked of `node` each time); any
-/// other command is refused. It records the subcommands it was asked.
-final class OlderClusterSeed: Sendable {
+/// A Redis stand-in on loopback for what a real server will not do on cue — a Redis 6 cluster
+/// node, a sentinel with a stale view: it answers each command it was given with its fixed
+/// reply, any other with an error, and records what it was asked.
+final class FakeRedisNode: Sendable {
     let port: Int
-    let asked: NIOLockedValueBox<[String]>
+    private let asked: NIOLockedValueBox<[[String]]>
     private let channel: any Channel
 
-    private init(port: Int, asked: NIOLockedValueBox<[String]>, channel: any Channel) {
+    private init(port: Int, asked: NIOLockedValueBox<[[String]]>, channel: any Channel) {
         self.port = port
         self.asked = asked
         self.channel = channel
     }
 
-    static func start(answeringFor node: RedisURL.Endpoint) async throws -> OlderClusterSeed {
-        let asked = NIOLockedValueBox<[String]>([])
+    static func start(answering answers: [[String]: RedisReply]) async throws -> FakeRedisNode {
+        let asked = NIOLockedValueBox<[[String]]>([])
+        let known = answers.map { command, reply in (encoded: FakeNodeHandler.encoded(command), command: command, reply: reply) }
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(SeedHandler(node: node, asked: asked)) }
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(FakeNodeHandler(known: known, asked: asked)) }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return OlderClusterSeed(port: channel.localAddress!.port!, asked: asked, channel: channel)
+        return FakeRedisNode(port: channel.localAddress!.port!, asked: asked, channel: channel)
     }
+
+    /// The commands it answered, in order.
+    var commands: [[String]] { asked.withLockedValue { $0 } }
 
     func stop() async throws { try await channel.close() }
 }
 
-private final class SeedHandler: ChannelInboundHandler {
+private final class FakeNodeHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private static let shards = encoded(["CLUSTER", "SHARDS"])
-    private static let slots = encoded(["CLUSTER", "SLOTS"])
-
-    private let node: RedisURL.Endpoint
-    private let asked: NIOLockedValueBox<[String]>
+    private let known: [(encoded: [UInt8], command: [String], reply: RedisReply)]
+    private let asked: NIOLockedValueBox<[[String]]>
     private var received: [UInt8] = []
 
-    init(node: RedisURL.Endpoint, asked: NIOLockedValueBox<[String]>) {
-        self.node = node
+    init(known: [(encoded: [UInt8], command: [String], reply: RedisReply)], asked: NIOLockedValueBox<[[String]]>) {
+        self.known = known
         self.asked = asked
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         received += Array(buffer: unwrapInboundIn(data))
-        switch received {
-        case Self.shards:
-            asked.withLockedValue { $0.append("SHARDS") }
-            answer(.error("ERR unknown subcommand 'SHARDS'. Try CLUSTER HELP."), context: context)
-        case Self.slots:
-            asked.withLockedValue { $0.append("SLOTS") }
-            RedisConnection.oneShot(["CLUSTER", "SLOTS"], at: node, tls: nil, auth: nil, timeout: .seconds(5), on: context.eventLoop)
-                .assumeIsolated().whenComplete { result in
-                    self.answer((try? result.get()) ?? .error("ERR the cluster node did not answer"), context: context)
-                }
-        case _ where Self.shards.starts(with: received) || Self.slots.starts(with: received):
+        if let match = known.first(where: { $0.encoded == received }) {
+            asked.withLockedValue { $0.append(match.command) }
+            answer(match.reply, context: context)
+        } else if known.contains(where: { $0.encoded.starts(with: received) }) {
             return  // more of the command is on its way
-        default:
+        } else {
             answer(.error("ERR unknown command"), context: context)
         }
         received = []
@@ -73,7 +66,7 @@ private final class SeedHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
-    private static func encoded(_ command: [String]) -> [UInt8] {
+    static func encoded(_ command: [String]) -> [UInt8] {
         var buffer = ByteBuffer()
         RedisCommandEncoder.write(command, into: &buffer)
         return Array(buffer: buffer)
