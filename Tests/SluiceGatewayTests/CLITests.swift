@@ -102,14 +102,12 @@ struct CLITests {
             var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: upstreamPort, pki: pki)
             let (httpPort, adminPort) = try policies.listenOnFixedPorts()
             try policies.write()
-            let process = try SluiceProcess.start(["serve", "--policies", policies.directory.path])
-            let client = HTTPClient(eventLoopGroupProvider: .singleton)
-            let admin = "http://127.0.0.1:\(adminPort)"
-            func status(_ url: String) async -> Int? {
-                guard let response = try? await client.execute(HTTPClientRequest(url: url), timeout: .seconds(2)) else { return nil }
-                return Int(response.status.code)
-            }
-            do {
+            try await Self.withServe(policies) { process, client in
+                let admin = "http://127.0.0.1:\(adminPort)"
+                func status(_ url: String) async -> Int? {
+                    guard let response = try? await client.execute(HTTPClientRequest(url: url), timeout: .seconds(2)) else { return nil }
+                    return Int(response.status.code)
+                }
                 try await eventually("the gateway is ready") { await status(admin + "/readyz") == 200 }
 
                 process.signal(SIGHUP)
@@ -131,13 +129,7 @@ struct CLITests {
                 let (code, body) = try await slow.value
                 #expect(code == 200 && body == #"{"order":"17"}"#)
                 #expect(try await process.exitCode() == 0)
-            } catch {
-                process.signal(SIGKILL)
-                _ = try? await process.exitCode()
-                try? await client.shutdown()
-                throw error
             }
-            try await client.shutdown()
         }
     }
 
@@ -163,16 +155,14 @@ struct CLITests {
             var policies = TestPolicies(directory: root.appendingPathComponent("policies"), upstreamPort: upstreamPort, pki: pki)
             let (httpPort, adminPort) = try policies.listenOnFixedPorts()
             try policies.write()
-            let process = try SluiceProcess.start(["serve", "--policies", policies.directory.path], standardOutput: fifo)
-            let client = HTTPClient(eventLoopGroupProvider: .singleton)
-            func status(_ url: String, key: String? = nil) async -> Int? {
-                var request = HTTPClientRequest(url: url)
-                if let key { request.headers.add(name: "X-API-Key", value: key) }
-                guard let response = try? await client.execute(request, timeout: .seconds(5)) else { return nil }
-                _ = try? await response.body.collect(upTo: 1 << 20)
-                return Int(response.status.code)
-            }
-            do {
+            try await Self.withServe(policies, standardOutput: fifo) { process, client in
+                func status(_ url: String, key: String? = nil) async -> Int? {
+                    var request = HTTPClientRequest(url: url)
+                    if let key { request.headers.add(name: "X-API-Key", value: key) }
+                    guard let response = try? await client.execute(request, timeout: .seconds(5)) else { return nil }
+                    _ = try? await response.body.collect(upTo: 1 << 20)
+                    return Int(response.status.code)
+                }
                 try await eventually("the gateway is ready") { await status("http://127.0.0.1:\(adminPort)/readyz") == 200 }
                 // About 500 KB of access lines: far more than the FIFO (64 KiB) and an event loop's
                 // buffer (32 KiB) hold, far less than the writer's 8 MiB.
@@ -200,14 +190,26 @@ struct CLITests {
                 process.signal(SIGTERM)
                 #expect(try await process.exitCode() == 0)
                 #expect(readAvailable().contains(#""message":"shutting down: not ready, draining in-flight requests""#))
-            } catch {
-                process.signal(SIGKILL)
-                _ = try? await process.exitCode()
-                try? await client.shutdown()
-                throw error
             }
-            try await client.shutdown()
         }
+    }
+
+    /// Runs `body` with `sluice serve` on `policies` and an HTTP client; when `body` throws,
+    /// the process is killed.
+    private static func withServe(
+        _ policies: TestPolicies, standardOutput: String? = nil, _ body: (ChildProcess, HTTPClient) async throws -> Void
+    ) async throws {
+        let process = try SluiceProcess.start(["serve", "--policies", policies.directory.path], standardOutput: standardOutput)
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        do {
+            try await body(process, client)
+        } catch {
+            process.signal(SIGKILL)
+            _ = try? await process.exitCode()
+            try? await client.shutdown()
+            throw error
+        }
+        try await client.shutdown()
     }
 
     private static func temporaryFolder() throws -> URL {
