@@ -7,7 +7,7 @@ import Foundation
 /// that are dropped and counted (`droppedLines`), and once the output takes lines again a
 /// warning line says how many went missing.
 public final class LogOutput: Sendable {
-    /// How many bytes may wait for the writer before lines are dropped.
+    /// How many bytes may wait to be written (queued or being written) before lines are dropped.
     public static let pendingLimit = 8 << 20
 
     private let writer: LogWriter
@@ -67,6 +67,8 @@ private final class LogWriter: @unchecked Sendable {
     // Guarded by `condition`:
     private var pending: [[UInt8]] = []
     private var pendingBytes = 0
+    /// The bytes the writer took and has not written yet (they count against the limit too).
+    private var writingBytes = 0
     /// Chunks queued and chunks written (or given up on) so far: `flush` waits for the second to
     /// reach the first.
     private var queued = 0
@@ -98,7 +100,7 @@ private final class LogWriter: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard !finishing else { return }
-        guard pendingBytes + chunk.count <= pendingLimit else {
+        guard pendingBytes + writingBytes + chunk.count <= pendingLimit else {
             let lines = chunk.reduce(0) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
             dropped += lines
             droppedSinceNotice += lines
@@ -150,6 +152,7 @@ private final class LogWriter: @unchecked Sendable {
             let batch = pending
             let notice = droppedSinceNotice
             pending = []
+            writingBytes = pendingBytes
             pendingBytes = 0
             droppedSinceNotice = 0
             let done = finishing && batch.isEmpty && notice == 0
@@ -163,6 +166,7 @@ private final class LogWriter: @unchecked Sendable {
             write(bytes)
             condition.lock()
             written += batch.count
+            writingBytes = 0
             condition.broadcast()
             condition.unlock()
         }
