@@ -57,7 +57,8 @@ struct SentinelClientTests {
     }
 
     /// A sentinel that has not yet heard of a failover names the old primary (here: one that is
-    /// gone). Listed first, it is passed over: only an address whose `ROLE` says `master` is taken.
+    /// gone). Listed first, it is passed over: only an address whose `ROLE` says `master` is
+    /// taken, and the sentinel that named it is asked first the next time.
     @Test func aSentinelNamingADeadPrimaryIsPassedOver() async throws {
         let sentinels = try await SentinelSet.shared()
         let gone = try freePort()
@@ -70,6 +71,11 @@ struct SentinelClientTests {
         let primary = await sentinels.primaryPort()
         #expect(client.primary.current.endpoint?.port == primary && primary != gone)
         #expect(client.primary.current.lastChange == nil, "the dead address was never taken as the primary")
+        // The sentinel that answered right is asked first from now on. (As after a READONLY
+        // answer: every connection goes, and the next one asks the sentinels.)
+        client.primary.answeredReadOnly()
+        #expect(try await set(client, "asked-again"))
+        #expect(stale.commands.count == 1, "\(stale.commands)")
         await client.shutdown()
         try await stale.stop()
     }

@@ -35,6 +35,8 @@ public final class RedisPrimary: Sendable {
         var lastChange: Change?
         /// Set when the current primary must be asked for again before the next connection.
         var stale = false
+        /// The sentinel (index in the URL) whose answer was confirmed last: asked first next time.
+        var firstSentinel = 0
     }
 
     let url: RedisURL
@@ -159,17 +161,20 @@ public final class RedisPrimary: Sendable {
 
     /// Asks the sentinels in turn for the primary's address and takes the first answer that
     /// `ROLE` confirms (the Sentinel client rules): a sentinel that has not yet heard of a
-    /// failover still names the old primary, dead or demoted, and is passed over.
+    /// failover still names the old primary, dead or demoted, and is passed over. The sentinel
+    /// whose answer was confirmed is asked first the next time.
     private func discover(on eventLoop: any EventLoop, timeout: Duration) -> EventLoopFuture<RedisURL.Endpoint> {
         guard case .sentinel(let master, let sentinels, _, _) = url.topology else {
             return eventLoop.makeSucceededFuture(RedisURL.Endpoint(host: url.host, port: url.port))
         }
-        @Sendable func ask(_ index: Int, _ reasons: [String]) -> EventLoopFuture<RedisURL.Endpoint> {
-            guard index < sentinels.count else {
+        let first = state.withLock { $0.firstSentinel }
+        @Sendable func ask(_ tried: Int, _ reasons: [String]) -> EventLoopFuture<RedisURL.Endpoint> {
+            guard tried < sentinels.count else {
                 let failure = NoPrimary(reasons: reasons)
                 logger.warning("cannot find the Redis primary", metadata: ["master": .string(master), "error": .string(failure.description)])
                 return eventLoop.makeFailedFuture(RedisError.unavailable(failure.description))
             }
+            let index = (first + tried) % sentinels.count
             let sentinel = sentinels[index]
             return RedisConnection.oneShot(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", master], at: sentinel, tls: tls, auth: sentinelAuth, timeout: timeout, on: eventLoop)
                 .flatMapThrowing { reply -> RedisURL.Endpoint in
@@ -181,7 +186,11 @@ public final class RedisPrimary: Sendable {
                     return RedisURL.Endpoint(host: String(decoding: host, as: UTF8.self), port: number)
                 }
                 .flatMap { named in self.confirmPrimary(named, on: eventLoop, timeout: timeout) }
-                .flatMapError { error in ask(index + 1, reasons + ["\(sentinel): \(error)"]) }
+                .map { confirmed in
+                    self.state.withLock { $0.firstSentinel = index }
+                    return confirmed
+                }
+                .flatMapError { error in ask(tried + 1, reasons + ["\(sentinel): \(error)"]) }
         }
         return ask(0, [])
     }
