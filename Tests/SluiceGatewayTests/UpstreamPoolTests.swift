@@ -14,6 +14,7 @@ struct UpstreamPoolTests {
     private static let routes = [
         "{ id: pool, versions: [v2], method: GET, path: /pool, upstream: pool, upstream_path: /api/echo }",
         "{ id: pool-status, versions: [v2], method: GET, path: \"/pool/{code}\", upstream: pool, upstream_path: \"/status/{code}\" }",
+        "{ id: pool-slow, versions: [v2], method: GET, path: /pool-slow, upstream: pool, upstream_path: /slow }",
     ]
 
     /// Runs a gateway whose upstream `pool` has `targets` (URLs, with weights when given) and
@@ -23,7 +24,7 @@ struct UpstreamPoolTests {
     ) async throws {
         try await GatewayHarness.with({ policies in
             policies.upstreams["pool"] = Self.upstream(targets, settings: settings)
-            policies.addRoutes(Self.routes[0], Self.routes[1])
+            policies.addRoutes(Self.routes[0], Self.routes[1], Self.routes[2])
         }, body)
     }
 
@@ -75,8 +76,11 @@ struct UpstreamPoolTests {
                 try await withDemoUpstream { c in
                     let targets = [("http://127.0.0.1:\(a)", 1), ("http://127.0.0.1:\(b)", 2), ("http://127.0.0.1:\(c)", 3)]
                     try await withPool(targets, settings: "balancer: \(balancer)") { gateway in
-                        #expect(try await send(gateway, "/v2/pool", count: 600) == [200: 600])
-                        let counts = try answered(gateway)
+                        // Calls of 5 ms: a starved machine's scheduling delays stay small beside
+                        // them, so least_request sees no target as markedly slower and spreads by
+                        // weight alone (its latency rule has unit tests of its own).
+                        #expect(try await send(gateway, "/v2/pool-slow?ms=5", count: 600) == [200: 600])
+                        let counts = try answered(gateway, route: "pool-slow")
                         for (url, weight) in targets {
                             let expected = 100.0 * Double(weight)
                             let seen = Double(counts[url] ?? 0)
@@ -273,7 +277,7 @@ struct UpstreamPoolTests {
                     try await GatewayHarness.with({ policies in
                         policies.upstreams["pool"] = "targets:\n  - { url: http://pricing.test:\(port) }\ndns_refresh: 100ms\n"
                             + "health:\n  active: { path: /healthz, interval: 100ms, timeout: 1s, healthy: 1, unhealthy: 3 }"
-                        policies.addRoutes(Self.routes[0], "{ id: pool-slow, versions: [v2], method: GET, path: /pool-slow, upstream: pool, upstream_path: /slow }")
+                        policies.addRoutes(Self.routes[0], Self.routes[2])
                     }, resolver: dns.resolver) { gateway in
                         func label(_ ip: String) -> String { "http://pricing.test:\(port) (\(ip))" }
                         #expect(try await upstreamStatus(gateway).compactMap { $0["target"] as? String } == [label("127.0.0.1"), label("127.0.0.2")])
