@@ -67,7 +67,7 @@ struct BalancerTests {
     @Test func leastRequestIgnoresSmallLatencyDifferences() {
         var random = SplitMix64(seed: 42)
         var counts = [0, 0, 0]
-        let latency = [1_000_000, 2_000_000, 2_900_000].map { LatencyEstimate(nanoseconds: $0, sampledAt: 0) }
+        let latency = [1_000_000, 2_000_000, 2_900_000].map { LatencyEstimate(nanoseconds: $0, low: $0, sampledAt: 0) }
         for _ in 0..<50_000 {
             counts[BalancerRules.leastRequest(.all(3), weights: Self.weights, inFlight: { _ in 0 }, latency: { latency[$0] }, now: { 0 }, using: &random)!] += 1
         }
@@ -79,7 +79,7 @@ struct BalancerTests {
     /// flight (each counting the new call): at 20 against 0 it gets none, at 120 against 0 it
     /// wins every draw it is in.
     @Test func leastRequestAvoidsAMarkedlySlowerTarget() {
-        let latency = [1_000_000, 1_000_000, 10_000_000].map { LatencyEstimate(nanoseconds: $0, sampledAt: 0) }
+        let latency = [1_000_000, 1_000_000, 10_000_000].map { LatencyEstimate(nanoseconds: $0, low: $0, sampledAt: 0) }
         for (busy, slowWins) in [(20, false), (120, true)] {
             var random = SplitMix64(seed: 9)
             var counts = [0, 0, 0]
@@ -95,7 +95,7 @@ struct BalancerTests {
     /// A slow target's estimate fades while it gets no calls: ten seconds later (10 ms → 1.4 ms)
     /// it is no longer markedly slower and takes its share again.
     @Test func aSlowTargetIsTriedAgainOnceItsEstimateFades() {
-        let latency = [LatencyEstimate(nanoseconds: 1_000_000, sampledAt: 10_000_000_000), LatencyEstimate(nanoseconds: 10_000_000, sampledAt: 0)]
+        let latency = [LatencyEstimate(nanoseconds: 1_000_000, low: 1_000_000, sampledAt: 10_000_000_000), LatencyEstimate(nanoseconds: 10_000_000, low: 10_000_000, sampledAt: 0)]
         var random = SplitMix64(seed: 3)
         var counts = [0, 0]
         for _ in 0..<1_000 {
@@ -109,12 +109,48 @@ struct BalancerTests {
 
     @Test func latencyEstimateMovesATwentiethPerSampleAndFades() {
         var estimate = LatencyEstimate.none.adding(sample: 1_000_000, at: 0)
-        #expect(estimate.nanoseconds == 1_000_000)
+        #expect(estimate.nanoseconds == 1_000_000 && estimate.low == 1_000_000)
         estimate = estimate.adding(sample: 21_000_000, at: 0)
         #expect(estimate.nanoseconds == 2_000_000)
         #expect(abs(estimate.faded(at: 5_000_000_000) - 2_000_000 * exp(-1.0)) < 1)
         #expect(estimate.faded(at: -5) == 2_000_000)
         #expect(LatencyEstimate.none.adding(sample: -3, at: 0).nanoseconds == 1)
+    }
+
+    /// The lower envelope goes half way down toward a faster answer and a sixty-fourth up
+    /// toward a slower one: answers of 1 ms with 0–16 ms of queueing on top keep it near the
+    /// low end, while the average sits in the middle.
+    @Test func latencyEnvelopeStaysNearTheFastAnswers() {
+        var estimate = LatencyEstimate.none.adding(sample: 4_000_000, at: 0)
+        estimate = estimate.adding(sample: 2_000_000, at: 0)
+        #expect(estimate.low == 3_000_000)
+        estimate = estimate.adding(sample: 67_000_000, at: 0)
+        #expect(estimate.low == 4_000_000)
+        var random = SplitMix64(seed: 5)
+        var queued = LatencyEstimate.none
+        for _ in 0..<5_000 { queued = queued.adding(sample: 1_000_000 + Int(random.next() % 16_000_000), at: 0) }
+        #expect(queued.low < 6_000_000 && (6_000_000...12_000_000).contains(queued.nanoseconds), "\(queued)")
+    }
+
+    /// Queueing in the gateway adds alike to every target's answers: a 10-ms target next to
+    /// 1-ms ones stays markedly slower with 8 ms of queueing on all (averages 9 and 18 ms, a
+    /// plain ratio of 2), because the difference of the averages is weighed against the
+    /// faster one's envelope.
+    @Test func leastRequestSeesASlowerTargetThroughTheGatewaysQueueing() {
+        #expect(BalancerRules.slowdown(18_000_000, against: 9_000_000, low: 1_500_000) == 7)
+        #expect(BalancerRules.slowdown(9_000_000, against: 18_000_000, low: 11_000_000) == 1)
+        #expect(BalancerRules.slowdown(2_000_000, against: 1_000_000, low: 3_000_000) == 2, "the envelope counts at most as the average")
+        let latency = [
+            LatencyEstimate(nanoseconds: 9_000_000, low: 1_500_000, sampledAt: 0), LatencyEstimate(nanoseconds: 9_000_000, low: 1_500_000, sampledAt: 0),
+            LatencyEstimate(nanoseconds: 18_000_000, low: 11_000_000, sampledAt: 0),
+        ]
+        var random = SplitMix64(seed: 9)
+        var counts = [0, 0, 0]
+        let inFlight = [20, 20, 0]
+        for _ in 0..<9_000 {
+            counts[BalancerRules.leastRequest(.all(3), weights: [1, 1, 1], inFlight: { inFlight[$0] }, latency: { latency[$0] }, now: { 0 }, using: &random)!] += 1
+        }
+        #expect(counts[2] == 0, "\(counts)")
     }
 
     /// Smooth: weights 5, 1, 1 interleave instead of running five in a row.

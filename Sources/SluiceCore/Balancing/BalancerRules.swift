@@ -3,17 +3,15 @@ import Foundation
 /// How a call picks one of the eligible targets (SPEC §7 `balancer`). Pure functions over
 /// positions, weights and in-flight counts; the gateway keeps the state.
 public enum BalancerRules {
-    /// A target whose latency estimate is more than this many times another's is markedly slower.
+    /// A target that answers more than this many times slower than another is markedly slower.
     public static let markedlySlower = 3.0
 
     /// `least_request`: two targets drawn at random in proportion to their weights; the one with
     /// fewer calls in flight per unit of weight wins (ties: the first drawn). Idle pools so
     /// follow the weights, busy ones drain toward the least loaded target. When one of the two
-    /// is markedly slower (its faded latency estimate over `markedlySlower` times the other's),
-    /// each side counts the new call too and the slower one's count is multiplied by the square
-    /// of the latency ratio: a target 4× slower takes a call only when the other has about 16
-    /// times its calls in flight. (The ratio alone is not enough: the answer times a gateway
-    /// measures include its own queueing, which shrinks the ratio under load.)
+    /// is markedly slower (`slowdown` over `markedlySlower`), each side counts the new call too
+    /// and the slower one's count is multiplied by the square of the slowdown: a target 4×
+    /// slower takes a call only when the other has about 16 times its calls in flight.
     /// - Parameters:
     ///   - latency: A target's latency estimate (`LatencyEstimate.none` when not tracked).
     ///   - now: The clock the estimates were sampled on; read only when the estimates differ markedly.
@@ -31,22 +29,35 @@ public enum BalancerRules {
         let firstLatency = latency(first)
         let secondLatency = latency(second)
         if firstLatency.isKnown, secondLatency.isKnown,
-            Double(max(firstLatency.nanoseconds, secondLatency.nanoseconds)) > markedlySlower * Double(min(firstLatency.nanoseconds, secondLatency.nanoseconds))
+            max(
+                slowdown(Double(firstLatency.nanoseconds), against: Double(secondLatency.nanoseconds), low: secondLatency.low),
+                slowdown(Double(secondLatency.nanoseconds), against: Double(firstLatency.nanoseconds), low: firstLatency.low)
+            ) > markedlySlower
         {
             let at = now()
-            let firstFaded = max(firstLatency.faded(at: at), 1)
-            let secondFaded = max(secondLatency.faded(at: at), 1)
-            if firstFaded > markedlySlower * secondFaded {
-                let ratio = firstFaded / secondFaded
-                firstLoad = (firstLoad + Double(weights[second])) * ratio * ratio
+            let firstAverage = max(firstLatency.faded(at: at), 1)
+            let secondAverage = max(secondLatency.faded(at: at), 1)
+            let firstSlowdown = slowdown(firstAverage, against: secondAverage, low: secondLatency.low)
+            let secondSlowdown = slowdown(secondAverage, against: firstAverage, low: firstLatency.low)
+            if firstSlowdown > markedlySlower {
+                firstLoad = (firstLoad + Double(weights[second])) * firstSlowdown * firstSlowdown
                 secondLoad += Double(weights[first])
-            } else if secondFaded > markedlySlower * firstFaded {
-                let ratio = secondFaded / firstFaded
-                secondLoad = (secondLoad + Double(weights[first])) * ratio * ratio
+            } else if secondSlowdown > markedlySlower {
+                secondLoad = (secondLoad + Double(weights[first])) * secondSlowdown * secondSlowdown
                 firstLoad += Double(weights[second])
             }
         }
         return secondLoad < firstLoad ? second : first
+    }
+
+    /// How many times slower a target with average answer time `average` is than one with
+    /// average `other` and lower envelope `low` (1 when it is not slower): one plus the difference
+    /// of the averages over the faster one's own answer time, taken as its envelope (at most its
+    /// average). The times a gateway measures include its own queueing (waiting for the event
+    /// loop to read an answer), which adds alike to both averages and so cancels in their
+    /// difference, but grows a plain ratio of them toward 1 as the gateway gets busier.
+    static func slowdown(_ average: Double, against other: Double, low: Int) -> Double {
+        1 + max(average - other, 0) / max(min(Double(low), other), 1)
     }
 
     /// `partner_hash`: weighted rendezvous hashing — each eligible target scores

@@ -20,9 +20,10 @@ final class UpstreamTarget: Sendable {
     let label: String
     /// Calls on this target now (least_request reads it).
     let inFlight = Atomic<Int>(0)
-    /// The latency estimate least_request weighs (`LatencyEstimate`), in two atomics written
+    /// The latency estimate least_request weighs (`LatencyEstimate`), in three atomics written
     /// without a lock: a sample lost among concurrent ones does not matter.
     private let latencyNanoseconds = Atomic<Int>(0)
+    private let latencyLow = Atomic<Int>(0)
     private let latencySampledAt = Atomic<Int64>(0)
     /// Gateway-visible failures in a row (passive health).
     let failureStreak = Atomic<Int>(0)
@@ -32,7 +33,10 @@ final class UpstreamTarget: Sendable {
     var address: UpstreamPolicy.Address { settings.client.address }
 
     var latency: LatencyEstimate {
-        LatencyEstimate(nanoseconds: latencyNanoseconds.load(ordering: .relaxed), sampledAt: latencySampledAt.load(ordering: .relaxed))
+        LatencyEstimate(
+            nanoseconds: latencyNanoseconds.load(ordering: .relaxed), low: latencyLow.load(ordering: .relaxed),
+            sampledAt: latencySampledAt.load(ordering: .relaxed)
+        )
     }
 
     /// A try on this target got its answer (or timed out) after `elapsed`, at `now` nanoseconds.
@@ -40,6 +44,7 @@ final class UpstreamTarget: Sendable {
         let components = elapsed.components
         let next = latency.adding(sample: Int(components.seconds) * 1_000_000_000 + Int(components.attoseconds / 1_000_000_000), at: now)
         latencyNanoseconds.store(next.nanoseconds, ordering: .relaxed)
+        latencyLow.store(next.low, ordering: .relaxed)
         latencySampledAt.store(next.sampledAt, ordering: .relaxed)
     }
 
