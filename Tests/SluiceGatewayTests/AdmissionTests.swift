@@ -70,8 +70,9 @@ struct AdmissionTests {
     /// first ends normally, when the upstream fails, and when the client disconnects.
     @Test func concurrencySlotsAreReleased() async throws {
         try await GatewayHarness.with({ $0.setPlan("{ concurrency: 1 }") }) { gateway in
-            let holder = try await holdTheOnlySlot(gateway, milliseconds: 400)
-            let refused = try await gateway.partner(.GET, "/v2/orders/1")
+            // The refusal is the one that showed the slot held: a second request could come after
+            // the holder's 400 ms on a starved machine.
+            let (holder, refused) = try await holdTheOnlySlot(gateway, milliseconds: 400)
             #expect(refused.status == 429)
             #expect(try refused.json()["type"] as? String == "urn:sluice:problem:concurrency-limited")
             #expect(try refused.json()["violated-policies"] as? [String] == ["concurrency"])
@@ -144,22 +145,24 @@ struct AdmissionTests {
         try await redis?.stop()
     }
 
-    /// Starts a slow request that holds the partner's only concurrency slot; returns once another
-    /// request has been refused for it (a holder that lost the race for the slot is started again).
-    private func holdTheOnlySlot(_ gateway: GatewayHarness, milliseconds: Int) async throws -> Task<TestResponse, any Error> {
+    /// Starts a slow request that holds the partner's only concurrency slot; returns it and the
+    /// answer to another request refused for it (a holder that lost the race for the slot is
+    /// started again).
+    private func holdTheOnlySlot(_ gateway: GatewayHarness, milliseconds: Int) async throws -> (Task<TestResponse, any Error>, TestResponse) {
         while true {
             let finished = ByteCounter()
             let holder = Task {
                 defer { finished.add(1) }
                 return try await gateway.partner(.GET, "/v2/long?ms=\(milliseconds)")
             }
-            var held = false
+            var refused: TestResponse?
             try await eventually("the holder got the slot or was refused") {
                 if finished.value > 0 { return true }
-                held = try await gateway.partner(.GET, "/v2/orders/1").status == 429
-                return held
+                let response = try await gateway.partner(.GET, "/v2/orders/1")
+                if response.status == 429 { refused = response }
+                return refused != nil
             }
-            if held { return holder }
+            if let refused { return (holder, refused) }
         }
     }
 
