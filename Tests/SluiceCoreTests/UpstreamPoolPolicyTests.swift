@@ -110,11 +110,27 @@ struct BalancerTests {
     @Test func latencyEstimateMovesATwentiethPerSampleAndFades() {
         var estimate = LatencyEstimate.none.adding(sample: 1_000_000, at: 0)
         #expect(estimate.nanoseconds == 1_000_000 && estimate.low == 1_000_000)
-        estimate = estimate.adding(sample: 21_000_000, at: 0)
-        #expect(estimate.nanoseconds == 2_000_000)
-        #expect(abs(estimate.faded(at: 5_000_000_000) - 2_000_000 * exp(-1.0)) < 1)
-        #expect(estimate.faded(at: -5) == 2_000_000)
+        estimate = estimate.adding(sample: 4_000_000, at: 0)
+        estimate = estimate.adding(sample: 4_000_000, at: 0)
+        #expect(estimate.nanoseconds == 1_292_500)
+        estimate = LatencyEstimate.none.adding(sample: 1_000_000, at: 0).adding(sample: 21_000_000, at: 0)
+        #expect(estimate.nanoseconds == 1_150_000, "a sample over 4× the average counts as 4×")
+        #expect(abs(estimate.faded(at: 5_000_000_000) - 1_150_000 * exp(-1.0)) < 1)
+        #expect(estimate.faded(at: -5) == 1_150_000)
         #expect(LatencyEstimate.none.adding(sample: -3, at: 0).nanoseconds == 1)
+    }
+
+    /// One pause of 300 ms among 5-ms answers does not make a target markedly slower than its
+    /// 5-ms peers; a target whose answers turn 10× slower is markedly slower after 20 of them.
+    @Test func oneSlowAnswerIsNotASlowTarget() {
+        var paused = LatencyEstimate.none
+        for _ in 0..<50 { paused = paused.adding(sample: 5_000_000, at: 0) }
+        let peer = paused
+        paused = paused.adding(sample: 300_000_000, at: 0)
+        #expect(BalancerRules.slowdown(paused.faded(at: 0), against: peer.faded(at: 0), low: peer.low) < 1.2)
+        var slower = peer
+        for _ in 0..<20 { slower = slower.adding(sample: 50_000_000, at: 0) }
+        #expect(BalancerRules.slowdown(slower.faded(at: 0), against: peer.faded(at: 0), low: peer.low) > BalancerRules.markedlySlower)
     }
 
     /// The lower envelope goes half way down toward a faster answer and a sixty-fourth up

@@ -268,7 +268,10 @@ struct RedisTroubleTests {
             var statuses: [Int] = []
             for _ in 0..<6 { statuses.append(try await gateway.partner(.GET, "/v2/orders/1").status) }
             #expect(statuses == [200, 200, 200, 200, 429, 429])
-            #expect(try await gateway.partner(.GET, "/v2/orders/1").header("RateLimit") == #""rate";r=0;t=800"#)
+            // Empty: a token in 800 s at the instance's share of 0.01/s (less the seconds a
+            // starved machine took since the bucket was last touched).
+            let empty = try #require(try await gateway.partner(.GET, "/v2/orders/1").header("RateLimit"))
+            #expect(empty.hasPrefix(#""rate";r=0;t="#) && (790...800).contains(Int(empty.dropFirst(#""rate";r=0;t="#.count)) ?? 0), "\(empty)")
             #expect(try await gateway.metric("sluice_ratelimit_fallback") == 1)
             let ready = try await gateway.send(.GET, gateway.admin + "/readyz", key: nil)
             #expect(ready.status == 200 && ready.text == #"{"status":"ready","degraded":true}"#)
