@@ -73,17 +73,25 @@ struct GatewayHarness {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await gateway.run() }
                 let addresses = await gateway.addresses()
-                let http1 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: try clientConfiguration(pki, .http1Only))
-                let http2 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: try clientConfiguration(pki, .automatic))
+                let configurations = (try clientConfiguration(pki, .http1Only), try clientConfiguration(pki, .automatic))
+                let http1 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configurations.0)
+                let http2 = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configurations.1)
                 let harness = GatewayHarness(
                     gateway: gateway, addresses: addresses, policies: policies, pki: pki, http1: http1, http2: http2, logFile: logFile
                 )
-                // As a load balancer would: wait until the gateway says it is ready.
-                try await eventually("the gateway is ready") {
-                    (try? await harness.send(.GET, harness.admin + "/readyz", key: nil).status) == 200
-                }
+                // Whatever happens from here, the clients are shut down: one dropped unshut is a
+                // fatal error (AsyncHTTPClient), which ended a whole run when a starved machine's
+                // gateway was not ready in time.
                 var failure: (any Error)?
-                do { try await body(harness) } catch { failure = error }
+                do {
+                    // As a load balancer would: wait until the gateway says it is ready.
+                    try await eventually("the gateway is ready") {
+                        (try? await harness.send(.GET, harness.admin + "/readyz", key: nil).status) == 200
+                    }
+                    try await body(harness)
+                } catch {
+                    failure = error
+                }
                 try? await http1.shutdown()
                 try? await http2.shutdown()
                 await gateway.shutdown()
