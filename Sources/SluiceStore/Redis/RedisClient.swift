@@ -275,9 +275,10 @@ public final class RedisClient: Sendable {
         )
         return connecting.flatMap { (connection: RedisConnection) -> EventLoopFuture<RedisConnection> in
             let deadline = NIODeadline.now() + TimeAmount(setupTimeout)
-            var setup: EventLoopFuture<Void> = commands.reduce(eventLoop.makeSucceededVoidFuture()) { previous, command in
-                previous.flatMap { connection.send(command, deadline: deadline).map { _ in } }
-            }
+            // Pipelined: one round trip for the lot (Redis runs them in order, so AUTH and SELECT
+            // come first), where one after another — some thirty script loads — could outlast
+            // the setup time on a busy host and leave the client unable to connect at all.
+            var setup = EventLoopFuture.andAllSucceed(commands.map { connection.send($0, deadline: deadline) }, on: eventLoop)
             if primary.isSentinel {
                 setup = setup.flatMap { connection.send(["ROLE"], deadline: deadline) }.flatMapThrowing { (reply: RedisReply) in
                     guard RedisPrimary.saysPrimary(reply) else { throw RedisError.unavailable("\(endpoint) is not the primary (ROLE: \(reply))") }
