@@ -65,6 +65,20 @@ struct IdempotencyTests {
         try await GatewayHarness.with(configure) { first in
             try await GatewayHarness.with(configure) { second in
                 let original = try await post(first, "/v2/orders", key: keyName)
+                // The record lands within one store round trip after the response; a retry in
+                // that instant would get 409 (README), so the replay waits for it.
+                let client = try RedisClient(url: try RedisURL.parse(url).get(), tlsCA: nil, timeout: .seconds(2), group: .singletonMultiThreadedEventLoopGroup)
+                let stored = RedisStore(client: client).idempotencyKey("acme", keyName)
+                do {
+                    try await eventually("the response is recorded") {
+                        if case .string(let value) = try await client.send(["GET", stored]) { return value.starts(with: Array("SIR1".utf8)) }
+                        return false
+                    }
+                } catch {
+                    await client.shutdown()
+                    throw error
+                }
+                await client.shutdown()
                 let replay = try await post(second, "/v2/orders", key: keyName, client: second.http2)
                 #expect(original.status == 200)
                 #expect(replay.status == 200 && replay.header("Idempotent-Replayed") == "true")
