@@ -12,20 +12,20 @@ public enum SensitiveDataMask {
         while index < bytes.count {
             if let end = emailEnd(bytes, at: index), let at = bytes[index..<end].firstIndex(of: UInt8(ascii: "@")) {
                 output.append(bytes[index])
-                output.append(contentsOf: Array("***".utf8))
+                output.append(contentsOf: stars)
                 output.append(contentsOf: bytes[at..<end])
                 index = end
             } else if let (prefix, end) = keyEnd(bytes, at: index) {
                 output.append(contentsOf: prefix)
-                output.append(contentsOf: Array("***".utf8))
+                output.append(contentsOf: stars)
                 index = end
             } else if let end = bearerEnd(bytes, at: index) {
-                output.append(contentsOf: Array("Bearer ***".utf8))
+                output.append(contentsOf: bearerPrefix)
+                output.append(contentsOf: stars)
                 index = end
             } else if let end = phoneEnd(bytes, at: index) {
-                let digits = bytes[index..<end].filter(isDigit)
-                output.append(contentsOf: Array("***".utf8))
-                output.append(contentsOf: digits.suffix(2))
+                output.append(contentsOf: stars)
+                appendLastDigits(bytes[index..<end], count: 2, to: &output)
                 index = end
             } else {
                 output.append(bytes[index])
@@ -68,7 +68,7 @@ public enum SensitiveDataMask {
     /// `sk_` or `whsec_` followed by at least 8 key characters; returns the prefix and the end.
     private static func keyEnd(_ bytes: [UInt8], at start: Int) -> ([UInt8], Int)? {
         guard startsWord(bytes, start) else { return nil }
-        for prefix in secretPrefixes where bytes.count > start + prefix.count && Array(bytes[start..<start + prefix.count]) == prefix {
+        for prefix in secretPrefixes where has(prefix, in: bytes, at: start) {
             var index = start + prefix.count
             while index < bytes.count, isAlphanumeric(bytes[index]) || bytes[index] == UInt8(ascii: "_") || bytes[index] == UInt8(ascii: "-")
                 || bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "/") || bytes[index] == UInt8(ascii: "=")
@@ -81,6 +81,24 @@ public enum SensitiveDataMask {
     }
 
     private static let secretPrefixes = [Array("sk_".utf8), Array("whsec_".utf8)]
+    private static let bearerPrefix = Array("Bearer ".utf8)
+    private static let stars = Array("***".utf8)
+
+    /// Whether `prefix` and more follow at `start` (compared in place: this runs at every word start).
+    private static func has(_ prefix: [UInt8], in bytes: [UInt8], at start: Int) -> Bool {
+        bytes.count > start + prefix.count && bytes[start..<start + prefix.count].elementsEqual(prefix)
+    }
+
+    /// Appends the last `count` digits of `run` (its separators left out), in order.
+    private static func appendLastDigits(_ run: ArraySlice<UInt8>, count: Int, to output: inout [UInt8]) {
+        var start = run.endIndex
+        var found = 0
+        while start > run.startIndex, found < count {
+            start -= 1
+            if isDigit(run[start]) { found += 1 }
+        }
+        for byte in run[start...] where isDigit(byte) { output.append(byte) }
+    }
 
     /// A request path as logs show it: percent-decoded when it decodes to UTF-8 (so an encoded
     /// `%40` or `%2B` cannot hide an address or number from the rules), then masked.
@@ -91,15 +109,12 @@ public enum SensitiveDataMask {
 
     /// `Bearer TOKEN`.
     private static func bearerEnd(_ bytes: [UInt8], at start: Int) -> Int? {
-        let prefix = Array("Bearer ".utf8)
-        guard startsWord(bytes, start), bytes.count > start + prefix.count, Array(bytes[start..<start + prefix.count]) == prefix else {
-            return nil
-        }
-        var index = start + prefix.count
+        guard startsWord(bytes, start), has(bearerPrefix, in: bytes, at: start) else { return nil }
+        var index = start + bearerPrefix.count
         while index < bytes.count, bytes[index] != UInt8(ascii: " "), bytes[index] != UInt8(ascii: "\""), bytes[index] != UInt8(ascii: ",") {
             index += 1
         }
-        return index > start + prefix.count ? index : nil
+        return index > start + bearerPrefix.count ? index : nil
     }
 
     /// 7–15 digits written like a phone number: with a leading `+`, or with spaces, dashes,
@@ -140,9 +155,8 @@ public enum SensitiveDataMask {
 
     /// `YYYY-MM-DD`, which has phone-like digits but is not personal data.
     private static func isDate(_ candidate: ArraySlice<UInt8>) -> Bool {
-        let text = Array(candidate)
-        guard text.count == 10, text[4] == UInt8(ascii: "-"), text[7] == UInt8(ascii: "-") else { return false }
-        return text.enumerated().allSatisfy { $0.offset == 4 || $0.offset == 7 || isDigit($0.element) }
+        guard candidate.count == 10 else { return false }
+        return candidate.enumerated().allSatisfy { offset, byte in offset == 4 || offset == 7 ? byte == UInt8(ascii: "-") : isDigit(byte) }
     }
 
     private static func startsWord(_ bytes: [UInt8], _ index: Int) -> Bool {
