@@ -84,12 +84,18 @@ extension CachedResponse {
     /// none) — then the body as is when it is UTF-8 text (`t`), else base64 (`b`).
     public func encoded() -> String {
         var out = ""
-        func field(_ text: String) { out += "\(text.utf8.count):\(text)" }
-        for text in ["C1", String(status), String(storedAt), String(initialAge), String(freshness.lifetime), String(freshness.staleWhileRevalidate),
-            String(freshness.staleIfError), String(headers.count)]
-        {
-            field(text)
+        out.reserveCapacity(96 + body.count + headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 8 })
+        // Appended piece by piece: an interpolated field would build a string of its own.
+        func field(_ text: String) {
+            out += String(text.utf8.count)
+            out += ":"
+            out += text
         }
+        field("C1")
+        for number in [Int64(status), storedAt, initialAge, freshness.lifetime, freshness.staleWhileRevalidate, freshness.staleIfError] {
+            field(String(number))
+        }
+        field(String(headers.count))
         for header in headers {
             field(header.name)
             field(header.value)

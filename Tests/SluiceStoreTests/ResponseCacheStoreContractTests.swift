@@ -145,6 +145,14 @@ struct CachedResponseEncodingTests {
         #expect(entry(Data([255])).encoded().hasSuffix("b/w=="), "anything else as base64")
     }
 
+    /// The exact bytes: entries written by one gateway version are read by the others.
+    @Test func theStoredFormIsFixed() {
+        #expect(
+            entry(Data("{}".utf8)).encoded()
+                == "2:C13:20313:17960000001234:50005:300001:06:3000001:24:ETag5:\"a:1\"6:X-Note14:12:34 tab\there1:215:accept-language6:de, en8:x-tenant-1:t{}"
+        )
+    }
+
     @Test func malformedEntriesAreRefused() {
         let good = Array(entry(Data("{}".utf8)).encoded().utf8)
         for cut in [0, 1, 3, 10, good.count / 2] { #expect(CachedResponse(encoded: good.prefix(cut)) == nil, "cut at \(cut)") }

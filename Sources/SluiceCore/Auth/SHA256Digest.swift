@@ -49,10 +49,7 @@ public struct SHA256Digest: Sendable, Hashable, CustomStringConvertible {
 
     /// Lower-case hex, as written in policy files.
     public var hex: String {
-        [words.0, words.1, words.2, words.3].map { word in
-            let text = String(word, radix: 16)
-            return String(repeating: "0", count: 16 - text.count) + text
-        }.joined()
+        Hex.encode(words.0, words.1, words.2, words.3)
     }
 
     public var description: String { hex }

@@ -10,7 +10,8 @@ struct PartsDigest {
     mutating func add(_ part: String?) {
         guard let part else { return withUnsafeBytes(of: UInt64.max) { hasher.update(bufferPointer: $0) } }
         withUnsafeBytes(of: UInt64(part.utf8.count).bigEndian) { hasher.update(bufferPointer: $0) }
-        hasher.update(data: Data(part.utf8))
+        var bytes = part
+        bytes.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
     }
 
     /// A fixed-size last part (a digest), as is.

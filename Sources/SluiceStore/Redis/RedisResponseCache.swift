@@ -2,20 +2,29 @@ public import NIOCore
 import SluiceCore
 
 /// The response cache on Redis. An entry is `PREFIX:{c:ROUTE:OWNER}:e:HASH` (the answer as
-/// JSON, expiring with its freshness plus the longer stale window) and its fill lock
-/// `PREFIX:{c:ROUTE:OWNER}:l:HASH` (`SET NX PX`). The hash tag is per route and owner, so one
-/// partner's entries of one route share a slot and a route's entries spread over its
-/// partners (a `shared` route's are one slot). Reads and writes are single commands on the
-/// bulk client; purges scan. Each event loop keeps near copies of the fresh entries it read
-/// or stored (`NearCacheEntries`): a hot key's hits ask Redis about once a second per loop.
+/// `CachedResponse.encoded()`, expiring with its freshness plus the longer stale window) and
+/// its fill lock `PREFIX:{c:ROUTE:OWNER}:l:HASH` (`SET NX PX`). The hash tag is per route and
+/// owner, so one partner's entries of one route share a slot and a route's entries spread over
+/// its partners (a `shared` route's are one slot). Plain commands, no scripts: a lookup is
+/// `GET` and, for a GET that may fill, `SET NX` of the lock in the same flush; a store is `SET`
+/// then `DEL` of the lock; purges scan. Each event loop keeps near copies of the fresh entries
+/// it read or stored (`NearCacheEntries`): a hot key's hits ask Redis about once a second per loop.
 extension RedisStore: ResponseCacheStore {
     /// How long an event loop answers a fresh entry from its near copy before asking Redis
     /// again: another instance's purge or replacement of the entry is seen here within it.
     public static let nearCacheHold: Duration = .seconds(1)
 
     func cacheBase(route: String, owner: String) -> String { "\(keyPrefix):{c:\(route):\(owner)}" }
-    func cacheEntryKey(_ key: CacheEntryKey) -> String { "\(cacheBase(route: key.route, owner: key.owner)):e:\(key.hash)" }
-    func cacheLockKey(_ key: CacheEntryKey) -> String { "\(cacheBase(route: key.route, owner: key.owner)):l:\(key.hash)" }
+    func cacheEntryKey(_ key: CacheEntryKey) -> String { cacheKey(key, kind: "e") }
+    func cacheLockKey(_ key: CacheEntryKey) -> String { cacheKey(key, kind: "l") }
+
+    /// `cacheBase(…):KIND:HASH`, built in one string (each miss names two keys twice).
+    private func cacheKey(_ key: CacheEntryKey, kind: String) -> String {
+        var name = ""
+        name.reserveCapacity(keyPrefix.utf8.count + key.route.utf8.count + key.owner.utf8.count + key.hash.utf8.count + 10)
+        for part in [keyPrefix, ":{c:", key.route, ":", key.owner, "}:", kind, ":", key.hash] { name += part }
+        return name
+    }
 
     /// The near copies' clock: the injected one, else the wall clock.
     private var nearNow: Int64 { (clock ?? MemoryStore.wallClock)() }
@@ -25,20 +34,30 @@ extension RedisStore: ResponseCacheStore {
     ) {
         let loop = loops[eventLoop]
         if let near = loop?.nearCache.fresh(key, now: nearNow) { return completion(.success(CacheLookup(entry: near, locked: false))) }
-        let reply: EventLoopFuture<RedisReply> =
-            if let lockFor {
-                bulk.evaluate(
-                    CacheScripts.lookUp, keys: [cacheEntryKey(key), cacheLockKey(key)], arguments: [String(max(1, lockFor.milliseconds))], durable: false,
-                    on: eventLoop
-                )
-            } else {
-                bulk.send(["GET", cacheEntryKey(key)], on: eventLoop)
+        let entryKey = cacheEntryKey(key)
+        let read = bulk.send(["GET", entryKey], on: eventLoop)
+        let found: EventLoopFuture<(entry: RedisReply, locked: Bool)>
+        if let lockFor {
+            // Plain commands in one flush rather than a script: Redis runs a client's pipelined
+            // commands back to back, and a Lua call costs it several times the two commands.
+            let lockKey = cacheLockKey(key)
+            let lock = bulk.send(["SET", lockKey, "1", "NX", "PX", String(max(1, lockFor.milliseconds))], on: eventLoop)
+            found = read.and(lock).map { [bulk] entry, lock in
+                let locked = lock != .null
+                // An entry answers: a lock taken beside it is given back at once.
+                guard entry == .null || !locked else {
+                    _ = bulk.send(["DEL", lockKey], on: eventLoop)
+                    return (entry, false)
+                }
+                return (entry, locked)
             }
-        reply.assumeIsolatedUnsafeUnchecked().whenComplete { result in
-            completion(result.flatMap { reply in
+        } else {
+            found = read.map { ($0, false) }
+        }
+        found.assumeIsolatedUnsafeUnchecked().whenComplete { result in
+            completion(result.flatMap { reply, locked in
                 switch reply {
-                case .null: .success(CacheLookup(entry: nil, locked: false))
-                case .integer(let locked): .success(CacheLookup(entry: nil, locked: locked == 1))
+                case .null: .success(CacheLookup(entry: nil, locked: locked))
                 case .string(let bytes):
                     CachedResponse(encoded: bytes).map { entry in
                         loop?.nearCache.keep(entry, at: key, now: self.nearNow)
@@ -55,10 +74,10 @@ extension RedisStore: ResponseCacheStore {
         completion: @escaping (Result<Void, any Error>) -> Void
     ) {
         loops.update(on: eventLoop) { $0.nearCache.keep(response, at: key, now: nearNow) }
-        bulk.evaluate(
-            CacheScripts.store, keys: [cacheEntryKey(key), cacheLockKey(key)],
-            arguments: [response.encoded(), String(response.keepMilliseconds), releasingLock ? "1" : "0"], durable: false, on: eventLoop
-        ).assumeIsolatedUnsafeUnchecked().whenComplete { completion($0.map { _ in () }) }
+        // The lock goes after the entry on the same connection: a waiter sees the entry first.
+        let stored = bulk.send(["SET", cacheEntryKey(key), response.encoded(), "PX", String(response.keepMilliseconds)], on: eventLoop)
+        if releasingLock { releaseFillLock(key, on: eventLoop) }
+        stored.assumeIsolatedUnsafeUnchecked().whenComplete { completion($0.map { _ in () }) }
     }
 
     public func takeFillLock(_ key: CacheEntryKey, for duration: Duration, on eventLoop: any EventLoop, completion: @escaping (Result<Bool, any Error>) -> Void) {
@@ -96,27 +115,4 @@ extension RedisStore: ResponseCacheStore {
         }
         return removed
     }
-}
-
-/// The cache's scripts; both keys of each carry the same hash tag (one slot).
-enum CacheScripts {
-    /// KEYS: entry, fill lock. ARGV: lock ms. Returns the entry, else 1 when the lock was
-    /// taken, 0 when someone holds it.
-    static let lookUp = RedisScript(
-        """
-        local entry = redis.call('GET', KEYS[1])
-        if entry then return entry end
-        if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
-        return 0
-        """
-    )
-
-    /// KEYS: entry, fill lock. ARGV: the entry, how long to keep it (ms), '1' to release the lock.
-    static let store = RedisScript(
-        """
-        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-        if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
-        return 1
-        """
-    )
 }

@@ -89,7 +89,7 @@ public final class RedisStore: AdmissionStore {
         replicaTimeout: Duration? = nil, onCommand: (@Sendable () -> Void)? = nil
     ) throws -> RedisClient {
         try RedisClient(
-            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew] + IdempotencyScripts.all + TaskScripts.all + [UsageScripts.add, CacheScripts.lookUp, CacheScripts.store], group: group,
+            url: url, tlsCA: tlsCA, timeout: timeout, scripts: [AdmissionScripts.admit, AdmissionScripts.renew] + IdempotencyScripts.all + TaskScripts.all + [UsageScripts.add], group: group,
             primary: primary, replicaTimeout: replicaTimeout, onCommand: onCommand
         )
     }
