@@ -40,13 +40,12 @@ extension RedisStore: ResponseCacheStore {
         if let lockFor {
             // Plain commands in one flush rather than a script: Redis runs a client's pipelined
             // commands back to back, and a Lua call costs it several times the two commands.
-            let lockKey = cacheLockKey(key)
-            let lock = bulk.send(["SET", lockKey, "1", "NX", "PX", String(max(1, lockFor.milliseconds))], on: eventLoop)
-            found = read.and(lock).map { [bulk] entry, lock in
+            let lock = bulk.send(["SET", cacheLockKey(key), "1", "NX", "PX", String(max(1, lockFor.milliseconds))], on: eventLoop)
+            found = read.and(lock).map { entry, lock in
                 let locked = lock != .null
                 // An entry answers: a lock taken beside it is given back at once.
                 guard entry == .null || !locked else {
-                    _ = bulk.send(["DEL", lockKey], on: eventLoop)
+                    self.releaseFillLock(key, on: eventLoop)
                     return (entry, false)
                 }
                 return (entry, locked)
