@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "sluice", targets: ["sluice"]),
         .executable(name: "sluice-admission-bench", targets: ["AdmissionBenchmark"]),
+        .executable(name: "sluice-nio-floor", targets: ["NIOFloor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -128,6 +129,12 @@ let package = Package(
             name: "AdmissionBenchmark",
             dependencies: ["SluiceCore", "SluiceStore", .product(name: "NIOPosix", package: "swift-nio")],
             path: "loadtest/AdmissionBenchmark",
+            swiftSettings: sharedSettings
+        ),
+        .executableTarget(
+            name: "NIOFloor",
+            dependencies: [.product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio")],
+            path: "loadtest/NIOFloor",
             swiftSettings: sharedSettings
         ),
         .testTarget(
