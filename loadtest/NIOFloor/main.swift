@@ -15,13 +15,14 @@ final class FixedAnswer: ChannelInboundHandler, Sendable {
     typealias OutboundOut = HTTPServerResponsePart
 
     private static let body = ByteBuffer(string: #"{"status":200}"#)
+    /// Made once: the floor does no per-request work it does not need.
+    private static let head = HTTPResponseHead(
+        version: .http1_1, status: .ok, headers: ["Content-Type": "application/json", "Content-Length": String(body.readableBytes)]
+    )
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .end = unwrapInboundIn(data) else { return }
-        var head = HTTPResponseHead(version: .http1_1, status: .ok)
-        head.headers.add(name: "Content-Type", value: "application/json")
-        head.headers.add(name: "Content-Length", value: String(Self.body.readableBytes))
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.head(Self.head)), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(Self.body))), promise: nil)
         context.write(wrapOutboundOut(.end(nil)), promise: nil)
     }
